@@ -1,0 +1,167 @@
+"""The ``abgate`` command: one entry point, subcommands per area.
+
+Exit codes: 0 success, 2 usage error (bad flags or local input), 1 failure (the message carries
+the gRPC status name when a call failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from abgate.errors import AbgateError
+from abgate.settings import GatewaySettings, load_settings
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad flags or local input: exit code 2."""
+
+
+def error(message: str) -> None:
+    print(f"abgate: error: {message}", file=sys.stderr)
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per settings field (``--max-batch-rows``), help taken from the field's doc."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = (
+            f"{f.metadata.get('doc', '')} (env ABGATE_{f.name.upper()}, default {f.default})"
+        )
+        if f.type in ("bool", bool):
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+            continue
+        kind: Any = {"int": int, "float": float}.get(str(f.type), str)
+        if "Path" in str(f.type):
+            kind = Path
+        parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+
+
+def _settings_from_args(cls: type, args: argparse.Namespace) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return load_settings(cls, {k: v for k, v in vars(args).items() if k in names})
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# -- serve ----------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    settings: GatewaySettings = _settings_from_args(GatewaySettings, args)
+    if settings.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if settings.config is not None and not settings.config.exists():
+        raise UsageError(f"--config {settings.config} does not exist")
+    return serve(settings)
+
+
+# -- predict --------------------------------------------------------------------------------
+def _parse_features(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--features must be comma-separated numbers, got {text!r}") from None
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from abgate.client import GatewayClient, RpcFailure
+
+    features = _parse_features(args.features)
+    if not features:
+        raise UsageError("--features must hold at least one number")
+    with GatewayClient(args.target, timeout=args.timeout) as client:
+        try:
+            result = client.predict(args.experiment, args.user, features, args.request_id or "")
+        except RpcFailure as exc:
+            error(str(exc))
+            return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        model = result["model"]
+        scores = ", ".join(f"{s:.4f}" for s in result["scores"])
+        print(
+            f"user={args.user} experiment={result['experiment']} arm={result['arm']} "
+            f"model={model['id']}:{model['version']} sha256={model['sha256'][:12]} "
+            f"label={result['label']} scores=[{scores}] bucket={result['bucket']} "
+            f"config_version={result['config_version']} request_id={result['request_id']}"
+        )
+    return EXIT_OK
+
+
+# -- demo -----------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from abgate.demo import run_demo
+
+    return run_demo(workdir=args.workdir, users=args.users, workers=args.workers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="abgate", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the inference gateway")
+    _add_settings_flags(p, GatewaySettings)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("predict", help="send one Predict call and print the answer")
+    p.add_argument("--target", default="127.0.0.1:50051", help="gateway HOST:PORT")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--user", required=True, help="user id (routing key)")
+    p.add_argument("--features", required=True, help="comma-separated float values")
+    p.add_argument("--request-id", default="", help="idempotency key (generated when omitted)")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_predict)
+
+    from converters.cli import add_models_parser
+
+    add_models_parser(sub)
+
+    p = sub.add_parser("demo", help="train demo models, start a gateway, route some users")
+    p.add_argument("--workdir", type=Path, default=Path("var/demo"), help="demo state directory")
+    p.add_argument("--users", type=int, default=8, help="how many demo users to route")
+    p.add_argument("--workers", type=int, default=2, help="gateway worker processes")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        error(str(exc))
+        return EXIT_USAGE
+    except AbgateError as exc:
+        error(f"{exc.code.name}: {exc.message}")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The one error hierarchy: every domain error carries its gRPC status code.
+
+Servicers map these to statuses in one place (``gateway.servicer``); the CLI maps them to exit
+codes. Anything that is not an ``AbgateError`` becomes INTERNAL with no details leaked.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class AbgateError(Exception):
+    """Base of all domain errors; ``code`` is the gRPC status the client sees."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        self.message = f"{field}: {message}" if field else message
+        super().__init__(self.message)
+
+
+class InvalidArgument(AbgateError):
+    """Bad input from the caller; ``field`` names the offending field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(AbgateError):
+    """Unknown experiment or model."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class ResourceExhausted(AbgateError):
+    """Our own overload limit was hit."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(AbgateError):
+    """Draining, or not configured yet."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class FailedPrecondition(AbgateError):
+    """Stale or out-of-order config, or an operation the current state forbids."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unauthenticated(AbgateError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(AbgateError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ConfigError(InvalidArgument):
+    """An experiments config (file or snapshot) failed validation; the old one keeps serving."""

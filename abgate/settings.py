@@ -1,0 +1,90 @@
+"""Settings objects: one frozen dataclass per process, built once in the CLI and passed down.
+
+Precedence for every field: command-line value, then the ``ABGATE_<FIELD>`` environment variable,
+then the default. Nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+ENV_PREFIX = "ABGATE_"
+
+T = TypeVar("T")
+
+
+def doc(text: str, default: Any) -> Any:
+    """A dataclass field with a one-line description (shown by ``abgate serve --help``)."""
+    return field(default=default, metadata={"doc": text})
+
+
+def _parse(raw: str, typ: Any, name: str) -> Any:
+    if typ is bool:
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off", ""}:
+            return False
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected a boolean, got {raw!r}")
+    if typ in (int, float):
+        try:
+            return typ(raw)
+        except ValueError:
+            raise ValueError(
+                f"{ENV_PREFIX}{name.upper()}: expected {typ.__name__}, got {raw!r}"
+            ) from None
+    if typ is Path or typ == (Path | None):
+        return Path(raw)
+    return raw
+
+
+def load_settings(
+    cls: type[T], overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> T:
+    """Build ``cls`` from explicit overrides (None means "not given"), the environment, defaults."""
+    env = os.environ if env is None else env
+    overrides = overrides or {}
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if overrides.get(f.name) is not None:
+            values[f.name] = overrides[f.name]
+            continue
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is not None:
+            values[f.name] = _parse(raw, hints[f.name], f.name)
+    return cls(**values)
+
+
+def default_gateway_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything one gateway process needs; see README for the matching CLI flags."""
+
+    listen: str = doc("host:port of the public gRPC listener", "127.0.0.1:50051")
+    config: Path | None = doc("experiments config file (TOML or JSON)", None)
+    model_store: Path = doc("content-addressed model store directory", Path("var/models"))
+    state_dir: Path = doc("where the last good config snapshot is persisted", Path("var/state"))
+    workers: int = doc("worker processes sharing the port via SO_REUSEPORT", 1)
+    reuse_port: bool = doc("bind with SO_REUSEPORT (set for each worker of --workers N)", False)
+    gateway_id: str = doc("identity of this gateway in logs and the control plane", "")
+    max_message_bytes: int = doc("largest request/response message accepted", 4 * 1024 * 1024)
+    max_batch_rows: int = doc("most rows in one PredictBatch call", 10_000)
+    max_concurrent_rpcs: int = doc("RPCs in flight before RESOURCE_EXHAUSTED (0 = no limit)", 0)
+    grace_seconds: float = doc("how long SIGTERM waits for in-flight RPCs", 10.0)
+    ort_intra_op_threads: int = doc("onnxruntime intra-op threads per session", 1)
+    ort_spinning: bool = doc("let onnxruntime worker threads spin-wait", False)
+    offload_rows: int = doc("batches with at least this many rows run off the event loop", 512)
+    watch_interval: float = doc("seconds between config file checks (0 = SIGHUP only)", 1.0)
+
+    def resolved_gateway_id(self) -> str:
+        return self.gateway_id or default_gateway_id()

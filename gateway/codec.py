@@ -1,0 +1,136 @@
+"""The one module (besides the servicer) that touches protobuf messages: tensors in, answers out.
+
+Decoding validates shape, dtype and finiteness and names the offending field, so a rejected
+request never reaches onnxruntime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from abgate.errors import InvalidArgument
+from abgate.v1 import gateway_pb2 as pb
+from gateway.dataplane import BatchResult, Prediction
+
+MAX_USER_ID_BYTES = 256
+MAX_REQUEST_ID_BYTES = 128
+_FP32 = np.dtype("<f4")
+
+
+def check_user_id(user_id: str, field: str = "user_id") -> None:
+    if not user_id:
+        raise InvalidArgument("must not be empty", field=field)
+    # Cheap bound first: a str longer than 256 chars is over 256 UTF-8 bytes for sure.
+    if len(user_id) > MAX_USER_ID_BYTES or (
+        not user_id.isascii() and len(user_id.encode()) > MAX_USER_ID_BYTES
+    ):
+        raise InvalidArgument(f"longer than {MAX_USER_ID_BYTES} bytes", field=field)
+
+
+def check_request_id(request_id: str, field: str = "request_id") -> None:
+    if len(request_id) > MAX_REQUEST_ID_BYTES or (
+        not request_id.isascii() and len(request_id.encode()) > MAX_REQUEST_ID_BYTES
+    ):
+        raise InvalidArgument(f"longer than {MAX_REQUEST_ID_BYTES} bytes", field=field)
+
+
+def decode_row(tensor: pb.Tensor, n_features: int) -> np.ndarray:
+    """One row of features as a (1, n_features) float32 view over the request bytes."""
+    if tensor.datatype and tensor.datatype != "FP32":
+        raise InvalidArgument(f"datatype {tensor.datatype!r} not supported, use FP32", "features")
+    raw = tensor.raw
+    if len(raw) != 4 * n_features:
+        raise InvalidArgument(
+            f"expected {n_features} float32 values ({4 * n_features} bytes), got {len(raw)} bytes",
+            field="features",
+        )
+    shape = tensor.shape
+    if shape and not (
+        (len(shape) == 1 and shape[0] == n_features)
+        or (len(shape) == 2 and shape[0] == 1 and shape[1] == n_features)
+    ):
+        raise InvalidArgument(
+            f"shape {list(shape)} does not match [{n_features}] or [1, {n_features}]",
+            field="features.shape",
+        )
+    row = np.frombuffer(raw, dtype=_FP32).reshape(1, n_features)
+    if not np.isfinite(row).all():
+        raise InvalidArgument("contains NaN or Inf", field="features")
+    return row
+
+
+def decode_matrix(tensor: pb.Tensor, n_rows: int, n_features: int) -> np.ndarray:
+    """A (n_rows, n_features) float32 view; the row count must match the user ids given."""
+    if tensor.datatype and tensor.datatype != "FP32":
+        raise InvalidArgument(f"datatype {tensor.datatype!r} not supported, use FP32", "features")
+    expected = 4 * n_rows * n_features
+    if len(tensor.raw) != expected:
+        raise InvalidArgument(
+            f"expected {n_rows} rows x {n_features} float32 values ({expected} bytes), "
+            f"got {len(tensor.raw)} bytes",
+            field="features",
+        )
+    shape = list(tensor.shape)
+    if shape and shape != [n_rows, n_features]:
+        raise InvalidArgument(
+            f"shape {shape} does not match [{n_rows}, {n_features}]", field="features.shape"
+        )
+    matrix = np.frombuffer(tensor.raw, dtype=_FP32).reshape(n_rows, n_features)
+    if not np.isfinite(matrix).all():
+        bad = int(np.argwhere(~np.isfinite(matrix))[0][0])
+        raise InvalidArgument(f"row {bad} contains NaN or Inf", field="features")
+    return matrix
+
+
+def model_ref_message(model_id: str, version: str, sha256: str) -> pb.ModelRef:
+    """Built once per arm and snapshot; responses reference it instead of rebuilding it."""
+    return pb.ModelRef(id=model_id, version=version, sha256=sha256)
+
+
+def encode_prediction(p: Prediction) -> pb.PredictResponse:
+    arm = p.arm
+    return pb.PredictResponse(
+        request_id=p.request_id,
+        experiment=p.experiment,
+        arm=arm.name,
+        model=arm.model_pb,
+        label=p.label,
+        scores=p.scores,
+        config_version=p.config_version,
+        bucket=p.bucket,
+        hash_version=p.hash_version,
+    )
+
+
+def encode_batch(b: BatchResult) -> pb.PredictBatchResponse:
+    scores = np.ascontiguousarray(b.scores, dtype=_FP32)
+    return pb.PredictBatchResponse(
+        experiment=b.experiment,
+        config_version=b.config_version,
+        hash_version=b.hash_version,
+        arms=[pb.ArmInfo(name=a.name, model=a.model_pb) for a in b.arms],
+        arm_index=b.arm_index.tolist(),
+        buckets=b.buckets.tolist(),
+        labels=b.labels.tolist(),
+        scores=pb.Tensor(shape=list(scores.shape), raw=scores.tobytes(), datatype="FP32"),
+        request_ids=b.request_ids,
+    )
+
+
+def encode_tensor(matrix: np.ndarray) -> pb.Tensor:
+    """Client side helper: a float32 tensor message from any 1-D or 2-D array."""
+    arr = np.ascontiguousarray(matrix, dtype=_FP32)
+    return pb.Tensor(shape=list(arr.shape), raw=arr.tobytes(), datatype="FP32")
+
+
+def request_ids_or_empty(ids: Sequence[str], n_rows: int) -> Sequence[str]:
+    if ids and len(ids) != n_rows:
+        raise InvalidArgument(
+            f"has {len(ids)} entries for {n_rows} rows (give none or one per row)",
+            field="request_ids",
+        )
+    for i, rid in enumerate(ids):
+        check_request_id(rid, field=f"request_ids[{i}]")
+    return ids

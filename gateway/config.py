@@ -1,0 +1,154 @@
+"""Experiments config as plain data: parsing (TOML or JSON) and structural validation.
+
+This is what a file (today) or a config-stream snapshot (later) carries. Turning it into a
+serving snapshot (models resolved, sessions warmed, allocations built) is ``gateway.control``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from abgate.errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+WEIGHT_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    name: str
+    model: str  # full sha256, "id" or "id:version"; resolved through the model store
+    weight: float  # percent
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    name: str
+    salt: str
+    arms: tuple[ArmSpec, ...]
+    # Optional explicit bucket ranges (as persisted snapshots carry them); else from weights.
+    ranges: Mapping[str, tuple[tuple[int, int], ...]] | None = None
+
+
+@dataclass(frozen=True)
+class ExperimentsConfig:
+    version: int
+    experiments: tuple[ExperimentSpec, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "experiments": [
+                {
+                    "name": e.name,
+                    "salt": e.salt,
+                    "arms": [
+                        {"name": a.name, "model": a.model, "weight": a.weight} for a in e.arms
+                    ],
+                    **(
+                        {"ranges": {k: [list(r) for r in v] for k, v in e.ranges.items()}}
+                        if e.ranges is not None
+                        else {}
+                    ),
+                }
+                for e in self.experiments
+            ],
+        }
+
+
+def _require(obj: Mapping[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
+    if key not in obj:
+        raise ConfigError(f"{where}.{key} is missing")
+    value = obj[key]
+    if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
+        raise ConfigError(f"{where}.{key} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _check_name(value: str, where: str) -> str:
+    if not _NAME.match(value):
+        raise ConfigError(
+            f"{where} {value!r} must be 1-128 characters of letters, digits, '_', '.', '-'"
+        )
+    return value
+
+
+def parse_config(data: Mapping[str, Any]) -> ExperimentsConfig:
+    """Validate the structure of a config document and return it as frozen dataclasses."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("config must be a table/object at the top level")
+    version = _require(data, "version", int, "config")
+    if version < 1:
+        raise ConfigError("config.version must be a positive integer")
+    raw_experiments = _require(data, "experiments", list, "config")
+    experiments: list[ExperimentSpec] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_experiments):
+        where = f"experiments[{i}]"
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where} must be a table/object")
+        name = _check_name(_require(raw, "name", str, where), f"{where}.name")
+        if name in seen:
+            raise ConfigError(f"{where}.name {name!r} is defined twice")
+        seen.add(name)
+        salt = raw.get("salt", name)
+        if not isinstance(salt, str) or not salt:
+            raise ConfigError(f"{where}.salt must be a non-empty string")
+        raw_arms = _require(raw, "arms", list, where)
+        if not raw_arms:
+            raise ConfigError(f"{where}.arms must name at least one arm")
+        arms: list[ArmSpec] = []
+        arm_names: set[str] = set()
+        for j, raw_arm in enumerate(raw_arms):
+            awhere = f"{where}.arms[{j}]"
+            if not isinstance(raw_arm, Mapping):
+                raise ConfigError(f"{awhere} must be a table/object")
+            arm_name = _check_name(_require(raw_arm, "name", str, awhere), f"{awhere}.name")
+            if arm_name in arm_names:
+                raise ConfigError(f"{awhere}.name {arm_name!r} is defined twice")
+            arm_names.add(arm_name)
+            model = _require(raw_arm, "model", str, awhere)
+            if not model:
+                raise ConfigError(f"{awhere}.model must not be empty")
+            weight = float(_require(raw_arm, "weight", (int, float), awhere))
+            if not math.isfinite(weight) or weight < 0 or weight > 100:
+                raise ConfigError(f"{awhere}.weight must be between 0 and 100 percent")
+            arms.append(ArmSpec(arm_name, model, weight))
+        total = sum(a.weight for a in arms)
+        if abs(total - 100.0) > WEIGHT_TOLERANCE:
+            raise ConfigError(f"{where}.arms weights sum to {total:g}%, not 100%")
+        ranges = None
+        if "ranges" in raw:
+            raw_ranges = raw["ranges"]
+            if not isinstance(raw_ranges, Mapping):
+                raise ConfigError(f"{where}.ranges must map arm names to [start, end) lists")
+            try:
+                ranges = {
+                    str(k): tuple((int(s), int(e)) for s, e in v) for k, v in raw_ranges.items()
+                }
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}.ranges must hold [start, end) integer pairs") from None
+        experiments.append(ExperimentSpec(name, salt, tuple(arms), ranges))
+    return ExperimentsConfig(version, tuple(experiments))
+
+
+def load_config_file(path: Path) -> ExperimentsConfig:
+    """Read and validate a TOML (``.toml``) or JSON (anything else) experiments file."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text.decode()) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}"
+        ) from None
+    return parse_config(data)

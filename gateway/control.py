@@ -1,0 +1,223 @@
+"""Control plane of one gateway: validate a config, load and warm its models, swap the snapshot.
+
+Every source of configs (file at start-up, SIGHUP or file watch, later the evaluator's stream)
+goes through ``ControlPlane.apply``; a config that fails anywhere leaves the old one serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from abgate.errors import ConfigError, FailedPrecondition, NotFound
+from gateway.allocation import Allocation, AllocationError, weights_to_counts
+from gateway.codec import model_ref_message
+from gateway.config import ExperimentsConfig, ExperimentSpec, parse_config
+from gateway.dataplane import ArmRuntime, DataPlane, ExperimentRuntime, Snapshot, build_experiment
+from gateway.hashing import CURRENT_HASH_VERSION
+from gateway.modelstore import ModelNotFound, ModelStore, ModelStoreError
+from gateway.variants import VariantCache
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_FILE = "snapshot.json"
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        store: ModelStore,
+        variants: VariantCache,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.dataplane = dataplane
+        self.store = store
+        self.variants = variants
+        self.state_dir = state_dir
+        self.config: ExperimentsConfig | None = None
+        # Allocations the next config is re-weighted from (by experiment name: salt, allocation),
+        # so a weight change moves the fewest users, also across restarts (see load_persisted).
+        self._previous: dict[str, tuple[str, Allocation]] = {}
+        self._lock = threading.Lock()  # one apply at a time; readers never take it
+
+    # -- building -------------------------------------------------------------------------
+    def _allocation(self, spec: ExperimentSpec, where: str) -> Allocation:
+        weights = {a.name: a.weight for a in spec.arms}
+        try:
+            if spec.ranges is not None:
+                alloc = Allocation.from_dict(
+                    {"arms": [a.name for a in spec.arms], "ranges": spec.ranges}
+                )
+                if alloc.counts() != weights_to_counts(weights):
+                    raise ConfigError(f"{where}.ranges do not match the arms' weights")
+                return alloc
+            prev = self._previous.get(spec.name)
+            if prev is not None and prev[0] == spec.salt:
+                return prev[1].reweight(weights)
+            return Allocation.initial(weights)
+        except AllocationError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def _experiment(self, spec: ExperimentSpec, version: int, where: str) -> ExperimentRuntime:
+        arms: list[ArmRuntime] = []
+        for i, arm in enumerate(spec.arms):
+            field = f"{where}.arms[{i}].model"
+            try:
+                meta = self.store.resolve(arm.model)
+                variant = self.variants.get_or_load(meta)
+            except ModelNotFound as exc:
+                raise NotFound(f"{arm.model!r} is not in the model store ({exc})", field) from None
+            except ModelStoreError as exc:
+                raise ConfigError(f"{arm.model!r}: {exc}", field=field) from None
+            arms.append(
+                ArmRuntime(
+                    name=arm.name,
+                    index=i,
+                    variant=variant,
+                    model_id=meta.id,
+                    model_version=meta.version,
+                    model_sha256=meta.sha256,
+                    model_pb=model_ref_message(meta.id, meta.version, meta.sha256),
+                )
+            )
+        first = arms[0].variant
+        for arm_rt in arms[1:]:
+            v = arm_rt.variant
+            if (v.n_features, v.n_classes) != (first.n_features, first.n_classes):
+                raise ConfigError(
+                    f"{where}: arm {arm_rt.name!r} takes {v.n_features} features/"
+                    f"{v.n_classes} classes but arm {arms[0].name!r} takes "
+                    f"{first.n_features}/{first.n_classes}; all arms must share one schema"
+                )
+        allocation = self._allocation(spec, where)
+        return build_experiment(
+            spec.name, spec.salt, tuple(arms), allocation, version, CURRENT_HASH_VERSION
+        )
+
+    def build(self, config: ExperimentsConfig) -> Snapshot:
+        """Validate against the store and load every model; touches no serving state."""
+        experiments = {
+            spec.name: self._experiment(spec, config.version, f"experiments[{i}]")
+            for i, spec in enumerate(config.experiments)
+        }
+        return Snapshot(config.version, experiments)
+
+    # -- applying -------------------------------------------------------------------------
+    def check_version(self, config: ExperimentsConfig) -> bool:
+        """False when ``config`` is what already serves; raises on a stale or reused version."""
+        current = self.config
+        if current is None:
+            return True
+        if config.version < current.version:
+            raise FailedPrecondition(
+                f"config version {config.version} is older than the serving {current.version}"
+            )
+        if config.version == current.version:
+            if _without_ranges(config) == _without_ranges(current):
+                return False
+            raise FailedPrecondition(
+                f"config version {config.version} is already serving with different content; "
+                "bump version for every change"
+            )
+        return True
+
+    def apply(self, config: ExperimentsConfig) -> Snapshot | None:
+        """Build and swap in ``config``; returns the new snapshot, or None if unchanged."""
+        with self._lock:
+            if not self.check_version(config):
+                return None
+            snapshot = self.build(config)
+            self.dataplane.snapshot = snapshot  # the one assignment readers observe
+            self.config = config
+            self._previous = {
+                name: (exp.salt, exp.allocation) for name, exp in snapshot.experiments.items()
+            }
+            self.variants.retain(
+                {arm.model_sha256 for exp in snapshot.experiments.values() for arm in exp.arms}
+            )
+            self._persist(snapshot)
+            log.info(
+                "serving config version %d (%d experiments)",
+                config.version,
+                len(snapshot.experiments),
+            )
+            return snapshot
+
+    # -- persistence of the last good snapshot --------------------------------------------
+    def _persist(self, snapshot: Snapshot) -> None:
+        if self.state_dir is None:
+            return
+        doc = snapshot_document(snapshot)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=".snapshot-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(doc, fh, indent=1, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.state_dir / SNAPSHOT_FILE)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_persisted(self) -> ExperimentsConfig | None:
+        """The last good config (with its exact bucket ranges), if one was saved; remembered
+        as the base that the next config is re-weighted from."""
+        if self.state_dir is None:
+            return None
+        path = self.state_dir / SNAPSHOT_FILE
+        try:
+            data = json.loads(path.read_text())
+            config = parse_config(data)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, ConfigError) as exc:
+            log.error("ignoring unreadable persisted snapshot %s: %s", path, exc)
+            return None
+        for spec in config.experiments:
+            if spec.ranges is None:
+                continue
+            try:
+                alloc = Allocation.from_dict(
+                    {"arms": [a.name for a in spec.arms], "ranges": spec.ranges}
+                )
+            except AllocationError:
+                continue
+            self._previous[spec.name] = (spec.salt, alloc)
+        return config
+
+
+def _without_ranges(config: ExperimentsConfig) -> ExperimentsConfig:
+    return ExperimentsConfig(
+        config.version,
+        tuple(ExperimentSpec(e.name, e.salt, e.arms, None) for e in config.experiments),
+    )
+
+
+def snapshot_document(snapshot: Snapshot) -> dict[str, object]:
+    """A snapshot as config data with models pinned by sha256 and the exact bucket ranges."""
+    return {
+        "version": snapshot.version,
+        "experiments": [
+            {
+                "name": exp.name,
+                "salt": exp.salt,
+                "hash_version": exp.hash_version,
+                "arms": [
+                    {
+                        "name": arm.name,
+                        "model": arm.model_sha256,
+                        "weight": exp.allocation.weights()[arm.name],
+                    }
+                    for arm in exp.arms
+                ],
+                "ranges": exp.allocation.to_dict()["ranges"],
+            }
+            for exp in snapshot.experiments.values()
+        ],
+    }

@@ -1,0 +1,303 @@
+"""Gateway process lifecycle: ``start()``/``stop()`` and the worker supervisor.
+
+Stop order, written once: health NOT_SERVING → stop accepting and drain in-flight RPCs (grace)
+→ stop the config watcher → (later: stop shadow work, flush logs) → shut the executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from abgate.errors import AbgateError, ConfigError
+from abgate.settings import GatewaySettings
+from abgate.v1 import gateway_pb2, gateway_pb2_grpc
+from gateway.config import ExperimentsConfig, load_config_file
+from gateway.control import ControlPlane
+from gateway.dataplane import DataPlane
+from gateway.modelstore import ModelStore
+from gateway.servicer import GatewayServicer
+from gateway.variants import SessionOptions, VariantCache
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["InferenceGateway"].full_name
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen must be HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class _FileWatch:
+    """Notices a replaced or edited config file by (inode, size, mtime)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last = self._stamp()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def changed(self) -> bool:
+        stamp = self._stamp()
+        if stamp is None or stamp == self.last:
+            return False
+        self.last = stamp
+        return True
+
+
+class GatewayServer:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.gateway_id = settings.resolved_gateway_id()
+        self.dataplane = DataPlane()
+        self.store = ModelStore(settings.model_store)
+        self.variants = VariantCache(
+            self.store,
+            SessionOptions(
+                intra_op_threads=settings.ort_intra_op_threads, spinning=settings.ort_spinning
+            ),
+        )
+        self.control = ControlPlane(self.dataplane, self.store, self.variants, settings.state_dir)
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="abgate-infer")
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watch: _FileWatch | None = None
+        self._stopped = asyncio.Event()
+
+    # -- config ---------------------------------------------------------------------------
+    async def _apply(self, config: ExperimentsConfig) -> None:
+        await asyncio.to_thread(self.control.apply, config)
+        await self._set_health()
+
+    async def _set_health(self) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.dataplane.snapshot is not None
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set("", status)
+        await self.health.set(SERVICE_NAME, status)
+
+    async def load_initial_config(self) -> None:
+        persisted = self.control.load_persisted()
+        path = self.settings.config
+        if path is not None:
+            try:
+                await self._apply(load_config_file(path))
+                return
+            except AbgateError as exc:
+                if persisted is None:
+                    raise
+                log.error("config %s rejected (%s); serving the last good snapshot", path, exc)
+        if persisted is not None:
+            await self._apply(persisted)
+            log.info("serving persisted snapshot version %d", persisted.version)
+        else:
+            log.warning("no experiments config yet: Predict answers UNAVAILABLE until one loads")
+
+    async def reload(self) -> bool:
+        """Re-read the config file; a bad file is logged and the old config keeps serving."""
+        path = self.settings.config
+        if path is None:
+            log.warning("reload requested but no --config file was given")
+            return False
+        try:
+            await self._apply(load_config_file(path))
+            return True
+        except AbgateError as exc:
+            serving = self.control.config.version if self.control.config else None
+            log.error("config %s rejected, still serving version %s: %s", path, serving, exc)
+            return False
+
+    async def _watch_loop(self) -> None:
+        assert self._watch is not None
+        while True:
+            await asyncio.sleep(self.settings.watch_interval)
+            if self._watch.changed():
+                await self.reload()
+
+    def _spawn(self, coro: asyncio.Future[None] | asyncio.Task[None] | object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> int:
+        s = self.settings
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            # Off for a lone process so a second gateway on the same port fails loudly.
+            ("grpc.so_reuseport", 1 if s.reuse_port else 0),
+        ]
+        server = grpc.aio.server(
+            options=options,
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
+        )
+        gateway_pb2_grpc.add_InferenceGatewayServicer_to_server(
+            GatewayServicer(
+                self.dataplane,
+                self.executor,
+                max_batch_rows=s.max_batch_rows,
+                offload_rows=s.offload_rows,
+            ),
+            server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        await self._set_health()
+        await self.load_initial_config()
+        host, port = split_listen(s.listen)
+        try:
+            self.port = server.add_insecure_port(
+                f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            )
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {s.listen}: {exc}") from None
+        await server.start()
+        self._server = server
+        if s.config is not None and s.watch_interval > 0:
+            self._watch = _FileWatch(s.config)
+            self._spawn(self._watch_loop())
+        log.info("gateway %s listening on %s:%d", self.gateway_id, host, self.port)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.settings.grace_seconds if grace is None else grace)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.executor.shutdown(wait=True)
+        log.info("gateway %s stopped", self.gateway_id)
+
+    async def run_until_signalled(self) -> None:
+        """Serve until SIGTERM/SIGINT; SIGHUP reloads the config file."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        await self.start()
+        await stop.wait()
+        log.info("signal received: draining")
+        await self.stop()
+
+
+def serve(settings: GatewaySettings) -> int:
+    """Run one gateway process, or supervise ``settings.workers`` of them."""
+    if settings.workers > 1:
+        return _supervise(settings)
+    asyncio.run(GatewayServer(settings).run_until_signalled())
+    return 0
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _supervise(settings: GatewaySettings) -> int:
+    """N worker processes on one port (SO_REUSEPORT); restarts a worker that dies."""
+    host, port = split_listen(settings.listen)
+    if port == 0:
+        port = _free_port(host)
+    base_id = settings.resolved_gateway_id()
+    env_base = dict(os.environ)
+    for name, value in {
+        "ABGATE_LISTEN": f"{host}:{port}",
+        "ABGATE_WORKERS": "1",
+        "ABGATE_REUSE_PORT": "1",
+        "ABGATE_MODEL_STORE": str(settings.model_store),
+        "ABGATE_STATE_DIR": str(settings.state_dir),
+        "ABGATE_MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
+        "ABGATE_MAX_BATCH_ROWS": str(settings.max_batch_rows),
+        "ABGATE_MAX_CONCURRENT_RPCS": str(settings.max_concurrent_rpcs),
+        "ABGATE_GRACE_SECONDS": str(settings.grace_seconds),
+        "ABGATE_ORT_INTRA_OP_THREADS": str(settings.ort_intra_op_threads),
+        "ABGATE_ORT_SPINNING": "1" if settings.ort_spinning else "0",
+        "ABGATE_OFFLOAD_ROWS": str(settings.offload_rows),
+        "ABGATE_WATCH_INTERVAL": str(settings.watch_interval),
+    }.items():
+        env_base[name] = value
+    if settings.config is not None:
+        env_base["ABGATE_CONFIG"] = str(settings.config)
+
+    def start_worker(i: int) -> subprocess.Popen[bytes]:
+        env = dict(env_base, ABGATE_GATEWAY_ID=f"{base_id}-w{i}")
+        return subprocess.Popen([sys.executable, "-m", "abgate", "serve"], env=env)
+
+    workers = {i: start_worker(i) for i in range(settings.workers)}
+    log.info("supervising %d workers on %s:%d", settings.workers, host, port)
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for proc in workers.values():
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    restarts: list[float] = []
+    exit_code = 0
+    while workers:
+        time.sleep(0.2)
+        for i, proc in list(workers.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            if stopping:
+                del workers[i]
+                exit_code = exit_code or (rc if rc > 0 else 0)
+                continue
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < 60] + [now]
+            if len(restarts) > 5 * settings.workers:
+                log.error("workers keep dying (last exit %d); stopping", rc)
+                stopping = True
+                forward(signal.SIGTERM, None)
+                exit_code = 1
+                continue
+            log.error("worker %d exited with %d; restarting it", i, rc)
+            workers[i] = start_worker(i)
+    return exit_code

@@ -1,0 +1,120 @@
+"""gRPC servicer for ``abgate.v1.InferenceGateway``: decode, call the data plane, encode.
+
+``_fail`` is the one place where exceptions become gRPC statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from typing import TypeVar
+
+import grpc
+
+from abgate.errors import AbgateError, InvalidArgument
+from abgate.v1 import gateway_pb2 as pb
+from abgate.v1 import gateway_pb2_grpc as pb_grpc
+from gateway import codec
+from gateway.dataplane import DataPlane
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+INTERNAL_MESSAGE = "internal error"
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Domain errors carry their code and message; anything else is INTERNAL, details hidden."""
+    if isinstance(exc, AbgateError):
+        return exc.code, exc.message
+    log.exception("unexpected error serving a request", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+def _fail(context: grpc.aio.ServicerContext, exc: BaseException, empty: R) -> R:
+    code, message = status_of(exc)
+    context.set_code(code)
+    context.set_details(message)
+    return empty
+
+
+class GatewayServicer(pb_grpc.InferenceGatewayServicer):
+    def __init__(
+        self, dataplane: DataPlane, executor: Executor, *, max_batch_rows: int, offload_rows: int
+    ) -> None:
+        self._dp = dataplane
+        self._executor = executor
+        self._max_batch_rows = max_batch_rows
+        self._offload_rows = offload_rows
+
+    def _predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
+        dp = self._dp
+        exp = dp.experiment(request.experiment)
+        user_id = request.user_id
+        codec.check_user_id(user_id)
+        request_id = request.request_id
+        if request_id:
+            codec.check_request_id(request_id)
+        row = codec.decode_row(request.features, exp.n_features)
+        return codec.encode_prediction(dp.predict_row(exp, user_id, row, request_id))
+
+    async def Predict(
+        self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PredictResponse:
+        try:
+            return self._predict(request)
+        except Exception as exc:
+            return _fail(context, exc, pb.PredictResponse())
+
+    async def PredictBatch(
+        self, request: pb.PredictBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PredictBatchResponse:
+        try:
+            dp = self._dp
+            exp = dp.experiment(request.experiment)
+            user_ids = request.user_ids
+            n = len(user_ids)
+            if n == 0:
+                raise InvalidArgument("must hold at least one user id", field="user_ids")
+            if n > self._max_batch_rows:
+                raise InvalidArgument(
+                    f"{n} rows exceed the limit of {self._max_batch_rows}", field="user_ids"
+                )
+            for i, user_id in enumerate(user_ids):
+                codec.check_user_id(user_id, field=f"user_ids[{i}]")
+            request_ids = codec.request_ids_or_empty(request.request_ids, n) or dp.new_request_ids(
+                n
+            )
+            matrix = codec.decode_matrix(request.features, n, exp.n_features)
+            buckets = dp.route_batch(exp, user_ids)
+            if n >= self._offload_rows:
+                # Big batches would stall every other call on the event loop; onnxruntime
+                # releases the GIL, so a thread lets small calls through meanwhile.
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(
+                    self._executor, dp.predict_batch, exp, buckets, matrix, list(request_ids)
+                )
+            else:
+                result = dp.predict_batch(exp, buckets, matrix, request_ids)
+            return codec.encode_batch(result)
+        except Exception as exc:
+            return _fail(context, exc, pb.PredictBatchResponse())
+
+    async def PredictStream(
+        self,
+        request_iterator: AsyncIterator[pb.PredictRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.StreamPredictResponse]:
+        # A bad message fails only itself: its status travels in the answer, the stream stays.
+        async for request in request_iterator:
+            try:
+                response = self._predict(request)
+                yield pb.StreamPredictResponse(response=response, request_id=response.request_id)
+            except Exception as exc:
+                code, message = status_of(exc)
+                yield pb.StreamPredictResponse(
+                    error_code=code.value[0], error_message=message, request_id=request.request_id
+                )

@@ -1,0 +1,110 @@
+"""onnxruntime sessions, one per model sha256, created from verified store bytes and warmed up."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from abgate.errors import ConfigError
+from gateway.modelstore import ModelMetadata, ModelStore
+
+log = logging.getLogger(__name__)
+
+WARMUP_RUNS = 20
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Thread settings; defaults chosen by measurement (see README, "onnxruntime threads")."""
+
+    intra_op_threads: int = 1
+    spinning: bool = False
+
+    def build(self) -> ort.SessionOptions:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads burn a core waiting for work and fight the gRPC threads on 2 cores.
+        flag = "1" if self.spinning else "0"
+        opts.add_session_config_entry("session.intra_op.allow_spinning", flag)
+        opts.add_session_config_entry("session.inter_op.allow_spinning", flag)
+        return opts
+
+
+class Variant:
+    """A loaded model: ``run`` maps float32 rows to (labels, scores)."""
+
+    __slots__ = ("_feeds_name", "_outputs", "meta", "n_classes", "n_features", "session")
+
+    def __init__(self, meta: ModelMetadata, onnx_bytes: bytes, options: SessionOptions) -> None:
+        self.meta = meta
+        try:
+            self.session = ort.InferenceSession(
+                onnx_bytes, sess_options=options.build(), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises several unrelated types
+            raise ConfigError(f"model {meta.sha256[:12]} does not load: {exc}") from exc
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or inputs[0].name != meta.input_name:
+            raise ConfigError(f"model {meta.sha256[:12]}: input does not match its metadata")
+        outputs = {o.name for o in self.session.get_outputs()}
+        if not {meta.label_output, meta.scores_output} <= outputs:
+            raise ConfigError(f"model {meta.sha256[:12]}: outputs do not match its metadata")
+        self._feeds_name = meta.input_name
+        self._outputs = [meta.label_output, meta.scores_output]
+        self.n_features = meta.n_features
+        self.n_classes = len(meta.classes)
+
+    def run(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        labels, scores = self.session.run(self._outputs, {self._feeds_name: rows})
+        return labels, scores
+
+    def warm_up(self) -> None:
+        # First runs allocate arenas and pick kernels; pay that before real traffic arrives.
+        one = np.zeros((1, self.n_features), dtype=np.float32)
+        many = np.zeros((64, self.n_features), dtype=np.float32)
+        for _ in range(WARMUP_RUNS):
+            self.run(one)
+        self.run(many)
+
+
+class VariantCache:
+    """Sessions by sha256, shared across config versions so a reload only loads new models.
+
+    Sessions no config references any more are dropped from the cache on ``retain``; requests
+    still running on them hold their own reference, so they close once those calls finish.
+    """
+
+    def __init__(self, store: ModelStore, options: SessionOptions) -> None:
+        self._store = store
+        self._options = options
+        self._by_sha: dict[str, Variant] = {}
+        self._lock = threading.Lock()
+
+    def get_or_load(self, meta: ModelMetadata) -> Variant:
+        with self._lock:
+            found = self._by_sha.get(meta.sha256)
+        if found is not None:
+            return found
+        data = self._store.load_bytes(meta.sha256)  # verifies the sha256 of the bytes
+        variant = Variant(meta, data, self._options)
+        variant.warm_up()
+        log.info("loaded model %s (%s:%s)", meta.sha256[:12], meta.id, meta.version)
+        with self._lock:
+            return self._by_sha.setdefault(meta.sha256, variant)
+
+    def retain(self, shas: set[str]) -> None:
+        with self._lock:
+            for sha in list(self._by_sha):
+                if sha not in shas:
+                    del self._by_sha[sha]
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return sorted(self._by_sha)

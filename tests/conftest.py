@@ -1,0 +1,161 @@
+"""Shared fixtures: the real object graph (models made by converters/, a real gateway on a free
+port, real stubs). Processes started here are always stopped by their fixture."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from abgate.settings import GatewaySettings
+from abgate.v1 import gateway_pb2_grpc as pb_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class DemoStore:
+    root: Path
+    metas: dict[str, Any]  # model id -> ModelMetadata
+    config: Path  # demo experiments config (TOML)
+    X: np.ndarray
+    y: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory: pytest.TempPathFactory) -> DemoStore:
+    from converters.demo import load_demo_holdout, train_demo_models, write_demo_config
+    from gateway.modelstore import ModelStore
+
+    root = tmp_path_factory.mktemp("models")
+    metas = train_demo_models(ModelStore(root))
+    config = write_demo_config(root.parent / "demo-experiments.toml", metas)
+    X, y = load_demo_holdout(root)
+    return DemoStore(root, {m.id: m for m in metas}, config, X, y)
+
+
+class InProcessGateway:
+    """A real GatewayServer on its own event loop thread, for tests that need its internals."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        from gateway.server import GatewayServer
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = GatewayServer(settings)
+        self.port = self.call(self.server.start())
+        self.target = f"127.0.0.1:{self.port}"
+        self.channel = grpc.insecure_channel(self.target)
+        self.stub = pb_grpc.InferenceGatewayStub(self.channel)
+
+    def call(self, coro: Any, timeout: float = 60.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+        self.call(self.server.stop(grace=1.0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def gateway_settings(demo_store: DemoStore, tmp_path: Path, **kw: Any) -> GatewaySettings:
+    base = GatewaySettings(
+        listen="127.0.0.1:0",
+        config=demo_store.config,
+        model_store=demo_store.root,
+        state_dir=tmp_path / "state",
+        watch_interval=0.0,
+    )
+    return replace(base, **kw)
+
+
+@pytest.fixture
+def gateway(demo_store: DemoStore, tmp_path: Path) -> Iterator[InProcessGateway]:
+    gw = InProcessGateway(gateway_settings(demo_store, tmp_path))
+    try:
+        yield gw
+    finally:
+        gw.close()
+
+
+class GatewayProcess:
+    """``abgate serve`` as a real subprocess (for signals, restarts and workers)."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 60.0) -> GatewayProcess:
+        from abgate.demo import wait_serving
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "abgate", "serve", "--listen", self.target, *self.args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        wait_serving(self.target, timeout=timeout, proc=self.proc)  # type: ignore[arg-type]
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> tuple[int, str]:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return self.proc.returncode, out
+
+
+@pytest.fixture
+def gateway_process(demo_store: DemoStore, tmp_path: Path) -> Iterator[Any]:
+    """Factory: ``gateway_process(*extra_args)`` starts ``abgate serve``; all stopped at the end."""
+    started: list[GatewayProcess] = []
+
+    def start(*extra: str, env: dict[str, str] | None = None) -> GatewayProcess:
+        args = [
+            "--config",
+            str(demo_store.config),
+            "--model-store",
+            str(demo_store.root),
+            "--state-dir",
+            str(tmp_path / "state"),
+            *extra,
+        ]
+        gp = GatewayProcess(args, env)
+        started.append(gp)
+        return gp.start()
+
+    yield start
+    for gp in started:
+        if gp.proc is not None and gp.proc.poll() is None:
+            gp.stop()

@@ -1,0 +1,253 @@
+"""`abgate serve` and `abgate predict` as real processes: restarts, workers, signals, exit codes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from abgate.client import GatewayClient, RpcFailure
+from tests.conftest import DemoStore
+
+pytestmark = pytest.mark.slow
+
+
+def arms_for(
+    target: str, users: list[str], row: np.ndarray, fresh_channels: bool = False
+) -> dict[str, tuple[str, str]]:
+    """user -> (arm, request_id prefix = serving process)."""
+    out: dict[str, tuple[str, str]] = {}
+    client = GatewayClient(target)
+    try:
+        for user in users:
+            if fresh_channels:  # SO_REUSEPORT spreads connections, not calls, over workers
+                client.close()
+                client = GatewayClient(target)
+            r = client.predict("demo", user, row)
+            out[user] = (r["arm"], r["request_id"].split("-")[0])
+    finally:
+        client.close()
+    return out
+
+
+def test_same_arm_across_restart_and_workers(gateway_process: Any, demo_store: DemoStore) -> None:
+    users = [f"user-{i}" for i in range(60)]
+    row = demo_store.X[0]
+    first = gateway_process()
+    before = arms_for(first.target, users, row)
+    rc, _ = first.stop()
+    assert rc == 0
+    again = gateway_process()
+    after = arms_for(again.target, users, row)
+    again.stop()
+    assert {u: a for u, (a, _) in before.items()} == {u: a for u, (a, _) in after.items()}
+
+    workers = gateway_process("--workers", "2")
+    spread = arms_for(workers.target, users, row, fresh_channels=True)
+    rc, out = workers.stop()
+    assert rc == 0, out
+    assert {u: a for u, (a, _) in spread.items()} == {u: a for u, (a, _) in before.items()}
+    processes = {p for _, p in spread.values()}
+    assert len(processes) == 2, "both worker processes should have served some connections"
+
+
+def test_sigterm_drains_in_flight_calls(gateway_process: Any, demo_store: DemoStore) -> None:
+    gp = gateway_process("--grace-seconds", "10")
+    X = demo_store.X
+    results: list[str] = []
+    errors: list[str] = []
+    started = threading.Event()
+
+    def big_batches() -> None:
+        with GatewayClient(gp.target, timeout=30) as client:
+            for k in range(3):
+                ids = [f"drain-{k}-{i}" for i in range(10_000)]
+                rows = X[np.arange(10_000) % len(X)]
+                started.set()
+                try:
+                    resp = client.predict_batch("demo", ids, rows)
+                    results.append(str(len(resp.labels)))
+                except RpcFailure as exc:
+                    errors.append(str(exc))
+                    return
+
+    t = threading.Thread(target=big_batches)
+    t.start()
+    started.wait(10)
+    time.sleep(0.05)
+    gp.signal(signal.SIGTERM)
+    t.join(60)
+    rc, out = gp.stop()
+    assert rc == 0, out
+    # The call in flight at SIGTERM completed; later ones were refused, never cut half-way.
+    assert results and results[0] == "10000", (results, errors)
+    assert all("UNAVAILABLE" in e for e in errors), errors
+
+
+def test_sighup_reloads_and_a_bad_file_keeps_serving(
+    gateway_process: Any, demo_store: DemoStore, tmp_path: Path
+) -> None:
+    logreg = demo_store.metas["demo-logreg"].sha256
+    gbdt = demo_store.metas["demo-gbdt"].sha256
+
+    def write(version: int, w: float) -> None:
+        (tmp_path / "e.json").write_text(
+            json.dumps(
+                {
+                    "version": version,
+                    "experiments": [
+                        {
+                            "name": "demo",
+                            "arms": [
+                                {"name": "control", "model": logreg, "weight": w},
+                                {"name": "treatment", "model": gbdt, "weight": 100 - w},
+                            ],
+                        }
+                    ],
+                }
+            )
+        )
+
+    write(1, 50)
+    gp = gateway_process("--config", str(tmp_path / "e.json"), "--watch-interval", "0")
+    row = demo_store.X[0]
+    with GatewayClient(gp.target) as client:
+        assert client.predict("demo", "u", row)["config_version"] == 1
+        write(2, 0)
+        gp.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while client.predict("demo", "u", row)["config_version"] != 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.predict("demo", "someone", row)["arm"] == "treatment"
+        (tmp_path / "e.json").write_text("{ broken")
+        gp.signal(signal.SIGHUP)
+        time.sleep(1.0)
+        r = client.predict("demo", "u", row)
+        assert r["config_version"] == 2
+    rc, out = gp.stop()
+    assert rc == 0
+    assert "rejected, still serving version 2" in out
+
+
+def test_unknown_model_in_config_fails_start_with_not_found(
+    demo_store: DemoStore, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "e.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "experiments": [
+                    {"name": "demo", "arms": [{"name": "a", "model": "0" * 64, "weight": 100}]}
+                ],
+            }
+        )
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "abgate",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            str(cfg),
+            "--model-store",
+            str(demo_store.root),
+            "--state-dir",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "NOT_FOUND" in proc.stderr and "arms[0].model" in proc.stderr
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "abgate", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_predict_cli_output_and_exit_codes(gateway_process: Any, demo_store: DemoStore) -> None:
+    gp = gateway_process()
+    row = ",".join(str(v) for v in demo_store.X[0])
+    ok = run_cli(
+        "predict",
+        "--target",
+        gp.target,
+        "--experiment",
+        "demo",
+        "--user",
+        "alice",
+        "--features",
+        row,
+        "--json",
+    )
+    assert ok.returncode == 0, ok.stderr
+    answer = json.loads(ok.stdout)
+    assert answer["arm"] in {"control", "treatment"}
+    assert len(answer["model"]["sha256"]) == 64 and len(answer["scores"]) == 2
+    text = run_cli(
+        "predict",
+        "--target",
+        gp.target,
+        "--experiment",
+        "demo",
+        "--user",
+        "alice",
+        "--features",
+        row,
+    )
+    assert f"arm={answer['arm']}" in text.stdout
+
+    missing = run_cli(
+        "predict", "--target", gp.target, "--experiment", "nope", "--user", "a", "--features", row
+    )
+    assert missing.returncode == 1
+    assert "NOT_FOUND" in missing.stderr and "nope" in missing.stderr
+    short = run_cli(
+        "predict",
+        "--target",
+        gp.target,
+        "--experiment",
+        "demo",
+        "--user",
+        "a",
+        "--features",
+        "1,2,3",
+    )
+    assert (
+        short.returncode == 1 and "INVALID_ARGUMENT" in short.stderr and "features" in short.stderr
+    )
+    usage = run_cli(
+        "predict", "--target", gp.target, "--experiment", "demo", "--user", "a", "--features", "1,x"
+    )
+    assert usage.returncode == 2 and "--features" in usage.stderr
+    assert run_cli("predict", "--experiment", "demo").returncode == 2
+    down = run_cli(
+        "predict",
+        "--target",
+        "127.0.0.1:1",
+        "--experiment",
+        "demo",
+        "--user",
+        "a",
+        "--features",
+        row,
+        "--timeout",
+        "2",
+    )
+    assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
