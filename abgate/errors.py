@@ -14,7 +14,7 @@ class AbgateError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, field: str | None = None) -> None:
         self.field = field
         self.message = f"{field}: {message}" if field else message
         super().__init__(self.message)

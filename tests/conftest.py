@@ -106,6 +106,7 @@ class GatewayProcess:
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
+        self.terminating = False
 
     def start(self, timeout: float = 60.0) -> GatewayProcess:
         from abgate.demo import wait_serving
@@ -123,10 +124,12 @@ class GatewayProcess:
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
+        self.terminating = self.terminating or sig == signal.SIGTERM
 
     def stop(self, timeout: float = 30.0) -> tuple[int, str]:
+        """SIGTERM (unless already sent) and wait; returns (exit code, combined output)."""
         assert self.proc is not None
-        if self.proc.poll() is None:
+        if self.proc.poll() is None and not self.terminating:
             self.proc.send_signal(signal.SIGTERM)
         try:
             out, _ = self.proc.communicate(timeout=timeout)

@@ -1,0 +1,177 @@
+"""``abgate models …``: demo training, convert, register, list."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.modelstore import ModelMetadata, ModelStore, ModelStoreError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _err(message: str) -> None:
+    print(f"abgate: error: {message}", file=sys.stderr)
+
+
+def _store(args: argparse.Namespace) -> ModelStore:
+    root = args.store or os.environ.get("ABGATE_MODEL_STORE") or "var/models"
+    return ModelStore(Path(root))
+
+
+def _print(metas: list[ModelMetadata], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([m.to_dict() for m in metas], indent=1))
+        return
+    print(f"{'id':<16} {'version':<8} {'sha256':<14} {'source':<46} parity max|Δp| (rows)")
+    for m in metas:
+        parity = f"{m.parity_max_abs_diff:.1e} ({m.parity_rows})" if m.parity_rows else "unchecked"
+        print(f"{m.id:<16} {m.version:<8} {m.sha256[:12]:<14} {m.source:<46} {parity}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from converters.demo import train_demo_models, write_demo_config
+
+    store = _store(args)
+    metas = train_demo_models(store)
+    config = write_demo_config(Path(args.config_out), metas)
+    _print(metas, args.json)
+    if not args.json:
+        print(f"experiments config written to {config}")
+    return EXIT_OK
+
+
+def _load_holdout(path: Path | None) -> tuple[np.ndarray, np.ndarray | None]:
+    if path is None:
+        raise FileNotFoundError("--holdout FILE.npz (arrays X and y) is required for parity")
+    with np.load(path) as data:
+        if "X" not in data:
+            raise KeyError(f"{path} has no array named X")
+        return data["X"], (data["y"] if "y" in data else None)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import joblib
+
+    from converters.sklearn_onnx import ConversionError, ParityError, convert_and_register
+
+    if not Path(args.input).is_file():
+        _err(f"--input {args.input} does not exist")
+        return EXIT_USAGE
+    try:
+        X, _ = _load_holdout(args.holdout)
+    except (FileNotFoundError, KeyError, ValueError, OSError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    # joblib/pickle is acceptable here: an offline tool run on the user's own file, never the
+    # serving path, which loads only sha-verified ONNX.
+    model = joblib.load(args.input)
+    try:
+        meta = convert_and_register(model, X, _store(args), id=args.id, version=args.version)
+    except (ConversionError, ParityError, ModelStoreError) as exc:
+        _err(str(exc))
+        return EXIT_FAILURE
+    _print([meta], args.json)
+    return EXIT_OK
+
+
+def _inspect_onnx(data: bytes) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    inputs = sess.get_inputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)":
+        raise ValueError("model must have exactly one float32 input")
+    shape = inputs[0].shape
+    if len(shape) != 2 or not isinstance(shape[1], int):
+        raise ValueError(f"input shape {shape} must be [N, n_features] with a known n_features")
+    outputs = sess.get_outputs()
+    if len(outputs) != 2 or outputs[1].type != "tensor(float)":
+        raise ValueError("model must have a label output and a float probabilities output")
+    n_classes = outputs[1].shape[1] if len(outputs[1].shape) == 2 else None
+    if not isinstance(n_classes, int):
+        raise ValueError("probabilities output must be [N, n_classes] (convert without ZipMap)")
+    return {
+        "input_name": inputs[0].name,
+        "n_features": int(shape[1]),
+        "feature_names": tuple(f"f{i}" for i in range(int(shape[1]))),
+        "label_output": outputs[0].name,
+        "scores_output": outputs[1].name,
+        "classes": tuple(range(n_classes)),
+        "opset": 0,
+        "source": "onnx",
+    }
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    path = Path(args.onnx)
+    if not path.is_file():
+        _err(f"--onnx {path} does not exist")
+        return EXIT_USAGE
+    data = path.read_bytes()
+    try:
+        fields = _inspect_onnx(data)
+    except Exception as exc:  # onnxruntime raises assorted types for bad files
+        _err(f"{path} is not a usable classifier model: {exc}")
+        return EXIT_FAILURE
+    meta = ModelMetadata(
+        sha256="",
+        id=args.id,
+        version=args.version or "",
+        parity_max_abs_diff=float("nan"),
+        parity_rows=0,
+        **fields,
+    )
+    try:
+        stored = _store(args).put(data, meta)
+    except ModelStoreError as exc:
+        _err(str(exc))
+        return EXIT_FAILURE
+    _print([stored], args.json)
+    if not args.json:
+        print("note: parity was not checked (no source model); prefer `abgate models convert`")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    _print(_store(args).list(), args.json)
+    return EXIT_OK
+
+
+def add_models_parser(subparsers: Any) -> None:
+    models = subparsers.add_parser("models", help="train demo models, convert, register, list")
+    sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", default=None, help="model store (env ABGATE_MODEL_STORE)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("demo", help="train and register the breast-cancer demo models")
+    common(p)
+    p.add_argument("--config-out", default="var/experiments.toml", help="experiments file")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("convert", help="convert a scikit-learn model (joblib) with parity check")
+    common(p)
+    p.add_argument("--input", required=True, help="fitted model saved with joblib")
+    p.add_argument("--id", required=True, help="model name in the registry")
+    p.add_argument("--version", default=None, help="version (default: next integer)")
+    p.add_argument("--holdout", type=Path, default=None, help=".npz with held-out rows X")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("register", help="register an existing ONNX classifier")
+    common(p)
+    p.add_argument("--onnx", required=True, help="ONNX file")
+    p.add_argument("--id", required=True, help="model name in the registry")
+    p.add_argument("--version", default=None, help="version (default: next integer)")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("list", help="list registered models")
+    common(p)
+    p.set_defaults(func=cmd_list)

@@ -1,0 +1,94 @@
+"""Demo models trained on scikit-learn's bundled breast-cancer data (nothing is downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.datasets import load_breast_cancer
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from converters.sklearn_onnx import convert_and_register
+from gateway.modelstore import ModelMetadata, ModelStore
+
+HOLDOUT_FILE = "demo_holdout.npz"
+
+
+def demo_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    data = load_breast_cancer()
+    X = data.data.astype(np.float32)
+    y = data.target.astype(np.int64)
+    X_train, X_hold, y_train, y_hold = train_test_split(
+        X, y, test_size=0.3, stratify=y, random_state=seed
+    )
+    names = [str(n).replace(" ", "_") for n in data.feature_names]
+    return X_train, X_hold, y_train, y_hold, names
+
+
+def train_demo_models(store: ModelStore, *, seed: int = 0) -> list[ModelMetadata]:
+    """Train, convert, parity-check and register the demo models; deterministic per seed."""
+    X_train, X_hold, y_train, y_hold, names = demo_data(seed)
+    models = {
+        "demo-logreg": Pipeline(
+            [("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=2000))]
+        ),
+        "demo-forest": RandomForestClassifier(n_estimators=50, max_depth=6, random_state=seed),
+        "demo-gbdt": GradientBoostingClassifier(n_estimators=60, max_depth=3, random_state=seed),
+    }
+    metas = []
+    for model_id, model in models.items():
+        # One thread, so no parallel reduction can vary the fit between runs.
+        with threadpool_limits(limits=1):
+            model.fit(X_train, y_train)
+        metas.append(convert_and_register(model, X_hold, store, id=model_id, feature_names=names))
+    store.root.mkdir(parents=True, exist_ok=True)
+    np.savez(store.root / HOLDOUT_FILE, X=X_hold, y=y_hold)
+    return metas
+
+
+def load_demo_holdout(store_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out rows (float32) and their true labels, saved by ``train_demo_models``."""
+    with np.load(Path(store_root) / HOLDOUT_FILE) as data:
+        return data["X"].astype(np.float32), data["y"].astype(np.int64)
+
+
+def write_demo_config(path: Path, metas: list[ModelMetadata], version: int = 1) -> Path:
+    """An experiments config: "demo" (logreg vs gbdt, 50/50) and "demo-3way" (34/33/33)."""
+    by_id = {m.id: m.sha256 for m in metas}
+    lines = [
+        f"version = {version}",
+        "",
+        "[[experiments]]",
+        'name = "demo"',
+        'salt = "demo-v1"',
+    ]
+    for arm, model_id, weight in (
+        ("control", "demo-logreg", 50.0),
+        ("treatment", "demo-gbdt", 50.0),
+    ):
+        lines += [
+            "[[experiments.arms]]",
+            f'name = "{arm}"',
+            f'model = "{by_id[model_id]}"',
+            f"weight = {weight}",
+        ]
+    lines += ["", "[[experiments]]", 'name = "demo-3way"']
+    for arm, model_id, weight in (
+        ("logreg", "demo-logreg", 34.0),
+        ("forest", "demo-forest", 33.0),
+        ("gbdt", "demo-gbdt", 33.0),
+    ):
+        lines += [
+            "[[experiments.arms]]",
+            f'name = "{arm}"',
+            f'model = "{by_id[model_id]}"',
+            f"weight = {weight}",
+        ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path

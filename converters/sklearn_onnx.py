@@ -1,0 +1,158 @@
+"""scikit-learn → ONNX (float32 input, no ZipMap), a parity check against the source model, and
+registration in the model store only when parity holds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from skl2onnx import to_onnx
+from sklearn.base import ClassifierMixin, is_classifier
+from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import Pipeline
+from sklearn.utils.validation import check_is_fitted
+
+from gateway.modelstore import ModelMetadata, ModelStore
+
+DEFAULT_ATOL = 1e-5
+
+
+class ConversionError(Exception):
+    """The model cannot be converted (unsupported, unfitted, non-integer classes...)."""
+
+
+class ParityError(Exception):
+    """The ONNX model does not reproduce the source model; nothing was registered."""
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    max_abs_diff: float
+    rows: int
+    labels_equal: bool
+    atol: float
+
+    @property
+    def ok(self) -> bool:
+        return self.labels_equal and self.max_abs_diff <= self.atol
+
+
+def _final_estimator(model: Any) -> Any:
+    return model.steps[-1][1] if isinstance(model, Pipeline) else model
+
+
+def convert(
+    model: Any,
+    X_sample: np.ndarray,
+    *,
+    feature_names: Sequence[str] | None = None,
+    target_opset: int | None = None,
+) -> tuple[bytes, dict[str, Any]]:
+    """Convert a fitted classifier; returns ONNX bytes and the metadata fields it determines."""
+    final = _final_estimator(model)
+    if not is_classifier(final) or not isinstance(final, ClassifierMixin):
+        raise ConversionError(
+            f"{type(final).__name__} is not a classifier; only classifiers convert"
+        )
+    try:
+        check_is_fitted(model)
+    except NotFittedError:
+        raise ConversionError(f"{type(model).__name__} is not fitted") from None
+    classes = np.asarray(final.classes_)
+    if not np.issubdtype(classes.dtype, np.integer):
+        raise ConversionError(
+            f"class labels must be integers, got {classes.dtype} (encode them first)"
+        )
+    X = np.asarray(X_sample, dtype=np.float32)
+    if X.ndim != 2:
+        raise ConversionError("X_sample must be a 2-D array of rows")
+    n_features = X.shape[1]
+    kwargs: dict[str, Any] = {"options": {id(final): {"zipmap": False}}}
+    if target_opset is not None:
+        kwargs["target_opset"] = target_opset
+    try:
+        onx = to_onnx(model, X[:1], **kwargs)
+    except Exception as exc:  # skl2onnx raises many types for unsupported models
+        raise ConversionError(f"skl2onnx cannot convert {type(model).__name__}: {exc}") from exc
+    # skl2onnx lists opset imports in set order (varies with PYTHONHASHSEED); sort them so the
+    # same model always serializes to the same bytes and hence the same sha256.
+    imports = sorted((o.domain, o.version) for o in onx.opset_import)
+    del onx.opset_import[:]
+    for domain, version in imports:
+        onx.opset_import.add(domain=domain, version=version)
+    outputs = [o.name for o in onx.graph.output]
+    if len(outputs) != 2:
+        raise ConversionError(f"expected label and probability outputs, got {outputs}")
+    opset = max((o.version for o in onx.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    names = (
+        tuple(feature_names)
+        if feature_names is not None
+        else tuple(f"f{i}" for i in range(n_features))
+    )
+    if len(names) != n_features:
+        raise ConversionError(f"{len(names)} feature names for {n_features} features")
+    meta = {
+        "input_name": onx.graph.input[0].name,
+        "n_features": n_features,
+        "feature_names": names,
+        "label_output": outputs[0],
+        "scores_output": outputs[1],
+        "classes": tuple(int(c) for c in classes),
+        "opset": int(opset),
+        "source": f"{type(model).__module__.split('._')[0]}.{type(model).__name__}",
+    }
+    return onx.SerializeToString(), meta
+
+
+def check_parity(
+    model: Any, onnx_bytes: bytes, X_holdout: np.ndarray, *, atol: float = DEFAULT_ATOL
+) -> ParityReport:
+    """Compare probabilities and labels of the ONNX model with the source on held-out rows."""
+    X = np.asarray(X_holdout, dtype=np.float32)
+    if X.ndim != 2 or len(X) == 0:
+        raise ParityError("parity needs a non-empty 2-D array of held-out rows")
+    onnx.checker.check_model(onnx.load_from_string(onnx_bytes))
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    labels, probs = sess.run(None, {sess.get_inputs()[0].name: X})
+    # The source sees the same float32 rows the ONNX model sees.
+    ref_probs = model.predict_proba(X)
+    ref_labels = model.predict(X)
+    if probs.shape != ref_probs.shape:
+        return ParityReport(float("inf"), len(X), False, atol)
+    diff = float(np.max(np.abs(probs.astype(np.float64) - ref_probs)))
+    equal = bool(np.array_equal(np.asarray(labels).ravel(), np.asarray(ref_labels).ravel()))
+    return ParityReport(diff, len(X), equal, atol)
+
+
+def convert_and_register(
+    model: Any,
+    X_holdout: np.ndarray,
+    store: ModelStore,
+    *,
+    id: str,
+    version: str | None = None,
+    feature_names: Sequence[str] | None = None,
+    atol: float = DEFAULT_ATOL,
+) -> ModelMetadata:
+    """Convert, check parity, and register; raises ParityError (nothing stored) on a mismatch."""
+    onnx_bytes, fields = convert(model, X_holdout, feature_names=feature_names)
+    report = check_parity(model, onnx_bytes, X_holdout, atol=atol)
+    if not report.ok:
+        raise ParityError(
+            f"ONNX output differs from the source model: max |Δprob| = {report.max_abs_diff:.3g} "
+            f"(limit {atol:g}), labels equal: {report.labels_equal}, on {report.rows} rows; "
+            "not registered"
+        )
+    meta = ModelMetadata(
+        sha256="",
+        id=id,
+        version=version or "",
+        parity_max_abs_diff=report.max_abs_diff,
+        parity_rows=report.rows,
+        **fields,
+    )
+    return store.put(onnx_bytes, meta)

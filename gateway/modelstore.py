@@ -1,0 +1,176 @@
+"""Content-addressed model store: ``objects/<sha256>.onnx`` plus ``meta/<sha256>.json``.
+
+The serving path imports this module, so it needs only the standard library. A model is found by
+a validated 64-hex sha256 (never a path from outside) and its bytes are re-hashed when read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+class ModelStoreError(Exception):
+    """Base of store errors."""
+
+
+class ModelNotFound(ModelStoreError):
+    """No model with that sha256, id or id:version."""
+
+
+class ModelIntegrityError(ModelStoreError):
+    """The bytes on disk do not hash to their name, or the object is not a regular file."""
+
+
+class InvalidModelRef(ModelStoreError):
+    """A reference that is neither a 64-hex sha256, nor ``id`` nor ``id:version``."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    sha256: str
+    id: str
+    version: str
+    input_name: str
+    n_features: int
+    feature_names: tuple[str, ...]
+    label_output: str
+    scores_output: str
+    classes: tuple[int, ...]
+    opset: int
+    source: str
+    parity_max_abs_diff: float
+    parity_rows: int
+    created_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["feature_names"] = list(self.feature_names)
+        d["classes"] = list(self.classes)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMetadata:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["feature_names"] = tuple(values.get("feature_names", ()))
+        values["classes"] = tuple(int(c) for c in values.get("classes", ()))
+        return cls(**values)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_sha(sha: str) -> str:
+    if not isinstance(sha, str) or not _SHA256.match(sha):
+        raise InvalidModelRef(f"{sha!r} is not a lowercase 64-hex sha256")
+    return sha
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _object(self, sha: str) -> Path:
+        return self.root / "objects" / f"{check_sha(sha)}.onnx"
+
+    def _meta(self, sha: str) -> Path:
+        return self.root / "meta" / f"{check_sha(sha)}.json"
+
+    def contains(self, sha: str) -> bool:
+        return self._meta(sha).is_file() and self._object(sha).is_file()
+
+    def put(self, onnx_bytes: bytes, metadata: ModelMetadata) -> ModelMetadata:
+        """Store bytes and metadata (its sha256 is computed here, its version assigned when
+        empty). Putting the same bytes again returns the stored metadata unchanged."""
+        sha = sha256_hex(onnx_bytes)
+        if self.contains(sha):
+            return self.get(sha)
+        if not _MODEL_ID.match(metadata.id):
+            raise InvalidModelRef(
+                f"model id {metadata.id!r} must be 1-128 of letters, digits, '_', '.', '-'"
+            )
+        version = metadata.version or str(self._next_version(metadata.id))
+        if ":" in version or "/" in version:
+            raise InvalidModelRef(f"model version {version!r} must not contain ':' or '/'")
+        created = metadata.created_at or datetime.now(UTC).isoformat(timespec="seconds")
+        meta = replace(metadata, sha256=sha, version=version, created_at=created)
+        _atomic_write(self._object(sha), onnx_bytes)
+        # Metadata last: a model is visible only once its bytes are durable.
+        _atomic_write(self._meta(sha), json.dumps(meta.to_dict(), indent=1).encode())
+        return meta
+
+    def _next_version(self, model_id: str) -> int:
+        versions = [int(m.version) for m in self.list() if m.id == model_id and m.version.isdigit()]
+        return max(versions, default=0) + 1
+
+    def get(self, sha: str) -> ModelMetadata:
+        path = self._meta(sha)
+        try:
+            return ModelMetadata.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ModelNotFound(f"no model {sha[:12]}… in the store at {self.root}") from None
+
+    def load_bytes(self, sha: str) -> bytes:
+        """The model's bytes, after checking they hash to ``sha``."""
+        path = self._object(sha)
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise ModelIntegrityError(f"model object {sha[:12]}… is not a regular file")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ModelNotFound(f"no model {sha[:12]}… in the store at {self.root}") from None
+        if sha256_hex(data) != sha:
+            raise ModelIntegrityError(f"model object {sha[:12]}… does not match its sha256")
+        return data
+
+    def list(self) -> list[ModelMetadata]:
+        meta_dir = self.root / "meta"
+        if not meta_dir.is_dir():
+            return []
+        metas = []
+        for path in meta_dir.glob("*.json"):
+            if _SHA256.match(path.stem):
+                metas.append(ModelMetadata.from_dict(json.loads(path.read_text())))
+        return sorted(
+            metas, key=lambda m: (m.id, int(m.version) if m.version.isdigit() else 0, m.version)
+        )
+
+    def resolve(self, ref: str) -> ModelMetadata:
+        """A full sha256, ``id`` (its latest version) or ``id:version``."""
+        if _SHA256.match(ref):
+            return self.get(ref)
+        model_id, _, version = ref.partition(":")
+        if not _MODEL_ID.match(model_id):
+            raise InvalidModelRef(f"{ref!r} is not a sha256, 'id' or 'id:version'")
+        candidates = [m for m in self.list() if m.id == model_id]
+        if version:
+            candidates = [m for m in candidates if m.version == version]
+        if not candidates:
+            raise ModelNotFound(f"no model {ref!r} in the store at {self.root}")
+        return candidates[-1]
