@@ -47,13 +47,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _load_holdout(path: Path | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _load_holdout(path: Path | None) -> np.ndarray:
     if path is None:
-        raise FileNotFoundError("--holdout FILE.npz (arrays X and y) is required for parity")
+        raise FileNotFoundError("--holdout FILE.npz (an array X of held-out rows) is required")
     with np.load(path) as data:
         if "X" not in data:
             raise KeyError(f"{path} has no array named X")
-        return data["X"], (data["y"] if "y" in data else None)
+        return np.asarray(data["X"])
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -65,7 +65,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         _err(f"--input {args.input} does not exist")
         return EXIT_USAGE
     try:
-        X, _ = _load_holdout(args.holdout)
+        X = _load_holdout(args.holdout)
     except (FileNotFoundError, KeyError, ValueError, OSError) as exc:
         _err(str(exc))
         return EXIT_USAGE

@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ class ArmRuntime:
     model_version: str
     model_sha256: str
     # The encoded ModelRef, built once per snapshot by the codec so responses just reference it.
-    model_pb: object = field(compare=False)
+    model_pb: Any = field(compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,7 +80,7 @@ class GatewayServer:
         )
         self.control = ControlPlane(self.dataplane, self.store, self.variants, settings.state_dir)
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="abgate-infer")
-        self.health = health.aio.HealthServicer()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
