@@ -1,0 +1,89 @@
+"""The content-addressed store: integrity, references that cannot escape it, versions."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gateway.modelstore import (
+    InvalidModelRef,
+    ModelIntegrityError,
+    ModelMetadata,
+    ModelNotFound,
+    ModelStore,
+    sha256_hex,
+)
+
+META = ModelMetadata(
+    sha256="",
+    id="m",
+    version="",
+    input_name="X",
+    n_features=2,
+    feature_names=("a", "b"),
+    label_output="label",
+    scores_output="probabilities",
+    classes=(0, 1),
+    opset=17,
+    source="test",
+    parity_max_abs_diff=0.0,
+    parity_rows=10,
+)
+
+
+def test_put_get_resolve_list(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    one = store.put(b"model one", META)
+    assert one.sha256 == sha256_hex(b"model one") and one.version == "1"
+    two = store.put(b"model two", META)
+    assert two.version == "2"
+    again = store.put(b"model one", replace(META, id="other"))
+    assert again == one  # idempotent: same bytes, same entry
+    named = store.put(b"model three", replace(META, id="n", version="7"))
+    assert store.resolve("m") == two
+    assert store.resolve("m:1") == one
+    assert store.resolve(one.sha256) == one
+    assert store.resolve("n:7") == named
+    assert [m.sha256 for m in store.list()] == [one.sha256, two.sha256, named.sha256]
+    assert store.load_bytes(two.sha256) == b"model two"
+    with pytest.raises(ModelNotFound):
+        store.resolve("m:9")
+    with pytest.raises(ModelNotFound):
+        store.get("0" * 64)
+
+
+def test_tampered_bytes_are_detected(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    meta = store.put(b"original", META)
+    (tmp_path / "objects" / f"{meta.sha256}.onnx").write_bytes(b"tampered")
+    with pytest.raises(ModelIntegrityError):
+        store.load_bytes(meta.sha256)
+
+
+def test_symlinked_object_is_refused(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "s")
+    meta = store.put(b"original", META)
+    obj = tmp_path / "s" / "objects" / f"{meta.sha256}.onnx"
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"original")
+    obj.unlink()
+    os.symlink(outside, obj)
+    with pytest.raises(ModelIntegrityError, match="regular file"):
+        store.load_bytes(meta.sha256)
+
+
+@pytest.mark.parametrize("ref", ["../etc/passwd", "A" * 64, "abc", "a" * 63, "/tmp/x", "a:b:c/d"])
+def test_bad_references_never_become_paths(tmp_path: Path, ref: str) -> None:
+    store = ModelStore(tmp_path)
+    with pytest.raises((InvalidModelRef, ModelNotFound)):
+        store.resolve(ref)
+    with pytest.raises(InvalidModelRef):
+        store.load_bytes(ref)
+
+
+def test_bad_ids_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidModelRef):
+        ModelStore(tmp_path).put(b"x", replace(META, id="../x"))
