@@ -1,5 +1,7 @@
 """Writes tests/vectors/hashing_v1.json: hash spec v1 vectors, each value computed with mmh3 and
-cross-checked against scikit-learn's independent murmurhash3_32. Run: python -m tests.vectors.generate_hashing
+cross-checked against scikit-learn's independent murmurhash3_32.
+
+Run: python -m tests.vectors.generate_hashing
 """
 
 from __future__ import annotations
