@@ -35,7 +35,7 @@ class BareServicer(pb_grpc.InferenceGatewayServicer):
     def __init__(self, response: pb.PredictResponse) -> None:
         self.response = response
 
-    async def Predict(  # noqa: N802
+    async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictResponse:
         return self.response

@@ -95,7 +95,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_ready(target: str, request: pb.PredictRequest, timeout: float = 60.0) -> pb.PredictResponse:
+def wait_ready(
+    target: str, request: pb.PredictRequest, timeout: float = 60.0
+) -> pb.PredictResponse:
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.InferenceGatewayStub(channel)
@@ -108,7 +110,9 @@ def wait_ready(target: str, request: pb.PredictRequest, timeout: float = 60.0) -
                 time.sleep(0.2)
 
 
-def run_h2load(port: int, body: Path, duration: int, warmup: int, clients: int, streams: int) -> H2loadResult:
+def run_h2load(
+    port: int, body: Path, duration: int, warmup: int, clients: int, streams: int
+) -> H2loadResult:
     cmd = [
         "h2load", "-t", "1", "-c", str(clients), "-m", str(streams),
         "-D", str(duration), f"--warm-up-time={warmup}",
@@ -165,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--streams", type=int, default=16, help="concurrent streams per connection")
     parser.add_argument(
-        "--ort-matrix", action="store_true",
+        "--ort-matrix",
+        action="store_true",
         help="also run the gateway with 2 intra-op threads and with spinning on",
     )
     args = parser.parse_args(argv)
@@ -226,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
                 if res.failed or res.errored:
                     print(f"WARNING: {name} had {res.failed} failed/{res.errored} errored requests")
                 results[name].append(res)
-                print(f"round {r + 1} {name:<14} {res.req_per_s:>9.0f} req/s  "
-                      f"mean {res.latency_mean_us / 1000:.2f} ms")
+                print(
+                    f"round {r + 1} {name:<14} {res.req_per_s:>9.0f} req/s  "
+                    f"mean {res.latency_mean_us / 1000:.2f} ms"
+                )
     finally:
         for s in servers.values():
             s.stop()
@@ -271,9 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in order:
         s = summary[name]
         ratio = "1.00" if name == "bare" else f"{ratios[name]:.2f}"
-        lines.append(
-            f"| {name} | {s['req_per_s_median']:.0f} | {s['latency_mean_ms_median']:.2f} | {ratio} |"
-        )
+        rate, mean = s["req_per_s_median"], s["latency_mean_ms_median"]
+        lines.append(f"| {name} | {rate:.0f} | {mean:.2f} | {ratio} |")
     (args.out / "e2e.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     ratio = ratios["gateway"]

@@ -132,12 +132,19 @@ class DataPlane:
         prefix = self._rid_prefix
         return [f"{prefix}{i:x}" for i in range(start, start + n)]
 
-    def predict_row(
-        self, exp: ExperimentRuntime, user_id: str, row: np.ndarray, request_id: str
-    ) -> Prediction:
+    def route(self, exp: ExperimentRuntime, user_id: str) -> tuple[int, ArmRuntime]:
         bucket = exp.bucket_of(exp.salt, user_id)
-        arm = exp.arms[exp.table[bucket]]
-        labels, scores = arm.variant.run(row)
+        return bucket, exp.arms[exp.table[bucket]]
+
+    def prediction(
+        self,
+        exp: ExperimentRuntime,
+        arm: ArmRuntime,
+        bucket: int,
+        label: int,
+        scores: np.ndarray,
+        request_id: str,
+    ) -> Prediction:
         if not request_id:
             self._seq += 1
             request_id = f"{self._rid_prefix}{self._seq:x}"
@@ -145,12 +152,20 @@ class DataPlane:
             request_id,
             exp.name,
             arm,
-            int(labels[0]),
-            scores[0].tolist(),
+            label,
+            scores.tolist(),
             exp.config_version,
             bucket,
             exp.hash_version,
         )
+
+    def predict_row(
+        self, exp: ExperimentRuntime, user_id: str, row: np.ndarray, request_id: str
+    ) -> Prediction:
+        """Route and run one row synchronously (the servicer batches rows across calls)."""
+        bucket, arm = self.route(exp, user_id)
+        labels, scores = arm.variant.run(row)
+        return self.prediction(exp, arm, bucket, int(labels[0]), scores[0], request_id)
 
     def route_batch(self, exp: ExperimentRuntime, user_ids: Sequence[str]) -> np.ndarray:
         if exp.hash_version != 1:  # pragma: no cover - only v1 exists today

@@ -59,6 +59,7 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
         if request_id:
             codec.check_request_id(request_id)
         row = codec.decode_row(request.features, exp.n_features)
+        # Inline on the event loop: a thread hop costs more than the model (see README).
         return codec.encode_prediction(dp.predict_row(exp, user_id, row, request_id))
 
     async def Predict(
