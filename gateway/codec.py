@@ -89,6 +89,79 @@ def model_ref_message(model_id: str, version: str, sha256: str) -> pb.ModelRef:
     return pb.ModelRef(id=model_id, version=version, sha256=sha256)
 
 
+# -- hand-encoded PredictResponse -----------------------------------------------------------
+# Building and serializing a PredictResponse object per call measured ~30 µs of server CPU per
+# request under load (far more than in a tight loop). The fields fixed per arm and config
+# version are serialized once by protobuf itself (``response_prefix``); per request we append
+# the few variable fields in wire format. Protobuf parsers accept fields in any order.
+_VARINT_1 = [bytes([i]) for i in range(128)]
+
+
+def _varint(value: int) -> bytes:
+    if value < 128:
+        return _VARINT_1[value]
+    out = bytearray()
+    while value > 127:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def response_prefix(
+    experiment: str, arm: str, model: pb.ModelRef, config_version: int, hash_version: int
+) -> bytes:
+    """The per-arm constant part of every PredictResponse, serialized by protobuf."""
+    return pb.PredictResponse(
+        experiment=experiment,
+        arm=arm,
+        model=model,
+        config_version=config_version,
+        hash_version=hash_version,
+    ).SerializeToString()
+
+
+def encode_prediction_raw(
+    prefix: bytes, request_id: str, label: int, scores: np.ndarray, bucket: int
+) -> bytes:
+    """A serialized PredictResponse: ``prefix`` plus request_id (1), label (5), scores (6,
+    packed float32) and bucket (8)."""
+    rid = request_id.encode()
+    raw_scores = scores.astype(_FP32, copy=False).tobytes()
+    return b"".join(
+        (
+            b"\x0a",
+            _varint(len(rid)),
+            rid,
+            prefix,
+            b"\x28",
+            _varint(label & 0xFFFFFFFFFFFFFFFF),  # int64: negatives as 10-byte two's complement
+            b"\x32",
+            _varint(len(raw_scores)),
+            raw_scores,
+            b"\x40",
+            _varint(bucket),
+        )
+    )
+
+
+def encode_stream_raw(response: bytes, request_id: str) -> bytes:
+    """A serialized StreamPredictResponse carrying an already serialized PredictResponse."""
+    rid = request_id.encode()
+    return b"".join((b"\x0a", _varint(len(response)), response, b"\x22", _varint(len(rid)), rid))
+
+
+def encode_stream_error(code: int, message: str, request_id: str) -> bytes:
+    return pb.StreamPredictResponse(
+        error_code=code, error_message=message, request_id=request_id
+    ).SerializeToString()
+
+
+def passthrough(data: bytes) -> bytes:
+    """Response serializer for handlers that return already serialized messages."""
+    return data
+
+
 def encode_prediction(p: Prediction) -> pb.PredictResponse:
     arm = p.arm
     return pb.PredictResponse(

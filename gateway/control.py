@@ -15,7 +15,7 @@ from pathlib import Path
 
 from abgate.errors import ConfigError, FailedPrecondition, NotFound
 from gateway.allocation import Allocation, AllocationError, weights_to_counts
-from gateway.codec import model_ref_message
+from gateway.codec import model_ref_message, response_prefix
 from gateway.config import ExperimentsConfig, ExperimentSpec, parse_config
 from gateway.dataplane import ArmRuntime, DataPlane, ExperimentRuntime, Snapshot, build_experiment
 from gateway.hashing import CURRENT_HASH_VERSION
@@ -74,6 +74,7 @@ class ControlPlane:
                 raise NotFound(f"{arm.model!r} is not in the model store ({exc})", field) from None
             except ModelStoreError as exc:
                 raise ConfigError(f"{arm.model!r}: {exc}", field=field) from None
+            model_pb = model_ref_message(meta.id, meta.version, meta.sha256)
             arms.append(
                 ArmRuntime(
                     name=arm.name,
@@ -82,7 +83,10 @@ class ControlPlane:
                     model_id=meta.id,
                     model_version=meta.version,
                     model_sha256=meta.sha256,
-                    model_pb=model_ref_message(meta.id, meta.version, meta.sha256),
+                    model_pb=model_pb,
+                    response_prefix=response_prefix(
+                        spec.name, arm.name, model_pb, version, CURRENT_HASH_VERSION
+                    ),
                 )
             )
         first = arms[0].variant

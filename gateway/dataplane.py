@@ -29,6 +29,8 @@ class ArmRuntime:
     model_sha256: str
     # The encoded ModelRef, built once per snapshot by the codec so responses just reference it.
     model_pb: Any = field(compare=False)
+    # Serialized PredictResponse fields that are the same for every answer of this arm.
+    response_prefix: bytes = field(compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,10 @@ class DataPlane:
     def route(self, exp: ExperimentRuntime, user_id: str) -> tuple[int, ArmRuntime]:
         bucket = exp.bucket_of(exp.salt, user_id)
         return bucket, exp.arms[exp.table[bucket]]
+
+    def next_request_id(self) -> str:
+        self._seq += 1
+        return f"{self._rid_prefix}{self._seq:x}"
 
     def prediction(
         self,

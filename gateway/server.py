@@ -24,17 +24,14 @@ from grpc_reflection.v1alpha import reflection
 
 from abgate.errors import AbgateError, ConfigError
 from abgate.settings import GatewaySettings
-from abgate.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.config import ExperimentsConfig, load_config_file
 from gateway.control import ControlPlane
 from gateway.dataplane import DataPlane
 from gateway.modelstore import ModelStore
-from gateway.servicer import GatewayServicer
+from gateway.servicer import SERVICE_NAME, GatewayServicer
 from gateway.variants import SessionOptions, VariantCache
 
 log = logging.getLogger(__name__)
-
-SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["InferenceGateway"].full_name
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -162,15 +159,13 @@ class GatewayServer:
             options=options,
             maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
         )
-        gateway_pb2_grpc.add_InferenceGatewayServicer_to_server(
-            GatewayServicer(
-                self.dataplane,
-                self.executor,
-                max_batch_rows=s.max_batch_rows,
-                offload_rows=s.offload_rows,
-            ),
-            server,
+        servicer = GatewayServicer(
+            self.dataplane,
+            self.executor,
+            max_batch_rows=s.max_batch_rows,
+            offload_rows=s.offload_rows,
         )
+        server.add_generic_rpc_handlers((servicer.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server

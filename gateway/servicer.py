@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 INTERNAL_MESSAGE = "internal error"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceGateway"].full_name
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -50,7 +51,9 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
         self._max_batch_rows = max_batch_rows
         self._offload_rows = offload_rows
 
-    def _predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
+    def _predict(self, request: pb.PredictRequest) -> tuple[bytes, str]:
+        """A serialized PredictResponse (see codec.encode_prediction_raw for why bytes) and
+        its request id."""
         dp = self._dp
         exp = dp.experiment(request.experiment)
         user_id = request.user_id
@@ -59,16 +62,20 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
         if request_id:
             codec.check_request_id(request_id)
         row = codec.decode_row(request.features, exp.n_features)
+        bucket, arm = dp.route(exp, user_id)
         # Inline on the event loop: a thread hop costs more than the model (see README).
-        return codec.encode_prediction(dp.predict_row(exp, user_id, row, request_id))
+        labels, scores = arm.variant.run(row)
+        request_id = request_id or dp.next_request_id()
+        raw = codec.encode_prediction_raw(
+            arm.response_prefix, request_id, int(labels[0]), scores[0], bucket
+        )
+        return raw, request_id
 
-    async def Predict(
-        self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
-    ) -> pb.PredictResponse:
+    async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            return self._predict(request)
+            return self._predict(request)[0]
         except Exception as exc:
-            return _fail(context, exc, pb.PredictResponse())
+            return _fail(context, exc, b"")
 
     async def PredictBatch(
         self, request: pb.PredictBatchRequest, context: grpc.aio.ServicerContext
@@ -108,14 +115,36 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
         self,
         request_iterator: AsyncIterator[pb.PredictRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.StreamPredictResponse]:
+    ) -> AsyncIterator[bytes]:
         # A bad message fails only itself: its status travels in the answer, the stream stays.
         async for request in request_iterator:
             try:
-                response = self._predict(request)
-                yield pb.StreamPredictResponse(response=response, request_id=response.request_id)
+                raw, request_id = self._predict(request)
+                yield codec.encode_stream_raw(raw, request_id)
             except Exception as exc:
                 code, message = status_of(exc)
-                yield pb.StreamPredictResponse(
-                    error_code=code.value[0], error_message=message, request_id=request.request_id
-                )
+                yield codec.encode_stream_error(code.value[0], message, request.request_id)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """Registration with pass-through serializers for the hand-encoded answers."""
+        req_single = pb.PredictRequest.FromString
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Predict": grpc.unary_unary_rpc_method_handler(
+                    self.Predict,
+                    request_deserializer=req_single,
+                    response_serializer=codec.passthrough,
+                ),
+                "PredictBatch": grpc.unary_unary_rpc_method_handler(
+                    self.PredictBatch,
+                    request_deserializer=pb.PredictBatchRequest.FromString,
+                    response_serializer=pb.PredictBatchResponse.SerializeToString,
+                ),
+                "PredictStream": grpc.stream_stream_rpc_method_handler(
+                    self.PredictStream,
+                    request_deserializer=req_single,
+                    response_serializer=codec.passthrough,
+                ),
+            },
+        )
