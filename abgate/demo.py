@@ -73,6 +73,8 @@ def run_demo(*, workdir: Path, users: int, workers: int) -> int:
     target = f"127.0.0.1:{port}"
     print(f"== 2. starting the gateway: {workers} workers on {target}")
     cmd = _abgate(
+        "--log-level",
+        "WARNING",
         "serve",
         "--listen",
         target,
@@ -85,7 +87,7 @@ def run_demo(*, workdir: Path, users: int, workers: int) -> int:
         "--workers",
         str(workers),
     )
-    print("   $ abgate " + " ".join(cmd[3:]))
+    print("   $ abgate " + " ".join(cmd[5:]))
     proc = subprocess.Popen(
         cmd, stderr=subprocess.DEVNULL if os.environ.get("ABGATE_DEMO_QUIET") else None
     )
@@ -130,8 +132,12 @@ def run_demo(*, workdir: Path, users: int, workers: int) -> int:
                 resp = client.predict_batch("demo-3way", ids, rows)
                 names = [a.name for a in resp.arms]
                 counts.update(names[k] for k in resp.arm_index)
+        from gateway.config import load_config_file
+
+        spec = {e.name: e for e in load_config_file(config_path).experiments}["demo-3way"]
+        configured = {a.name: a.weight for a in spec.arms}
         for name, n in sorted(counts.items()):
-            print(f"   demo-3way {name:<10} {n / 200:.2f}%")
+            print(f"   demo-3way {name:<10} {n / 200:6.2f}%  (configured {configured[name]:.0f}%)")
     except (RuntimeError, TimeoutError, RpcFailure, subprocess.CalledProcessError) as exc:
         print(f"abgate: error: demo failed: {exc}", file=sys.stderr)
         return 1
