@@ -61,9 +61,13 @@ def _settings_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 # -- serve ----------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.server import serve
+    from gateway.server import serve, split_listen
 
     settings: GatewaySettings = _settings_from_args(GatewaySettings, args)
+    try:
+        split_listen(settings.listen)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if settings.workers < 1:
         raise UsageError("--workers must be at least 1")
     if settings.config is not None and not settings.config.exists():

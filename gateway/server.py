@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from abgate.errors import AbgateError, ConfigError
+from abgate.errors import AbgateError, Unavailable
 from abgate.settings import GatewaySettings
 from gateway.config import ExperimentsConfig, load_config_file
 from gateway.control import ControlPlane
@@ -178,7 +178,7 @@ class GatewayServer:
                 f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             )
         except RuntimeError as exc:
-            raise ConfigError(f"cannot listen on {s.listen}: {exc}") from None
+            raise Unavailable(f"cannot listen on {s.listen} (address in use?): {exc}") from None
         await server.start()
         self._server = server
         if s.config is not None and s.watch_interval > 0:

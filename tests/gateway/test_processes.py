@@ -251,3 +251,13 @@ def test_predict_cli_output_and_exit_codes(gateway_process: Any, demo_store: Dem
         "2",
     )
     assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
+
+
+def test_serve_usage_errors_and_busy_port(gateway_process: Any, demo_store: DemoStore) -> None:
+    gp = gateway_process()
+    common = ["--config", str(demo_store.config), "--model-store", str(demo_store.root)]
+    busy = run_cli("serve", "--listen", gp.target, *common)
+    assert busy.returncode == 1 and "UNAVAILABLE" in busy.stderr and "cannot listen" in busy.stderr
+    assert run_cli("serve", "--listen", "nope", *common).returncode == 2
+    assert run_cli("serve", "--workers", "0", *common).returncode == 2
+    assert run_cli("serve", "--listen", gp.target, "--config", "/nonexistent").returncode == 2
