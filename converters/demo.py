@@ -57,38 +57,33 @@ def load_demo_holdout(store_root: Path) -> tuple[np.ndarray, np.ndarray]:
         return data["X"].astype(np.float32), data["y"].astype(np.int64)
 
 
+DEMO_EXPERIMENTS = {
+    # name: (salt, [(arm, model id, weight %)])
+    "demo": ("demo-v1", [("control", "demo-logreg", 50.0), ("treatment", "demo-gbdt", 50.0)]),
+    "demo-3way": (
+        "demo-3way",
+        [
+            ("logreg", "demo-logreg", 34.0),
+            ("forest", "demo-forest", 33.0),
+            ("gbdt", "demo-gbdt", 33.0),
+        ],
+    ),
+}
+
+
 def write_demo_config(path: Path, metas: list[ModelMetadata], version: int = 1) -> Path:
-    """An experiments config: "demo" (logreg vs gbdt, 50/50) and "demo-3way" (34/33/33)."""
+    """An experiments config (TOML): "demo" (logreg vs gbdt, 50/50) and "demo-3way"."""
     by_id = {m.id: m.sha256 for m in metas}
-    lines = [
-        f"version = {version}",
-        "",
-        "[[experiments]]",
-        'name = "demo"',
-        'salt = "demo-v1"',
-    ]
-    for arm, model_id, weight in (
-        ("control", "demo-logreg", 50.0),
-        ("treatment", "demo-gbdt", 50.0),
-    ):
-        lines += [
-            "[[experiments.arms]]",
-            f'name = "{arm}"',
-            f'model = "{by_id[model_id]}"',
-            f"weight = {weight}",
-        ]
-    lines += ["", "[[experiments]]", 'name = "demo-3way"']
-    for arm, model_id, weight in (
-        ("logreg", "demo-logreg", 34.0),
-        ("forest", "demo-forest", 33.0),
-        ("gbdt", "demo-gbdt", 33.0),
-    ):
-        lines += [
-            "[[experiments.arms]]",
-            f'name = "{arm}"',
-            f'model = "{by_id[model_id]}"',
-            f"weight = {weight}",
-        ]
+    lines = [f"version = {version}"]
+    for name, (salt, arms) in DEMO_EXPERIMENTS.items():
+        lines += ["", "[[experiments]]", f'name = "{name}"', f'salt = "{salt}"']
+        for arm, model_id, weight in arms:
+            lines += [
+                "[[experiments.arms]]",
+                f'name = "{arm}"',
+                f'model = "{by_id[model_id]}"',
+                f"weight = {weight}",
+            ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
