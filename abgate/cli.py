@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -109,6 +110,44 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- db -------------------------------------------------------------------------------------
+def cmd_db(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from abgate.db.embedded import EmbeddedPostgres
+    from abgate.db.migrate import applied, available, migrate
+
+    url = args.database_url or os.environ.get("ABGATE_DATABASE_URL")
+    embedded = None
+    if not url:
+        embedded = EmbeddedPostgres(
+            args.pg_data or Path(os.environ.get("ABGATE_PG_DATA", "var/pg"))
+        )
+        url = embedded.start()
+    try:
+        if args.db_command == "migrate":
+            names = asyncio.run(migrate(url))
+            done = asyncio.run(applied(url))
+            if args.json:
+                print(json.dumps({"applied_now": names, "applied": done}))
+            else:
+                print(f"applied now: {', '.join(names) or 'nothing (up to date)'}")
+        else:
+            done = asyncio.run(applied(url))
+            pending = [m.name for m in available() if m.name not in done]
+            if args.json:
+                print(json.dumps({"applied": done, "pending": pending}))
+            else:
+                print(f"applied: {', '.join(done) or '-'}\npending: {', '.join(pending) or '-'}")
+    except OSError as exc:
+        error(f"UNAVAILABLE: cannot reach PostgreSQL: {exc}")
+        return EXIT_FAILURE
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return EXIT_OK
+
+
 # -- demo -----------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from abgate.demo import run_demo
@@ -138,6 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
     from converters.cli import add_models_parser
 
     add_models_parser(sub)
+
+    p = sub.add_parser("db", help="database schema: migrate, status")
+    dbsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    for name, text in (("migrate", "apply pending migrations"), ("status", "list migrations")):
+        q = dbsub.add_parser(name, help=text)
+        q.add_argument(
+            "--database-url",
+            default=None,
+            help="PostgreSQL URL (env ABGATE_DATABASE_URL); "
+            "without one, an embedded server is started",
+        )
+        q.add_argument(
+            "--pg-data",
+            type=Path,
+            default=None,
+            help="embedded server data directory (env ABGATE_PG_DATA, default var/pg)",
+        )
+        q.add_argument("--json", action="store_true", help="machine-readable output")
+        q.set_defaults(func=cmd_db)
 
     p = sub.add_parser("demo", help="train demo models, start a gateway, route some users")
     p.add_argument("--workdir", type=Path, default=Path("var/demo"), help="demo state directory")

@@ -162,3 +162,46 @@ def gateway_process(demo_store: DemoStore, tmp_path: Path) -> Iterator[Any]:
     for gp in started:
         if gp.proc is not None and gp.proc.poll() is None:
             gp.stop()
+
+
+# -- PostgreSQL: a real server, embedded by default or named by ABGATE_TEST_DATABASE_URL ------
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("ABGATE_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from abgate.db.embedded import EmbeddedPostgres
+
+    with EmbeddedPostgres(tmp_path_factory.mktemp("pg")) as pg:
+        yield pg.url
+
+
+def with_database(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture
+def fresh_db(pg_url: str) -> Iterator[str]:
+    """A new, empty database on the test server for one test; dropped afterwards."""
+    import uuid
+
+    import asyncpg
+
+    name = f"abgate_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield with_database(pg_url, name)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -1,0 +1,1 @@
+"""PostgreSQL: connection targets (any server, or an embedded one) and schema migrations."""

@@ -1,0 +1,62 @@
+"""A real PostgreSQL server from pip (the ``pgserver`` package), for the demo and the tests.
+
+Used only when no ``--database-url`` is given. Its data lives in a directory the user picks;
+it listens on a Unix socket inside that directory, never on a network port.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedPostgres:
+    """``with EmbeddedPostgres(dir) as pg: pg.url`` — started on enter, stopped on exit."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self._server: Any = None
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("embedded PostgreSQL is not running")
+        return str(self._server.get_uri())
+
+    def start(self) -> str:
+        # pgserver logs every command it runs at INFO and platformdirs warns about an unset
+        # XDG_RUNTIME_DIR; neither helps a user.
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pgserver  # lazily: only the embedded mode needs it
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # cleanup_mode="stop": stop the server on cleanup but keep the data for the next run.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        log.info("embedded PostgreSQL running with data in %s", self.data_dir)
+        return self.url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
