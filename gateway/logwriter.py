@@ -1,0 +1,172 @@
+"""Prediction log writer: the request path appends a tuple and returns; a background task
+flushes batches to PostgreSQL with COPY into a staging table, then INSERT … ON CONFLICT DO
+NOTHING, so a replayed batch is harmless.
+
+Status (issue #3, in progress): a failed flush keeps its rows in memory and retries with
+backoff; the on-disk spool for long outages is not written yet. When ``max_queued_rows`` is
+reached, ``append`` raises UNAVAILABLE so no answer is given without a place for its log row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from abgate.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "request_id",
+    "ts",
+    "experiment",
+    "config_version",
+    "bucket",
+    "hash_version",
+    "arm",
+    "model_id",
+    "model_version",
+    "model_sha256",
+    "label",
+    "scores",
+    "latency_us",
+    "shadow",
+    "gateway_id",
+)
+_TS = COLUMNS.index("ts")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+# One row as the hot path builds it: COLUMNS order, ``ts`` as float seconds since the epoch.
+Row = tuple[Any, ...]
+
+
+@dataclass
+class LogCounters:
+    queued: int = 0
+    written: int = 0
+    duplicates: int = 0
+    failed_flushes: int = 0
+    refused: int = 0
+    oldest_queued_at: float | None = field(default=None)
+
+    def lag_seconds(self) -> float:
+        return 0.0 if self.oldest_queued_at is None else time.time() - self.oldest_queued_at
+
+
+class LogWriter:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        batch_rows: int = 1000,
+        max_age: float = 0.2,
+        max_queued_rows: int = 200_000,
+    ) -> None:
+        self.dsn = dsn
+        self.batch_rows = batch_rows
+        self.max_age = max_age
+        self.max_queued_rows = max_queued_rows
+        self.counters = LogCounters()
+        self._buffer: list[Row] = []
+        self._retry: list[list[Row]] = []  # batches whose flush failed, oldest first
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._closing = False
+
+    # -- hot path -------------------------------------------------------------------------
+    def append(self, row: Row) -> None:
+        """Queue one row; never awaits. Raises Unavailable when the queue is full."""
+        if self._queued >= self.max_queued_rows:
+            self.counters.refused += 1
+            raise Unavailable("prediction log is full (database unreachable?); retry later")
+        buf = self._buffer
+        if not buf and self.counters.oldest_queued_at is None:
+            self.counters.oldest_queued_at = row[_TS]
+        buf.append(row)
+        self._queued += 1
+        if len(buf) >= self.batch_rows:
+            self._wake.set()
+
+    # -- background -----------------------------------------------------------------------
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2)
+        self._task = asyncio.create_task(self._run(), name="abgate-log-writer")
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.max_age)
+            self._wake.clear()
+            if self._buffer:
+                self._retry.append(self._buffer)
+                self._buffer = []
+            ok = await self._drain()
+            if ok:
+                backoff = 0.05
+                if self._closing and not self._buffer:
+                    return
+            else:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _drain(self) -> bool:
+        while self._retry:
+            batch = self._retry[0]
+            try:
+                await self.write(batch)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self.counters.failed_flushes += 1
+                log.warning("log flush of %d rows failed, will retry: %s", len(batch), exc)
+                return False
+            self._retry.pop(0)
+            self._queued -= len(batch)
+        self.counters.oldest_queued_at = self._buffer[0][_TS] if self._buffer else None
+        return True
+
+    async def write(self, batch: Sequence[Row]) -> int:
+        """COPY ``batch`` into a staging table and insert what is new; returns rows inserted."""
+        assert self._pool is not None
+        records = [(*r[:_TS], _EPOCH + dt.timedelta(seconds=r[_TS]), *r[_TS + 1 :]) for r in batch]
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS predictions_staging "
+                "(LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            await conn.copy_records_to_table(
+                "predictions_staging", records=records, columns=COLUMNS
+            )
+            status = await conn.execute(
+                f"INSERT INTO predictions ({', '.join(COLUMNS)}) "
+                f"SELECT {', '.join(COLUMNS)} FROM predictions_staging ON CONFLICT DO NOTHING"
+            )
+        inserted = int(status.rsplit(" ", 1)[1])
+        self.counters.written += inserted
+        self.counters.duplicates += len(batch) - inserted
+        return inserted
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Flush everything queued (waiting up to ``timeout`` for the database), then close."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout)
+            except TimeoutError:
+                log.error("log writer stopped with %d rows not written", self._queued)
+        if self._pool is not None:
+            await self._pool.close()
+
+    @property
+    def queued(self) -> int:
+        return self._queued

@@ -1,0 +1,114 @@
+"""The prediction log writer against a real PostgreSQL: batches, replays, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+from abgate.db.migrate import migrate
+from abgate.errors import Unavailable
+from gateway.logwriter import LogWriter, Row
+
+
+def row(i: int, ts: float | None = None) -> Row:
+    t = ts if ts is not None else time.time()
+    model = ("demo-logreg", "1", "a" * 64)
+    return (f"req-{i}", t, "demo", 1, i % 10_000, 1, "control", *model, i % 2, [0.25, 0.75],
+            150, False, "gw-test")  # fmt: skip
+
+
+async def count(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM predictions"))
+    finally:
+        await conn.close()
+
+
+def test_every_appended_row_lands_once(fresh_db: str) -> None:
+    async def run() -> tuple[int, LogWriter]:
+        await migrate(fresh_db)
+        w = LogWriter(fresh_db, batch_rows=500, max_age=0.05)
+        await w.start()
+        for i in range(5000):
+            w.append(row(i))
+            if i % 1000 == 0:
+                await asyncio.sleep(0)  # let the writer run, as the event loop would
+        await w.stop()
+        return await count(fresh_db), w
+
+    n, w = asyncio.run(run())
+    assert n == 5000 and w.counters.written == 5000 and w.queued == 0
+
+
+def test_replayed_batch_changes_nothing(fresh_db: str) -> None:
+    async def run() -> tuple[int, int, LogWriter]:
+        await migrate(fresh_db)
+        w = LogWriter(fresh_db)
+        await w.start()
+        batch = [row(i, ts=1_790_000_000.0 + i) for i in range(300)]
+        first = await w.write(batch)
+        second = await w.write(batch)
+        await w.stop()
+        return first, second, w
+
+    first, second, w = asyncio.run(run())
+    assert (first, second) == (300, 0)
+    assert w.counters.duplicates == 300
+    assert asyncio.run(count(fresh_db)) == 300
+
+
+def test_rows_survive_a_database_outage(fresh_db: str, pg_url: str) -> None:
+    name = urlsplit(fresh_db).path.lstrip("/")
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async def run() -> tuple[int, LogWriter]:
+        await migrate(fresh_db)
+        w = LogWriter(fresh_db, batch_rows=100, max_age=0.05)
+        await w.start()
+        for i in range(200):
+            w.append(row(i))
+        await asyncio.sleep(0.5)
+        # Outage: no new connections, existing ones killed.
+        await admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        )
+        for i in range(200, 1200):
+            w.append(row(i))
+            if i % 100 == 0:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(1.0)
+        assert w.counters.failed_flushes > 0 and w.queued > 0
+        await admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await w.stop(timeout=30)
+        return await count(fresh_db), w
+
+    n, w = asyncio.run(run())
+    assert n == 1200 and w.queued == 0
+
+
+def test_full_queue_refuses_instead_of_losing(fresh_db: str) -> None:
+    async def run() -> LogWriter:
+        await migrate(fresh_db)
+        w = LogWriter(fresh_db, max_queued_rows=10, batch_rows=1000, max_age=60)
+        await w.start()
+        for i in range(10):
+            w.append(row(i))
+        with pytest.raises(Unavailable, match="log is full"):
+            w.append(row(10))
+        await w.stop()
+        return w
+
+    w = asyncio.run(run())
+    assert w.counters.refused == 1 and w.counters.written == 10
