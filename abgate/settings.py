@@ -85,6 +85,12 @@ class GatewaySettings:
     ort_spinning: bool = doc("let onnxruntime worker threads spin-wait", False)
     offload_rows: int = doc("batches with at least this many rows run off the event loop", 512)
     watch_interval: float = doc("seconds between config file checks (0 = SIGHUP only)", 1.0)
+    log_predictions: bool = doc("log every prediction to PostgreSQL", True)
+    database_url: str = doc("PostgreSQL URL for logs; empty starts an embedded server", "")
+    pg_data: Path = doc("data directory of the embedded PostgreSQL", Path("var/pg"))
+    log_batch_rows: int = doc("flush the prediction log at this many rows", 1000)
+    log_max_age: float = doc("flush the prediction log at least this often (seconds)", 0.2)
+    log_max_queued_rows: int = doc("rows held for the database before refusing calls", 200_000)
 
     def resolved_gateway_id(self) -> str:
         return self.gateway_id or default_gateway_id()

@@ -61,7 +61,11 @@ def test_bench_gateway_single_row_path(benchmark: Any, demo: Any, tmp_path: Path
 
     root, _, X = demo
     settings = GatewaySettings(
-        config=root / "experiments.toml", model_store=root, state_dir=tmp_path, watch_interval=0
+        config=root / "experiments.toml",
+        model_store=root,
+        state_dir=tmp_path,
+        watch_interval=0,
+        log_predictions=False,
     )
     server = GatewayServer(settings)
     asyncio.run(server.load_initial_config())

@@ -7,6 +7,7 @@ The control plane (``gateway.control``) builds ``Snapshot`` objects and swaps
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 from abgate.errors import InvalidArgument, NotFound, Unavailable
 from gateway.allocation import Allocation
 from gateway.hashing import BUCKET_FUNCTIONS, NUM_BUCKETS, buckets_v1
+from gateway.logwriter import LogWriter
 from gateway.variants import Variant
 
 
@@ -110,9 +112,11 @@ def build_experiment(
 class DataPlane:
     """Routes and runs predictions against whatever snapshot is current when a call starts."""
 
-    def __init__(self) -> None:
+    def __init__(self, gateway_id: str = "", log: LogWriter | None = None) -> None:
         self.snapshot: Snapshot | None = None
         self.draining = False
+        self.gateway_id = gateway_id
+        self.log = log
         # request ids: a random per-process prefix and a counter are unique and cost no syscall.
         self._rid_prefix = secrets.token_hex(8) + "-"
         self._seq = 0
@@ -172,6 +176,67 @@ class DataPlane:
         bucket, arm = self.route(exp, user_id)
         labels, scores = arm.variant.run(row)
         return self.prediction(exp, arm, bucket, int(labels[0]), scores[0], request_id)
+
+    def log_prediction(
+        self,
+        exp: ExperimentRuntime,
+        arm: ArmRuntime,
+        bucket: int,
+        request_id: str,
+        label: int,
+        scores: np.ndarray,
+        started: float,
+    ) -> None:
+        """Queue the log row of an answer about to be sent (never awaits the database)."""
+        log = self.log
+        if log is None:
+            return
+        now = time.time()
+        log.append(
+            (
+                request_id,
+                now,
+                exp.name,
+                exp.config_version,
+                bucket,
+                exp.hash_version,
+                arm.name,
+                arm.model_id,
+                arm.model_version,
+                arm.model_sha256,
+                label,
+                scores.tolist(),
+                int((now - started) * 1e6),
+                False,
+                self.gateway_id,
+            )
+        )
+
+    def log_batch(self, result: BatchResult, started: float) -> None:
+        log = self.log
+        if log is None:
+            return
+        log.ensure_room(len(result.request_ids))
+        now = time.time()
+        latency = int((now - started) * 1e6)
+        snap_arms = result.arms
+        # One row per prediction: the batch is one call but many users and decisions.
+        for rid, arm_i, bucket, label, scores in zip(
+            result.request_ids,
+            result.arm_index.tolist(),
+            result.buckets.tolist(),
+            result.labels.tolist(),
+            result.scores.tolist(),
+            strict=True,
+        ):
+            arm = snap_arms[arm_i]
+            log.append(
+                (
+                    rid, now, result.experiment, result.config_version, bucket,
+                    result.hash_version, arm.name, arm.model_id, arm.model_version,
+                    arm.model_sha256, label, scores, latency, False, self.gateway_id,
+                )
+            )  # fmt: skip
 
     def route_batch(self, exp: ExperimentRuntime, user_ids: Sequence[str]) -> np.ndarray:
         if exp.hash_version != 1:  # pragma: no cover - only v1 exists today

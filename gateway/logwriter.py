@@ -14,7 +14,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,8 +69,10 @@ class LogWriter:
         batch_rows: int = 1000,
         max_age: float = 0.2,
         max_queued_rows: int = 200_000,
+        on_connect: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         self.dsn = dsn
+        self.on_connect = on_connect  # e.g. run migrations before the first flush
         self.batch_rows = batch_rows
         self.max_age = max_age
         self.max_queued_rows = max_queued_rows
@@ -82,8 +84,15 @@ class LogWriter:
         self._task: asyncio.Task[None] | None = None
         self._pool: asyncpg.Pool | None = None
         self._closing = False
+        self._connected = asyncio.Event()
 
     # -- hot path -------------------------------------------------------------------------
+    def ensure_room(self, n: int) -> None:
+        """Raise Unavailable unless ``n`` more rows fit (checked before a batch is answered)."""
+        if self._queued + n > self.max_queued_rows:
+            self.counters.refused += n
+            raise Unavailable("prediction log is full (database unreachable?); retry later")
+
     def append(self, row: Row) -> None:
         """Queue one row; never awaits. Raises Unavailable when the queue is full."""
         if self._queued >= self.max_queued_rows:
@@ -99,10 +108,30 @@ class LogWriter:
 
     # -- background -----------------------------------------------------------------------
     async def start(self) -> None:
-        self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2)
+        """Returns at once: connecting (and migrating) happens in the background, with retries,
+        so a gateway starts and queues rows even while the database is down."""
         self._task = asyncio.create_task(self._run(), name="abgate-log-writer")
 
+    async def _connect(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                if self.on_connect is not None:
+                    await self.on_connect(self.dsn)
+                self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2)
+                self._connected.set()
+                return
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("prediction log database unreachable, retrying: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def connected(self) -> None:
+        """Wait until the database has been reached (and migrated) once."""
+        await self._connected.wait()
+
     async def _run(self) -> None:
+        await self._connect()
         backoff = 0.05
         while True:
             with contextlib.suppress(TimeoutError):

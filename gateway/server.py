@@ -22,11 +22,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from abgate.db.embedded import EmbeddedPostgres
+from abgate.db.migrate import migrate
 from abgate.errors import AbgateError, Unavailable
 from abgate.settings import GatewaySettings
 from gateway.config import ExperimentsConfig, load_config_file
 from gateway.control import ControlPlane
 from gateway.dataplane import DataPlane
+from gateway.logwriter import LogWriter
 from gateway.modelstore import ModelStore
 from gateway.servicer import SERVICE_NAME, GatewayServicer
 from gateway.variants import SessionOptions, VariantCache
@@ -67,7 +70,9 @@ class GatewayServer:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.gateway_id = settings.resolved_gateway_id()
-        self.dataplane = DataPlane()
+        self.dataplane = DataPlane(self.gateway_id)
+        self.logwriter: LogWriter | None = None
+        self._embedded: EmbeddedPostgres | None = None
         self.store = ModelStore(settings.model_store)
         self.variants = VariantCache(
             self.store,
@@ -171,6 +176,7 @@ class GatewayServer:
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         await self._set_health()
+        await self._start_log()
         await self.load_initial_config()
         host, port = split_listen(s.listen)
         try:
@@ -187,6 +193,25 @@ class GatewayServer:
         log.info("gateway %s listening on %s:%d", self.gateway_id, host, self.port)
         return self.port
 
+    async def _start_log(self) -> None:
+        s = self.settings
+        if not s.log_predictions:
+            log.warning("prediction logging is off (--no-log-predictions)")
+            return
+        url = s.database_url
+        if not url:
+            self._embedded = EmbeddedPostgres(s.pg_data)
+            url = await asyncio.to_thread(self._embedded.start)
+        self.logwriter = LogWriter(
+            url,
+            batch_rows=s.log_batch_rows,
+            max_age=s.log_max_age,
+            max_queued_rows=s.log_max_queued_rows,
+            on_connect=migrate,
+        )
+        await self.logwriter.start()
+        self.dataplane.log = self.logwriter
+
     async def stop(self, grace: float | None = None) -> None:
         if self._stopped.is_set():
             return
@@ -199,6 +224,10 @@ class GatewayServer:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.logwriter is not None:
+            await self.logwriter.stop()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
         self.executor.shutdown(wait=True)
         log.info("gateway %s stopped", self.gateway_id)
 
@@ -254,6 +283,17 @@ def _supervise(settings: GatewaySettings) -> int:
         env_base[name] = value
     if settings.config is not None:
         env_base["ABGATE_CONFIG"] = str(settings.config)
+    env_base["ABGATE_LOG_PREDICTIONS"] = "1" if settings.log_predictions else "0"
+    for name in ("log_batch_rows", "log_max_age", "log_max_queued_rows"):
+        env_base["ABGATE_" + name.upper()] = str(getattr(settings, name))
+    embedded = None
+    if settings.log_predictions:
+        url = settings.database_url
+        if not url:
+            # One embedded server for all workers, started (and stopped) here.
+            embedded = EmbeddedPostgres(settings.pg_data)
+            url = embedded.start()
+        env_base["ABGATE_DATABASE_URL"] = url
 
     def start_worker(i: int) -> subprocess.Popen[bytes]:
         env = dict(env_base, ABGATE_GATEWAY_ID=f"{base_id}-w{i}")
@@ -295,4 +335,6 @@ def _supervise(settings: GatewaySettings) -> int:
                 continue
             log.error("worker %d exited with %d; restarting it", i, rc)
             workers[i] = start_worker(i)
+    if embedded is not None:
+        embedded.stop()
     return exit_code

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from typing import TypeVar
@@ -54,6 +55,7 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
     def _predict(self, request: pb.PredictRequest) -> tuple[bytes, str]:
         """A serialized PredictResponse (see codec.encode_prediction_raw for why bytes) and
         its request id."""
+        started = time.time()
         dp = self._dp
         exp = dp.experiment(request.experiment)
         user_id = request.user_id
@@ -66,9 +68,9 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
         # Inline on the event loop: a thread hop costs more than the model (see README).
         labels, scores = arm.variant.run(row)
         request_id = request_id or dp.next_request_id()
-        raw = codec.encode_prediction_raw(
-            arm.response_prefix, request_id, int(labels[0]), scores[0], bucket
-        )
+        label = int(labels[0])
+        dp.log_prediction(exp, arm, bucket, request_id, label, scores[0], started)
+        raw = codec.encode_prediction_raw(arm.response_prefix, request_id, label, scores[0], bucket)
         return raw, request_id
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> bytes:
@@ -81,6 +83,7 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
         self, request: pb.PredictBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictBatchResponse:
         try:
+            started = time.time()
             dp = self._dp
             exp = dp.experiment(request.experiment)
             user_ids = request.user_ids
@@ -107,6 +110,7 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
                 )
             else:
                 result = dp.predict_batch(exp, buckets, matrix, request_ids)
+            dp.log_batch(result, started)
             return codec.encode_batch(result)
         except Exception as exc:
             return _fail(context, exc, pb.PredictBatchResponse())

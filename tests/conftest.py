@@ -77,20 +77,27 @@ class InProcessGateway:
         self.thread.join(10)
 
 
-def gateway_settings(demo_store: DemoStore, tmp_path: Path, **kw: Any) -> GatewaySettings:
+def gateway_settings(
+    demo_store: DemoStore, tmp_path: Path, database_url: str = "", **kw: Any
+) -> GatewaySettings:
+    """Settings for a test gateway; prediction logging is on when ``database_url`` is given."""
     base = GatewaySettings(
         listen="127.0.0.1:0",
         config=demo_store.config,
         model_store=demo_store.root,
         state_dir=tmp_path / "state",
         watch_interval=0.0,
+        log_predictions=bool(database_url),
+        database_url=database_url,
+        log_max_age=0.05,
     )
     return replace(base, **kw)
 
 
 @pytest.fixture
-def gateway(demo_store: DemoStore, tmp_path: Path) -> Iterator[InProcessGateway]:
-    gw = InProcessGateway(gateway_settings(demo_store, tmp_path))
+def gateway(demo_store: DemoStore, tmp_path: Path, fresh_db: str) -> Iterator[InProcessGateway]:
+    """A gateway logging to a fresh database (``gateway.server.settings.database_url``)."""
+    gw = InProcessGateway(gateway_settings(demo_store, tmp_path, fresh_db))
     try:
         yield gw
     finally:
@@ -140,8 +147,9 @@ class GatewayProcess:
 
 
 @pytest.fixture
-def gateway_process(demo_store: DemoStore, tmp_path: Path) -> Iterator[Any]:
-    """Factory: ``gateway_process(*extra_args)`` starts ``abgate serve``; all stopped at the end."""
+def gateway_process(demo_store: DemoStore, tmp_path: Path, fresh_db: str) -> Iterator[Any]:
+    """Factory: ``gateway_process(*extra_args)`` starts ``abgate serve`` logging to a fresh
+    database (``gateway_process.database_url``); all are stopped at the end."""
     started: list[GatewayProcess] = []
 
     def start(*extra: str, env: dict[str, str] | None = None) -> GatewayProcess:
@@ -152,12 +160,17 @@ def gateway_process(demo_store: DemoStore, tmp_path: Path) -> Iterator[Any]:
             str(demo_store.root),
             "--state-dir",
             str(tmp_path / "state"),
+            "--database-url",
+            fresh_db,
+            "--log-max-age",
+            "0.05",
             *extra,
         ]
         gp = GatewayProcess(args, env)
         started.append(gp)
         return gp.start()
 
+    start.database_url = fresh_db  # type: ignore[attr-defined]
     yield start
     for gp in started:
         if gp.proc is not None and gp.proc.poll() is None:

@@ -50,6 +50,7 @@ def test_replayed_batch_changes_nothing(fresh_db: str) -> None:
         await migrate(fresh_db)
         w = LogWriter(fresh_db)
         await w.start()
+        await w.connected()
         batch = [row(i, ts=1_790_000_000.0 + i) for i in range(300)]
         first = await w.write(batch)
         second = await w.write(batch)

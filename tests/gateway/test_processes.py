@@ -162,6 +162,7 @@ def test_unknown_model_in_config_fails_start_with_not_found(
             "127.0.0.1:0",
             "--config",
             str(cfg),
+            "--no-log-predictions",
             "--model-store",
             str(demo_store.root),
             "--state-dir",
@@ -253,11 +254,17 @@ def test_predict_cli_output_and_exit_codes(gateway_process: Any, demo_store: Dem
     assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
 
 
-def test_serve_usage_errors_and_busy_port(gateway_process: Any, demo_store: DemoStore) -> None:
+def test_serve_usage_errors_and_busy_port(
+    gateway_process: Any, demo_store: DemoStore, tmp_path: Path
+) -> None:
     gp = gateway_process()
-    common = ["--config", str(demo_store.config), "--model-store", str(demo_store.root)]
+    common = [
+        "--config", str(demo_store.config), "--model-store", str(demo_store.root),
+        "--no-log-predictions", "--state-dir", str(tmp_path / "busy"),
+    ]  # fmt: skip
     busy = run_cli("serve", "--listen", gp.target, *common)
     assert busy.returncode == 1 and "UNAVAILABLE" in busy.stderr and "cannot listen" in busy.stderr
     assert run_cli("serve", "--listen", "nope", *common).returncode == 2
     assert run_cli("serve", "--workers", "0", *common).returncode == 2
-    assert run_cli("serve", "--listen", gp.target, "--config", "/nonexistent").returncode == 2
+    nonexistent = run_cli("serve", "--listen", gp.target, "--config", "/nonexistent")
+    assert nonexistent.returncode == 2
