@@ -6,6 +6,7 @@ the real ``abgate predict`` command, show stickiness and arm shares, then stop i
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import signal
@@ -69,9 +70,14 @@ def run_demo(*, workdir: Path, users: int, workers: int) -> int:
     write_demo_config(config_path, metas)
     print(f"   experiments config: {config_path}")
 
+    from abgate.db.embedded import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(workdir / "pg")
+    database_url = pg.start()
+    print(f"== 2. embedded PostgreSQL for the prediction log, data in {pg.data_dir}")
     port = free_port()
     target = f"127.0.0.1:{port}"
-    print(f"== 2. starting the gateway: {workers} workers on {target}")
+    print(f"== 3. starting the gateway: {workers} workers on {target}")
     cmd = _abgate(
         "--log-level",
         "WARNING",
@@ -86,6 +92,8 @@ def run_demo(*, workdir: Path, users: int, workers: int) -> int:
         str(state_dir),
         "--workers",
         str(workers),
+        "--database-url",
+        database_url,
     )
     print("   $ abgate " + " ".join(cmd[5:]))
     proc = subprocess.Popen(
@@ -94,7 +102,7 @@ def run_demo(*, workdir: Path, users: int, workers: int) -> int:
     try:
         wait_serving(target, proc=proc)
         X, y = load_demo_holdout(store_dir)
-        print(f"== 3. routing {users} users with `abgate predict` (each asked twice)")
+        print(f"== 4. routing {users} users with `abgate predict` (each asked twice)")
         for i in range(users):
             user = f"user-{i + 1}"
             row = ",".join(f"{v:.6g}" for v in X[i])
@@ -123,7 +131,7 @@ def run_demo(*, workdir: Path, users: int, workers: int) -> int:
                 f"   {user:<8} -> arm={arms[0]:<10} model={fields['model']:<15} "
                 f"label={fields['label']} (truth {int(y[i])})  {sticky}"
             )
-        print("== 4. arm shares over 20,000 users (PredictBatch) against the configured split")
+        print("== 5. arm shares over 20,000 users (PredictBatch) against the configured split")
         with GatewayClient(target) as client:
             counts: collections.Counter[str] = collections.Counter()
             for chunk in range(10):
@@ -142,7 +150,7 @@ def run_demo(*, workdir: Path, users: int, workers: int) -> int:
         print(f"abgate: error: demo failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        print("== 5. stopping the gateway with SIGTERM (drains in-flight calls)")
+        print("== 6. stopping the gateway with SIGTERM (drains calls, then flushes its log)")
         proc.send_signal(signal.SIGTERM)
         try:
             rc = proc.wait(timeout=30)
@@ -150,4 +158,19 @@ def run_demo(*, workdir: Path, users: int, workers: int) -> int:
             proc.kill()
             rc = proc.wait()
         print(f"   gateway exited with {rc}")
+        try:
+            n_logged = asyncio.run(_count_rows(database_url))
+            print(f"   prediction log: {n_logged} rows in PostgreSQL (all runs of the demo so far)")
+        finally:
+            pg.stop()
     return 0 if rc == 0 else 1
+
+
+async def _count_rows(url: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM predictions"))
+    finally:
+        await conn.close()

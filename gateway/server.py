@@ -283,6 +283,7 @@ def _supervise(settings: GatewaySettings) -> int:
         env_base[name] = value
     if settings.config is not None:
         env_base["ABGATE_CONFIG"] = str(settings.config)
+    env_base["ABGATE_LOG_LEVEL"] = logging.getLevelName(logging.getLogger().level)
     env_base["ABGATE_LOG_PREDICTIONS"] = "1" if settings.log_predictions else "0"
     for name in ("log_batch_rows", "log_max_age", "log_max_queued_rows"):
         env_base["ABGATE_" + name.upper()] = str(getattr(settings, name))
