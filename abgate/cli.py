@@ -110,6 +110,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- outcome --------------------------------------------------------------------------------
+def cmd_outcome(args: argparse.Namespace) -> int:
+    from abgate.client import GatewayClient, RpcFailure
+
+    if len(args.request_id) != len(args.value):
+        raise UsageError("give one --value per --request-id")
+    triples = [(r, v, args.source) for r, v in zip(args.request_id, args.value, strict=True)]
+    with GatewayClient(args.target, timeout=args.timeout) as client:
+        try:
+            accepted = client.record_outcomes(triples)
+        except RpcFailure as exc:
+            error(str(exc))
+            return EXIT_FAILURE
+    print(json.dumps({"accepted": accepted}) if args.json else f"accepted {accepted} outcome(s)")
+    return EXIT_OK
+
+
 # -- db -------------------------------------------------------------------------------------
 def cmd_db(args: argparse.Namespace) -> int:
     import asyncio
@@ -175,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("outcome", help="record outcomes (labels, rewards) for predictions")
+    p.add_argument("--target", default="127.0.0.1:50051", help="gateway HOST:PORT")
+    p.add_argument("--request-id", action="append", required=True, help="repeatable")
+    p.add_argument("--value", action="append", type=float, required=True, help="one per id")
+    p.add_argument("--source", default="", help="who observed it (first value per source wins)")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_outcome)
 
     from converters.cli import add_models_parser
 

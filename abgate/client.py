@@ -88,6 +88,16 @@ class GatewayClient:
         )
         return response_dict(self.predict_raw(request))
 
+    def record_outcomes(self, outcomes: Sequence[tuple[str, float, str]]) -> int:
+        """(request_id, value, source) triples; returns how many the gateway accepted."""
+        request = pb.RecordOutcomeRequest(
+            outcomes=[pb.Outcome(request_id=r, value=v, source=s) for r, v, s in outcomes]
+        )
+        try:
+            return int(self.stub.RecordOutcome(request, timeout=self.timeout).accepted)
+        except grpc.RpcError as exc:
+            raise RpcFailure(exc.code(), exc.details() or "") from None
+
     def predict_batch(
         self,
         experiment: str,

@@ -6,6 +6,7 @@ request never reaches onnxruntime.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -196,6 +197,29 @@ def encode_tensor(matrix: np.ndarray) -> pb.Tensor:
     """Client side helper: a float32 tensor message from any 1-D or 2-D array."""
     arr = np.ascontiguousarray(matrix, dtype=_FP32)
     return pb.Tensor(shape=list(arr.shape), raw=arr.tobytes(), datatype="FP32")
+
+
+MAX_SOURCE_BYTES = 64
+
+
+def decode_outcomes(
+    outcomes: Sequence[pb.Outcome], now: float
+) -> list[tuple[str, float, float, str]]:
+    """Validated outcome rows (request_id, value, ts, source) for the outcome log."""
+    rows = []
+    for i, o in enumerate(outcomes):
+        rid = o.request_id
+        if not rid:
+            raise InvalidArgument("must not be empty", field=f"outcomes[{i}].request_id")
+        check_request_id(rid, field=f"outcomes[{i}].request_id")
+        if not math.isfinite(o.value):
+            raise InvalidArgument("must be a finite number", field=f"outcomes[{i}].value")
+        if len(o.source.encode()) > MAX_SOURCE_BYTES:
+            raise InvalidArgument(
+                f"longer than {MAX_SOURCE_BYTES} bytes", field=f"outcomes[{i}].source"
+            )
+        rows.append((rid, o.value, now, o.source))
+    return rows
 
 
 def request_ids_or_empty(ids: Sequence[str], n_rows: int) -> Sequence[str]:

@@ -117,6 +117,7 @@ class DataPlane:
         self.draining = False
         self.gateway_id = gateway_id
         self.log = log
+        self.outcomes: LogWriter | None = None
         # request ids: a random per-process prefix and a counter are unique and cost no syscall.
         self._rid_prefix = secrets.token_hex(8) + "-"
         self._seq = 0

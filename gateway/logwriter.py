@@ -41,10 +41,11 @@ COLUMNS = (
     "shadow",
     "gateway_id",
 )
-_TS = COLUMNS.index("ts")
+OUTCOME_COLUMNS = ("request_id", "value", "ts", "source")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
-# One row as the hot path builds it: COLUMNS order, ``ts`` as float seconds since the epoch.
+# One row as the hot path builds it: the writer's columns in order, ``ts`` as float seconds
+# since the epoch (converted off the request path, at flush time).
 Row = tuple[Any, ...]
 
 
@@ -55,6 +56,7 @@ class LogCounters:
     duplicates: int = 0
     failed_flushes: int = 0
     refused: int = 0
+    unmatched: int = 0  # outcomes whose prediction was not (yet) in the log when written
     oldest_queued_at: float | None = field(default=None)
 
     def lag_seconds(self) -> float:
@@ -70,8 +72,13 @@ class LogWriter:
         max_age: float = 0.2,
         max_queued_rows: int = 200_000,
         on_connect: Callable[[str], Awaitable[object]] | None = None,
+        table: str = "predictions",
+        columns: Sequence[str] = COLUMNS,
     ) -> None:
         self.dsn = dsn
+        self.table = table
+        self.columns = tuple(columns)
+        self._ts = self.columns.index("ts")
         self.on_connect = on_connect  # e.g. run migrations before the first flush
         self.batch_rows = batch_rows
         self.max_age = max_age
@@ -100,7 +107,7 @@ class LogWriter:
             raise Unavailable("prediction log is full (database unreachable?); retry later")
         buf = self._buffer
         if not buf and self.counters.oldest_queued_at is None:
-            self.counters.oldest_queued_at = row[_TS]
+            self.counters.oldest_queued_at = row[self._ts]
         buf.append(row)
         self._queued += 1
         if len(buf) >= self.batch_rows:
@@ -160,25 +167,33 @@ class LogWriter:
                 return False
             self._retry.pop(0)
             self._queued -= len(batch)
-        self.counters.oldest_queued_at = self._buffer[0][_TS] if self._buffer else None
+        self.counters.oldest_queued_at = self._buffer[0][self._ts] if self._buffer else None
         return True
 
     async def write(self, batch: Sequence[Row]) -> int:
         """COPY ``batch`` into a staging table and insert what is new; returns rows inserted."""
         assert self._pool is not None
-        records = [(*r[:_TS], _EPOCH + dt.timedelta(seconds=r[_TS]), *r[_TS + 1 :]) for r in batch]
+        ts = self._ts
+        records = [(*r[:ts], _EPOCH + dt.timedelta(seconds=r[ts]), *r[ts + 1 :]) for r in batch]
+        staging = f"{self.table}_staging"
+        cols = ", ".join(self.columns)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS predictions_staging "
-                "(LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
+                f"(LIKE {self.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             )
-            await conn.copy_records_to_table(
-                "predictions_staging", records=records, columns=COLUMNS
-            )
+            await conn.copy_records_to_table(staging, records=records, columns=self.columns)
             status = await conn.execute(
-                f"INSERT INTO predictions ({', '.join(COLUMNS)}) "
-                f"SELECT {', '.join(COLUMNS)} FROM predictions_staging ON CONFLICT DO NOTHING"
+                f"INSERT INTO {self.table} ({cols}) SELECT {cols} FROM {staging} "
+                "ON CONFLICT DO NOTHING"
             )
+            if self.table == "outcomes":
+                self.counters.unmatched += int(
+                    await conn.fetchval(
+                        f"SELECT count(*) FROM {staging} s WHERE NOT EXISTS "
+                        "(SELECT 1 FROM predictions p WHERE p.request_id = s.request_id)"
+                    )
+                )
         inserted = int(status.rsplit(" ", 1)[1])
         self.counters.written += inserted
         self.counters.duplicates += len(batch) - inserted

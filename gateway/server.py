@@ -29,12 +29,14 @@ from abgate.settings import GatewaySettings
 from gateway.config import ExperimentsConfig, load_config_file
 from gateway.control import ControlPlane
 from gateway.dataplane import DataPlane
-from gateway.logwriter import LogWriter
+from gateway.logwriter import OUTCOME_COLUMNS, LogWriter
 from gateway.modelstore import ModelStore
 from gateway.servicer import SERVICE_NAME, GatewayServicer
 from gateway.variants import SessionOptions, VariantCache
 
 log = logging.getLogger(__name__)
+
+DB_STARTUP_WAIT = 5.0  # seconds start-up waits for the log database before serving anyway
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -72,6 +74,7 @@ class GatewayServer:
         self.gateway_id = settings.resolved_gateway_id()
         self.dataplane = DataPlane(self.gateway_id)
         self.logwriter: LogWriter | None = None
+        self.outcome_writer: LogWriter | None = None
         self._embedded: EmbeddedPostgres | None = None
         self.store = ModelStore(settings.model_store)
         self.variants = VariantCache(
@@ -211,6 +214,23 @@ class GatewayServer:
         )
         await self.logwriter.start()
         self.dataplane.log = self.logwriter
+        self.outcome_writer = LogWriter(
+            url,
+            batch_rows=s.log_batch_rows,
+            max_age=s.log_max_age,
+            max_queued_rows=s.log_max_queued_rows,
+            on_connect=migrate,
+            table="outcomes",
+            columns=OUTCOME_COLUMNS,
+        )
+        await self.outcome_writer.start()
+        self.dataplane.outcomes = self.outcome_writer
+        try:
+            # Serve right away if the database is down (rows queue), but when it is up, have
+            # the schema in place before the first call so readers never race the migration.
+            await asyncio.wait_for(self.logwriter.connected(), DB_STARTUP_WAIT)
+        except TimeoutError:
+            log.warning("prediction log database not reachable yet; queueing rows meanwhile")
 
     async def stop(self, grace: float | None = None) -> None:
         if self._stopped.is_set():
@@ -224,8 +244,9 @@ class GatewayServer:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.logwriter is not None:
-            await self.logwriter.stop()
+        for writer in (self.logwriter, self.outcome_writer):
+            if writer is not None:
+                await writer.stop()
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
         self.executor.shutdown(wait=True)

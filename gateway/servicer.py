@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import grpc
 
-from abgate.errors import AbgateError, InvalidArgument
+from abgate.errors import AbgateError, FailedPrecondition, InvalidArgument
 from abgate.v1 import gateway_pb2 as pb
 from abgate.v1 import gateway_pb2_grpc as pb_grpc
 from gateway import codec
@@ -129,6 +129,26 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
                 code, message = status_of(exc)
                 yield codec.encode_stream_error(code.value[0], message, request.request_id)
 
+    async def RecordOutcome(
+        self, request: pb.RecordOutcomeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordOutcomeResponse:
+        try:
+            writer = self._dp.outcomes
+            if writer is None:
+                raise FailedPrecondition("this gateway runs with prediction logging off")
+            n = len(request.outcomes)
+            if n > self._max_batch_rows:
+                raise InvalidArgument(
+                    f"{n} outcomes exceed the limit of {self._max_batch_rows}", field="outcomes"
+                )
+            rows = codec.decode_outcomes(request.outcomes, time.time())
+            writer.ensure_room(len(rows))
+            for row in rows:
+                writer.append(row)
+            return pb.RecordOutcomeResponse(accepted=len(rows))
+        except Exception as exc:
+            return _fail(context, exc, pb.RecordOutcomeResponse())
+
     def handler(self) -> grpc.GenericRpcHandler:
         """Registration with pass-through serializers for the hand-encoded answers."""
         req_single = pb.PredictRequest.FromString
@@ -144,6 +164,11 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
                     self.PredictBatch,
                     request_deserializer=pb.PredictBatchRequest.FromString,
                     response_serializer=pb.PredictBatchResponse.SerializeToString,
+                ),
+                "RecordOutcome": grpc.unary_unary_rpc_method_handler(
+                    self.RecordOutcome,
+                    request_deserializer=pb.RecordOutcomeRequest.FromString,
+                    response_serializer=pb.RecordOutcomeResponse.SerializeToString,
                 ),
                 "PredictStream": grpc.stream_stream_rpc_method_handler(
                     self.PredictStream,

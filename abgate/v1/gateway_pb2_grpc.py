@@ -49,6 +49,11 @@ class InferenceGatewayStub:
                 request_serializer=abgate_dot_v1_dot_gateway__pb2.PredictRequest.SerializeToString,
                 response_deserializer=abgate_dot_v1_dot_gateway__pb2.StreamPredictResponse.FromString,
                 _registered_method=True)
+        self.RecordOutcome = channel.unary_unary(
+                '/abgate.v1.InferenceGateway/RecordOutcome',
+                request_serializer=abgate_dot_v1_dot_gateway__pb2.RecordOutcomeRequest.SerializeToString,
+                response_deserializer=abgate_dot_v1_dot_gateway__pb2.RecordOutcomeResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceGatewayServicer:
@@ -75,6 +80,14 @@ class InferenceGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordOutcome(self, request, context):
+        """Attach outcomes to earlier predictions. Unknown request_ids are accepted (an outcome can
+        arrive before its prediction's log row is flushed) and counted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceGatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +105,11 @@ def add_InferenceGatewayServicer_to_server(servicer, server):
                     servicer.PredictStream,
                     request_deserializer=abgate_dot_v1_dot_gateway__pb2.PredictRequest.FromString,
                     response_serializer=abgate_dot_v1_dot_gateway__pb2.StreamPredictResponse.SerializeToString,
+            ),
+            'RecordOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOutcome,
+                    request_deserializer=abgate_dot_v1_dot_gateway__pb2.RecordOutcomeRequest.FromString,
+                    response_serializer=abgate_dot_v1_dot_gateway__pb2.RecordOutcomeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +193,33 @@ class InferenceGateway:
             '/abgate.v1.InferenceGateway/PredictStream',
             abgate_dot_v1_dot_gateway__pb2.PredictRequest.SerializeToString,
             abgate_dot_v1_dot_gateway__pb2.StreamPredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/abgate.v1.InferenceGateway/RecordOutcome',
+            abgate_dot_v1_dot_gateway__pb2.RecordOutcomeRequest.SerializeToString,
+            abgate_dot_v1_dot_gateway__pb2.RecordOutcomeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -97,3 +97,64 @@ def test_every_ok_answer_is_logged_after_sigterm(
     assert set(ok) <= logged, f"{len(set(ok) - logged)} answered calls have no log row"
     # Calls refused while draining never got an answer, so they need no row.
     assert set(failures) <= {"UNAVAILABLE", "CANCELLED"}
+
+
+async def fetch_outcomes(url: str) -> dict[tuple[str, str], float]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT request_id, source, value FROM outcomes")
+        return {(r["request_id"], r["source"]): r["value"] for r in rows}
+    finally:
+        await conn.close()
+
+
+def test_outcomes_attach_by_request_id(gateway: InProcessGateway, demo_store: DemoStore) -> None:
+    url = gateway.server.settings.database_url
+    with GatewayClient(gateway.target) as client:
+        rid = client.predict("demo", "alice", demo_store.X[0])["request_id"]
+        wait_for_rows(url, 1)
+        assert (
+            client.record_outcomes([(rid, 1.0, "labels"), ("not-yet-logged", 0.0, "labels")]) == 2
+        )
+        assert client.record_outcomes([(rid, 0.0, "labels")]) == 1  # duplicate: first one wins
+        for bad, field in (
+            (("", 1.0, "s"), "outcomes[0].request_id"),
+            (("r", float("nan"), "s"), "outcomes[0].value"),
+            (("r", 1.0, "s" * 65), "outcomes[0].source"),
+        ):
+            try:
+                client.record_outcomes([bad])
+                raise AssertionError("accepted a bad outcome")
+            except RpcFailure as exc:
+                assert exc.code.name == "INVALID_ARGUMENT" and field in exc.details
+    writer = gateway.server.outcome_writer
+    assert writer is not None
+    deadline = time.monotonic() + 10
+    while writer.counters.written + writer.counters.duplicates < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stored = asyncio.run(fetch_outcomes(url))
+    assert stored == {(rid, "labels"): 1.0, ("not-yet-logged", "labels"): 0.0}
+    assert writer.counters.unmatched == 1 and writer.counters.duplicates == 1
+
+
+def test_outcome_cli(gateway_process: Any, demo_store: DemoStore) -> None:
+    import json
+    import subprocess
+    import sys
+
+    gp = gateway_process()
+    with GatewayClient(gp.target) as client:
+        rid = client.predict("demo", "bob", demo_store.X[1])["request_id"]
+    base = [sys.executable, "-m", "abgate", "outcome", "--target", gp.target]
+    ok = subprocess.run([*base, "--request-id", rid, "--value", "1", "--json"],
+                        capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert ok.returncode == 0 and json.loads(ok.stdout) == {"accepted": 1}
+    mismatch = subprocess.run([*base, "--request-id", rid], capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+    assert mismatch.returncode == 2
+    bad = subprocess.run([*base, "--request-id", rid, "--value", "nan"], capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+    rc, out = gp.stop()
+    assert rc == 0, out
+    assert asyncio.run(fetch_outcomes(gateway_process.database_url)) == {(rid, ""): 1.0}
