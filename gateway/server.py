@@ -17,6 +17,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,6 +31,7 @@ from gateway.config import ExperimentsConfig, load_config_file
 from gateway.control import ControlPlane
 from gateway.dataplane import DataPlane
 from gateway.logwriter import OUTCOME_COLUMNS, LogWriter
+from gateway.metrics import start_metrics
 from gateway.modelstore import ModelStore
 from gateway.servicer import SERVICE_NAME, GatewayServicer
 from gateway.variants import SessionOptions, VariantCache
@@ -75,6 +77,8 @@ class GatewayServer:
         self.dataplane = DataPlane(self.gateway_id)
         self.logwriter: LogWriter | None = None
         self.outcome_writer: LogWriter | None = None
+        self.metrics_httpd: Any = None
+        self.metrics_port = 0
         self._embedded: EmbeddedPostgres | None = None
         self.store = ModelStore(settings.model_store)
         self.variants = VariantCache(
@@ -190,6 +194,9 @@ class GatewayServer:
             raise Unavailable(f"cannot listen on {s.listen} (address in use?): {exc}") from None
         await server.start()
         self._server = server
+        if s.metrics_listen:
+            mhost, mport = split_listen(s.metrics_listen)
+            self.metrics_port = start_metrics(self, mhost, mport)
         if s.config is not None and s.watch_interval > 0:
             self._watch = _FileWatch(s.config)
             self._spawn(self._watch_loop())
@@ -249,6 +256,9 @@ class GatewayServer:
                 await writer.stop()
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
+        if self.metrics_httpd is not None:
+            self.metrics_httpd.shutdown()
+            self.metrics_httpd.server_close()
         self.executor.shutdown(wait=True)
         log.info("gateway %s stopped", self.gateway_id)
 
@@ -319,6 +329,9 @@ def _supervise(settings: GatewaySettings) -> int:
 
     def start_worker(i: int) -> subprocess.Popen[bytes]:
         env = dict(env_base, ABGATE_GATEWAY_ID=f"{base_id}-w{i}")
+        if settings.metrics_listen:
+            mhost, mport = split_listen(settings.metrics_listen)
+            env["ABGATE_METRICS_LISTEN"] = f"{mhost}:{mport + i if mport else 0}"
         return subprocess.Popen([sys.executable, "-m", "abgate", "serve"], env=env)
 
     workers = {i: start_worker(i) for i in range(settings.workers)}

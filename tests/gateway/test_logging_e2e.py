@@ -158,3 +158,29 @@ def test_outcome_cli(gateway_process: Any, demo_store: DemoStore) -> None:
     rc, out = gp.stop()
     assert rc == 0, out
     assert asyncio.run(fetch_outcomes(gateway_process.database_url)) == {(rid, ""): 1.0}
+
+
+def test_metrics_endpoint_reports_the_log(
+    demo_store: DemoStore, tmp_path: Any, fresh_db: str
+) -> None:
+    import urllib.request
+
+    from tests.conftest import gateway_settings
+
+    gw = InProcessGateway(
+        gateway_settings(demo_store, tmp_path, fresh_db, metrics_listen="127.0.0.1:0")
+    )
+    try:
+        with GatewayClient(gw.target) as client:
+            for i in range(25):
+                client.predict("demo", f"m{i}", demo_store.X[i])
+        wait_for_rows(fresh_db, 25)
+        url = f"http://127.0.0.1:{gw.server.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    finally:
+        gw.close()
+    gid = gw.server.gateway_id
+    assert f'abgate_log_rows_written_total{{gateway="{gid}",table="predictions"}} 25.0' in text
+    assert f'abgate_log_rows_queued{{gateway="{gid}",table="predictions"}} 0.0' in text
+    assert f'abgate_config_version{{gateway="{gid}"}} 1.0' in text
+    assert "abgate_log_lag_seconds" in text and "abgate_outcomes_unmatched_total" in text
