@@ -72,6 +72,7 @@ class LogWriter:
         max_age: float = 0.2,
         max_queued_rows: int = 200_000,
         on_connect: Callable[[str], Awaitable[object]] | None = None,
+        flush_timeout: float = 30.0,
         table: str = "predictions",
         columns: Sequence[str] = COLUMNS,
     ) -> None:
@@ -80,6 +81,9 @@ class LogWriter:
         self.columns = tuple(columns)
         self._ts = self.columns.index("ts")
         self.on_connect = on_connect  # e.g. run migrations before the first flush
+        # A flush (or connect) that takes longer is abandoned and retried; a retried batch
+        # that had in fact committed is harmless (ON CONFLICT DO NOTHING).
+        self.flush_timeout = flush_timeout
         self.batch_rows = batch_rows
         self.max_age = max_age
         self.max_queued_rows = max_queued_rows
@@ -119,26 +123,33 @@ class LogWriter:
         so a gateway starts and queues rows even while the database is down."""
         self._task = asyncio.create_task(self._run(), name="abgate-log-writer")
 
-    async def _connect(self) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                if self.on_connect is not None:
-                    await self.on_connect(self.dsn)
-                self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2)
-                self._connected.set()
-                return
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("prediction log database unreachable, retrying: %s", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+    async def _ensure_pool(self) -> bool:
+        if self._pool is not None:
+            return True
+        try:
+            if self.on_connect is not None:
+                await asyncio.wait_for(self.on_connect(self.dsn), self.flush_timeout)
+            self._pool = await asyncio.wait_for(
+                asyncpg.create_pool(self.dsn, min_size=1, max_size=2), self.flush_timeout
+            )
+        except Exception as exc:  # any failure to reach the database: retry later
+            log.warning("%s log database unreachable, will retry: %s", self.table, exc)
+            return False
+        self._connected.set()
+        return True
+
+    def _drop_pool(self) -> None:
+        # After a failed flush the connections may be half-dead; start over with new ones.
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
 
     async def connected(self) -> None:
         """Wait until the database has been reached (and migrated) once."""
         await self._connected.wait()
 
     async def _run(self) -> None:
-        await self._connect()
+        await self._ensure_pool()  # connect (and migrate) eagerly; failures retry on flush
         backoff = 0.05
         while True:
             with contextlib.suppress(TimeoutError):
@@ -147,8 +158,7 @@ class LogWriter:
             if self._buffer:
                 self._retry.append(self._buffer)
                 self._buffer = []
-            ok = await self._drain()
-            if ok:
+            if await self._drain():
                 backoff = 0.05
                 if self._closing and not self._buffer:
                     return
@@ -157,13 +167,19 @@ class LogWriter:
                 backoff = min(backoff * 2, 5.0)
 
     async def _drain(self) -> bool:
+        """Write the pending batches oldest first; False (rows kept) at the first failure."""
+        if self._retry and not await self._ensure_pool():
+            self.counters.failed_flushes += 1
+            return False
         while self._retry:
             batch = self._retry[0]
             try:
-                await self.write(batch)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                await asyncio.wait_for(self.write(batch), self.flush_timeout)
+            except Exception as exc:  # whatever broke, the rows stay queued and are retried
                 self.counters.failed_flushes += 1
-                log.warning("log flush of %d rows failed, will retry: %s", len(batch), exc)
+                log.warning("%s log flush of %d rows failed, will retry: %s",
+                            self.table, len(batch), exc)  # fmt: skip
+                self._drop_pool()
                 return False
             self._retry.pop(0)
             self._queued -= len(batch)

@@ -1,0 +1,105 @@
+"""The prediction log when PostgreSQL goes away, and when the gateway is killed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from abgate.client import GatewayClient, RpcFailure
+from abgate.db.embedded import EmbeddedPostgres
+from tests.conftest import DemoStore, InProcessGateway, gateway_settings
+
+pytestmark = pytest.mark.slow
+
+
+async def ids_and_count(url: str) -> tuple[set[str], int]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT request_id FROM predictions")
+        return {r["request_id"] for r in rows}, len(rows)
+    finally:
+        await conn.close()
+
+
+def traffic(target: str, row: Any, stop: threading.Event, ok: list[str], errors: list[str],
+            pause: float = 0.0) -> None:  # fmt: skip
+    with GatewayClient(target, timeout=10) as client:
+        i = 0
+        while not stop.is_set():
+            try:
+                ok.append(client.predict("demo", f"user-{threading.get_ident()}-{i}", row)
+                          ["request_id"])  # fmt: skip
+            except RpcFailure as exc:
+                errors.append(exc.code.name)
+            i += 1
+            if pause:
+                time.sleep(pause)
+
+
+def test_postgres_down_for_30s_loses_nothing(demo_store: DemoStore, tmp_path: Path) -> None:
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    url = pg.start()
+    gw = InProcessGateway(gateway_settings(demo_store, tmp_path, url, log_batch_rows=200))
+    ok: list[str] = []
+    errors: list[str] = []
+    stop = threading.Event()
+    t = threading.Thread(target=traffic, args=(gw.target, demo_store.X[0], stop, ok, errors, 0.002))
+    t.start()
+    try:
+        time.sleep(1.0)
+        pg.stop()  # the database is gone; traffic goes on
+        before_outage = len(ok)
+        time.sleep(30)
+        during = len(ok) - before_outage
+        writer = gw.server.logwriter
+        assert writer is not None and writer.queued > 0 and writer.counters.failed_flushes > 0
+        pg.start()  # same data directory, same socket: the writer reconnects by itself
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        t.join(30)
+        gw.close()  # drains, then flushes everything still queued
+    try:
+        ids, n = asyncio.run(ids_and_count(url))
+    finally:
+        pg.stop()
+    assert errors == [], "no client may see an error while the database is down"
+    assert during > 1000
+    assert n == len(ids) == len(ok) and ids == set(ok)
+
+
+def test_kill_9_loses_at_most_one_flush_window(gateway_process: Any, demo_store: DemoStore) -> None:
+    """kill -9 loses what was queued or mid-COPY: at most about two flush windows of rows."""
+    batch_rows = 200
+    gp = gateway_process("--log-batch-rows", str(batch_rows), "--log-max-age", "0.2")
+    ok: list[str] = []
+    errors: list[str] = []
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=traffic, args=(gp.target, demo_store.X[0], stop, ok, errors))
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(3.0)
+    assert gp.proc is not None
+    os.kill(gp.proc.pid, signal.SIGKILL)
+    answered = len(ok)  # answers given before the kill (a few in-flight ones fail)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    gp.proc.wait(10)
+    ids, _ = asyncio.run(ids_and_count(gateway_process.database_url))
+    missing = len(set(ok[:answered]) - ids)
+    rate = answered / 3.0
+    print(f"kill -9: {answered} answered at {rate:.0f}/s, {missing} without a log row")
+    # Window: rows younger than --log-max-age plus one batch being copied.
+    assert missing <= max(2 * batch_rows, int(rate * 0.2) + batch_rows)
