@@ -89,6 +89,10 @@ class GatewaySettings:
     log_predictions: bool = doc("log every prediction to PostgreSQL", True)
     database_url: str = doc("PostgreSQL URL for logs; empty starts an embedded server", "")
     pg_data: Path = doc("data directory of the embedded PostgreSQL", Path("var/pg"))
+    spool_dir: Path | None = doc(
+        "disk spool for log rows while PostgreSQL is down (default STATE_DIR/spool/main)", None
+    )
+    spool_max_bytes: int = doc("largest the disk spool may grow", 1 << 30)
     log_batch_rows: int = doc("flush the prediction log at this many rows", 1000)
     log_max_age: float = doc("flush the prediction log at least this often (seconds)", 0.2)
     log_max_queued_rows: int = doc("rows held for the database before refusing calls", 200_000)

@@ -2,9 +2,10 @@
 flushes batches to PostgreSQL with COPY into a staging table, then INSERT … ON CONFLICT DO
 NOTHING, so a replayed batch is harmless.
 
-Status (issue #3, in progress): a failed flush keeps its rows in memory and retries with
-backoff; the on-disk spool for long outages is not written yet. When ``max_queued_rows`` is
-reached, ``append`` raises UNAVAILABLE so no answer is given without a place for its log row.
+When a flush fails, its rows go to the on-disk spool (``gateway.spool``) and the writer keeps
+retrying; once the database answers again the spool is replayed in order and each segment is
+deleted after its rows are committed. Only when memory and spool are both full does ``append``
+raise UNAVAILABLE, so no answer is given without a place for its log row.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from abgate.errors import Unavailable
+from gateway.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ class LogCounters:
     failed_flushes: int = 0
     refused: int = 0
     unmatched: int = 0  # outcomes whose prediction was not (yet) in the log when written
+    spooled: int = 0  # rows written to the disk spool
+    replayed: int = 0  # rows read back from the spool and committed
     oldest_queued_at: float | None = field(default=None)
 
     def lag_seconds(self) -> float:
@@ -73,6 +78,7 @@ class LogWriter:
         max_queued_rows: int = 200_000,
         on_connect: Callable[[str], Awaitable[object]] | None = None,
         flush_timeout: float = 30.0,
+        spool: Spool | None = None,
         table: str = "predictions",
         columns: Sequence[str] = COLUMNS,
     ) -> None:
@@ -84,6 +90,7 @@ class LogWriter:
         # A flush (or connect) that takes longer is abandoned and retried; a retried batch
         # that had in fact committed is harmless (ON CONFLICT DO NOTHING).
         self.flush_timeout = flush_timeout
+        self.spool = spool
         self.batch_rows = batch_rows
         self.max_age = max_age
         self.max_queued_rows = max_queued_rows
@@ -160,9 +167,18 @@ class LogWriter:
                 self._buffer = []
             if await self._drain():
                 backoff = 0.05
+                if self.spool is not None and self.spool.segments():
+                    await self._replay()
                 if self._closing and not self._buffer:
                     return
             else:
+                await self._spill()
+                if self._closing:
+                    if self._buffer:
+                        self._retry.append(self._buffer)
+                        self._buffer = []
+                        await self._spill()
+                    return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -185,6 +201,40 @@ class LogWriter:
             self._queued -= len(batch)
         self.counters.oldest_queued_at = self._buffer[0][self._ts] if self._buffer else None
         return True
+
+    async def _spill(self) -> None:
+        """Move batches the database refused from memory to the disk spool."""
+        spool = self.spool
+        while spool is not None and self._retry:
+            batch = self._retry[0]
+            try:
+                await asyncio.to_thread(spool.append, batch)
+            except (SpoolFull, OSError) as exc:
+                log.error("%s spool cannot take %d rows (%s); keeping them in memory",
+                          self.table, len(batch), exc)  # fmt: skip
+                return
+            self._retry.pop(0)
+            self._queued -= len(batch)
+            self.counters.spooled += len(batch)
+
+    async def _replay(self) -> None:
+        """Commit spooled batches in order; a segment is deleted only once all of it is in."""
+        spool = self.spool
+        assert spool is not None
+        spool.seal()
+        for segment in spool.segments():
+            batches = await asyncio.to_thread(_read_segment, spool, segment)
+            try:
+                for batch in batches:
+                    await asyncio.wait_for(self.write(batch), self.flush_timeout)
+                    self.counters.replayed += len(batch)
+            except Exception as exc:
+                self.counters.failed_flushes += 1
+                log.warning("%s spool replay paused: %s", self.table, exc)
+                self._drop_pool()
+                return
+            await asyncio.to_thread(spool.delete, segment)
+            log.info("%s spool segment %s replayed", self.table, segment.name)
 
     async def write(self, batch: Sequence[Row]) -> int:
         """COPY ``batch`` into a staging table and insert what is new; returns rows inserted."""
@@ -230,3 +280,7 @@ class LogWriter:
     @property
     def queued(self) -> int:
         return self._queued
+
+
+def _read_segment(spool: Spool, segment: Path) -> list[list[Any]]:
+    return list(spool.read(segment))

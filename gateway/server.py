@@ -34,6 +34,7 @@ from gateway.logwriter import OUTCOME_COLUMNS, LogWriter
 from gateway.metrics import start_metrics
 from gateway.modelstore import ModelStore
 from gateway.servicer import SERVICE_NAME, GatewayServicer
+from gateway.spool import Spool
 from gateway.variants import SessionOptions, VariantCache
 
 log = logging.getLogger(__name__)
@@ -212,12 +213,14 @@ class GatewayServer:
         if not url:
             self._embedded = EmbeddedPostgres(s.pg_data)
             url = await asyncio.to_thread(self._embedded.start)
+        spool_root = s.spool_dir or s.state_dir / "spool" / "main"
         self.logwriter = LogWriter(
             url,
             batch_rows=s.log_batch_rows,
             max_age=s.log_max_age,
             max_queued_rows=s.log_max_queued_rows,
             on_connect=migrate,
+            spool=Spool(spool_root / "predictions", max_bytes=s.spool_max_bytes),
         )
         await self.logwriter.start()
         self.dataplane.log = self.logwriter
@@ -229,6 +232,7 @@ class GatewayServer:
             on_connect=migrate,
             table="outcomes",
             columns=OUTCOME_COLUMNS,
+            spool=Spool(spool_root / "outcomes", max_bytes=s.spool_max_bytes),
         )
         await self.outcome_writer.start()
         self.dataplane.outcomes = self.outcome_writer
@@ -310,6 +314,7 @@ def _supervise(settings: GatewaySettings) -> int:
         "ABGATE_ORT_SPINNING": "1" if settings.ort_spinning else "0",
         "ABGATE_OFFLOAD_ROWS": str(settings.offload_rows),
         "ABGATE_WATCH_INTERVAL": str(settings.watch_interval),
+        "ABGATE_SPOOL_MAX_BYTES": str(settings.spool_max_bytes),
     }.items():
         env_base[name] = value
     if settings.config is not None:
@@ -329,6 +334,9 @@ def _supervise(settings: GatewaySettings) -> int:
 
     def start_worker(i: int) -> subprocess.Popen[bytes]:
         env = dict(env_base, ABGATE_GATEWAY_ID=f"{base_id}-w{i}")
+        # A stable spool per worker slot, so a restarted worker replays what its slot spooled.
+        spool_base = settings.spool_dir or settings.state_dir / "spool"
+        env["ABGATE_SPOOL_DIR"] = str(spool_base / f"w{i}")
         if settings.metrics_listen:
             mhost, mport = split_listen(settings.metrics_listen)
             env["ABGATE_METRICS_LISTEN"] = f"{mhost}:{mport + i if mport else 0}"

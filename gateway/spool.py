@@ -1,0 +1,95 @@
+"""Append-only on-disk spool for log batches the database could not take.
+
+Segment files ``seg-<n>.spool`` hold records ``magic(4) | length(4) | crc32(4) | payload``,
+each payload one JSON batch. Every append is fsynced. A torn record at a segment's end (a crash
+mid-write) fails its checksum and is ignored; the records before it are intact. Segments are
+deleted only after every record in them is committed to PostgreSQL, and replays are harmless
+(the writer inserts with ON CONFLICT DO NOTHING), so a crash during replay only repeats work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"ABS1"
+_HEADER = struct.Struct(">4sII")
+
+
+class SpoolFull(Exception):
+    """The spool reached its size limit."""
+
+
+class Spool:
+    def __init__(self, root: Path, *, max_bytes: int = 1 << 30, segment_bytes: int = 16 << 20):
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._current: Path | None = None
+        self._size = sum(p.stat().st_size for p in self.segments())
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def segments(self) -> list[Path]:
+        return sorted(self.root.glob("seg-*.spool"))
+
+    def _next_segment(self) -> Path:
+        existing = self.segments()
+        n = int(existing[-1].stem.split("-")[1]) + 1 if existing else 1
+        return self.root / f"seg-{n:012d}.spool"
+
+    def append(self, rows: list[Any]) -> Path:
+        """Durably append one batch; returns the segment it went to."""
+        payload = json.dumps(rows, separators=(",", ":")).encode()
+        record = _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+        if self._size + len(record) > self.max_bytes:
+            raise SpoolFull(f"spool {self.root} is full ({self._size} bytes)")
+        if (
+            self._current is None
+            or not self._current.exists()
+            or self._current.stat().st_size + len(record) > self.segment_bytes
+        ):
+            self._current = self._next_segment()
+        fd = os.open(self._current, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, record)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._size += len(record)
+        return self._current
+
+    def seal(self) -> None:
+        """Start a new segment on the next append (so the replayer may finish this one)."""
+        self._current = None
+
+    def read(self, segment: Path) -> Iterator[list[Any]]:
+        """The intact batches of a segment, in order; stops at a torn or corrupt record."""
+        data = segment.read_bytes()
+        pos = 0
+        while pos + _HEADER.size <= len(data):
+            magic, length, crc = _HEADER.unpack_from(data, pos)
+            start, end = pos + _HEADER.size, pos + _HEADER.size + length
+            if magic != MAGIC or end > len(data) or zlib.crc32(data[start:end]) != crc:
+                log.error("spool %s: bad record at byte %d; ignoring the rest", segment, pos)
+                return
+            yield json.loads(data[start:end])
+            pos = end
+
+    def delete(self, segment: Path) -> None:
+        size = segment.stat().st_size
+        segment.unlink()
+        self._size -= size
+        if self._current == segment:
+            self._current = None

@@ -1,0 +1,101 @@
+"""The disk spool: durable records, torn tails, limits; and the log writer spilling to it."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+from abgate.db.migrate import migrate
+from gateway.logwriter import LogWriter
+from gateway.spool import Spool, SpoolFull
+from tests.gateway.test_logwriter import count, row
+
+
+def test_append_read_delete(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, segment_bytes=300)
+    batches = [[[f"r{i}", i, [0.5, 0.5]]] for i in range(10)]
+    for b in batches:
+        spool.append(b)
+    segments = spool.segments()
+    assert len(segments) > 1  # rolled over at segment_bytes
+    assert [b for seg in segments for b in spool.read(seg)] == batches
+    reopened = Spool(tmp_path, segment_bytes=300)
+    assert reopened.size == spool.size > 0
+    for seg in segments:
+        reopened.delete(seg)
+    assert reopened.size == 0 and reopened.segments() == []
+
+
+def test_torn_tail_and_corruption_are_ignored(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    seg = spool.append([["a"]])
+    spool.append([["b"]])
+    data = seg.read_bytes()
+    seg.write_bytes(data[:-3])  # a crash mid-write
+    assert list(spool.read(seg)) == [[["a"]]]
+    flipped = bytearray(data)
+    flipped[14] ^= 0xFF  # a flipped bit in the first record
+    seg.write_bytes(bytes(flipped))
+    assert list(spool.read(seg)) == []
+
+
+def test_full_spool_refuses(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=100)
+    spool.append([["x" * 40]])
+    with pytest.raises(SpoolFull):
+        spool.append([["y" * 40]])
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def test_writer_spills_during_outage_and_replays_once(
+    fresh_db: str, pg_url: str, tmp_path: Path
+) -> None:
+    name = urlsplit(fresh_db).path.lstrip("/")
+    spool_dir = tmp_path / "spool"
+    kept = tmp_path / "kept"
+
+    async def outage_then_stop() -> LogWriter:
+        await migrate(fresh_db)
+        await _admin(pg_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        w = LogWriter(fresh_db, batch_rows=100, max_age=0.05, spool=Spool(spool_dir))
+        await w.start()
+        for i in range(1000):
+            w.append(row(i))
+            if i % 100 == 0:
+                await asyncio.sleep(0.01)
+        await w.stop(timeout=30)  # database still down: everything must be on disk
+        return w
+
+    w = asyncio.run(outage_then_stop())
+    assert w.queued == 0 and w.counters.spooled == 1000
+    shutil.copytree(spool_dir, kept)  # to replay the same spool a second time below
+
+    async def recover(directory: Path) -> LogWriter:
+        await _admin(pg_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        w2 = LogWriter(fresh_db, max_age=0.05, spool=Spool(directory))
+        await w2.start()
+        deadline = time.monotonic() + 20
+        while Spool(directory).segments() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await w2.stop()
+        return w2
+
+    first = asyncio.run(recover(spool_dir))
+    assert first.counters.replayed == 1000 and Spool(spool_dir).segments() == []
+    assert asyncio.run(count(fresh_db)) == 1000
+    again = asyncio.run(recover(kept))
+    assert again.counters.replayed == 1000 and again.counters.duplicates == 1000
+    assert asyncio.run(count(fresh_db)) == 1000  # the same spool twice: no new rows
