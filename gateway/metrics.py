@@ -33,6 +33,8 @@ class GatewayCollector(Collector):
             ("abgate_log_rows_refused", "Rows refused because the log queue was full", "refused"),
             ("abgate_log_flush_failures", "Flushes that failed and will be retried",
              "failed_flushes"),
+            ("abgate_log_rows_spooled", "Rows written to the disk spool", "spooled"),
+            ("abgate_log_rows_replayed", "Rows replayed from the disk spool", "replayed"),
         )  # fmt: skip
         for name, text, attr in specs:
             fam = CounterMetricFamily(name, text, labels=["gateway", "table"])
@@ -50,8 +52,15 @@ class GatewayCollector(Collector):
             if w is not None:
                 queued.add_metric([gid, table], w.queued)
                 lag.add_metric([gid, table], w.counters.lag_seconds())
+        spool_bytes = GaugeMetricFamily(
+            "abgate_log_spool_bytes", "Bytes in the disk spool", labels=["gateway", "table"]
+        )
+        for table, w in writers.items():
+            if w is not None and w.spool is not None:
+                spool_bytes.add_metric([gid, table], w.spool.size)
         yield queued
         yield lag
+        yield spool_bytes
         unmatched = CounterMetricFamily(
             "abgate_outcomes_unmatched",
             "Outcomes whose prediction was not in the log when they were written",

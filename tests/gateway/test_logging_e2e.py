@@ -184,3 +184,5 @@ def test_metrics_endpoint_reports_the_log(
     assert f'abgate_log_rows_queued{{gateway="{gid}",table="predictions"}} 0.0' in text
     assert f'abgate_config_version{{gateway="{gid}"}} 1.0' in text
     assert "abgate_log_lag_seconds" in text and "abgate_outcomes_unmatched_total" in text
+    assert f'abgate_log_rows_spooled_total{{gateway="{gid}",table="predictions"}} 0.0' in text
+    assert "abgate_log_spool_bytes" in text
