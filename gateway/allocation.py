@@ -3,6 +3,7 @@ re-weighting that moves the fewest buckets."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -50,8 +51,8 @@ def weights_to_counts(weights: Mapping[str, float]) -> dict[str, int]:
     total = math.fsum(float(w) for w in weights.values())
     if abs(total - 100.0) > WEIGHT_TOLERANCE:
         raise AllocationError(f"weights must sum to 100%, they sum to {total:.9g}%")
-    # Rounding to 1e-9 first keeps 33.33% from landing a hair under 3333 buckets, so weights
-    # written with up to 7 decimals get exactly the buckets they spell.
+    # Rounding to 1e-9 first cancels floating-point noise (0.57% → 56.99999999999999 buckets,
+    # 0.285% → 28.499999999999996), so equal remainders really tie and go to the earlier arm.
     exact = {arm: round(float(w) * NUM_BUCKETS / 100.0, 9) for arm, w in weights.items()}
     counts = {arm: math.floor(x) for arm, x in exact.items()}
     # 0 <= missing <= number of arms with a remainder > 0, so a weight-0 arm never gets one.
@@ -94,7 +95,7 @@ def _canonical_ranges(
         if not isinstance(own, Sequence) or isinstance(own, str):
             raise AllocationError(f"ranges of arm {arm!r} must be a list of [start, end] pairs")
         checked = tuple(_check_range(arm, r) for r in own)
-        for (_, prev_end), (start, end) in zip(checked, checked[1:], strict=False):
+        for (_, prev_end), (start, end) in itertools.pairwise(checked):
             if start <= prev_end:
                 raise AllocationError(
                     f"ranges of arm {arm!r} must be sorted, non-overlapping and merged: "
@@ -238,9 +239,7 @@ class Allocation:
     def moved(self, other: Allocation) -> int:
         """How many buckets belong to a differently named arm in ``other``."""
         mine, theirs = self.arms, other.arms
-        return sum(
-            mine[a] != theirs[b] for a, b in zip(self._table, other._table, strict=True)
-        )
+        return sum(mine[a] != theirs[b] for a, b in zip(self._table, other._table, strict=True))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form: {"arms": [...], "ranges": {arm: [[start, end], ...]}}, every arm

@@ -48,9 +48,7 @@ def buckets_v1(salt: str, user_ids: Sequence[str]) -> np.ndarray:
         hashes = np.array([_mmh3_32(prefix + u, 0, False) for u in user_ids], dtype=np.int64)
     else:
         head = prefix.encode()
-        hashes = np.array(
-            [_mmh3_32(head + u.encode(), 0, False) for u in user_ids], dtype=np.int64
-        )
+        hashes = np.array([_mmh3_32(head + u.encode(), 0, False) for u in user_ids], dtype=np.int64)
     # h < 2**32, so h * 10000 < 2**46 fits int64; in place to avoid two temporaries.
     hashes *= 10000
     hashes >>= 32
