@@ -20,19 +20,26 @@ MAX_REQUEST_ID_BYTES = 128
 _FP32 = np.dtype("<f4")
 
 
+def _utf8_len(value: str, field: str) -> int:
+    try:
+        return len(value.encode())
+    except UnicodeEncodeError:  # lone surrogates: not UTF-8 (and mmh3 would crash on them)
+        raise InvalidArgument("is not valid UTF-8", field=field) from None
+
+
 def check_user_id(user_id: str, field: str = "user_id") -> None:
     if not user_id:
         raise InvalidArgument("must not be empty", field=field)
     # Cheap bound first: a str longer than 256 chars is over 256 UTF-8 bytes for sure.
     if len(user_id) > MAX_USER_ID_BYTES or (
-        not user_id.isascii() and len(user_id.encode()) > MAX_USER_ID_BYTES
+        not user_id.isascii() and _utf8_len(user_id, field) > MAX_USER_ID_BYTES
     ):
         raise InvalidArgument(f"longer than {MAX_USER_ID_BYTES} bytes", field=field)
 
 
 def check_request_id(request_id: str, field: str = "request_id") -> None:
     if len(request_id) > MAX_REQUEST_ID_BYTES or (
-        not request_id.isascii() and len(request_id.encode()) > MAX_REQUEST_ID_BYTES
+        not request_id.isascii() and _utf8_len(request_id, field) > MAX_REQUEST_ID_BYTES
     ):
         raise InvalidArgument(f"longer than {MAX_REQUEST_ID_BYTES} bytes", field=field)
 

@@ -35,3 +35,15 @@ def test_raw_prediction_equals_protobuf(
     assert pb.PredictResponse.FromString(raw) == expected
     stream = pb.StreamPredictResponse.FromString(codec.encode_stream_raw(raw, request_id))
     assert stream.response == expected and stream.request_id == request_id
+
+
+def test_ids_that_are_not_utf8_are_invalid_arguments() -> None:
+    import pytest
+
+    from abgate.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="user_id: is not valid UTF-8"):
+        codec.check_user_id("a\ud800")
+    with pytest.raises(InvalidArgument, match="request_id: is not valid UTF-8"):
+        codec.check_request_id("r\udfff")
+    codec.check_user_id("é" * 128)  # 256 bytes: fine
