@@ -22,7 +22,8 @@ CREATE TABLE predictions (
     PRIMARY KEY (request_id, shadow, arm, ts)
 ) PARTITION BY RANGE (ts);
 
--- Rows outside every dated partition still have a home; `abgate db partitions` adds dated ones.
+-- Rows outside every dated partition land here. Dated partitions (for retention by dropping
+-- old ones) are not managed yet; until then everything is in this one.
 CREATE TABLE predictions_default PARTITION OF predictions DEFAULT;
 
 CREATE INDEX predictions_experiment_ts ON predictions (experiment, ts);
