@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test protos check-protos lint bench clean
+.PHONY: demo test protos lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-only \
 		--benchmark-json=benchmarks/results/micro.json
-	$(PY) -m benchmarks.e2e_compare --out benchmarks/results
+	$(PY) -m benchmarks.e2e_compare --out benchmarks/results --nolog
+	$(PY) -m benchmarks.bench_logwriter --out benchmarks/results/logwriter.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

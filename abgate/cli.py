@@ -173,11 +173,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="abgate", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--log-level", default=None, help="logging level (env ABGATE_LOG_LEVEL, default INFO)"
+    # --log-level works before or after the subcommand (`abgate serve --log-level WARNING`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        help="logging level (env ABGATE_LOG_LEVEL, default INFO)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="abgate", description=__doc__.splitlines()[0], parents=[common]
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_parser = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return _add_parser(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     p = sub.add_parser("serve", help="run the inference gateway")
     _add_settings_flags(p, GatewaySettings)
@@ -236,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = args.log_level or os.environ.get("ABGATE_LOG_LEVEL") or "INFO"
+    level = getattr(args, "log_level", None) or os.environ.get("ABGATE_LOG_LEVEL") or "INFO"
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,5 +1,8 @@
-"""The transport ceiling: a bare grpc.aio server for the same service that answers every Predict
-with one constant, pre-built response of a real gateway answer's size.
+"""The transport ceiling: a bare grpc.aio server for ``abgate.v1.InferenceGateway`` that answers
+every Predict with one constant, pre-built PredictResponse the size of a real gateway answer.
+
+Same server options as the gateway (grpc.aio, 4 MiB messages, no interceptors, no SO_REUSEPORT)
+plus the standard health service, so the benchmark waits for both servers the same way.
 
 Run: python -m benchmarks.bare_server --listen 127.0.0.1:PORT [--response-hex HEX]
 """
@@ -9,17 +12,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sys
 
 import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from abgate.v1 import gateway_pb2 as pb
 from abgate.v1 import gateway_pb2_grpc as pb_grpc
 
+MAX_MESSAGE_BYTES = 4 << 20  # the gateway's default --max-message-bytes
+
 
 def typical_response() -> pb.PredictResponse:
-    """Field for field as large as the gateway's answer for the demo experiment."""
+    """Field for field as large as the gateway's answer for the "demo" experiment."""
     return pb.PredictResponse(
-        request_id="0123456789abcdef-1a2b3c",
+        request_id="0123456789abcdef-1a2b3c4",  # gateway ids: 16 hex, "-", a hex counter
         experiment="demo",
         arm="treatment",
         model=pb.ModelRef(id="demo-gbdt", version="1", sha256="ab" * 32),
@@ -32,6 +40,8 @@ def typical_response() -> pb.PredictResponse:
 
 
 class BareServicer(pb_grpc.InferenceGatewayServicer):
+    """Predict does no work at all: the answer object exists before the first call."""
+
     def __init__(self, response: pb.PredictResponse) -> None:
         self.response = response
 
@@ -41,37 +51,56 @@ class BareServicer(pb_grpc.InferenceGatewayServicer):
         return self.response
 
 
-async def serve(listen: str, response: pb.PredictResponse) -> None:
+def build_server(
+    listen: str, response: pb.PredictResponse
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:  # type: ignore[name-defined]
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", 4 << 20),
-            ("grpc.max_send_message_length", 4 << 20),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ]
     )
     pb_grpc.add_InferenceGatewayServicer_to_server(BareServicer(response), server)
-    server.add_insecure_port(listen)
+    checker = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    port = server.add_insecure_port(listen)
+    return server, port, checker
+
+
+async def serve(listen: str, response: pb.PredictResponse) -> None:
+    server, _, checker = build_server(listen, response)
     await server.start()
+    await checker.set("", health_pb2.HealthCheckResponse.SERVING)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
+    await checker.enter_graceful_shutdown()
     await server.stop(1.0)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", required=True)
-    parser.add_argument("--response-hex", default="", help="serialized PredictResponse to return")
-    args = parser.parse_args()
-    response = (
-        pb.PredictResponse.FromString(bytes.fromhex(args.response_hex))
-        if args.response_hex
-        else typical_response()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--listen", required=True, help="HOST:PORT")
+    parser.add_argument(
+        "--response-hex",
+        default="",
+        help="serialized PredictResponse to answer with (default: a typical demo answer)",
     )
+    args = parser.parse_args(argv)
+    try:
+        response = (
+            pb.PredictResponse.FromString(bytes.fromhex(args.response_hex))
+            if args.response_hex
+            else typical_response()
+        )
+    except (ValueError, DecodeError) as exc:  # bad hex, or bytes that are not a response
+        parser.error(f"--response-hex: {exc}")
     asyncio.run(serve(args.listen, response))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

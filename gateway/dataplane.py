@@ -134,8 +134,9 @@ class DataPlane:
         return exp
 
     def new_request_ids(self, n: int) -> list[str]:
-        start = self._seq
-        self._seq = start + n
+        # The counter holds the last id issued (next_request_id increments first).
+        start = self._seq + 1
+        self._seq += n
         prefix = self._rid_prefix
         return [f"{prefix}{i:x}" for i in range(start, start + n)]
 
@@ -173,7 +174,8 @@ class DataPlane:
     def predict_row(
         self, exp: ExperimentRuntime, user_id: str, row: np.ndarray, request_id: str
     ) -> Prediction:
-        """Route and run one row synchronously (the servicer batches rows across calls)."""
+        """Route and run one row and build its Prediction (benchmarks and tests use this; the
+        servicer inlines the same steps to hand-encode its answer)."""
         bucket, arm = self.route(exp, user_id)
         labels, scores = arm.variant.run(row)
         return self.prediction(exp, arm, bucket, int(labels[0]), scores[0], request_id)

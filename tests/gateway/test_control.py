@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from gateway.hashing import NUM_BUCKETS
 
 from abgate.errors import ConfigError, FailedPrecondition, NotFound
 from abgate.v1 import gateway_pb2 as pb
 from gateway.config import load_config_file, parse_config
+from gateway.hashing import NUM_BUCKETS
 from tests.conftest import DemoStore, InProcessGateway, gateway_settings
 
 

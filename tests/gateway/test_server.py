@@ -9,11 +9,11 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from gateway.hashing import bucket_v1
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from abgate.v1 import gateway_pb2 as pb
+from gateway.hashing import bucket_v1
 from gateway.variants import Variant
 from tests.conftest import DemoStore, InProcessGateway, gateway_settings
 
@@ -354,3 +354,17 @@ def test_no_config_means_unavailable(demo_store: DemoStore, tmp_path) -> None:  
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
         gw.close()
+
+
+def test_request_ids_unique_across_single_and_batch(
+    gateway: InProcessGateway, demo_store: DemoStore
+) -> None:
+    X = demo_store.X
+    ids = [predict(gateway, "a", X[0]).request_id]
+    batch = gateway.stub.PredictBatch(
+        pb.PredictBatchRequest(experiment="demo", user_ids=["b", "c", "d"], features=tensor(X[:3])),
+        timeout=10,
+    )
+    ids += list(batch.request_ids)
+    ids.append(predict(gateway, "e", X[0]).request_id)
+    assert len(set(ids)) == len(ids) == 5

@@ -1,0 +1,212 @@
+"""benchmarks/e2e_compare without a load generator: the request body it hands h2load, the
+parsing of h2load's report and per-request log, the py-spy summary and the report rendering."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from abgate.v1 import gateway_pb2 as pb
+from benchmarks import e2e_compare as e2e
+from benchmarks.bare_server import typical_response
+
+# h2load 1.52 (nghttp2-client in Debian 12), timing-based run against the bare server.
+H2LOAD_OUTPUT = """\
+starting benchmark...
+spawning thread #0: 4 total client(s). Timing-based test with 0s of warm-up time and 10s of \
+main duration for measurements.
+Application protocol: h2c
+Main benchmark duration is started for thread #0.
+Main benchmark duration is over for thread #0. Stopping all clients.
+Stopped all clients for thread #0
+
+finished in 10.00s, 5479.33 req/s, 1.08MB/s
+requests: 54793 total, 54857 started, 54793 done, 54790 succeeded, 3 failed, 0 errored, 0 timeout
+status codes: 54790 2xx, 0 3xx, 0 4xx, 3 5xx
+traffic: 10.78MB (11304504) total, 161.57KB (165450) headers (space savings 96.27%), \
+7.79MB (8164157) data
+                     min         max         mean         sd        +/- sd
+time for request:      250us     23.73ms     11.53ms      2.58ms    68.86%
+time for connect:      210us       1.02s       255.12ms      0us     100.00%
+time to 1st byte:     1.02s      1.02s       1.02s         0us     100.00%
+req/s           :    1369.52     1370.81     1369.83        0.55    75.00%
+"""
+
+H2LOAD_LOG = "\n".join(
+    f"{1795499266921010 + i}\t{200 if i != 3 else 503}\t{us}"
+    for i, us in enumerate([100, 200, 300, 999_999, 400, 500, 600, 700, 800, 900, 1000])
+)
+
+PY_SPY_RAW = """\
+thread (11): MainThread;<module> (abgate/__main__.py:1);serve (gateway/server.py:282);\
+Handle._run (asyncio/events.py:78) 60
+thread (11): MainThread;<module> (abgate/__main__.py:1);serve (gateway/server.py:282);\
+Handle._run (asyncio/events.py:78);GatewayServicer.Predict (gateway/servicer.py:76);\
+decode_row (gateway/codec.py:40) 30
+thread (11): MainThread;<module> (abgate/__main__.py:1);serve (gateway/server.py:282);\
+Handle._run (asyncio/events.py:78);GatewayServicer.Predict (gateway/servicer.py:76) 8
+thread (12): Thread-1 (_poll_wrapper);Thread.run (threading.py:971) 2
+"""
+
+
+def test_grpc_frame_has_the_5_byte_prefix() -> None:
+    message = b"\x0a\x04demo"
+    frame = e2e.grpc_frame(message)
+    assert frame[:1] == b"\x00"  # not compressed
+    assert frame[1:5] == struct.pack(">I", len(message)) == b"\x00\x00\x00\x06"
+    assert frame[5:] == message
+    assert e2e.grpc_unframe(frame) == message
+    big = bytes(70_000)
+    assert e2e.grpc_frame(big)[1:5] == b"\x00\x01\x11\x70"  # big-endian 70,000
+
+
+@pytest.mark.parametrize(
+    "bad", [b"", b"\x00\x00\x00", b"\x01\x00\x00\x00\x00", b"\x00\x00\x00\x00\x02x"]
+)
+def test_grpc_unframe_rejects_what_is_not_one_uncompressed_frame(bad: bytes) -> None:
+    with pytest.raises(ValueError):
+        e2e.grpc_unframe(bad)
+
+
+def test_request_body_is_a_real_predict_request() -> None:
+    row = np.linspace(-1.0, 1.0, 30, dtype=np.float64)  # converted to float32 on the wire
+    request = e2e.build_request(row, "bench-user-7")
+    body = e2e.grpc_frame(request.SerializeToString())
+    parsed = pb.PredictRequest.FromString(e2e.grpc_unframe(body))
+    assert (parsed.experiment, parsed.user_id) == ("demo", "bench-user-7")
+    assert list(parsed.features.shape) == [30] and parsed.features.datatype == "FP32"
+    values = np.frombuffer(parsed.features.raw, dtype="<f4")
+    np.testing.assert_array_equal(values, row.astype(np.float32))
+    assert len(body) == 5 + len(parsed.SerializeToString())
+
+
+def test_h2load_command_sends_the_body_as_grpc(tmp_path: Path) -> None:
+    cmd = e2e.h2load_command(
+        "h2load", 5000, tmp_path / "b.grpc", duration=10, warmup=0, connections=4, streams=16,
+        log_file=tmp_path / "log",
+    )  # fmt: skip
+    joined = " ".join(cmd)
+    assert cmd[-1] == "http://127.0.0.1:5000/abgate.v1.InferenceGateway/Predict"
+    assert "-d " + str(tmp_path / "b.grpc") in joined
+    assert "-H content-type: application/grpc" in joined and "-H te: trailers" in joined
+    assert "-c 4 -m 16" in joined and "-D 10" in joined and "-t 1" in joined
+    assert f"--log-file={tmp_path / 'log'}" in cmd
+
+
+def test_parse_h2load_report() -> None:
+    r = e2e.parse_h2load(H2LOAD_OUTPUT)
+    assert r.req_per_s == 5479.33
+    assert (r.done, r.succeeded, r.failed, r.errored, r.timeout) == (54793, 54790, 3, 0, 0)
+    assert r.status_2xx == 54790
+    assert r.data_bytes == 8164157
+    assert r.data_bytes_per_request == pytest.approx(149.0, abs=0.01)
+    assert r.latency_min_us == 250.0
+    assert r.latency_max_us == pytest.approx(23_730.0)
+    assert r.latency_mean_us == pytest.approx(11_530.0)
+    assert r.latency_sd_us == pytest.approx(2_580.0)
+    assert r.latency_within_sd_pct == 68.86
+
+
+def test_parse_h2load_rejects_other_output() -> None:
+    with pytest.raises(ValueError, match="unrecognised h2load output"):
+        e2e.parse_h2load("connect: Connection refused\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "us"), [("250us", 250.0), ("13.94ms", 13_940.0), ("1.5s", 1_500_000.0)]
+)
+def test_duration_units(text: str, us: float) -> None:
+    assert e2e.duration_us(text) == pytest.approx(us)
+
+
+def test_per_request_log_gives_percentiles_of_2xx_answers() -> None:
+    times = e2e.parse_h2load_log(H2LOAD_LOG + "\n\ngarbage line\n")
+    assert times == [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]  # the 503 is left out
+    p = e2e.percentiles(times)
+    assert p["p50"] == 500 and p["p90"] == 900 and p["p99"] == 1000 and p["p99.9"] == 1000
+    assert list(p) == ["p50", "p75", "p90", "p95", "p99", "p99.9"]
+    assert e2e.percentiles([]) == {}
+
+
+def test_bare_response_matches_the_gateway_answer_under_load() -> None:
+    answer = typical_response()
+    answer.request_id = "0123456789abcdef-3"
+    bare = e2e.bare_response(answer)
+    assert bare.request_id == "0123456789abcdef-10000"
+    assert bare.ByteSize() - answer.ByteSize() == 4
+    assert e2e.check_answer(bare.SerializeToString(), arm="treatment").model.id == "demo-gbdt"
+
+
+def test_check_answer_refuses_something_else() -> None:
+    wrong = typical_response()
+    wrong.experiment = "other"
+    with pytest.raises(AssertionError, match="experiment"):
+        e2e.check_answer(wrong.SerializeToString())
+    with pytest.raises(AssertionError, match="arm"):
+        e2e.check_answer(typical_response().SerializeToString(), arm="control")
+
+
+def test_profile_summary_in_us_per_request() -> None:
+    # 100 samples at 200 Hz = 0.5 s of GIL time over 1,000 requests = 500 µs/request.
+    s = e2e.profile_summary(PY_SPY_RAW, requests=1000)
+    assert s["samples"] == 100 and s["gil_us_per_req"] == 500.0
+    assert s["threads_us_per_req"] == {"MainThread": 490.0, "Thread-1 (_poll_wrapper)": 10.0}
+    top = dict(s["top_self_us_per_req"])
+    assert top["Handle._run (asyncio/events.py:78)"] == 300.0
+    assert top["decode_row (gateway/codec.py:40)"] == 150.0
+    project = dict(s["project_total_us_per_req"])
+    assert project == {
+        "GatewayServicer.Predict (gateway/servicer.py:76)": 190.0,
+        "decode_row (gateway/codec.py:40)": 150.0,
+    }  # the entry point frames under every sample are left out
+
+
+def _run(rate: float, p50: float) -> e2e.RunResult:
+    h = e2e.parse_h2load(H2LOAD_OUTPUT)
+    h.req_per_s = rate
+    h.percentiles_us = {"p50": p50, "p90": 2 * p50, "p99": 3 * p50}
+    return e2e.RunResult(h, 250.0, 0.0, 40.0, 0.0, {"main": (150.0, 40.0)})
+
+
+def test_summary_takes_medians_and_renders() -> None:
+    results = {
+        "bare": e2e.summarise([_run(5000, 9000), _run(5200, 8000), _run(4000, 11000)]),
+        "gateway": e2e.summarise([_run(4100, 12000), _run(4300, 11000), _run(3900, 14000)]),
+    }
+    assert results["bare"]["req_per_s"] == 5000
+    assert results["bare"]["latency_us"]["p50"] == 9000
+    assert results["gateway"]["server_threads_us_per_req"] == {"main": [150.0, 40.0]}
+    report = {
+        "date": "2026-01-01 00:00:00 UTC",
+        "machine": {"nproc": 2, "cpu": "x", "python": "3", "grpcio": "1", "onnxruntime": "1"},
+        "load": {
+            "connections": 4, "streams": 16, "duration_s": 10, "warmup_s": 2, "rounds": 3,
+            "request_bytes": 154, "response_bytes": 140, "arm": "treatment", "model": "m:1",
+        },
+        "variants": {"bare": [], "gateway": []},
+        "results": results,
+        "ratio_vs_bare": {"bare": 1.0, "gateway": 0.82},
+        "ratio": 0.82,
+        "warnings": ["round 1 gateway: something"],
+        "profile": {
+            "bare": {"error": "py-spy failed"},
+            "gateway": {
+                "raw": "profile-gateway.txt",
+                "req_per_s_while_profiled": 4000.0,
+                **e2e.profile_summary(PY_SPY_RAW, requests=1000),
+            },
+        },
+    }  # fmt: skip
+    md = e2e.markdown(report)
+    assert "| gateway | 4100 | 0.82 | 11.53 | 12.00 | 24.00 | 36.00 | 23.73 | 250 |" in md
+    assert "gateway/bare req/s ratio: 0.82" in md and "round 1 gateway: something" in md
+    assert "| `Handle._run (asyncio/events.py:78)` | 300.0 |" in md
+
+
+def test_missing_h2load_exits_2_with_a_clear_message(capsys: pytest.CaptureFixture[str]) -> None:
+    assert e2e.main(["--h2load", "/nonexistent/h2load", "--out", "/nonexistent/out"]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "nghttp2-client" in err
