@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -45,7 +44,6 @@ COLUMNS = (
     "gateway_id",
 )
 OUTCOME_COLUMNS = ("request_id", "value", "ts", "source")
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 # One row as the hot path builds it: the writer's columns in order, ``ts`` as float seconds
 # since the epoch (converted off the request path, at flush time).
@@ -239,18 +237,22 @@ class LogWriter:
     async def write(self, batch: Sequence[Row]) -> int:
         """COPY ``batch`` into a staging table and insert what is new; returns rows inserted."""
         assert self._pool is not None
-        ts = self._ts
-        records = [(*r[:ts], _EPOCH + dt.timedelta(seconds=r[ts]), *r[ts + 1 :]) for r in batch]
         staging = f"{self.table}_staging"
         cols = ", ".join(self.columns)
+        # The staging table keeps ts as epoch seconds, so rows go to COPY exactly as the request
+        # path built them; PostgreSQL converts (no Python datetime per row on the event loop).
+        as_epoch = ", ".join(
+            "extract(epoch FROM ts)::float8 AS ts" if c == "ts" else c for c in self.columns
+        )
+        from_epoch = ", ".join("to_timestamp(ts)" if c == "ts" else c for c in self.columns)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
-                f"(LIKE {self.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                f"CREATE TEMP TABLE IF NOT EXISTS {staging} ON COMMIT DELETE ROWS AS "
+                f"SELECT {as_epoch} FROM {self.table} WITH NO DATA"
             )
-            await conn.copy_records_to_table(staging, records=records, columns=self.columns)
+            await conn.copy_records_to_table(staging, records=batch, columns=self.columns)
             status = await conn.execute(
-                f"INSERT INTO {self.table} ({cols}) SELECT {cols} FROM {staging} "
+                f"INSERT INTO {self.table} ({cols}) SELECT {from_epoch} FROM {staging} "
                 "ON CONFLICT DO NOTHING"
             )
             if self.table == "outcomes":
