@@ -30,7 +30,7 @@ from abgate.settings import GatewaySettings
 from gateway.config import ExperimentsConfig, load_config_file
 from gateway.control import ControlPlane
 from gateway.dataplane import DataPlane
-from gateway.logwriter import OUTCOME_COLUMNS, LogWriter
+from gateway.logwriter import COLUMNS, OUTCOME_COLUMNS, LogWriter
 from gateway.metrics import start_metrics
 from gateway.modelstore import ModelStore
 from gateway.servicer import SERVICE_NAME, GatewayServicer
@@ -214,27 +214,24 @@ class GatewayServer:
             self._embedded = EmbeddedPostgres(s.pg_data)
             url = await asyncio.to_thread(self._embedded.start)
         spool_root = s.spool_dir or s.state_dir / "spool" / "main"
-        self.logwriter = LogWriter(
-            url,
-            batch_rows=s.log_batch_rows,
-            max_age=s.log_max_age,
-            max_queued_rows=s.log_max_queued_rows,
-            on_connect=migrate,
-            spool=Spool(spool_root / "predictions", max_bytes=s.spool_max_bytes),
-        )
-        await self.logwriter.start()
+
+        def writer(table: str, columns: tuple[str, ...]) -> LogWriter:
+            return LogWriter(
+                url,
+                batch_rows=s.log_batch_rows,
+                max_age=s.log_max_age,
+                max_queued_rows=s.log_max_queued_rows,
+                on_connect=migrate,
+                table=table,
+                columns=columns,
+                spool=Spool(spool_root / table, max_bytes=s.spool_max_bytes),
+            )
+
+        self.logwriter = writer("predictions", COLUMNS)
+        self.outcome_writer = writer("outcomes", OUTCOME_COLUMNS)
+        for w in (self.logwriter, self.outcome_writer):
+            await w.start()
         self.dataplane.log = self.logwriter
-        self.outcome_writer = LogWriter(
-            url,
-            batch_rows=s.log_batch_rows,
-            max_age=s.log_max_age,
-            max_queued_rows=s.log_max_queued_rows,
-            on_connect=migrate,
-            table="outcomes",
-            columns=OUTCOME_COLUMNS,
-            spool=Spool(spool_root / "outcomes", max_bytes=s.spool_max_bytes),
-        )
-        await self.outcome_writer.start()
         self.dataplane.outcomes = self.outcome_writer
         try:
             # Serve right away if the database is down (rows queue), but when it is up, have
