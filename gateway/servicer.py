@@ -68,9 +68,11 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
         # Inline on the event loop: a thread hop costs more than the model (see README).
         labels, scores = arm.variant.run(row)
         request_id = request_id or dp.next_request_id()
-        label = int(labels[0])
-        dp.log_prediction(exp, arm, bucket, request_id, label, scores[0], started)
-        raw = codec.encode_prediction_raw(arm.response_prefix, request_id, label, scores[0], bucket)
+        label, row_scores = int(labels[0]), scores[0]
+        dp.log_prediction(exp, arm, bucket, request_id, label, row_scores, started)
+        raw = codec.encode_prediction_raw(
+            arm.response_prefix, request_id, label, row_scores, bucket
+        )
         return raw, request_id
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> bytes:

@@ -190,6 +190,17 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield pg.url
 
 
+async def execute_sql(url: str, sql: str) -> None:
+    """Run one statement on its own connection (database admin in tests)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 def with_database(url: str, name: str) -> str:
     from urllib.parse import urlsplit, urlunsplit
 
@@ -202,19 +213,9 @@ def fresh_db(pg_url: str) -> Iterator[str]:
     """A new, empty database on the test server for one test; dropped afterwards."""
     import uuid
 
-    import asyncpg
-
     name = f"abgate_test_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(pg_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(execute_sql(pg_url, f'CREATE DATABASE "{name}"'))
     try:
         yield with_database(pg_url, name)
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(execute_sql(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

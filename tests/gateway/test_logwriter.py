@@ -12,6 +12,7 @@ import pytest
 from abgate.db.migrate import migrate
 from abgate.errors import Unavailable
 from gateway.logwriter import LogWriter, Row
+from tests.conftest import execute_sql
 
 
 def row(i: int, ts: float | None = None) -> Row:
@@ -67,11 +68,7 @@ def test_rows_survive_a_database_outage(fresh_db: str, pg_url: str) -> None:
     name = urlsplit(fresh_db).path.lstrip("/")
 
     async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(pg_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
+        await execute_sql(pg_url, sql)
 
     async def run() -> tuple[int, LogWriter]:
         await migrate(fresh_db)

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 
 from abgate.db.migrate import migrate
 from gateway.logwriter import LogWriter
 from gateway.spool import Spool, SpoolFull
+from tests.conftest import execute_sql
 from tests.gateway.test_logwriter import count, row
 
 
@@ -52,14 +52,6 @@ def test_full_spool_refuses(tmp_path: Path) -> None:
         spool.append([["y" * 40]])
 
 
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 def test_writer_spills_during_outage_and_replays_once(
     fresh_db: str, pg_url: str, tmp_path: Path
 ) -> None:
@@ -69,7 +61,7 @@ def test_writer_spills_during_outage_and_replays_once(
 
     async def outage_then_stop() -> LogWriter:
         await migrate(fresh_db)
-        await _admin(pg_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await execute_sql(pg_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
         w = LogWriter(fresh_db, batch_rows=100, max_age=0.05, spool=Spool(spool_dir))
         await w.start()
         for i in range(1000):
@@ -84,7 +76,7 @@ def test_writer_spills_during_outage_and_replays_once(
     shutil.copytree(spool_dir, kept)  # to replay the same spool a second time below
 
     async def recover(directory: Path) -> LogWriter:
-        await _admin(pg_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await execute_sql(pg_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         w2 = LogWriter(fresh_db, max_age=0.05, spool=Spool(directory))
         await w2.start()
         deadline = time.monotonic() + 20
