@@ -73,6 +73,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be at least 1")
     if settings.config is not None and not settings.config.exists():
         raise UsageError(f"--config {settings.config} does not exist")
+    if settings.evaluator:
+        from gateway.subscriber import channel_credentials
+
+        if not settings.evaluator_token:
+            raise UsageError("--evaluator needs --evaluator-token (or ABGATE_EVALUATOR_TOKEN)")
+        try:
+            split_listen(settings.evaluator)
+            channel_credentials(
+                settings.evaluator_ca, settings.evaluator_cert, settings.evaluator_key
+            )
+        except (ValueError, OSError) as exc:
+            raise UsageError(f"--evaluator: {exc}") from None
     return serve(settings)
 
 
@@ -217,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     from converters.cli import add_models_parser
 
     add_models_parser(sub)
+
+    from evaluator.cli import add_evaluator_parsers
+
+    add_evaluator_parsers(sub)
 
     p = sub.add_parser("db", help="database schema: migrate, status")
     dbsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")

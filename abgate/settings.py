@@ -96,6 +96,27 @@ class GatewaySettings:
     log_batch_rows: int = doc("flush the prediction log at this many rows", 1000)
     log_max_age: float = doc("flush the prediction log at least this often (seconds)", 0.2)
     log_max_queued_rows: int = doc("rows held for the database before refusing calls", 200_000)
+    evaluator: str = doc("host:port of the evaluator's config stream (empty = config file)", "")
+    evaluator_token: str = doc("bearer token for the evaluator (its --token)", "")
+    evaluator_ca: Path | None = doc("PEM CA of the evaluator's TLS certificate (TLS on)", None)
+    evaluator_cert: Path | None = doc("PEM client certificate for mTLS to the evaluator", None)
+    evaluator_key: Path | None = doc("PEM private key of --evaluator-cert", None)
 
     def resolved_gateway_id(self) -> str:
         return self.gateway_id or default_gateway_id()
+
+
+@dataclass(frozen=True)
+class EvaluatorSettings:
+    """Everything the evaluator process needs; see README for the matching CLI flags."""
+
+    listen: str = doc("host:port of the config stream and admin API", "127.0.0.1:50061")
+    token: str = doc("shared secret gateways and operators must send (required)", "")
+    database_url: str = doc("PostgreSQL URL; empty starts an embedded server", "")
+    pg_data: Path = doc("data directory of the embedded PostgreSQL", Path("var/pg"))
+    tick_interval: float = doc("seconds between evaluation ticks", 1.0)
+    tls_cert: Path | None = doc("PEM certificate: serve TLS (with --tls-key)", None)
+    tls_key: Path | None = doc("PEM private key of --tls-cert", None)
+    tls_client_ca: Path | None = doc("PEM CA bundle: require client certificates (mTLS)", None)
+    metrics_listen: str = doc("host:port for Prometheus /metrics (empty = off)", "")
+    seed: int = doc("random seed of the bandit policy (0 = from the OS)", 0)

@@ -40,6 +40,10 @@ class ControlPlane:
         self.variants = variants
         self.state_dir = state_dir
         self.config: ExperimentsConfig | None = None
+        # Where the serving config came from: "file" or "evaluator". Versions are compared only
+        # within one source: the evaluator's numbering owes nothing to a bootstrap file's.
+        self.source = ""
+        self.persisted_source = "file"
         # Allocations the next config is re-weighted from (by experiment name: salt, allocation),
         # so a weight change moves the fewest users, also across restarts (see load_persisted).
         self._previous: dict[str, tuple[str, Allocation]] = {}
@@ -112,10 +116,10 @@ class ControlPlane:
         return Snapshot(config.version, experiments)
 
     # -- applying -------------------------------------------------------------------------
-    def check_version(self, config: ExperimentsConfig) -> bool:
+    def check_version(self, config: ExperimentsConfig, source: str = "file") -> bool:
         """False when ``config`` is what already serves; raises on a stale or reused version."""
         current = self.config
-        if current is None:
+        if current is None or source != self.source:
             return True
         if config.version < current.version:
             raise FailedPrecondition(
@@ -130,33 +134,35 @@ class ControlPlane:
             )
         return True
 
-    def apply(self, config: ExperimentsConfig) -> Snapshot | None:
+    def apply(self, config: ExperimentsConfig, source: str = "file") -> Snapshot | None:
         """Build and swap in ``config``; returns the new snapshot, or None if unchanged."""
         with self._lock:
-            if not self.check_version(config):
+            if not self.check_version(config, source):
                 return None
             snapshot = self.build(config)
             self.dataplane.snapshot = snapshot  # the one assignment readers observe
             self.config = config
+            self.source = source
             self._previous = {
                 name: (exp.salt, exp.allocation) for name, exp in snapshot.experiments.items()
             }
             self.variants.retain(
                 {arm.model_sha256 for exp in snapshot.experiments.values() for arm in exp.arms}
             )
-            self._persist(snapshot)
+            self._persist(snapshot, source)
             log.info(
-                "serving config version %d (%d experiments)",
+                "serving config version %d from %s (%d experiments)",
                 config.version,
+                source,
                 len(snapshot.experiments),
             )
             return snapshot
 
     # -- persistence of the last good snapshot --------------------------------------------
-    def _persist(self, snapshot: Snapshot) -> None:
+    def _persist(self, snapshot: Snapshot, source: str) -> None:
         if self.state_dir is None:
             return
-        doc = snapshot_document(snapshot)
+        doc = {**snapshot_document(snapshot), "source": source}
         self.state_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=".snapshot-", suffix=".json")
         try:
@@ -183,6 +189,7 @@ class ControlPlane:
         except (OSError, ValueError, ConfigError) as exc:
             log.error("ignoring unreadable persisted snapshot %s: %s", path, exc)
             return None
+        self.persisted_source = str(data.get("source", "file"))
         for spec in config.experiments:
             if spec.ranges is None:
                 continue

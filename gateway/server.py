@@ -1,7 +1,8 @@
 """Gateway process lifecycle: ``start()``/``stop()`` and the worker supervisor.
 
 Stop order, written once: health NOT_SERVING → stop accepting and drain in-flight RPCs (grace)
-→ stop the config watcher → (later: stop shadow work, flush logs) → shut the executor.
+→ stop the config watcher or the evaluator subscription → (later: stop shadow work) → flush
+logs → shut the executor.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from gateway.metrics import start_metrics
 from gateway.modelstore import ModelStore
 from gateway.servicer import SERVICE_NAME, GatewayServicer
 from gateway.spool import Spool
+from gateway.subscriber import ConfigSubscriber, channel_credentials
 from gateway.variants import SessionOptions, VariantCache
 
 log = logging.getLogger(__name__)
@@ -95,12 +97,21 @@ class GatewayServer:
         self._server: grpc.aio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._watch: _FileWatch | None = None
+        self.subscriber: ConfigSubscriber | None = None
         self._stopped = asyncio.Event()
 
     # -- config ---------------------------------------------------------------------------
-    async def _apply(self, config: ExperimentsConfig) -> None:
-        await asyncio.to_thread(self.control.apply, config)
+    async def _apply(self, config: ExperimentsConfig, source: str = "file") -> None:
+        await asyncio.to_thread(self.control.apply, config, source)
         await self._set_health()
+
+    async def _apply_from_evaluator(self, config: ExperimentsConfig) -> None:
+        await self._apply(config, "evaluator")
+
+    def evaluator_version(self) -> int:
+        """The evaluator-sourced version being served (0: none yet, or a file's config)."""
+        config = self.control.config
+        return config.version if config is not None and self.control.source == "evaluator" else 0
 
     async def _set_health(self) -> None:
         status = (
@@ -114,6 +125,16 @@ class GatewayServer:
     async def load_initial_config(self) -> None:
         persisted = self.control.load_persisted()
         path = self.settings.config
+        if (
+            self.settings.evaluator
+            and persisted is not None
+            and self.control.persisted_source == "evaluator"
+        ):
+            # The evaluator's last good snapshot is newer truth than a bootstrap file, and it
+            # lets a restart serve while the evaluator is down.
+            await self._apply(persisted, "evaluator")
+            log.info("serving the evaluator's persisted snapshot version %d", persisted.version)
+            return
         if path is not None:
             try:
                 await self._apply(load_config_file(path))
@@ -133,6 +154,9 @@ class GatewayServer:
         path = self.settings.config
         if path is None:
             log.warning("reload requested but no --config file was given")
+            return False
+        if self.settings.evaluator:
+            log.warning("reload ignored: the config comes from the evaluator (--evaluator)")
             return False
         try:
             await self._apply(load_config_file(path))
@@ -198,7 +222,17 @@ class GatewayServer:
         if s.metrics_listen:
             mhost, mport = split_listen(s.metrics_listen)
             self.metrics_port = start_metrics(self, mhost, mport)
-        if s.config is not None and s.watch_interval > 0:
+        if s.evaluator:
+            self.subscriber = ConfigSubscriber(
+                s.evaluator,
+                s.evaluator_token,
+                self.gateway_id,
+                self._apply_from_evaluator,
+                self.evaluator_version,
+                channel_credentials(s.evaluator_ca, s.evaluator_cert, s.evaluator_key),
+            )
+            self._spawn(self.subscriber.run())
+        elif s.config is not None and s.watch_interval > 0:
             self._watch = _FileWatch(s.config)
             self._spawn(self._watch_loop())
         log.info("gateway %s listening on %s:%d", self.gateway_id, host, self.port)
@@ -316,6 +350,10 @@ def _supervise(settings: GatewaySettings) -> int:
         env_base[name] = value
     if settings.config is not None:
         env_base["ABGATE_CONFIG"] = str(settings.config)
+    for name in ("evaluator", "evaluator_token", "evaluator_ca", "evaluator_cert", "evaluator_key"):
+        value = getattr(settings, name)
+        if value:
+            env_base["ABGATE_" + name.upper()] = str(value)
     env_base["ABGATE_LOG_LEVEL"] = logging.getLevelName(logging.getLogger().level)
     env_base["ABGATE_LOG_PREDICTIONS"] = "1" if settings.log_predictions else "0"
     for name in ("log_batch_rows", "log_max_age", "log_max_queued_rows"):

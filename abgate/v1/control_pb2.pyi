@@ -1,0 +1,208 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ExperimentKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPERIMENT_KIND_UNSPECIFIED: _ClassVar[ExperimentKind]
+    AB: _ClassVar[ExperimentKind]
+    CANARY: _ClassVar[ExperimentKind]
+    BANDIT: _ClassVar[ExperimentKind]
+EXPERIMENT_KIND_UNSPECIFIED: ExperimentKind
+AB: ExperimentKind
+CANARY: ExperimentKind
+BANDIT: ExperimentKind
+
+class BucketRange(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
+class ArmConfig(_message.Message):
+    __slots__ = ("name", "model", "weight", "ranges")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model: str
+    weight: float
+    ranges: _containers.RepeatedCompositeFieldContainer[BucketRange]
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., weight: _Optional[float] = ..., ranges: _Optional[_Iterable[_Union[BucketRange, _Mapping]]] = ...) -> None: ...
+
+class ExperimentConfig(_message.Message):
+    __slots__ = ("name", "salt", "arms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    ARMS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    salt: str
+    arms: _containers.RepeatedCompositeFieldContainer[ArmConfig]
+    def __init__(self, name: _Optional[str] = ..., salt: _Optional[str] = ..., arms: _Optional[_Iterable[_Union[ArmConfig, _Mapping]]] = ...) -> None: ...
+
+class ConfigSnapshot(_message.Message):
+    __slots__ = ("version", "nonce", "experiments")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    nonce: str
+    experiments: _containers.RepeatedCompositeFieldContainer[ExperimentConfig]
+    def __init__(self, version: _Optional[int] = ..., nonce: _Optional[str] = ..., experiments: _Optional[_Iterable[_Union[ExperimentConfig, _Mapping]]] = ...) -> None: ...
+
+class ErrorDetail(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ConfigRequest(_message.Message):
+    __slots__ = ("node_id", "version", "response_nonce", "error_detail")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_NONCE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    version: int
+    response_nonce: str
+    error_detail: ErrorDetail
+    def __init__(self, node_id: _Optional[str] = ..., version: _Optional[int] = ..., response_nonce: _Optional[str] = ..., error_detail: _Optional[_Union[ErrorDetail, _Mapping]] = ...) -> None: ...
+
+class Guardrails(_message.Message):
+    __slots__ = ("max_error_rate", "max_p99_latency_ms", "rollback_threshold")
+    MAX_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_P99_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    max_error_rate: float
+    max_p99_latency_ms: float
+    rollback_threshold: float
+    def __init__(self, max_error_rate: _Optional[float] = ..., max_p99_latency_ms: _Optional[float] = ..., rollback_threshold: _Optional[float] = ...) -> None: ...
+
+class ExperimentDefinition(_message.Message):
+    __slots__ = ("name", "salt", "kind", "arms", "primary_metric", "min_effect", "confidence", "min_samples", "max_duration_s", "guardrails", "stage_hold_s", "bandit_floor", "bandit_interval_s")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ARMS_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_METRIC_FIELD_NUMBER: _ClassVar[int]
+    MIN_EFFECT_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MAX_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    GUARDRAILS_FIELD_NUMBER: _ClassVar[int]
+    STAGE_HOLD_S_FIELD_NUMBER: _ClassVar[int]
+    BANDIT_FLOOR_FIELD_NUMBER: _ClassVar[int]
+    BANDIT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    salt: str
+    kind: ExperimentKind
+    arms: _containers.RepeatedCompositeFieldContainer[ArmConfig]
+    primary_metric: str
+    min_effect: float
+    confidence: float
+    min_samples: int
+    max_duration_s: float
+    guardrails: Guardrails
+    stage_hold_s: float
+    bandit_floor: float
+    bandit_interval_s: float
+    def __init__(self, name: _Optional[str] = ..., salt: _Optional[str] = ..., kind: _Optional[_Union[ExperimentKind, str]] = ..., arms: _Optional[_Iterable[_Union[ArmConfig, _Mapping]]] = ..., primary_metric: _Optional[str] = ..., min_effect: _Optional[float] = ..., confidence: _Optional[float] = ..., min_samples: _Optional[int] = ..., max_duration_s: _Optional[float] = ..., guardrails: _Optional[_Union[Guardrails, _Mapping]] = ..., stage_hold_s: _Optional[float] = ..., bandit_floor: _Optional[float] = ..., bandit_interval_s: _Optional[float] = ...) -> None: ...
+
+class Verdict(_message.Message):
+    __slots__ = ("winner", "p_value", "effect_size", "ci", "recommendation")
+    WINNER_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    EFFECT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CI_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_FIELD_NUMBER: _ClassVar[int]
+    winner: str
+    p_value: float
+    effect_size: float
+    ci: _containers.RepeatedScalarFieldContainer[float]
+    recommendation: str
+    def __init__(self, winner: _Optional[str] = ..., p_value: _Optional[float] = ..., effect_size: _Optional[float] = ..., ci: _Optional[_Iterable[float]] = ..., recommendation: _Optional[str] = ...) -> None: ...
+
+class ExperimentView(_message.Message):
+    __slots__ = ("definition", "status", "version", "snapshot_version", "weights", "verdict", "details_json")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    DEFINITION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_JSON_FIELD_NUMBER: _ClassVar[int]
+    definition: ExperimentDefinition
+    status: str
+    version: int
+    snapshot_version: int
+    weights: _containers.ScalarMap[str, float]
+    verdict: Verdict
+    details_json: str
+    def __init__(self, definition: _Optional[_Union[ExperimentDefinition, _Mapping]] = ..., status: _Optional[str] = ..., version: _Optional[int] = ..., snapshot_version: _Optional[int] = ..., weights: _Optional[_Mapping[str, float]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., details_json: _Optional[str] = ...) -> None: ...
+
+class CreateExperimentRequest(_message.Message):
+    __slots__ = ("definition",)
+    DEFINITION_FIELD_NUMBER: _ClassVar[int]
+    definition: ExperimentDefinition
+    def __init__(self, definition: _Optional[_Union[ExperimentDefinition, _Mapping]] = ...) -> None: ...
+
+class ListExperimentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListExperimentsResponse(_message.Message):
+    __slots__ = ("experiments",)
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    experiments: _containers.RepeatedCompositeFieldContainer[ExperimentView]
+    def __init__(self, experiments: _Optional[_Iterable[_Union[ExperimentView, _Mapping]]] = ...) -> None: ...
+
+class ExperimentRequest(_message.Message):
+    __slots__ = ("name", "arm", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    arm: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., arm: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GatewayState(_message.Message):
+    __slots__ = ("node_id", "version", "connected", "last_error")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    version: int
+    connected: bool
+    last_error: str
+    def __init__(self, node_id: _Optional[str] = ..., version: _Optional[int] = ..., connected: _Optional[bool] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class GatewaysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GatewaysResponse(_message.Message):
+    __slots__ = ("snapshot_version", "gateways")
+    SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GATEWAYS_FIELD_NUMBER: _ClassVar[int]
+    snapshot_version: int
+    gateways: _containers.RepeatedCompositeFieldContainer[GatewayState]
+    def __init__(self, snapshot_version: _Optional[int] = ..., gateways: _Optional[_Iterable[_Union[GatewayState, _Mapping]]] = ...) -> None: ...

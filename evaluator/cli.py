@@ -1,0 +1,302 @@
+"""``abgate evaluator`` (run the service) and ``abgate experiments …`` (its admin API)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from abgate.v1 import control_pb2 as cpb
+from abgate.v1 import control_pb2_grpc as cpb_grpc
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+_KINDS = {"ab": cpb.AB, "canary": cpb.CANARY, "bandit": cpb.BANDIT}
+
+
+def _err(message: str) -> None:
+    print(f"abgate: error: {message}", file=sys.stderr)
+
+
+# -- evaluator ------------------------------------------------------------------------------
+def cmd_evaluator(args: argparse.Namespace) -> int:
+    from abgate.cli import UsageError, _settings_from_args
+    from abgate.settings import EvaluatorSettings
+    from evaluator.server import run
+
+    settings: EvaluatorSettings = _settings_from_args(EvaluatorSettings, args)
+    if not settings.token:
+        raise UsageError(
+            "the evaluator needs --token (or ABGATE_TOKEN): the control plane is "
+            "never open without credentials"
+        )
+    for path in (settings.tls_cert, settings.tls_key, settings.tls_client_ca):
+        if path is not None and not path.exists():
+            raise UsageError(f"{path} does not exist")
+    return run(settings)
+
+
+# -- experiments ----------------------------------------------------------------------------
+class AdminClient:
+    """A synchronous client of the evaluator's admin API (bearer token, optional TLS)."""
+
+    def __init__(
+        self, target: str, token: str, *, ca: Path | None = None, timeout: float = 10.0
+    ) -> None:
+        if ca is None:
+            self.channel = grpc.insecure_channel(target)
+        else:
+            self.channel = grpc.secure_channel(
+                target, grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+            )
+        self.stub = cpb_grpc.EvaluatorAdminStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),)
+        self.timeout = timeout
+
+    def call(self, method: str, request: Any) -> Any:
+        return getattr(self.stub, method)(request, metadata=self.metadata, timeout=self.timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _usage(message: str) -> int:
+    _err(message)
+    return EXIT_USAGE
+
+
+def _resolve_model(ref: str, store_root: str | None) -> str:
+    """Pin "id"/"id:version" to the sha256 of the local store, when one is known, so every
+    gateway loads the same bytes; a sha256 or an unknown store passes through unchanged."""
+    if store_root is None or not Path(store_root).is_dir():
+        return ref
+    from gateway.modelstore import ModelStore, ModelStoreError
+
+    try:
+        return ModelStore(Path(store_root)).resolve(ref).sha256
+    except ModelStoreError:
+        return ref  # the evaluator and gateways decide; their error names the arm
+
+
+def _definition_from_args(args: argparse.Namespace) -> cpb.ExperimentDefinition:
+    if args.file is not None:
+        raw = args.file.read_text()
+        data = tomllib.loads(raw) if args.file.suffix == ".toml" else json.loads(raw)
+        definition = json_format.ParseDict(data, cpb.ExperimentDefinition())
+    else:
+        if not args.name:
+            raise ValueError("give --name (or --file)")
+        definition = cpb.ExperimentDefinition(name=args.name, salt=args.salt or "")
+        definition.kind = _KINDS[args.kind]
+        for spec in args.arm or ():
+            name, sep, rest = spec.partition("=")
+            model, _, weight = rest.rpartition("@") if "@" in rest else (rest, "", "")
+            if not sep or not name or not model:
+                raise ValueError(f"--arm takes NAME=MODEL[@WEIGHT], got {spec!r}")
+            arm = definition.arms.add(name=name, model=model)
+            if weight:
+                arm.weight = float(weight)
+        if definition.arms and not any(a.weight for a in definition.arms):
+            for arm in definition.arms:  # no weights given: an even split
+                arm.weight = 100.0 / len(definition.arms)
+        definition.primary_metric = args.metric
+        definition.min_effect = args.min_effect
+        definition.confidence = args.confidence
+        definition.min_samples = args.min_samples
+        definition.max_duration_s = args.max_duration
+        g = definition.guardrails
+        g.max_error_rate = args.max_error_rate
+        g.max_p99_latency_ms = args.max_p99_ms
+        g.rollback_threshold = args.rollback_threshold
+        if args.stage_hold is not None:
+            definition.stage_hold_s = args.stage_hold
+        if args.bandit_floor is not None:
+            definition.bandit_floor = args.bandit_floor
+        if args.bandit_interval is not None:
+            definition.bandit_interval_s = args.bandit_interval
+    store = args.model_store or os.environ.get("ABGATE_MODEL_STORE") or "var/models"
+    for arm in definition.arms:
+        arm.model = _resolve_model(arm.model, store)
+    return definition
+
+
+def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
+    from evaluator.service import view_json
+
+    doc = view_json(view)
+    if as_json:
+        print(json.dumps(doc, sort_keys=True, indent=1))
+        return
+    d = view.definition
+    weights = ", ".join(f"{a.name}={view.weights.get(a.name, 0.0):g}%" for a in d.arms)
+    print(
+        f"{d.name}: {view.status}, kind {cpb.ExperimentKind.Name(d.kind).lower()}, "
+        f"version {view.version} (snapshot {view.snapshot_version}), {weights}"
+    )
+    v = view.verdict
+    if v.recommendation:
+        ci = ", ".join(f"{x:.4g}" for x in v.ci)
+        print(
+            f"  verdict: {v.recommendation}; winner {v.winner or '-'}, effect "
+            f"{v.effect_size:.4g} [{ci}], p={v.p_value:.4g}"
+        )
+
+
+def cmd_experiments(args: argparse.Namespace) -> int:
+    token = args.token or os.environ.get("ABGATE_TOKEN", "")
+    if not token:
+        return _usage("give --token (or ABGATE_TOKEN)")
+    action = args.exp_command
+    try:
+        request: Any
+        if action == "create":
+            request = cpb.CreateExperimentRequest(definition=_definition_from_args(args))
+        elif action == "list":
+            request = cpb.ListExperimentsRequest()
+        elif action == "gateways":
+            request = cpb.GatewaysRequest()
+        else:
+            request = cpb.ExperimentRequest(
+                name=args.name, arm=getattr(args, "arm", "") or "", reason=args.reason or ""
+            )
+    except (ValueError, OSError, json_format.ParseError, tomllib.TOMLDecodeError) as exc:
+        return _usage(str(exc))
+    method = {
+        "create": "CreateExperiment",
+        "list": "ListExperiments",
+        "show": "GetExperiment",
+        "promote": "Promote",
+        "rollback": "Rollback",
+        "pause": "Pause",
+        "resume": "Resume",
+        "gateways": "Gateways",
+    }[action]
+    client = AdminClient(args.evaluator, token, ca=args.ca, timeout=args.timeout)
+    try:
+        response = client.call(method, request)
+    except grpc.RpcError as exc:
+        _err(f"{exc.code().name}: {exc.details()}")
+        return EXIT_FAILURE
+    finally:
+        client.close()
+    if action == "list":
+        if args.json:
+            from evaluator.service import view_json
+
+            print(json.dumps([view_json(v) for v in response.experiments], indent=1))
+        else:
+            for view in response.experiments:
+                _print_view(view, False)
+    elif action == "gateways":
+        if args.json:
+            print(
+                json.dumps(
+                    json_format.MessageToDict(
+                        response,
+                        preserving_proto_field_name=True,
+                        always_print_fields_with_no_presence=True,
+                    ),
+                    indent=1,
+                )
+            )
+        else:
+            print(f"snapshot version {response.snapshot_version}")
+            for g in response.gateways:
+                state = "connected" if g.connected else "disconnected"
+                err = f"  last error: {g.last_error}" if g.last_error else ""
+                print(f"  {g.node_id}: version {g.version}, {state}{err}")
+    elif action == "show" and args.json:
+        # The verdict alone, in the documented shape; --full adds everything else.
+        from evaluator.service import verdict_json, view_json
+
+        print(
+            json.dumps(
+                view_json(response) if args.full else verdict_json(response),
+                sort_keys=True,
+                indent=1,
+            )
+        )
+    else:
+        _print_view(response, args.json)
+    return EXIT_OK
+
+
+def add_evaluator_parsers(subparsers: Any) -> None:
+    from abgate.cli import _add_settings_flags
+    from abgate.settings import EvaluatorSettings
+
+    p = subparsers.add_parser("evaluator", help="run the evaluator (config stream + admin API)")
+    _add_settings_flags(p, EvaluatorSettings)
+    p.set_defaults(func=cmd_evaluator)
+
+    exp = subparsers.add_parser("experiments", help="create, list, show, promote, roll back …")
+    sub = exp.add_subparsers(dest="exp_command", required=True, metavar="ACTION")
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument(
+            "--evaluator",
+            default=os.environ.get("ABGATE_EVALUATOR", "127.0.0.1:50061"),
+            help="evaluator HOST:PORT (env ABGATE_EVALUATOR)",
+        )
+        q.add_argument("--token", default=None, help="bearer token (env ABGATE_TOKEN)")
+        q.add_argument("--ca", type=Path, default=None, help="PEM CA: use TLS")
+        q.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+        q.add_argument("--json", action="store_true", help="machine-readable output")
+        q.set_defaults(func=cmd_experiments)
+
+    q = sub.add_parser("create", help="create an experiment (flags or --file JSON/TOML)")
+    common(q)
+    q.add_argument(
+        "--file",
+        type=Path,
+        default=None,
+        help="ExperimentDefinition as JSON or TOML (proto field names)",
+    )
+    q.add_argument("--name", default="")
+    q.add_argument("--salt", default="", help="hash salt (default: the name)")
+    q.add_argument("--kind", choices=sorted(_KINDS), default="ab")
+    q.add_argument(
+        "--arm", action="append", help="NAME=MODEL[@WEIGHT], repeatable; the first is control"
+    )
+    q.add_argument("--metric", default="accuracy", choices=["accuracy", "outcome", "score"])
+    q.add_argument("--min-effect", type=float, default=0.0)
+    q.add_argument("--confidence", type=float, default=0.95)
+    q.add_argument("--min-samples", type=int, default=0, help="rows per arm (default 1000)")
+    q.add_argument("--max-duration", type=float, default=0.0, help="seconds (0 = none)")
+    q.add_argument("--max-error-rate", type=float, default=0.0, help="guardrail, 0..1")
+    q.add_argument("--max-p99-ms", type=float, default=0.0, help="guardrail, milliseconds")
+    q.add_argument("--rollback-threshold", type=float, default=0.0, help="metric units")
+    q.add_argument("--stage-hold", type=float, default=None, help="canary: seconds per stage")
+    q.add_argument("--bandit-floor", type=float, default=None, help="bandit: least share, 0..1")
+    q.add_argument("--bandit-interval", type=float, default=None, help="bandit: seconds")
+    q.add_argument(
+        "--model-store",
+        default=None,
+        help="pin model ids to sha256 from this store (env ABGATE_MODEL_STORE)",
+    )
+
+    q = sub.add_parser("list", help="all experiments")
+    common(q)
+    q = sub.add_parser("gateways", help="which config version every gateway runs")
+    common(q)
+    for name, text in (
+        ("show", "one experiment and its verdict"),
+        ("promote", "send 100% to an arm (default: the verdict's winner)"),
+        ("rollback", "send 100% back to control"),
+        ("pause", "stop deciding (the split stays)"),
+        ("resume", "resume deciding"),
+    ):
+        q = sub.add_parser(name, help=text)
+        common(q)
+        q.add_argument("name", help="experiment name")
+        q.add_argument("--reason", default="", help="kept in the audit table")
+        if name == "promote":
+            q.add_argument("--arm", default="", help="arm to promote")
+        if name == "show":
+            q.add_argument("--full", action="store_true", help="with --json: everything")

@@ -1,0 +1,251 @@
+"""Experiments as data: the definition users create, the state each version records, and the
+config snapshot gateways serve. Pure: validation and conversions, no database, no gRPC calls.
+
+One experiment version is one JSON document (``ExperimentState.to_json``) in
+``experiment_versions``; the snapshot is the latest version of every experiment.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from abgate.errors import InvalidArgument
+from abgate.v1 import control_pb2 as cpb
+from gateway.allocation import Allocation, AllocationError
+
+KINDS = ("ab", "canary", "bandit")
+METRICS = ("accuracy", "outcome", "score")
+STATUSES = ("running", "paused", "promoted", "rolled_back", "stopped")
+# Treatment share of a canary at each stage, percent.
+CANARY_STAGES: tuple[float, ...] = (1.0, 5.0, 10.0, 25.0, 50.0, 100.0)
+WEIGHT_TOLERANCE = 1e-6
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_KIND_FROM_PB = {cpb.AB: "ab", cpb.CANARY: "canary", cpb.BANDIT: "bandit"}
+_KIND_TO_PB = {v: k for k, v in _KIND_FROM_PB.items()}
+
+
+@dataclass(frozen=True)
+class Guardrails:
+    max_error_rate: float = 0.0  # 0..1, 0 = not checked
+    max_p99_latency_ms: float = 0.0  # 0 = not checked
+    rollback_threshold: float = 0.0  # metric units, 0 = not checked
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    model: str
+    weight: float  # percent
+
+
+@dataclass(frozen=True)
+class ExperimentState:
+    """One version of one experiment: its definition plus what the evaluator decided so far."""
+
+    name: str
+    salt: str
+    kind: str
+    arms: tuple[Arm, ...]
+    primary_metric: str = "accuracy"
+    min_effect: float = 0.0
+    confidence: float = 0.95
+    min_samples: int = 1000
+    max_duration_s: float = 0.0
+    guardrails: Guardrails = field(default_factory=Guardrails)
+    stage_hold_s: float = 60.0
+    bandit_floor: float = 0.05
+    bandit_interval_s: float = 60.0
+    status: str = "running"
+    # Exact buckets per arm (``Allocation.to_dict``); every gateway routes by these.
+    allocation: Mapping[str, Any] = field(default_factory=dict)
+    canary_stage: int = 0
+    created_at: float = 0.0
+    stage_started_at: float = 0.0
+    # The config version (snapshot seq) the statistics are counted from: set when the
+    # split changes so that a sample-ratio check compares counts against the split in force.
+    since_version: int = 0
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {a.name: a.weight for a in self.arms}
+
+    @property
+    def control(self) -> Arm:
+        return self.arms[0]
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["arms"] = [asdict(a) for a in self.arms]
+        doc["allocation"] = dict(self.allocation)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> ExperimentState:
+        d = dict(doc)
+        d["arms"] = tuple(Arm(**a) for a in d["arms"])
+        d["guardrails"] = Guardrails(**d.get("guardrails", {}))
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def with_weights(self, weights: Mapping[str, float], **changes: Any) -> ExperimentState:
+        """A new state with these weights and an allocation re-weighted from this one with the
+        fewest buckets moved (a growing canary never moves a treated user back)."""
+        arms = tuple(replace(a, weight=float(weights[a.name])) for a in self.arms)
+        try:
+            previous = Allocation.from_dict(self.allocation)
+            allocation = previous.reweight({a.name: a.weight for a in arms})
+        except AllocationError as exc:
+            raise InvalidArgument(str(exc), field="weights") from None
+        return replace(self, arms=arms, allocation=allocation.to_dict(), **changes)
+
+
+def _check_name(value: str, fld: str) -> str:
+    if not _NAME.match(value):
+        raise InvalidArgument(
+            f"{value!r} must be 1-128 characters of letters, digits, '_', '.', '-'", field=fld
+        )
+    return value
+
+
+def _finite(value: float, fld: str, lo: float, hi: float) -> float:
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise InvalidArgument(f"must be between {lo:g} and {hi:g}, got {value!r}", field=fld)
+    return float(value)
+
+
+def validate_definition(d: cpb.ExperimentDefinition, now: float | None = None) -> ExperimentState:
+    """A new experiment from the admin API, or InvalidArgument naming the bad field."""
+    name = _check_name(d.name, "definition.name")
+    salt = d.salt or name
+    kind = _KIND_FROM_PB.get(d.kind)
+    if kind is None:
+        raise InvalidArgument("must be AB, CANARY or BANDIT", field="definition.kind")
+    if len(d.arms) < 2:
+        raise InvalidArgument("an experiment needs at least two arms", field="definition.arms")
+    if kind == "canary" and len(d.arms) != 2:
+        raise InvalidArgument("a canary has exactly two arms", field="definition.arms")
+    arms: list[Arm] = []
+    seen: set[str] = set()
+    for i, a in enumerate(d.arms):
+        arm_name = _check_name(a.name, f"definition.arms[{i}].name")
+        if arm_name in seen:
+            raise InvalidArgument(f"{arm_name!r} is defined twice", f"definition.arms[{i}].name")
+        seen.add(arm_name)
+        if not a.model:
+            raise InvalidArgument("must name a model", field=f"definition.arms[{i}].model")
+        weight = _finite(a.weight, f"definition.arms[{i}].weight", 0.0, 100.0)
+        arms.append(Arm(arm_name, a.model, weight))
+    if kind == "canary":
+        first = CANARY_STAGES[0]
+        arms = [replace(arms[0], weight=100.0 - first), replace(arms[1], weight=first)]
+    total = sum(a.weight for a in arms)
+    if abs(total - 100.0) > WEIGHT_TOLERANCE:
+        raise InvalidArgument(f"weights sum to {total:g}%, not 100%", field="definition.arms")
+    metric = d.primary_metric or "accuracy"
+    if metric not in METRICS:
+        raise InvalidArgument(
+            f"unknown metric {metric!r}; one of {', '.join(METRICS)}",
+            field="definition.primary_metric",
+        )
+    confidence = d.confidence or 0.95
+    _finite(confidence, "definition.confidence", 0.5, 0.9999)
+    if d.min_samples < 0:
+        raise InvalidArgument("must not be negative", field="definition.min_samples")
+    g = d.guardrails
+    guardrails = Guardrails(
+        _finite(g.max_error_rate, "definition.guardrails.max_error_rate", 0.0, 1.0),
+        _finite(g.max_p99_latency_ms, "definition.guardrails.max_p99_latency_ms", 0.0, 1e7),
+        _finite(g.rollback_threshold, "definition.guardrails.rollback_threshold", 0.0, 1e12),
+    )
+    floor = d.bandit_floor if d.HasField("bandit_floor") else 0.05
+    _finite(floor, "definition.bandit_floor", 0.0, 1.0 / len(arms))
+    now = time.time() if now is None else now
+    try:
+        allocation = Allocation.initial({a.name: a.weight for a in arms})
+    except AllocationError as exc:
+        raise InvalidArgument(str(exc), field="definition.arms") from None
+    return ExperimentState(
+        name=name,
+        salt=salt,
+        kind=kind,
+        arms=tuple(arms),
+        primary_metric=metric,
+        min_effect=_finite(d.min_effect, "definition.min_effect", 0.0, 1e12),
+        confidence=confidence,
+        min_samples=d.min_samples or 1000,
+        max_duration_s=_finite(d.max_duration_s, "definition.max_duration_s", 0.0, 1e10),
+        guardrails=guardrails,
+        stage_hold_s=_finite(
+            d.stage_hold_s if d.HasField("stage_hold_s") else 60.0,
+            "definition.stage_hold_s",
+            0.0,
+            1e9,
+        ),
+        bandit_floor=floor,
+        bandit_interval_s=_finite(
+            d.bandit_interval_s if d.HasField("bandit_interval_s") else 60.0,
+            "definition.bandit_interval_s",
+            0.0,
+            1e9,
+        ),
+        allocation=allocation.to_dict(),
+        created_at=now,
+        stage_started_at=now,
+    )
+
+
+def definition_message(state: ExperimentState) -> cpb.ExperimentDefinition:
+    g = state.guardrails
+    return cpb.ExperimentDefinition(
+        name=state.name,
+        salt=state.salt,
+        kind=_KIND_TO_PB[state.kind],
+        arms=[cpb.ArmConfig(name=a.name, model=a.model, weight=a.weight) for a in state.arms],
+        primary_metric=state.primary_metric,
+        min_effect=state.min_effect,
+        confidence=state.confidence,
+        min_samples=state.min_samples,
+        max_duration_s=state.max_duration_s,
+        guardrails=cpb.Guardrails(
+            max_error_rate=g.max_error_rate,
+            max_p99_latency_ms=g.max_p99_latency_ms,
+            rollback_threshold=g.rollback_threshold,
+        ),
+        stage_hold_s=state.stage_hold_s,
+        bandit_floor=state.bandit_floor,
+        bandit_interval_s=state.bandit_interval_s,
+    )
+
+
+def experiment_config(state: ExperimentState) -> cpb.ExperimentConfig:
+    """What gateways get: salt, arms, models and the exact bucket ranges. Taken as stored, not
+    re-validated: validating is the gateways' job (they NACK what they cannot serve)."""
+    ranges: Mapping[str, Sequence[Sequence[int]]] = state.allocation.get("ranges", {})
+    return cpb.ExperimentConfig(
+        name=state.name,
+        salt=state.salt,
+        arms=[
+            cpb.ArmConfig(
+                name=a.name,
+                model=a.model,
+                weight=a.weight,
+                ranges=[cpb.BucketRange(start=s, end=e) for s, e in ranges.get(a.name, ())],
+            )
+            for a in state.arms
+        ],
+    )
+
+
+def snapshot_message(
+    version: int, states: Sequence[ExperimentState], nonce: str = ""
+) -> cpb.ConfigSnapshot:
+    return cpb.ConfigSnapshot(
+        version=version,
+        nonce=nonce,
+        experiments=[experiment_config(s) for s in sorted(states, key=lambda s: s.name)],
+    )

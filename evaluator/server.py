@@ -1,0 +1,286 @@
+"""The evaluator process: one lifecycle (start/stop), the tick loop, and the operations behind
+the admin API. Experiment versions in PostgreSQL are the source of truth; every tick re-reads
+the latest ones and publishes a new snapshot when the set changed (so a version written by any
+means, SQL included, reaches the gateways).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from dataclasses import replace
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from abgate.db.embedded import EmbeddedPostgres
+from abgate.db.migrate import migrate
+from abgate.errors import FailedPrecondition, InvalidArgument, Unavailable
+from abgate.settings import EvaluatorSettings
+from abgate.v1 import control_pb2 as cpb
+from abgate.v1 import control_pb2_grpc as cpb_grpc
+from evaluator.experiments import (
+    ExperimentState,
+    definition_message,
+    snapshot_message,
+    validate_definition,
+)
+from evaluator.service import AdminServicer, ConfigStreamServicer, Publisher, TokenAuth
+from evaluator.store import EvaluatorStore, VersionRow
+
+log = logging.getLogger(__name__)
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    from gateway.server import split_listen
+
+    return split_listen(listen)
+
+
+def server_credentials(s: EvaluatorSettings) -> grpc.ServerCredentials | None:
+    if s.tls_cert is None and s.tls_key is None:
+        if s.tls_client_ca is not None:
+            raise InvalidArgument("needs --tls-cert and --tls-key", field="tls_client_ca")
+        return None
+    if s.tls_cert is None or s.tls_key is None:
+        raise InvalidArgument("give both --tls-cert and --tls-key", field="tls_cert")
+    ca = s.tls_client_ca.read_bytes() if s.tls_client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+class EvaluatorServer:
+    def __init__(self, settings: EvaluatorSettings) -> None:
+        if not settings.token:
+            raise InvalidArgument("the evaluator needs a --token (ABGATE_TOKEN)", field="token")
+        self.settings = settings
+        self.store: EvaluatorStore | None = None
+        self.publisher = Publisher(self._status_sink)
+        self.latest: dict[str, VersionRow] = {}
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._embedded: EmbeddedPostgres | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._lock = asyncio.Lock()  # one writer of experiment versions at a time
+        self._stopped = False
+
+    # -- background work ----------------------------------------------------------------------
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    def _status_sink(self, node_id: str, **kw: Any) -> None:
+        store = self.store
+        if store is not None and not self._stopped:
+            self._spawn(store.gateway_seen(node_id, **kw))
+
+    # -- state ------------------------------------------------------------------------------
+    def _store(self) -> EvaluatorStore:
+        if self.store is None:
+            raise Unavailable("the evaluator is not connected to its database")
+        return self.store
+
+    async def sync(self) -> bool:
+        """Re-read the latest versions; publish a new snapshot if they changed."""
+        try:
+            latest = await self._store().latest()
+        except ValueError as exc:
+            log.error("not publishing: %s", exc)
+            return False
+        self.latest = latest
+        version = max((r.seq for r in latest.values()), default=0)
+        if version == self.publisher.version or version == 0:
+            return False
+        self.publisher.publish(snapshot_message(version, [r.state for r in latest.values()]))
+        return True
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tick_interval)
+            try:
+                await self.sync()
+            except Exception:
+                log.exception("evaluation tick failed; retrying next tick")
+
+    # -- admin operations --------------------------------------------------------------------
+    async def _write(
+        self, state: ExperimentState, previous: int, reason: str, decision: dict[str, Any]
+    ) -> VersionRow:
+        row = await self._store().append(
+            state,
+            previous=previous,
+            reason=reason,
+            by=decision.get("source", "admin"),
+            decision=decision,
+        )
+        await self.sync()
+        return row
+
+    async def create(self, definition: cpb.ExperimentDefinition) -> cpb.ExperimentView:
+        state = validate_definition(definition)
+        async with self._lock:
+            row = await self._write(
+                state,
+                0,
+                "created",
+                {"action": "create", "source": "admin", "inputs": {"definition": state.to_json()}},
+            )
+        return self._view(row)
+
+    async def views(self) -> list[cpb.ExperimentView]:
+        rows = await self._store().latest()
+        return [self._view(rows[name]) for name in sorted(rows)]
+
+    async def view(self, name: str) -> cpb.ExperimentView:
+        return self._view(await self._store().get(name))
+
+    async def operate(self, action: str, req: cpb.ExperimentRequest) -> cpb.ExperimentView:
+        async with self._lock:
+            row = await self._store().get(req.name)
+            state = row.state
+            control = state.control.name
+            if action == "promote":
+                arm = req.arm or self._winner(req.name)
+                if arm not in state.weights:
+                    raise InvalidArgument(f"experiment {req.name!r} has no arm {arm!r}", "arm")
+                weights = {a: 100.0 if a == arm else 0.0 for a in state.weights}
+                new = state.with_weights(weights, status="promoted")
+            elif action == "rollback":
+                weights = {a: 100.0 if a == control else 0.0 for a in state.weights}
+                new = state.with_weights(weights, status="rolled_back")
+            elif action == "pause":
+                if state.status != "running":
+                    raise FailedPrecondition(f"experiment {req.name!r} is {state.status}")
+                new = replace(state, status="paused")
+            elif action == "resume":
+                if state.status != "paused":
+                    raise FailedPrecondition(f"experiment {req.name!r} is {state.status}")
+                new = replace(state, status="running")
+            else:  # pragma: no cover - the servicer only passes the actions above
+                raise InvalidArgument(f"unknown action {action!r}", "action")
+            decision = {
+                "action": action,
+                "source": "admin",
+                "recommendation": req.reason,
+                "inputs": {"arm": req.arm, "weights": new.weights},
+            }
+            row = await self._write(new, row.version, req.reason or action, decision)
+        return self._view(row)
+
+    def _winner(self, name: str) -> str:
+        raise FailedPrecondition(
+            f"experiment {name!r} has no winner yet; name the arm to promote", field="arm"
+        )
+
+    def _view(self, row: VersionRow) -> cpb.ExperimentView:
+        s = row.state
+        return cpb.ExperimentView(
+            definition=definition_message(s),
+            status=s.status,
+            version=row.version,
+            snapshot_version=self.publisher.version,
+            weights=s.weights,
+            details_json=json.dumps(
+                {"canary_stage": s.canary_stage, "allocation": dict(s.allocation)},
+                sort_keys=True,
+            ),
+        )
+
+    def gateways(self) -> cpb.GatewaysResponse:
+        return cpb.GatewaysResponse(
+            snapshot_version=self.publisher.version,
+            gateways=[
+                cpb.GatewayState(
+                    node_id=g.node_id,
+                    version=g.version,
+                    connected=g.connected,
+                    last_error=g.last_error,
+                )
+                for g in sorted(self.publisher.gateways.values(), key=lambda g: g.node_id)
+            ],
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> int:
+        s = self.settings
+        creds = server_credentials(s)
+        url = s.database_url
+        if not url:
+            self._embedded = EmbeddedPostgres(s.pg_data)
+            url = await asyncio.to_thread(self._embedded.start)
+        await migrate(url)
+        self.store = await EvaluatorStore.open(url)
+        await self.sync()
+        server = grpc.aio.server(interceptors=[TokenAuth(s.token)])
+        cpb_grpc.add_ConfigStreamServicer_to_server(ConfigStreamServicer(self.publisher), server)
+        cpb_grpc.add_EvaluatorAdminServicer_to_server(AdminServicer(self), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        host, port = _split_listen(s.listen)
+        addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            if creds is None:
+                self.port = server.add_insecure_port(addr)
+            else:
+                self.port = server.add_secure_port(addr, creds)
+        except RuntimeError as exc:
+            raise Unavailable(f"cannot listen on {s.listen} (address in use?): {exc}") from None
+        await server.start()
+        self._server = server
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._spawn(self._tick_loop())
+        log.info(
+            "evaluator listening on %s:%d (config version %d)",
+            host,
+            self.port,
+            self.publisher.version,
+        )
+        return self.port
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.store is not None:
+            await self.store.close()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+        log.info("evaluator stopped")
+
+    async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        await self.start()
+        await stop.wait()
+        await self.stop()
+
+
+def run(settings: EvaluatorSettings) -> int:
+    started = time.monotonic()
+    asyncio.run(EvaluatorServer(settings).run_until_signalled())
+    log.info("evaluator ran %.0f s", time.monotonic() - started)
+    return 0

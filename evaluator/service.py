@@ -1,0 +1,379 @@
+"""The evaluator's gRPC side: the config stream every gateway keeps open, the admin API, and
+the token check in front of both.
+
+``Publisher`` holds the one current snapshot and what each gateway last said about it;
+``ConfigStreamServicer`` moves snapshots out and ACK/NACKs in; ``AdminServicer`` turns operator
+commands into new experiment versions through ``EvaluatorCore`` (``evaluator.server``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import itertools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+
+from abgate.errors import AbgateError, InvalidArgument
+from abgate.v1 import control_pb2 as cpb
+from abgate.v1 import control_pb2_grpc as cpb_grpc
+
+log = logging.getLogger(__name__)
+
+# The first message must arrive this soon after a gateway opens the stream.
+HELLO_TIMEOUT = 10.0
+# Calls that need no token: load balancers and orchestrators probe health without secrets.
+PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+# -- credentials --------------------------------------------------------------------------------
+def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+        yield None  # pragma: no cover - abort raises
+
+    kind = (handler.request_streaming, handler.response_streaming)
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[kind]
+    return make(
+        streaming if kind[1] else unary,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class TokenAuth(grpc.aio.ServerInterceptor):
+    """Every call but health needs ``authorization: Bearer <token>``; others are refused with
+    UNAUTHENTICATED before any handler code runs."""
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ValueError("a control-plane token is required")
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(PUBLIC_METHOD_PREFIXES):
+            return handler
+        given = b""
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                given = value.encode() if isinstance(value, str) else value
+        if hmac.compare_digest(given, self._expected):
+            return handler
+        return _deny(handler)
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying ``token`` (what gateways and the CLI send)."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+# -- publishing -----------------------------------------------------------------------------------
+@dataclass
+class GatewayView:
+    node_id: str
+    version: int = 0
+    connected: bool = False
+    acked_at: float = 0.0
+    last_error: str = ""
+    streams: int = 0
+
+
+@dataclass(eq=False)  # identity: one per stream, kept in a set
+class _Subscriber:
+    node_id: str
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    sent_nonce: str = ""
+    sent_version: int = 0
+
+
+class StatusSink(Protocol):
+    """Where ACK/NACK/connect events go besides memory (PostgreSQL in the real server)."""
+
+    def __call__(
+        self, node_id: str, *, version: int, connected: bool, acked: bool, error: str
+    ) -> None: ...
+
+
+class Publisher:
+    """The current snapshot, the streams waiting for the next one, and each gateway's state."""
+
+    def __init__(self, sink: StatusSink | None = None) -> None:
+        self.current: cpb.ConfigSnapshot | None = None
+        self.published_at = 0.0
+        self.gateways: dict[str, GatewayView] = {}
+        self._subs: set[_Subscriber] = set()
+        self._acks = asyncio.Condition()
+        self._nonces = itertools.count(1)
+        self._sink = sink
+        self.acks = 0
+        self.nacks = 0
+
+    @property
+    def version(self) -> int:
+        return self.current.version if self.current is not None else 0
+
+    def publish(self, snapshot: cpb.ConfigSnapshot) -> None:
+        self.current = snapshot
+        self.published_at = time.monotonic()
+        for sub in self._subs:
+            sub.changed.set()
+        log.info(
+            "publishing config version %d (%d experiments) to %d streams",
+            snapshot.version,
+            len(snapshot.experiments),
+            len(self._subs),
+        )
+
+    def next_for(self, sub: _Subscriber) -> cpb.ConfigSnapshot | None:
+        """The snapshot to send ``sub`` now, with a fresh nonce (None: nothing new)."""
+        sub.changed.clear()
+        snap = self.current
+        if snap is None or (sub.sent_nonce and sub.sent_version == snap.version):
+            return None
+        out = cpb.ConfigSnapshot()
+        out.CopyFrom(snap)
+        out.nonce = f"{snap.version}-{next(self._nonces)}"
+        sub.sent_nonce, sub.sent_version = out.nonce, snap.version
+        return out
+
+    def subscribe(self, node_id: str, version: int) -> _Subscriber:
+        sub = _Subscriber(node_id)
+        sub.changed.set()  # state of the world: a new stream gets the current snapshot
+        self._subs.add(sub)
+        view = self.gateways.setdefault(node_id, GatewayView(node_id))
+        view.connected, view.version = True, version
+        view.streams += 1
+        self._emit(node_id, version=version, connected=True, acked=False, error="")
+        return sub
+
+    def unsubscribe(self, sub: _Subscriber) -> None:
+        self._subs.discard(sub)
+        view = self.gateways[sub.node_id]
+        view.streams -= 1
+        if view.streams <= 0:
+            view.connected = False
+            self._emit(sub.node_id, version=view.version, connected=False, acked=False, error="")
+
+    async def answer(self, sub: _Subscriber, req: cpb.ConfigRequest) -> None:
+        view = self.gateways[sub.node_id]
+        view.version = req.version
+        if req.HasField("error_detail"):
+            self.nacks += 1
+            detail = req.error_detail
+            view.last_error = f"{grpc.StatusCode(_code(detail.code)).name}: {detail.message}"
+            log.warning(
+                "gateway %s NACKed config (nonce %s), still serving version %d: %s",
+                sub.node_id,
+                req.response_nonce,
+                req.version,
+                view.last_error,
+            )
+            self._emit(
+                sub.node_id, version=req.version, connected=True, acked=False, error=view.last_error
+            )
+        else:
+            self.acks += 1
+            view.acked_at = time.time()
+            view.last_error = ""
+            self._emit(sub.node_id, version=req.version, connected=True, acked=True, error="")
+        async with self._acks:
+            self._acks.notify_all()
+
+    def _emit(self, node_id: str, **kw: Any) -> None:
+        if self._sink is not None:
+            self._sink(node_id, **kw)
+
+    def connected(self) -> list[GatewayView]:
+        return [g for g in self.gateways.values() if g.connected]
+
+    async def wait_acked(self, version: int, *, count: int = 1, timeout: float = 10.0) -> bool:
+        """True once at least ``count`` connected gateways run ``version`` or newer."""
+
+        def done() -> bool:
+            return sum(1 for g in self.connected() if g.version >= version) >= count
+
+        async with self._acks:
+            try:
+                await asyncio.wait_for(self._acks.wait_for(done), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+
+def _code(number: int) -> tuple[int, str]:
+    for code in grpc.StatusCode:
+        if code.value[0] == number:
+            return code.value
+    return grpc.StatusCode.UNKNOWN.value
+
+
+class ConfigStreamServicer(cpb_grpc.ConfigStreamServicer):
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+
+    async def StreamConfig(
+        self,
+        request_iterator: AsyncIterator[cpb.ConfigRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[cpb.ConfigSnapshot]:
+        requests = request_iterator.__aiter__()
+        try:
+            hello = await asyncio.wait_for(anext(requests), HELLO_TIMEOUT)
+        except (StopAsyncIteration, TimeoutError):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "node_id: open the stream with a ConfigRequest"
+            )
+        if not hello.node_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id: must not be empty")
+        pub = self.publisher
+        sub = pub.subscribe(hello.node_id, hello.version)
+        log.info("gateway %s connected, serving version %d", hello.node_id, hello.version)
+
+        async def read_answers() -> None:
+            async for req in requests:
+                await pub.answer(sub, req)
+
+        reader = asyncio.create_task(read_answers())
+        try:
+            while not reader.done():
+                snap = pub.next_for(sub)
+                if snap is not None:
+                    yield snap
+                    continue
+                waiter = asyncio.create_task(sub.changed.wait())
+                await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await reader
+            pub.unsubscribe(sub)
+            log.info("gateway %s disconnected", hello.node_id)
+
+
+# -- admin ----------------------------------------------------------------------------------------
+class AdminCore(Protocol):
+    """What the admin API needs from the evaluator (implemented by ``evaluator.server``)."""
+
+    async def create(self, definition: cpb.ExperimentDefinition) -> cpb.ExperimentView: ...
+    async def views(self) -> list[cpb.ExperimentView]: ...
+    async def view(self, name: str) -> cpb.ExperimentView: ...
+    async def operate(self, action: str, req: cpb.ExperimentRequest) -> cpb.ExperimentView: ...
+    def gateways(self) -> cpb.GatewaysResponse: ...
+
+
+async def _call(context: grpc.aio.ServicerContext, coro: Awaitable[Any]) -> Any:
+    """The admin API's one mapping point from domain errors to statuses."""
+    try:
+        return await coro
+    except AbgateError as exc:
+        await context.abort(exc.code, exc.message)
+    except Exception:
+        log.exception("admin call failed")
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+class AdminServicer(cpb_grpc.EvaluatorAdminServicer):
+    def __init__(self, core: AdminCore) -> None:
+        self.core = core
+
+    async def CreateExperiment(
+        self, request: cpb.CreateExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ExperimentView:
+        return await _call(context, self.core.create(request.definition))
+
+    async def ListExperiments(
+        self, request: cpb.ListExperimentsRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ListExperimentsResponse:
+        views = await _call(context, self.core.views())
+        return cpb.ListExperimentsResponse(experiments=views)
+
+    async def GetExperiment(
+        self, request: cpb.ExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ExperimentView:
+        async def run() -> cpb.ExperimentView:
+            return await self.core.view(_name(request))
+
+        return await _call(context, run())
+
+    async def _operate(
+        self, action: str, request: cpb.ExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ExperimentView:
+        async def run() -> cpb.ExperimentView:
+            _name(request)
+            return await self.core.operate(action, request)
+
+        return await _call(context, run())
+
+    async def Promote(
+        self, request: cpb.ExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ExperimentView:
+        return await self._operate("promote", request, context)
+
+    async def Rollback(
+        self, request: cpb.ExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ExperimentView:
+        return await self._operate("rollback", request, context)
+
+    async def Pause(
+        self, request: cpb.ExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ExperimentView:
+        return await self._operate("pause", request, context)
+
+    async def Resume(
+        self, request: cpb.ExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ExperimentView:
+        return await self._operate("resume", request, context)
+
+    async def Gateways(
+        self, request: cpb.GatewaysRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.GatewaysResponse:
+        return self.core.gateways()
+
+
+def _name(request: cpb.ExperimentRequest) -> str:
+    if not request.name:
+        raise InvalidArgument("must name an experiment", field="name")
+    return request.name
+
+
+def verdict_json(view: cpb.ExperimentView) -> dict[str, Any]:
+    """The current verdict in its documented shape (``abgate experiments show E --json``)."""
+    v = view.verdict
+    return {
+        "winner": v.winner or None,
+        "p_value": v.p_value,
+        "effect_size": v.effect_size,
+        "ci": list(v.ci),
+        "recommendation": v.recommendation or "continue",
+    }
+
+
+def view_json(view: cpb.ExperimentView) -> dict[str, Any]:
+    """An ExperimentView as plain JSON (what ``abgate experiments show --json`` prints)."""
+    from google.protobuf import json_format
+
+    doc = json_format.MessageToDict(view, preserving_proto_field_name=True)
+    doc["details"] = json.loads(view.details_json) if view.details_json else {}
+    doc.pop("details_json", None)
+    return doc
