@@ -212,8 +212,32 @@ class DataPlane:
                 int((now - started) * 1e6),
                 False,
                 self.gateway_id,
+                0,
             )
         )
+
+    def log_failure(
+        self,
+        exp: ExperimentRuntime,
+        arm: ArmRuntime,
+        bucket: int,
+        request_id: str,
+        code: int,
+        started: float,
+    ) -> None:
+        """Queue the log row of a call that reached a model and failed there: guardrails count
+        these (label -1, no scores, ``status`` the gRPC code)."""
+        log = self.log
+        if log is None:
+            return
+        now = time.time()
+        log.append(
+            (
+                request_id, now, exp.name, exp.config_version, bucket, exp.hash_version,
+                arm.name, arm.model_id, arm.model_version, arm.model_sha256, -1, [],
+                int((now - started) * 1e6), False, self.gateway_id, code,
+            )
+        )  # fmt: skip
 
     def log_batch(self, result: BatchResult, started: float) -> None:
         log = self.log
@@ -237,7 +261,7 @@ class DataPlane:
                 (
                     rid, now, result.experiment, result.config_version, bucket,
                     result.hash_version, arm.name, arm.model_id, arm.model_version,
-                    arm.model_sha256, label, scores, latency, False, self.gateway_id,
+                    arm.model_sha256, label, scores, latency, False, self.gateway_id, 0,
                 )
             )  # fmt: skip
 

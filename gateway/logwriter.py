@@ -42,6 +42,7 @@ COLUMNS = (
     "latency_us",
     "shadow",
     "gateway_id",
+    "status",
 )
 OUTCOME_COLUMNS = ("request_id", "value", "ts", "source")
 

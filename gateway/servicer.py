@@ -65,9 +65,14 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
             codec.check_request_id(request_id)
         row = codec.decode_row(request.features, exp.n_features)
         bucket, arm = dp.route(exp, user_id)
-        # Inline on the event loop: a thread hop costs more than the model (see README).
-        labels, scores = arm.variant.run(row)
         request_id = request_id or dp.next_request_id()
+        # Inline on the event loop: a thread hop costs more than the model (see README).
+        try:
+            labels, scores = arm.variant.run(row)
+        except Exception as exc:
+            code = exc.code if isinstance(exc, AbgateError) else grpc.StatusCode.INTERNAL
+            dp.log_failure(exp, arm, bucket, request_id, code.value[0], started)
+            raise
         label, row_scores = int(labels[0]), scores[0]
         dp.log_prediction(exp, arm, bucket, request_id, label, row_scores, started)
         raw = codec.encode_prediction_raw(

@@ -19,7 +19,7 @@ def row(i: int, ts: float | None = None) -> Row:
     t = ts if ts is not None else time.time()
     model = ("demo-logreg", "1", "a" * 64)
     return (f"req-{i}", t, "demo", 1, i % 10_000, 1, "control", *model, i % 2, [0.25, 0.75],
-            150, False, "gw-test")  # fmt: skip
+            150, False, "gw-test", 0)  # fmt: skip
 
 
 async def count(url: str) -> int:
