@@ -1,0 +1,222 @@
+"""Incremental aggregation of the logs into per-arm sufficient statistics, in SQL.
+
+A tick reads only rows whose ingest ``seq`` is above the stored watermark, adds their GROUP BY
+sums into ``arm_stats``/``arm_latency`` and moves the watermark, all in one transaction: its
+cost grows with new rows, not with history, and a crash mid-tick counts nothing twice.
+
+A prediction and its outcome are counted together exactly once, when the later of the two is
+read: new outcomes join every prediction read so far or in this tick, and new predictions join
+the outcomes read in earlier ticks (see ``_OUTCOMES_NEW`` and ``_PREDICTIONS_NEW``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import asyncpg
+
+# Latency histogram buckets: b holds [2^(b/4), 2^((b+1)/4)) microseconds (≈19% wide).
+LATENCY_BUCKETS_PER_OCTAVE = 4
+
+
+def latency_bucket_floor_us(bucket: int) -> float:
+    return float(2.0 ** (bucket / LATENCY_BUCKETS_PER_OCTAVE))
+
+
+# The highest seq at or below which every row is visible: rows ingested within `settle` seconds
+# are left for the next tick (a writer transaction with a lower seq may still be in flight).
+_UPPER = """
+SELECT coalesce((SELECT seq FROM {table} WHERE seq > $1 AND ingested_at < $2
+                 ORDER BY seq DESC LIMIT 1), $1)
+"""
+
+# One pass over the new predictions (materialised once) feeds both aggregates. Outcomes join
+# separately so a prediction with several outcome sources is still served once.
+_PREDICTIONS_NEW = f"""
+WITH p AS MATERIALIZED (
+    SELECT request_id, experiment, config_version, arm, status, label, scores, latency_us
+    FROM predictions WHERE seq > $1 AND seq <= $2 AND NOT shadow
+), latency AS (
+    INSERT INTO arm_latency AS l (experiment, config_version, arm, bucket, n)
+    SELECT experiment, config_version, arm,
+           floor(ln(greatest(latency_us, 1)) / ln(2) * {LATENCY_BUCKETS_PER_OCTAVE})::smallint,
+           count(*)
+    FROM p GROUP BY 1, 2, 3, 4
+    ON CONFLICT (experiment, config_version, arm, bucket) DO UPDATE SET n = l.n + EXCLUDED.n
+), served AS (
+    SELECT experiment, config_version, arm, count(*) AS served,
+           count(*) FILTER (WHERE status <> 0) AS errors,
+           coalesce(sum(scores[2]) FILTER (WHERE status = 0), 0) AS score_sum,
+           coalesce(sum(scores[2] * scores[2]) FILTER (WHERE status = 0), 0) AS score_sumsq
+    FROM p GROUP BY 1, 2, 3
+), joined AS (
+    SELECT p.experiment, p.config_version, p.arm, count(*) AS outcome_n,
+           sum(o.value) AS outcome_sum, sum(o.value * o.value) AS outcome_sumsq,
+           count(*) FILTER (WHERE o.value = p.label) AS correct
+    FROM p JOIN outcomes o ON o.request_id = p.request_id AND o.seq <= $3
+    WHERE p.status = 0
+    GROUP BY 1, 2, 3
+)
+INSERT INTO arm_stats AS a (experiment, config_version, arm, served, errors, score_sum,
+                            score_sumsq, outcome_n, outcome_sum, outcome_sumsq, correct)
+SELECT s.experiment, s.config_version, s.arm, s.served, s.errors, s.score_sum, s.score_sumsq,
+       coalesce(j.outcome_n, 0), coalesce(j.outcome_sum, 0), coalesce(j.outcome_sumsq, 0),
+       coalesce(j.correct, 0)
+FROM served s LEFT JOIN joined j USING (experiment, config_version, arm)
+ON CONFLICT (experiment, config_version, arm) DO UPDATE SET
+    served = a.served + EXCLUDED.served,
+    errors = a.errors + EXCLUDED.errors,
+    score_sum = a.score_sum + EXCLUDED.score_sum,
+    score_sumsq = a.score_sumsq + EXCLUDED.score_sumsq,
+    outcome_n = a.outcome_n + EXCLUDED.outcome_n,
+    outcome_sum = a.outcome_sum + EXCLUDED.outcome_sum,
+    outcome_sumsq = a.outcome_sumsq + EXCLUDED.outcome_sumsq,
+    correct = a.correct + EXCLUDED.correct
+"""
+
+_OUTCOMES_NEW = """
+INSERT INTO arm_stats AS a (experiment, config_version, arm, outcome_n, outcome_sum,
+                            outcome_sumsq, correct)
+SELECT p.experiment, p.config_version, p.arm, count(*), sum(o.value), sum(o.value * o.value),
+       count(*) FILTER (WHERE o.value = p.label)
+FROM outcomes o
+JOIN predictions p ON p.request_id = o.request_id AND NOT p.shadow AND p.status = 0
+                  AND p.seq <= $3
+WHERE o.seq > $1 AND o.seq <= $2
+GROUP BY 1, 2, 3
+ON CONFLICT (experiment, config_version, arm) DO UPDATE SET
+    outcome_n = a.outcome_n + EXCLUDED.outcome_n,
+    outcome_sum = a.outcome_sum + EXCLUDED.outcome_sum,
+    outcome_sumsq = a.outcome_sumsq + EXCLUDED.outcome_sumsq,
+    correct = a.correct + EXCLUDED.correct
+"""
+
+
+@dataclass(frozen=True)
+class TickResult:
+    predictions: int  # rows read this tick
+    outcomes: int
+    prediction_seq: int  # watermarks after the tick
+    outcome_seq: int
+    seconds: float
+
+
+async def aggregate(
+    conn: asyncpg.Connection, *, settle: float = 2.0, now: float | None = None
+) -> TickResult:
+    """Fold the rows ingested since the last tick into the aggregates; one transaction."""
+    started = time.perf_counter()
+    cutoff = time.time() - settle if now is None else now - settle
+    async with conn.transaction(isolation="repeatable_read"):
+        row = await conn.fetchrow(
+            "SELECT prediction_seq, outcome_seq FROM evaluation_watermark FOR UPDATE"
+        )
+        assert row is not None, "migration 0003 inserts the watermark row"
+        wp, wo = int(row["prediction_seq"]), int(row["outcome_seq"])
+        cut = _timestamp(cutoff)
+        up = int(await conn.fetchval(_UPPER.format(table="predictions"), wp, cut))
+        uo = int(await conn.fetchval(_UPPER.format(table="outcomes"), wo, cut))
+        n_pred = n_out = 0
+        if up > wp:
+            # Outcomes read in earlier ticks (seq <= wo) meet their late predictions here.
+            status = await conn.execute(_PREDICTIONS_NEW, wp, up, wo)
+            n_pred = _count(status)
+        if uo > wo:
+            status = await conn.execute(_OUTCOMES_NEW, wo, uo, up)
+            n_out = _count(status)
+        if up > wp or uo > wo:
+            await conn.execute(
+                "UPDATE evaluation_watermark SET prediction_seq = $1, outcome_seq = $2, "
+                "updated_at = now()",
+                up,
+                uo,
+            )
+    return TickResult(n_pred, n_out, up, uo, time.perf_counter() - started)
+
+
+async def reset(conn: asyncpg.Connection) -> None:
+    """Forget every aggregate (the next tick recomputes from the first row: a full pass)."""
+    async with conn.transaction():
+        await conn.execute("TRUNCATE arm_stats, arm_latency")
+        await conn.execute("UPDATE evaluation_watermark SET prediction_seq = 0, outcome_seq = 0")
+
+
+def _timestamp(epoch: float) -> object:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(epoch, tz=dt.UTC)
+
+
+def _count(status: str) -> int:
+    # "INSERT 0 n" counts groups, not rows; callers only use it as "something happened".
+    return int(status.rsplit(" ", 1)[1])
+
+
+# -- reading ------------------------------------------------------------------------------------
+@dataclass
+class ArmTotals:
+    """One arm's sums over a range of config versions."""
+
+    served: int = 0
+    errors: int = 0
+    score_sum: float = 0.0
+    score_sumsq: float = 0.0
+    outcome_n: int = 0
+    outcome_sum: float = 0.0
+    outcome_sumsq: float = 0.0
+    correct: int = 0
+    latency: dict[int, int] = field(default_factory=dict)  # bucket -> rows
+
+    def add(self, other: Mapping[str, float]) -> None:
+        for name in (
+            "served", "errors", "score_sum", "score_sumsq", "outcome_n", "outcome_sum",
+            "outcome_sumsq", "correct",
+        ):  # fmt: skip
+            setattr(self, name, getattr(self, name) + type(getattr(self, name))(other[name]))
+
+    def slower_than(self, threshold_us: float) -> int:
+        """Rows certainly slower than ``threshold_us`` (their bucket starts above it)."""
+        return sum(n for b, n in self.latency.items() if latency_bucket_floor_us(b) >= threshold_us)
+
+    def latency_quantile_us(self, q: float) -> float:
+        """Upper edge of the histogram bucket holding quantile ``q`` (nan without rows)."""
+        total = sum(self.latency.values())
+        if total == 0:
+            return math.nan
+        rank = q * total
+        seen = 0
+        for b in sorted(self.latency):
+            seen += self.latency[b]
+            if seen >= rank:
+                return latency_bucket_floor_us(b + 1)
+        return latency_bucket_floor_us(max(self.latency) + 1)
+
+
+async def arm_totals(
+    conn: asyncpg.Connection | asyncpg.Pool, experiment: str, since_version: int = 0
+) -> dict[str, ArmTotals]:
+    """Per-arm sums over rows served under config versions >= ``since_version``."""
+    out: dict[str, ArmTotals] = {}
+    rows = await conn.fetch(
+        "SELECT arm, sum(served) AS served, sum(errors) AS errors, sum(score_sum) AS score_sum,"
+        " sum(score_sumsq) AS score_sumsq, sum(outcome_n) AS outcome_n,"
+        " sum(outcome_sum) AS outcome_sum, sum(outcome_sumsq) AS outcome_sumsq,"
+        " sum(correct) AS correct FROM arm_stats WHERE experiment = $1 AND config_version >= $2"
+        " GROUP BY arm",
+        experiment,
+        since_version,
+    )
+    for r in rows:
+        out.setdefault(r["arm"], ArmTotals()).add(r)
+    lat = await conn.fetch(
+        "SELECT arm, bucket, sum(n) AS n FROM arm_latency WHERE experiment = $1"
+        " AND config_version >= $2 GROUP BY arm, bucket",
+        experiment,
+        since_version,
+    )
+    for r in lat:
+        out.setdefault(r["arm"], ArmTotals()).latency[int(r["bucket"])] = int(r["n"])
+    return out
