@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from evaluator.stats import ArmStats
+
 # Latency histogram buckets: b holds [2^(b/4), 2^((b+1)/4)) microseconds (≈19% wide).
 LATENCY_BUCKETS_PER_OCTAVE = 4
 
@@ -220,3 +222,16 @@ async def arm_totals(
     for r in lat:
         out.setdefault(r["arm"], ArmTotals()).latency[int(r["bucket"])] = int(r["n"])
     return out
+
+
+def metric_stats(metric: str, totals: ArmTotals) -> ArmStats:
+    """An arm's primary metric as sufficient statistics: ``accuracy`` is the share of outcomes
+    equal to the predicted label (0/1 values), ``outcome`` the mean outcome value, ``score`` the
+    mean positive-class score of successful predictions."""
+    if metric == "accuracy":
+        return ArmStats(totals.outcome_n, float(totals.correct), float(totals.correct))
+    if metric == "outcome":
+        return ArmStats(totals.outcome_n, totals.outcome_sum, totals.outcome_sumsq)
+    if metric == "score":
+        return ArmStats(totals.served - totals.errors, totals.score_sum, totals.score_sumsq)
+    raise ValueError(f"unknown metric {metric!r}")

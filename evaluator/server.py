@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from abgate.db.embedded import EmbeddedPostgres
@@ -24,12 +25,14 @@ from abgate.errors import FailedPrecondition, InvalidArgument, Unavailable
 from abgate.settings import EvaluatorSettings
 from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
+from evaluator.aggregate import ArmTotals, TickResult, aggregate, arm_totals, metric_stats
 from evaluator.experiments import (
     ExperimentState,
     definition_message,
     snapshot_message,
     validate_definition,
 )
+from evaluator.policy import ArmData, Decision, decide
 from evaluator.service import AdminServicer, ConfigStreamServicer, Publisher, TokenAuth
 from evaluator.store import EvaluatorStore, VersionRow
 
@@ -72,6 +75,11 @@ class EvaluatorServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lock = asyncio.Lock()  # one writer of experiment versions at a time
         self._stopped = False
+        self._rng = np.random.default_rng(settings.seed or None)
+        # Latest verdict and statistics per experiment, and what was last audited when.
+        self.verdicts: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._audited: dict[str, tuple[str, float]] = {}
+        self.last_tick: TickResult | None = None
 
     # -- background work ----------------------------------------------------------------------
     def _spawn(self, coro: Any) -> None:
@@ -113,17 +121,106 @@ class EvaluatorServer:
         while True:
             await asyncio.sleep(self.settings.tick_interval)
             try:
-                await self.sync()
+                await self.tick()
             except Exception:
                 log.exception("evaluation tick failed; retrying next tick")
 
+    async def tick(self, now: float | None = None) -> list[tuple[str, Decision]]:
+        """One evaluation: publish what changed, fold new log rows into the aggregates, run
+        every running experiment's policy and write what it decides."""
+        await self.sync()
+        if not self.settings.evaluate:
+            return []
+        store = self._store()
+        async with store.pool.acquire() as conn:
+            result = await aggregate(conn, settle=self.settings.settle)
+        self.last_tick = result
+        now = time.time() if now is None else now
+        decided = []
+        for name, row in sorted(self.latest.items()):
+            if row.state.status != "running":
+                continue
+            data = await self._arm_data(row)
+            decision = decide(row.state, data, now, self._rng)
+            self.verdicts[name] = (decision.verdict, decision.statistics)
+            await self._record(row, decision, now)
+            decided.append((name, decision))
+        return decided
+
+    async def _arm_data(self, row: VersionRow) -> dict[str, ArmData]:
+        s = row.state
+        pool = self._store().pool
+        everything = await arm_totals(pool, s.name, 0)
+        current = await arm_totals(pool, s.name, row.since)
+        window = current if s.kind == "canary" else everything
+        limit_us = s.guardrails.max_p99_latency_ms * 1000.0
+        data = {}
+        for arm in s.arms:
+            a = everything.get(arm.name, ArmTotals())
+            w = window.get(arm.name, ArmTotals())
+            data[arm.name] = ArmData(
+                metric=metric_stats(s.primary_metric, a),
+                served_since=current.get(arm.name, ArmTotals()).served,
+                window_served=w.served,
+                window_errors=w.errors,
+                window_slow=w.slower_than(limit_us) if limit_us > 0 else 0,
+                p99_ms=w.latency_quantile_us(0.99) / 1000.0,
+            )
+        return data
+
+    async def _record(self, row: VersionRow, decision: Decision, now: float) -> None:
+        """Write a decision: with its new version when it changes the config, else into the
+        audit table when its recommendation changed or audit_interval passed."""
+        name = row.state.name
+        doc = {
+            "action": decision.action,
+            "recommendation": decision.recommendation,
+            "source": "policy",
+            "statistics": {**decision.statistics, "verdict": decision.verdict},
+            "inputs": {"version": row.version, "since_version": row.since},
+        }
+        if decision.state is not None:
+            async with self._lock:
+                try:
+                    await self._write(decision.state, row, decision.recommendation, doc)
+                except FailedPrecondition as exc:
+                    log.info("decision on %s skipped: %s", name, exc)
+                    return
+            log.info("experiment %s: %s", name, decision.recommendation)
+            self._audited[name] = (decision.action, now)
+            return
+        # Unchanged verdicts ("continue" every tick) are audited when the action changes and
+        # then every audit_interval, so the timeline shows them without a row per tick.
+        last = self._audited.get(name)
+        if (
+            last is None
+            or last[0] != decision.action
+            or now - last[1] >= self.settings.audit_interval
+        ):
+            await self._store().record_decision(name, doc, row.version)
+            self._audited[name] = (decision.action, now)
+
     # -- admin operations --------------------------------------------------------------------
     async def _write(
-        self, state: ExperimentState, previous: int, reason: str, decision: dict[str, Any]
+        self,
+        state: ExperimentState,
+        previous: VersionRow | None,
+        reason: str,
+        decision: dict[str, Any],
     ) -> VersionRow:
+        """Append ``state`` as the next version after ``previous`` and publish it. The SRM
+        window (``since_version``) carries over unless the split changed or a pause ends."""
+        if (
+            previous is not None
+            and state.allocation == previous.state.allocation
+            and not (previous.state.status == "paused" and state.status == "running")
+        ):
+            state = replace(state, since_version=previous.since)
+        else:
+            state = replace(state, since_version=0)  # from this version's own seq
         row = await self._store().append(
             state,
-            previous=previous,
+            previous=previous.version if previous is not None else 0,
             reason=reason,
             by=decision.get("source", "admin"),
             decision=decision,
@@ -136,7 +233,7 @@ class EvaluatorServer:
         async with self._lock:
             row = await self._write(
                 state,
-                0,
+                None,
                 "created",
                 {"action": "create", "source": "admin", "inputs": {"definition": state.to_json()}},
             )
@@ -179,24 +276,42 @@ class EvaluatorServer:
                 "recommendation": req.reason,
                 "inputs": {"arm": req.arm, "weights": new.weights},
             }
-            row = await self._write(new, row.version, req.reason or action, decision)
+            row = await self._write(new, row, req.reason or action, decision)
         return self._view(row)
 
     def _winner(self, name: str) -> str:
-        raise FailedPrecondition(
-            f"experiment {name!r} has no winner yet; name the arm to promote", field="arm"
-        )
+        verdict = self.verdicts.get(name, ({}, {}))[0]
+        winner = verdict.get("winner")
+        if not winner:
+            raise FailedPrecondition(
+                f"experiment {name!r} has no winner yet; name the arm to promote", field="arm"
+            )
+        return str(winner)
 
     def _view(self, row: VersionRow) -> cpb.ExperimentView:
         s = row.state
+        verdict, statistics = self.verdicts.get(s.name, ({}, {}))
+        ci = [x if x is not None else float("nan") for x in verdict.get("ci", [])]
         return cpb.ExperimentView(
             definition=definition_message(s),
             status=s.status,
             version=row.version,
             snapshot_version=self.publisher.version,
             weights=s.weights,
+            verdict=cpb.Verdict(
+                winner=verdict.get("winner") or "",
+                p_value=verdict.get("p_value") if verdict.get("p_value") is not None else 1.0,
+                effect_size=verdict.get("effect_size") or 0.0,
+                ci=ci,
+                recommendation=verdict.get("recommendation", ""),
+            ),
             details_json=json.dumps(
-                {"canary_stage": s.canary_stage, "allocation": dict(s.allocation)},
+                {
+                    "canary_stage": s.canary_stage,
+                    "since_version": row.since,
+                    "allocation": dict(s.allocation),
+                    "statistics": statistics,
+                },
                 sort_keys=True,
             ),
         )

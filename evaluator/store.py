@@ -27,6 +27,11 @@ class VersionRow:
     version: int  # per experiment
     seq: int  # global: the snapshot version this row is part of from now on
 
+    @property
+    def since(self) -> int:
+        """The snapshot version from which this experiment's split is the one in force."""
+        return self.state.since_version or self.seq
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")

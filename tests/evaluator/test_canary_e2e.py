@@ -1,0 +1,186 @@
+"""Canaries on the real stack: evaluator + gateway + PostgreSQL logs. A treatment model that
+fails on real traffic, or one slower than its latency guardrail, is rolled back by the policy
+with no operator; a healthy canary advances through its stages."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from abgate.cli import main as abgate_main
+from abgate.client import GatewayClient, RpcFailure
+from abgate.v1 import control_pb2 as cpb
+from tests.conftest import DemoStore, InProcessGateway, gateway_settings
+from tests.evaluator.conftest import InProcessEvaluator, ab_definition, evaluator_settings
+
+
+def faulty_model(n_features: int) -> bytes:
+    """A classifier that loads and warms up (on zeros) but fails on real rows: it reshapes its
+    input to [-1, n+7] whenever any feature exceeds 100, which no 1-row input fits."""
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, n_features])
+    label = helper.make_tensor_value_info("label", TensorProto.INT64, [None])
+    probs = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])
+    init = [
+        helper.make_tensor("hundred", TensorProto.FLOAT, [], [100.0]),
+        helper.make_tensor("seven", TensorProto.INT64, [1], [7]),
+        helper.make_tensor("n", TensorProto.INT64, [1], [n_features]),
+        helper.make_tensor("minus1", TensorProto.INT64, [1], [-1]),
+        helper.make_tensor("w", TensorProto.FLOAT, [n_features, 2], [0.0] * (2 * n_features)),
+    ]
+    nodes = [
+        helper.make_node("ReduceMax", ["X"], ["mx"], keepdims=0),
+        helper.make_node("Greater", ["mx", "hundred"], ["big"]),
+        helper.make_node("Cast", ["big"], ["big_i"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["big_i", "seven"], ["extra"]),
+        helper.make_node("Add", ["n", "extra"], ["cols"]),
+        helper.make_node("Concat", ["minus1", "cols"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["X", "shape"], ["Y"]),
+        helper.make_node("MatMul", ["Y", "w"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(nodes, "faulty", [x], [label, probs], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def drive(gw: InProcessGateway, X: np.ndarray, users: int, experiment: str = "canary") -> dict:
+    """One Predict per user; returns counts of OK answers by arm and of failures."""
+    counts: dict[str, int] = {}
+    with GatewayClient(gw.target) as client:
+        for i in range(users):
+            try:
+                r = client.predict(experiment, f"u{i}-{time.monotonic_ns()}", X[i % len(X)])
+                counts[r["arm"]] = counts.get(r["arm"], 0) + 1
+            except RpcFailure as exc:
+                counts[exc.code.name] = counts.get(exc.code.name, 0) + 1
+    return counts
+
+
+def run_until(ev: InProcessEvaluator, gw: InProcessGateway, X: np.ndarray, status: str) -> None:
+    """Traffic and evaluation ticks until the experiment reaches ``status``."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        drive(gw, X, 100)
+        writer = gw.server.logwriter
+        while writer.queued:  # flushed every log_max_age (50 ms here)
+            time.sleep(0.02)
+        time.sleep(0.06)  # the last batch's transaction commits
+        ev.call(ev.server.tick())
+        view = ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="canary"))
+        if view.status == status:
+            return
+    raise AssertionError(f"canary never became {status}: {view.verdict.recommendation}")
+
+
+def canary_stack(
+    demo_store: DemoStore, tmp_path: Path, fresh_db: str, treatment: str, **guardrails: float
+) -> tuple[InProcessEvaluator, InProcessGateway]:
+    shas = {m.id: m.sha256 for m in demo_store.metas.values()}
+    ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0, evaluate=True))
+    definition = ab_definition(
+        "canary",
+        shas["demo-logreg"],
+        treatment,
+        kind=cpb.CANARY,
+        min_samples=20,
+        stage_hold_s=0.0,
+        guardrails=cpb.Guardrails(**guardrails),
+    )
+    ev.admin.call("CreateExperiment", cpb.CreateExperimentRequest(definition=definition))
+    settings = gateway_settings(
+        demo_store,
+        tmp_path,
+        fresh_db,
+        config=None,
+        evaluator=ev.target,
+        evaluator_token=ev.settings.token,
+        gateway_id="gw-canary",
+    )
+    gw = InProcessGateway(settings)
+    assert ev.call(ev.server.publisher.wait_acked(ev.server.publisher.version, timeout=10))
+    return ev, gw
+
+
+def test_canary_whose_treatment_errors_is_rolled_back(
+    demo_store: DemoStore, tmp_path: Path, fresh_db: str
+) -> None:
+    onnx_path = tmp_path / "faulty.onnx"
+    onnx_path.write_bytes(faulty_model(demo_store.X.shape[1]))
+    store = str(demo_store.root)
+    args = ["models", "register", "--store", store, "--onnx", str(onnx_path), "--id", "faulty"]
+    assert abgate_main(args) == 0
+    from gateway.modelstore import ModelStore
+
+    faulty = ModelStore(demo_store.root).resolve("faulty").sha256
+    ev, gw = canary_stack(demo_store, tmp_path, fresh_db, faulty, max_error_rate=0.05)
+    try:
+        run_until(ev, gw, demo_store.X, "rolled_back")
+        view = ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="canary"))
+        assert view.verdict.recommendation.startswith("rollback: guardrail breached")
+        assert "error rate" in view.verdict.recommendation
+        assert dict(view.weights) == {"control": 100.0, "treatment": 0.0}
+        # Pushed to the gateway: every user is back on control, without errors.
+        assert ev.call(ev.server.publisher.wait_acked(ev.server.publisher.version, timeout=10))
+        assert drive(gw, demo_store.X, 200) == {"control": 200}
+        decisions = ev.call(ev.server.store.decisions("canary"))
+        rollback = [d for d in decisions if d["action"] == "rollback"]
+        assert len(rollback) == 1 and rollback[0]["source"] == "policy"
+        stats = rollback[0]["statistics"]
+        assert stats["arms"]["treatment"]["window_errors"] > 0
+        assert rollback[0]["to_version"] == view.version
+    finally:
+        gw.close()
+        ev.close()
+
+
+def test_canary_slower_than_its_latency_guardrail_is_rolled_back(
+    demo_store: DemoStore, tmp_path: Path, fresh_db: str
+) -> None:
+    # 1 µs p99: no real model answers that fast, so the guardrail must trip on real latencies.
+    ev, gw = canary_stack(
+        demo_store,
+        tmp_path,
+        fresh_db,
+        demo_store.metas["demo-forest"].sha256,
+        max_p99_latency_ms=0.001,
+    )
+    try:
+        run_until(ev, gw, demo_store.X, "rolled_back")
+        view = ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="canary"))
+        assert "p99 latency" in view.verdict.recommendation
+        assert dict(view.weights) == {"control": 100.0, "treatment": 0.0}
+    finally:
+        gw.close()
+        ev.close()
+
+
+def test_healthy_canary_advances_through_every_stage(
+    demo_store: DemoStore, tmp_path: Path, fresh_db: str
+) -> None:
+    ev, gw = canary_stack(
+        demo_store,
+        tmp_path,
+        fresh_db,
+        demo_store.metas["demo-gbdt"].sha256,
+        max_error_rate=0.05,
+        max_p99_latency_ms=1000.0,
+    )
+    try:
+        run_until(ev, gw, demo_store.X, "promoted")
+        decisions = ev.call(ev.server.store.decisions("canary"))
+        actions = [d["action"] for d in decisions if d["action"] in {"advance", "promote"}]
+        assert actions == ["advance"] * 4 + ["promote"]
+        view = ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="canary"))
+        assert dict(view.weights) == {"control": 0.0, "treatment": 100.0}
+        assert ev.call(ev.server.publisher.wait_acked(ev.server.publisher.version, timeout=10))
+        assert drive(gw, demo_store.X, 100) == {"treatment": 100}
+    finally:
+        gw.close()
+        ev.close()
