@@ -195,16 +195,9 @@ def cmd_experiments(args: argparse.Namespace) -> int:
                 _print_view(view, False)
     elif action == "gateways":
         if args.json:
-            print(
-                json.dumps(
-                    json_format.MessageToDict(
-                        response,
-                        preserving_proto_field_name=True,
-                        always_print_fields_with_no_presence=True,
-                    ),
-                    indent=1,
-                )
-            )
+            from evaluator.service import message_json
+
+            print(json.dumps(message_json(response), indent=1))
         else:
             print(f"snapshot version {response.snapshot_version}")
             for g in response.gateways:

@@ -369,11 +369,36 @@ def verdict_json(view: cpb.ExperimentView) -> dict[str, Any]:
     }
 
 
-def view_json(view: cpb.ExperimentView) -> dict[str, Any]:
-    """An ExperimentView as plain JSON (what ``abgate experiments show --json`` prints)."""
+def message_json(message: Any) -> dict[str, Any]:
+    """A control-plane message as plain JSON, every field present, with int64 fields as numbers
+    (protobuf's JSON mapping writes them as strings, which no shell script expects)."""
     from google.protobuf import json_format
 
-    doc = json_format.MessageToDict(view, preserving_proto_field_name=True)
+    doc = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return _int64_as_numbers(message.DESCRIPTOR, doc)
+
+
+def _int64_as_numbers(descriptor: Any, doc: dict[str, Any]) -> dict[str, Any]:
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    for f in descriptor.fields:
+        if f.name not in doc:
+            continue
+        value = doc[f.name]
+        if f.type in (F.TYPE_INT64, F.TYPE_UINT64, F.TYPE_SINT64):
+            doc[f.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        elif f.type == F.TYPE_MESSAGE and not f.message_type.GetOptions().map_entry:
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                _int64_as_numbers(f.message_type, item)
+    return doc
+
+
+def view_json(view: cpb.ExperimentView) -> dict[str, Any]:
+    """An ExperimentView as plain JSON (what ``abgate experiments show --full --json`` prints)."""
+    doc = message_json(view)
     doc["details"] = json.loads(view.details_json) if view.details_json else {}
     doc.pop("details_json", None)
     return doc
