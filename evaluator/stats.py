@@ -1,0 +1,370 @@
+"""Pure statistics for the evaluator: sufficient statistics, the always-valid sequential test,
+Welch, SRM, Holm, Wilson and Thompson allocation. No I/O; the policy turns these into decisions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as _sp
+
+__all__ = [
+    "ArmStats",
+    "SequentialResult",
+    "SrmResult",
+    "fixed_horizon_t_test",
+    "holm",
+    "rate_exceeds",
+    "sequential_rho",
+    "sequential_test",
+    "srm_test",
+    "thompson_weights",
+    "wilson_interval",
+]
+
+_UNBOUNDED = (-math.inf, math.inf)
+
+
+@dataclass(frozen=True)
+class ArmStats:
+    """Sufficient statistics of one arm's metric: ``count(*), sum(x), sum(x*x)``."""
+
+    n: int
+    total: float
+    total_sq: float
+
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            raise ValueError(f"ArmStats.n must be >= 0, got {self.n!r}")
+        if not (math.isfinite(self.total) and math.isfinite(self.total_sq)):
+            raise ValueError(f"ArmStats sums must be finite, got {self.total!r}, {self.total_sq!r}")
+
+    @classmethod
+    def empty(cls) -> ArmStats:
+        """No observations: the identity of ``+``."""
+        return cls(0, 0.0, 0.0)
+
+    @classmethod
+    def from_values(cls, values: Sequence[float] | np.ndarray) -> ArmStats:
+        """n = len(x), total = Σx, total_sq = Σx² of a 1-D sequence."""
+        x = np.asarray(values, dtype=np.float64)
+        if x.ndim != 1:
+            raise ValueError(f"from_values needs a 1-D sequence, got shape {x.shape}")
+        return cls(int(x.size), float(x.sum()), float(np.dot(x, x)))
+
+    def __add__(self, other: ArmStats) -> ArmStats:
+        """Merge two disjoint samples: every field adds (incremental ticks accumulate this way)."""
+        if not isinstance(other, ArmStats):
+            return NotImplemented
+        return ArmStats(self.n + other.n, self.total + other.total, self.total_sq + other.total_sq)
+
+    @property
+    def mean(self) -> float:
+        """x̄ = total / n; 0.0 when n == 0."""
+        return self.total / self.n if self.n > 0 else 0.0
+
+    @property
+    def variance(self) -> float:
+        """Sample variance s² = (Σx² − (Σx)²/n) / (n − 1), ddof=1; 0.0 when n < 2.
+
+        Only the sums are available, so cancellation can push s² of near-constant data slightly
+        below zero: it is clamped at 0.
+        """
+        if self.n < 2:
+            return 0.0
+        return max(0.0, (self.total_sq - self.total * self.total / self.n) / (self.n - 1))
+
+
+@dataclass(frozen=True)
+class SequentialResult:
+    """One look of the always-valid test of treatment − control (see ``sequential_test``)."""
+
+    effect: float
+    ci: tuple[float, float]
+    relative_lift: float
+    lift_ci: tuple[float, float]
+    p_value: float
+    significant: bool
+    n: int
+    alpha: float
+
+
+def _check_alpha(alpha: float) -> None:
+    if not (0.0 < alpha < 1.0):
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+
+
+def sequential_rho(alpha: float, tuning_n: float) -> float:
+    """Mixture scale ρ for which the normal-mixture boundary is (nearly) tightest at N = tuning_n.
+
+    ρ = sqrt((−2 ln α + ln(−2 ln α + 1)) / tuning_n): one fixed-point step of the exact optimum
+    x = ln(1 + x) − 2 ln α for x = Nρ² (the approximate optimum of Waudby-Smith et al. 2023,
+    "Time-uniform central limit theory"; the tuning GrowthBook and Eppo document).
+    """
+    _check_alpha(alpha)
+    if not (math.isfinite(tuning_n) and tuning_n > 0):
+        raise ValueError(f"tuning_n must be a finite number > 0, got {tuning_n!r}")
+    two_log = -2.0 * math.log(alpha)
+    return math.sqrt((two_log + math.log(two_log + 1.0)) / tuning_n)
+
+
+def _radius(sigma2: float, n: int, rho2: float, alpha: float) -> float:
+    """Half-width of the normal-mixture confidence sequence; see ``sequential_test``."""
+    x = n * rho2
+    return math.sqrt(
+        sigma2 * 2.0 * (x + 1.0) / (n * n * rho2) * math.log(math.sqrt(x + 1.0) / alpha)
+    )
+
+
+def sequential_test(
+    control: ArmStats, treatment: ArmStats, alpha: float = 0.05, tuning_n: float = 5000.0
+) -> SequentialResult:
+    """Asymptotic always-valid test of d = x̄_t − x̄_c via the normal-mixture confidence sequence.
+
+    With N = n_c + n_t, σ² = N (s_c²/n_c + s_t²/n_t) (so σ²/N = Var d̂) and ρ = sequential_rho:
+
+        r = sqrt( σ² · 2(Nρ² + 1)/(N²ρ²) · ln( sqrt(Nρ² + 1)/α ) ),    ci = d̂ ± r,
+        M = exp( N²ρ² d̂² / (2σ²(Nρ² + 1)) ) / sqrt(Nρ² + 1),          p = min(1, 1/M).
+
+    M is the likelihood ratio of the sum S = N d̂ mixed over drifts θ ~ N(0, ρ²σ²); P(sup M ≥
+    1/α) ≤ α by Ville's inequality, so ci covers d at every N simultaneously with probability ≥
+    1 − α and p ≤ α ⇔ |d̂| ≥ r ⇔ 0 ∉ ci (open). References: Howard, Ramdas, McAuliffe & Sekhon
+    (2021), "Time-uniform, nonparametric, nonasymptotic confidence sequences", normal mixture;
+    Waudby-Smith et al. (2023), "Time-uniform central limit theory" (validity with plug-in σ²).
+
+    p is valid at this look; the running minimum over looks is the always-valid p-value process.
+    Relative lift d̂/x̄_c uses the same boundary with σ² = N·v, v the delta-method variance
+    s_t²/(n_t x̄_c²) + x̄_t² s_c²/(n_c x̄_c⁴). Either arm with n < 2 or σ² = 0 gives ci = (−∞, ∞),
+    p = 1; a zero control mean gives lift nan; lift_ci is (−∞, ∞) unless v is positive and finite.
+    """
+    rho = sequential_rho(alpha, tuning_n)
+    rho2 = rho * rho
+    n = control.n + treatment.n
+    effect = treatment.mean - control.mean
+    mean_c, mean_t = control.mean, treatment.mean
+    lift = effect / mean_c if mean_c != 0.0 else math.nan
+
+    degenerate = control.n < 2 or treatment.n < 2
+    sigma2 = (
+        0.0 if degenerate else n * (control.variance / control.n + treatment.variance / treatment.n)
+    )
+    if degenerate or not sigma2 > 0.0:
+        return SequentialResult(effect, _UNBOUNDED, lift, _UNBOUNDED, 1.0, False, n, alpha)
+
+    r = _radius(sigma2, n, rho2, alpha)
+    x = n * rho2
+    # log M rather than M: strong effects on large N overflow exp().
+    log_m = n * n * rho2 * effect * effect / (2.0 * sigma2 * (x + 1.0)) - 0.5 * math.log1p(x)
+    p_value = math.exp(-log_m) if log_m > 0.0 else 1.0
+
+    lift_ci = _UNBOUNDED
+    if mean_c != 0.0:
+        # Divided step by step: mean_c**4 underflows to 0 long before mean_c does.
+        ratio = mean_t / mean_c
+        v = (
+            treatment.variance / treatment.n / mean_c / mean_c
+            + ratio * ratio * control.variance / control.n / mean_c / mean_c
+        )
+        if 0.0 < v < math.inf:
+            r_lift = _radius(n * v, n, rho2, alpha)
+            lift_ci = (lift - r_lift, lift + r_lift)
+
+    return SequentialResult(
+        effect=effect,
+        ci=(effect - r, effect + r),
+        relative_lift=lift,
+        lift_ci=lift_ci,
+        p_value=p_value,
+        significant=p_value <= alpha,
+        n=n,
+        alpha=alpha,
+    )
+
+
+def fixed_horizon_t_test(
+    control: ArmStats, treatment: ArmStats, alpha: float = 0.05
+) -> tuple[float, float, tuple[float, float]]:
+    """Welch's t-test of x̄_t − x̄_c: (effect, two-sided p, (1 − α) CI). Valid at ONE planned look.
+
+    se² = s_c²/n_c + s_t²/n_t, t = d̂/se, ν = se⁴ / ((s_c²/n_c)²/(n_c−1) + (s_t²/n_t)²/(n_t−1))
+    (Welch–Satterthwaite), p = 2·P(T_ν > |t|), CI = d̂ ± t_{ν,1−α/2}·se; as
+    scipy.stats.ttest_ind_from_stats(equal_var=False). Either n < 2 or se = 0 gives p = 1 and
+    CI (−∞, ∞) where scipy gives nan.
+    """
+    _check_alpha(alpha)
+    effect = treatment.mean - control.mean
+    if control.n < 2 or treatment.n < 2:
+        return effect, 1.0, _UNBOUNDED
+    a = control.variance / control.n
+    b = treatment.variance / treatment.n
+    se2 = a + b
+    if not se2 > 0.0:
+        return effect, 1.0, _UNBOUNDED
+    se = math.sqrt(se2)
+    # As shares of se²: the squares of tiny variances would underflow to a zero denominator.
+    fa, fb = a / se2, b / se2
+    df = 1.0 / (fa * fa / (control.n - 1) + fb * fb / (treatment.n - 1))
+    p_value = float(2.0 * _sp.t.sf(abs(effect) / se, df))
+    q = float(_sp.t.ppf(1.0 - alpha / 2.0, df))
+    return effect, min(1.0, p_value), (effect - q * se, effect + q * se)
+
+
+@dataclass(frozen=True)
+class SrmResult:
+    """Sample-ratio-mismatch check: Pearson χ², its p-value, and the counts compared."""
+
+    chi2: float
+    p_value: float
+    mismatch: bool
+    observed: Mapping[str, int]
+    expected: Mapping[str, float]
+
+
+def srm_test(
+    observed: Mapping[str, int], expected_weights: Mapping[str, float], threshold: float = 0.001
+) -> SrmResult:
+    """Pearson χ² goodness of fit of arm counts to the configured split (as scipy.stats.chisquare).
+
+    E_i = T·w_i/Σw, χ² = Σ (O_i − E_i)²/E_i over arms with w_i > 0, df = (#those arms) − 1,
+    p = P(χ²_df ≥ χ²); mismatch when p < threshold. An arm with w = 0 (or missing from the
+    weights) but O > 0 is a mismatch outright (χ² = ∞, p = 0); T = 0 is no evidence (p = 1).
+    """
+    if not (0.0 < threshold < 1.0):
+        raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
+    for arm, w in expected_weights.items():
+        if not (math.isfinite(w) and w >= 0.0):
+            raise ValueError(f"weight of arm {arm!r} must be finite and >= 0, got {w!r}")
+    for arm, o in observed.items():
+        if o < 0:
+            raise ValueError(f"observed count of arm {arm!r} must be >= 0, got {o!r}")
+    weight_sum = math.fsum(expected_weights.values())
+    if not weight_sum > 0.0:
+        raise ValueError("expected_weights must have a positive sum")
+
+    arms = list(expected_weights) + [a for a in observed if a not in expected_weights]
+    counts = {a: int(observed.get(a, 0)) for a in arms}
+    total = sum(counts.values())
+    expected = {a: total * expected_weights.get(a, 0.0) / weight_sum for a in arms}
+
+    def result(chi2: float, p: float) -> SrmResult:
+        return SrmResult(chi2, p, p < threshold, counts, expected)
+
+    if total == 0:
+        return result(0.0, 1.0)
+    if any(counts[a] > 0 and expected[a] == 0.0 for a in arms):
+        return result(math.inf, 0.0)
+    live = [a for a in arms if expected[a] > 0.0]
+    chi2 = math.fsum((counts[a] - expected[a]) ** 2 / expected[a] for a in live)
+    if len(live) < 2:
+        return result(chi2, 1.0)
+    return result(chi2, float(_sp.chi2.sf(chi2, len(live) - 1)))
+
+
+def holm(p_values: Mapping[str, float]) -> dict[str, float]:
+    """Holm–Bonferroni adjusted p-values (Holm 1979): with p_(1) ≤ … ≤ p_(m),
+    p̃_(i) = min(1, max_{j ≤ i} (m − j + 1)·p_(j)). Rejecting p̃ ≤ α controls the FWER at α."""
+    for name, p in p_values.items():
+        if not (0.0 <= p <= 1.0):
+            raise ValueError(f"p-value of {name!r} must be in [0, 1], got {p!r}")
+    m = len(p_values)
+    adjusted: dict[str, float] = {}
+    running = 0.0
+    for rank, name in enumerate(sorted(p_values, key=lambda k: p_values[k])):
+        running = max(running, min(1.0, (m - rank) * p_values[name]))
+        adjusted[name] = running
+    return {name: adjusted[name] for name in p_values}
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927; Newcombe 1998, method 3):
+
+        (p̂ + z²/2n ± z·sqrt(p̂(1 − p̂)/n + z²/4n²)) / (1 + z²/n),    z = Φ⁻¹((1 + confidence)/2),
+
+    with the bound at 0 (k = 0) or 1 (k = n) exact, as scipy's binomtest(...).proportion_ci(
+    method="wilson"). n = 0 gives (0, 1).
+    """
+    if not (0.0 < confidence < 1.0):
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    if not (0 <= successes <= n):
+        raise ValueError(f"need 0 <= successes <= n, got successes={successes!r}, n={n!r}")
+    if n == 0:
+        return 0.0, 1.0
+    z = float(_sp.norm.ppf(0.5 + 0.5 * confidence))
+    p = successes / n
+    denom = 1.0 + z * z / n
+    center = (p + z * z / (2.0 * n)) / denom
+    half = z / denom * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n))
+    lo = 0.0 if successes == 0 else max(0.0, center - half)
+    hi = 1.0 if successes == n else min(1.0, center + half)
+    return lo, hi
+
+
+def rate_exceeds(failures: int, n: int, max_rate: float, confidence: float = 0.95) -> bool:
+    """Guardrail breach: the Wilson lower bound (wilson_interval at ``confidence``, so one-sided
+    level (1 + confidence)/2) of failures/n is above max_rate. Few samples never breach."""
+    if not (0.0 <= max_rate <= 1.0):
+        raise ValueError(f"max_rate must be in [0, 1], got {max_rate!r}")
+    return wilson_interval(failures, n, confidence)[0] > max_rate
+
+
+def thompson_weights(
+    arms: Mapping[str, ArmStats],
+    floor: float,
+    rng: np.random.Generator,
+    draws: int = 10_000,
+    binary: bool = True,
+) -> dict[str, float]:
+    """Thompson-sampling split in percent: floor for every arm, the rest by P(arm is best).
+
+    P(best) is the share of ``draws`` joint posterior samples in which the arm's draw is the
+    largest (ties split evenly). Binary metrics: Beta(1 + total, 1 + n − total). Otherwise the
+    posterior of the mean is N(x̄, s²/n); arms with n < 2 get a wide prior N(pooled mean,
+    (10·pooled sd)²), so an arm without data is explored rather than starved (Russo et al. 2018,
+    "A tutorial on Thompson sampling"). Higher is better: negate a metric to minimise it.
+
+    w_i = floor + (100 − k·floor)·P_i, in whole 0.01 % (the gateway's bucket resolution): the
+    floor rounds down to 0.01, the remainder is split by largest remainder, so the weights sum to
+    exactly 100.00 and none falls below the (rounded) floor.
+    """
+    names = list(arms)
+    k = len(names)
+    if k == 0:
+        raise ValueError("thompson_weights needs at least one arm")
+    if not (math.isfinite(floor) and floor >= 0.0 and floor * k <= 100.0):
+        raise ValueError(f"floor must satisfy 0 <= floor * {k} arms <= 100, got floor={floor!r}")
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws!r}")
+
+    samples = np.empty((draws, k))
+    if binary:
+        for j, name in enumerate(names):
+            s = arms[name]
+            if not (0.0 <= s.total <= s.n):
+                raise ValueError(f"binary arm {name!r} needs 0 <= total <= n, got {s}")
+            samples[:, j] = rng.beta(1.0 + s.total, 1.0 + s.n - s.total, size=draws)
+    else:
+        pooled = sum(arms.values(), ArmStats.empty())
+        wide_sd = 10.0 * (math.sqrt(pooled.variance) or max(abs(pooled.mean), 1.0))
+        for j, name in enumerate(names):
+            s = arms[name]
+            if s.n < 2:
+                samples[:, j] = rng.normal(pooled.mean, wide_sd, size=draws)
+            else:
+                samples[:, j] = rng.normal(s.mean, math.sqrt(s.variance / s.n), size=draws)
+
+    best = samples == samples.max(axis=1, keepdims=True)
+    p_best = (best / best.sum(axis=1, keepdims=True)).mean(axis=0)
+
+    # Whole hundredths of a percent; 1e-9 absorbs 33.33 * 100 == 3332.9999999999995.
+    floor_cents = math.floor(floor * 100.0 + 1e-9)
+    spare = 10_000 - k * floor_cents
+    exact = spare * p_best
+    cents = np.floor(exact).astype(np.int64)
+    leftover = spare - int(cents.sum())
+    # Largest remainder, not "residue on the largest arm": that can push an arm below the floor.
+    order = sorted(range(k), key=lambda j: (-(exact[j] - cents[j]), -p_best[j], j))
+    for j in order[:leftover]:
+        cents[j] += 1
+    return {name: (floor_cents + int(c)) / 100.0 for name, c in zip(names, cents, strict=True)}
