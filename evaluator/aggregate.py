@@ -20,6 +20,9 @@ import asyncpg
 
 from evaluator.stats import ArmStats
 
+# pg_advisory_lock key held while aggregating (arbitrary; unique among abgate's locks).
+AGGREGATE_LOCK = 0x61626761746501
+
 # Latency histogram buckets: b holds [2^(b/4), 2^((b+1)/4)) microseconds (≈19% wide).
 LATENCY_BUCKETS_PER_OCTAVE = 4
 
@@ -111,6 +114,18 @@ async def aggregate(
 ) -> TickResult:
     """Fold the rows ingested since the last tick into the aggregates; one transaction."""
     started = time.perf_counter()
+    # One aggregator at a time, across processes: a session lock taken before the snapshot
+    # (a lock inside a repeatable-read transaction would wait with a stale snapshot).
+    await conn.execute("SELECT pg_advisory_lock($1)", AGGREGATE_LOCK)
+    try:
+        return await _aggregate(conn, settle, now, started)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", AGGREGATE_LOCK)
+
+
+async def _aggregate(
+    conn: asyncpg.Connection, settle: float, now: float | None, started: float
+) -> TickResult:
     cutoff = time.time() - settle if now is None else now - settle
     async with conn.transaction(isolation="repeatable_read"):
         row = await conn.fetchrow(

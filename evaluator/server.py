@@ -74,6 +74,7 @@ class EvaluatorServer:
         self._embedded: EmbeddedPostgres | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lock = asyncio.Lock()  # one writer of experiment versions at a time
+        self._tick_lock = asyncio.Lock()  # the loop's ticks and tick() calls never overlap
         self._stopped = False
         self._rng = np.random.default_rng(settings.seed or None)
         # Latest verdict and statistics per experiment, and what was last audited when.
@@ -128,6 +129,10 @@ class EvaluatorServer:
     async def tick(self, now: float | None = None) -> list[tuple[str, Decision]]:
         """One evaluation: publish what changed, fold new log rows into the aggregates, run
         every running experiment's policy and write what it decides."""
+        async with self._tick_lock:
+            return await self._tick(now)
+
+    async def _tick(self, now: float | None) -> list[tuple[str, Decision]]:
         await self.sync()
         if not self.settings.evaluate:
             return []

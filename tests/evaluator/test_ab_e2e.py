@@ -1,0 +1,122 @@
+"""An A/B test decided by the policy on real traffic: predictions and ground-truth outcomes go
+through two gateways into PostgreSQL, the evaluator aggregates them, promotes the truly better
+arm on its own, and both gateways ACK the new split."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from abgate.cli import main as abgate_main
+from abgate.client import GatewayClient
+from abgate.v1 import control_pb2 as cpb
+from gateway.modelstore import ModelStore
+from tests.conftest import DemoStore, InProcessGateway, gateway_settings
+from tests.evaluator.conftest import TOKEN, InProcessEvaluator, ab_definition, evaluator_settings
+from tests.evaluator.onnx_models import constant_model
+
+
+def traffic(
+    gw: InProcessGateway, X: np.ndarray, y: np.ndarray, n: int, rng: np.random.Generator
+) -> None:
+    """``n`` predictions for random users, each followed by its true label as the outcome."""
+    outcomes = []
+    with GatewayClient(gw.target) as client:
+        for _ in range(n):
+            i = int(rng.integers(len(X)))
+            r = client.predict("exp", f"user-{rng.integers(1 << 40)}", X[i])
+            outcomes.append((r["request_id"], float(y[i]), ""))
+        assert client.record_outcomes(outcomes) == n
+
+
+def settle(gateways: list[InProcessGateway]) -> None:
+    for gw in gateways:
+        for writer in (gw.server.logwriter, gw.server.outcome_writer):
+            while writer is not None and writer.queued:
+                time.sleep(0.02)
+    time.sleep(0.06)
+
+
+def test_policy_promotes_the_better_model_from_real_outcomes(
+    demo_store: DemoStore, tmp_path: Path, fresh_db: str
+) -> None:
+    onnx_path = tmp_path / "constant.onnx"
+    onnx_path.write_bytes(constant_model(demo_store.X.shape[1]))
+    root = str(demo_store.root)
+    assert abgate_main(["models", "register", "--store", root, "--onnx", str(onnx_path),
+                        "--id", "constant"]) == 0  # fmt: skip
+    constant = ModelStore(demo_store.root).resolve("constant").sha256
+    gbdt = demo_store.metas["demo-gbdt"].sha256
+
+    ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0))
+    gateways: list[InProcessGateway] = []
+    try:
+        definition = ab_definition(
+            "exp", constant, gbdt, primary_metric="accuracy", min_samples=50, min_effect=0.05
+        )
+        created = ev.admin.call(
+            "CreateExperiment", cpb.CreateExperimentRequest(definition=definition)
+        )
+        for name in ("gw-1", "gw-2"):
+            settings = gateway_settings(
+                demo_store, tmp_path / name, fresh_db, config=None, evaluator=ev.target,
+                evaluator_token=TOKEN, gateway_id=name,
+            )  # fmt: skip
+            gateways.append(InProcessGateway(settings))
+        assert ev.call(ev.server.publisher.wait_acked(created.snapshot_version, count=2))
+
+        rng = np.random.default_rng(3)
+        # The evaluator ticks on its own (every 0.2 s here); tick() between rounds just makes
+        # the test quicker.
+        deadline = time.monotonic() + 120
+        view = created
+        while time.monotonic() < deadline and view.status == "running":
+            for gw in gateways:
+                traffic(gw, demo_store.X, demo_store.y, 60, rng)
+            settle(gateways)
+            ev.call(ev.server.tick())
+            view = ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="exp"))
+        verdict = view.verdict
+        assert view.status == "promoted", verdict.recommendation
+        assert verdict.winner == "treatment" and verdict.recommendation.startswith("promote")
+        # The constant model is right only on the negative class; gbdt on nearly all rows.
+        share_negative = float(np.mean(demo_store.y == 0))
+        assert verdict.effect_size > 0.9 - share_negative
+        assert verdict.ci[0] > 0.05 and verdict.p_value < 0.05
+
+        view = ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="exp"))
+        assert view.status == "promoted" and dict(view.weights) == {
+            "control": 0.0,
+            "treatment": 100.0,
+        }
+        assert ev.call(ev.server.publisher.wait_acked(view.snapshot_version, count=2, timeout=10))
+        for gw in gateways:
+            with GatewayClient(gw.target) as client:
+                arms = {client.predict("exp", f"u{i}", demo_store.X[0])["arm"] for i in range(50)}
+            assert arms == {"treatment"}
+
+        # The verdict as a user reads it, and the decision in the audit table.
+        r = subprocess.run(
+            [sys.executable, "-m", "abgate", "experiments", "show", "exp", "--json",
+             "--evaluator", ev.target, "--token", TOKEN],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        shown = json.loads(r.stdout)
+        assert shown["winner"] == "treatment" and shown["recommendation"].startswith("promote")
+        assert shown["ci"][0] < shown["effect_size"] < shown["ci"][1]
+        audit = ev.call(ev.server.store.decisions("exp"))
+        promote = [d for d in audit if d["action"] == "promote"]
+        assert len(promote) == 1 and promote[0]["source"] == "policy"
+        assert promote[0]["to_version"] == view.version
+        tests = promote[0]["statistics"]["tests"]["treatment"]
+        assert tests["n"] >= 100 and promote[0]["statistics"]["srm"]["checked"] in (True, False)
+    finally:
+        for gw in gateways:
+            gw.close()
+        ev.close()
