@@ -26,6 +26,23 @@ class GatewayCollector(Collector):
         )
         version.add_metric([gid], snap.version if snap is not None else 0)
         yield version
+        sub = self.server.subscriber
+        if sub is not None:
+            for name, text, value in (
+                ("abgate_config_acks", "Config snapshots applied and ACKed", sub.acks),
+                ("abgate_config_nacks", "Config snapshots rejected (NACKed)", sub.nacks),
+                ("abgate_config_stream_connects", "Config stream dials", sub.connects),
+            ):
+                counter = CounterMetricFamily(name, text, labels=["gateway"])
+                counter.add_metric([gid], value)
+                yield counter
+            connected = GaugeMetricFamily(
+                "abgate_config_stream_connected",
+                "1 while the config stream to the evaluator is up",
+                labels=["gateway"],
+            )
+            connected.add_metric([gid], 1.0 if sub.connected else 0.0)
+            yield connected
         writers = {"predictions": self.server.logwriter, "outcomes": self.server.outcome_writer}
         specs = (
             ("abgate_log_rows_written", "Log rows inserted into PostgreSQL", "written"),

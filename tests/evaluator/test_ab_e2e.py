@@ -65,7 +65,7 @@ def test_policy_promotes_the_better_model_from_real_outcomes(
         for name in ("gw-1", "gw-2"):
             settings = gateway_settings(
                 demo_store, tmp_path / name, fresh_db, config=None, evaluator=ev.target,
-                evaluator_token=TOKEN, gateway_id=name,
+                evaluator_token=TOKEN, gateway_id=name, metrics_listen="127.0.0.1:0",
             )  # fmt: skip
             gateways.append(InProcessGateway(settings))
         assert ev.call(ev.server.publisher.wait_acked(created.snapshot_version, count=2))
@@ -114,6 +114,16 @@ def test_policy_promotes_the_better_model_from_real_outcomes(
         promote = [d for d in audit if d["action"] == "promote"]
         assert len(promote) == 1 and promote[0]["source"] == "policy"
         assert promote[0]["to_version"] == view.version
+        # Gateways export what the stream did.
+        import urllib.request
+
+        gw = gateways[0]
+        url = f"http://127.0.0.1:{gw.server.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert 'abgate_config_acks_total{gateway="gw-1"} 2.0' in text
+        assert 'abgate_config_nacks_total{gateway="gw-1"} 0.0' in text
+        assert 'abgate_config_stream_connected{gateway="gw-1"} 1.0' in text
+        assert f'abgate_config_version{{gateway="gw-1"}} {float(view.snapshot_version)}' in text
         tests = promote[0]["statistics"]["tests"]["treatment"]
         assert tests["n"] >= 100 and promote[0]["statistics"]["srm"]["checked"] in (True, False)
     finally:
