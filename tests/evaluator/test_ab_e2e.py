@@ -130,3 +130,58 @@ def test_policy_promotes_the_better_model_from_real_outcomes(
         for gw in gateways:
             gw.close()
         ev.close()
+
+
+def test_bandit_reweights_through_the_stream_and_keeps_users_sticky(
+    demo_store: DemoStore, tmp_path: Path, fresh_db: str
+) -> None:
+    onnx_path = tmp_path / "constant.onnx"
+    onnx_path.write_bytes(constant_model(demo_store.X.shape[1]))
+    root = str(demo_store.root)
+    assert abgate_main(["models", "register", "--store", root, "--onnx", str(onnx_path),
+                        "--id", "constant"]) == 0  # fmt: skip
+    constant = ModelStore(demo_store.root).resolve("constant").sha256
+    gbdt = demo_store.metas["demo-gbdt"].sha256
+    ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0, seed=5))
+    gw: InProcessGateway | None = None
+    try:
+        definition = ab_definition(
+            "exp", constant, gbdt, kind=cpb.BANDIT, min_samples=50, bandit_floor=0.1,
+            bandit_interval_s=0.0,
+        )  # fmt: skip
+        created = ev.admin.call(
+            "CreateExperiment", cpb.CreateExperimentRequest(definition=definition)
+        )
+        settings = gateway_settings(
+            demo_store, tmp_path / "gw", fresh_db, config=None, evaluator=ev.target,
+            evaluator_token=TOKEN, gateway_id="gw-bandit",
+        )  # fmt: skip
+        gw = InProcessGateway(settings)
+        assert ev.call(ev.server.publisher.wait_acked(created.snapshot_version))
+        users = [f"sticky-{i}" for i in range(400)]
+        with GatewayClient(gw.target) as client:
+            before = {u: client.predict("exp", u, demo_store.X[0])["arm"] for u in users}
+        rng = np.random.default_rng(4)
+        view = created
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and view.weights["treatment"] <= 50.0:
+            traffic(gw, demo_store.X, demo_store.y, 100, rng)
+            settle([gw])
+            ev.call(ev.server.tick())
+            view = ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="exp"))
+        assert view.status == "running" and view.weights["treatment"] > 50.0
+        # The floor holds: control keeps at least 10 %.
+        assert view.weights["control"] >= 10.0 - 1e-9
+        assert ev.call(ev.server.publisher.wait_acked(view.snapshot_version, timeout=10))
+        with GatewayClient(gw.target) as client:
+            after = {u: client.predict("exp", u, demo_store.X[0])["arm"] for u in users}
+        # Re-weighting toward treatment moves control users only: nobody leaves treatment.
+        assert all(after[u] == "treatment" for u in users if before[u] == "treatment")
+        moved = sum(before[u] != after[u] for u in users)
+        assert 0 < moved < len(users)
+        audit = ev.call(ev.server.store.decisions("exp"))
+        assert any(d["action"] == "reweight" and d["source"] == "policy" for d in audit)
+    finally:
+        if gw is not None:
+            gw.close()
+        ev.close()
