@@ -145,10 +145,15 @@ class EvaluatorServer:
         for name, row in sorted(self.latest.items()):
             if row.state.status != "running":
                 continue
-            data = await self._arm_data(row)
-            decision = decide(row.state, data, now, self._rng)
-            self.verdicts[name] = (decision.verdict, decision.statistics)
-            await self._record(row, decision, now)
+            try:
+                data = await self._arm_data(row)
+                decision = decide(row.state, data, now, self._rng)
+                self.verdicts[name] = (decision.verdict, decision.statistics)
+                await self._record(row, decision, now)
+            except Exception:
+                # One experiment's failure must not stop the others from being decided.
+                log.exception("evaluating %s failed; retrying next tick", name)
+                continue
             decided.append((name, decision))
         return decided
 
@@ -175,7 +180,7 @@ class EvaluatorServer:
 
     async def _record(self, row: VersionRow, decision: Decision, now: float) -> None:
         """Write a decision: with its new version when it changes the config, else into the
-        audit table when its recommendation changed or audit_interval passed."""
+        audit table when its action changed or audit_interval passed."""
         name = row.state.name
         doc = {
             "action": decision.action,
@@ -346,6 +351,11 @@ class EvaluatorServer:
         await migrate(url)
         self.store = await EvaluatorStore.open(url)
         await self.sync()
+        # Verdicts survive a restart: the audit table holds the last one of each experiment.
+        for name in self.latest:
+            last = await self.store.last_verdict(name)
+            if last is not None:
+                self.verdicts[name] = last
         server = grpc.aio.server(interceptors=[TokenAuth(s.token)])
         cpb_grpc.add_ConfigStreamServicer_to_server(ConfigStreamServicer(self.publisher), server)
         cpb_grpc.add_EvaluatorAdminServicer_to_server(AdminServicer(self), server)

@@ -150,6 +150,18 @@ class EvaluatorStore:
         async with self.pool.acquire() as conn:
             await self._insert_decision(conn, experiment, decision, version, None)
 
+    async def last_verdict(self, experiment: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(verdict, statistics) of the latest policy decision, if any."""
+        stats = await self.pool.fetchval(
+            """SELECT statistics FROM decisions
+               WHERE experiment = $1 AND statistics ? 'verdict' ORDER BY id DESC LIMIT 1""",
+            experiment,
+        )
+        if stats is None:
+            return None
+        verdict = stats.pop("verdict")
+        return verdict, stats
+
     async def decisions(self, experiment: str, limit: int = 1000) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
             """SELECT id, extract(epoch FROM ts) AS ts, action, recommendation, source,

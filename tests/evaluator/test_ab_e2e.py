@@ -126,6 +126,12 @@ def test_policy_promotes_the_better_model_from_real_outcomes(
         assert f'abgate_config_version{{gateway="gw-1"}} {float(view.snapshot_version)}' in text
         tests = promote[0]["statistics"]["tests"]["treatment"]
         assert tests["n"] >= 100 and promote[0]["statistics"]["srm"]["checked"] in (True, False)
+
+        # A restarted evaluator still shows the verdict (read back from the audit table).
+        ev.close()
+        ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0))
+        again = ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="exp"))
+        assert again.verdict == view.verdict and again.status == "promoted"
     finally:
         for gw in gateways:
             gw.close()
