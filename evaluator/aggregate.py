@@ -20,8 +20,8 @@ import asyncpg
 
 from evaluator.stats import ArmStats
 
-# pg_advisory_lock key held while aggregating (arbitrary; unique among abgate's locks).
-AGGREGATE_LOCK = 0x61626761746501
+# pg_advisory_lock key held while aggregating ("abgate" + 2; migrations hold "abgate" + 1).
+AGGREGATE_LOCK = 0x61626761746502
 
 # Latency histogram buckets: b holds [2^(b/4), 2^((b+1)/4)) microseconds (≈19% wide).
 LATENCY_BUCKETS_PER_OCTAVE = 4
