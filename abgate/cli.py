@@ -154,6 +154,8 @@ def cmd_db(args: argparse.Namespace) -> int:
         )
         url = embedded.start()
     try:
+        if args.db_command == "partitions":
+            return _partitions(url, args)
         if args.db_command == "migrate":
             names = asyncio.run(migrate(url))
             done = asyncio.run(applied(url))
@@ -174,6 +176,50 @@ def cmd_db(args: argparse.Namespace) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
+    return EXIT_OK
+
+
+def _partitions(url: str, args: argparse.Namespace) -> int:
+    import asyncio
+    import datetime as dt
+
+    import asyncpg
+
+    from abgate.db import partitions as parts
+    from abgate.db.migrate import migrate
+
+    if args.ensure_days < 0 or (
+        args.drop_older_than_days is not None and args.drop_older_than_days < 1
+    ):
+        raise UsageError("--ensure-days must be >= 0 and --drop-older-than-days >= 1")
+
+    async def run() -> dict[str, Any]:
+        await migrate(url)
+        conn = await asyncpg.connect(url)
+        try:
+            created = await parts.ensure_partitions(conn, days_ahead=args.ensure_days)
+            dropped: list[str] = []
+            if args.drop_older_than_days is not None:
+                today = dt.datetime.now(dt.UTC).date()
+                cutoff = today - dt.timedelta(days=args.drop_older_than_days)
+                dropped = await parts.drop_partitions_before(conn, cutoff)
+            listed = await parts.list_partitions(conn)
+        finally:
+            await conn.close()
+        return {
+            "created": created,
+            "dropped": dropped,
+            "partitions": [{"name": p.name, "rows_estimate": p.rows} for p in listed],
+        }
+
+    result = asyncio.run(run())
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"created: {', '.join(result['created']) or '-'}")
+        print(f"dropped: {', '.join(result['dropped']) or '-'}")
+        for p in result["partitions"]:
+            print(f"  {p['name']} (~{max(p['rows_estimate'], 0)} rows)")
     return EXIT_OK
 
 
@@ -236,7 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("db", help="database schema: migrate, status")
     dbsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    for name, text in (("migrate", "apply pending migrations"), ("status", "list migrations")):
+    for name, text in (
+        ("migrate", "apply pending migrations"),
+        ("status", "list migrations"),
+        ("partitions", "create upcoming daily partitions of predictions; drop old ones"),
+    ):
         q = dbsub.add_parser(name, help=text)
         q.add_argument(
             "--database-url",
@@ -251,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="embedded server data directory (env ABGATE_PG_DATA, default var/pg)",
         )
         q.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "partitions":
+            q.add_argument("--ensure-days", type=int, default=7, help="days ahead to prepare")
+            q.add_argument("--drop-older-than-days", type=int, default=None,
+                           help="retention: drop daily partitions older than this")  # fmt: skip
         q.set_defaults(func=cmd_db)
 
     p = sub.add_parser("demo", help="train demo models, start a gateway, route some users")

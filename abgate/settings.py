@@ -118,6 +118,8 @@ class EvaluatorSettings:
     settle: float = doc("seconds a logged row waits before a tick reads it", 2.0)
     audit_interval: float = doc("seconds between audit rows of unchanged verdicts", 60.0)
     evaluate: bool = doc("run the policies each tick (off: config stream and admin only)", True)
+    partition_days_ahead: int = doc("dated predictions partitions kept ready ahead", 7)
+    retention_days: int = doc("drop predictions partitions older than this (0 = keep)", 0)
     tls_cert: Path | None = doc("PEM certificate: serve TLS (with --tls-key)", None)
     tls_key: Path | None = doc("PEM private key of --tls-cert", None)
     tls_client_ca: Path | None = doc("PEM CA bundle: require client certificates (mTLS)", None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import signal
@@ -21,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from abgate.db.embedded import EmbeddedPostgres
 from abgate.db.migrate import migrate
+from abgate.db.partitions import drop_partitions_before, ensure_partitions
 from abgate.errors import FailedPrecondition, InvalidArgument, Unavailable
 from abgate.settings import EvaluatorSettings
 from abgate.v1 import control_pb2 as cpb
@@ -37,6 +39,8 @@ from evaluator.service import AdminServicer, ConfigStreamServicer, Publisher, To
 from evaluator.store import EvaluatorStore, VersionRow
 
 log = logging.getLogger(__name__)
+
+MAINTENANCE_INTERVAL = 3600.0  # seconds between partition upkeep runs
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -75,6 +79,7 @@ class EvaluatorServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lock = asyncio.Lock()  # one writer of experiment versions at a time
         self._tick_lock = asyncio.Lock()  # the loop's ticks and tick() calls never overlap
+        self._next_maintenance = 0.0
         self._stopped = False
         self._rng = np.random.default_rng(settings.seed or None)
         # Latest verdict and statistics per experiment, and what was last audited when.
@@ -134,6 +139,8 @@ class EvaluatorServer:
 
     async def _tick(self, now: float | None) -> list[tuple[str, Decision]]:
         await self.sync()
+        if time.monotonic() >= self._next_maintenance:
+            await self.maintain()
         if not self.settings.evaluate:
             return []
         store = self._store()
@@ -156,6 +163,20 @@ class EvaluatorServer:
                 continue
             decided.append((name, decision))
         return decided
+
+    async def maintain(self) -> None:
+        """Hourly: dated partitions for the coming days, and retention when configured."""
+        s = self.settings
+        self._next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL
+        async with self._store().pool.acquire() as conn:
+            created = await ensure_partitions(conn, days_ahead=s.partition_days_ahead)
+            dropped: list[str] = []
+            if s.retention_days > 0:
+                today = dt.datetime.now(dt.UTC).date()
+                cutoff = today - dt.timedelta(days=s.retention_days)
+                dropped = await drop_partitions_before(conn, cutoff)
+        if created or dropped:
+            log.info("partitions created %s, dropped %s", created, dropped)
 
     async def _arm_data(self, row: VersionRow) -> dict[str, ArmData]:
         s = row.state

@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from abgate.db.embedded import EmbeddedPostgres
-from abgate.db.migrate import migrate
+from abgate.db.partitions import prepare
 from abgate.errors import AbgateError, Unavailable
 from abgate.settings import GatewaySettings
 from gateway.config import ExperimentsConfig, load_config_file
@@ -255,7 +255,7 @@ class GatewayServer:
                 batch_rows=s.log_batch_rows,
                 max_age=s.log_max_age,
                 max_queued_rows=s.log_max_queued_rows,
-                on_connect=migrate,
+                on_connect=prepare,
                 table=table,
                 columns=columns,
                 spool=Spool(spool_root / table, max_bytes=s.spool_max_bytes),

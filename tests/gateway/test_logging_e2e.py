@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import signal
 import threading
 import time
@@ -21,6 +22,14 @@ async def logged_ids(url: str) -> list[str]:
     try:
         rows = await conn.fetch("SELECT request_id FROM predictions WHERE NOT shadow")
         return [r["request_id"] for r in rows]
+    finally:
+        await conn.close()
+
+
+async def fetch(url: str, sql: str) -> list[Any]:
+    conn = await asyncpg.connect(url)
+    try:
+        return list(await conn.fetch(sql))
     finally:
         await conn.close()
 
@@ -59,6 +68,15 @@ def test_50000_predictions_make_exactly_their_rows(
     assert set(logged) == set(ok_ids)
     w = gateway.server.logwriter
     assert w is not None and w.counters.written == 50_000 and w.counters.refused == 0
+    # The gateway prepared today's daily partition when it connected: rows land there.
+    today = dt.datetime.now(dt.UTC).date()
+    where = asyncio.run(
+        fetch(url, "SELECT DISTINCT tableoid::regclass::text AS p FROM predictions")
+    )
+    assert {r["p"] for r in where} <= {
+        f"predictions_{today:%Y%m%d}",
+        f"predictions_{today + dt.timedelta(days=1):%Y%m%d}",
+    }
 
 
 def test_every_ok_answer_is_logged_after_sigterm(
