@@ -125,7 +125,12 @@ class GatewayProcess:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        wait_serving(self.target, timeout=timeout, proc=self.proc)  # type: ignore[arg-type]
+        try:
+            wait_serving(self.target, timeout=timeout, proc=self.proc)  # type: ignore[arg-type]
+        except BaseException:
+            self.proc.kill()  # never leave a half-started gateway behind a failed test
+            self.proc.communicate()
+            raise
         return self
 
     def signal(self, sig: int) -> None:

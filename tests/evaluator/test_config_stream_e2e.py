@@ -107,7 +107,8 @@ def test_decisions_reach_both_gateways_and_bad_snapshots_are_nacked(
         for name in ("gw-a", "gw-b"):
             args = gateway_args(ev, demo_store.root, tmp_path / name)
             gp = GatewayProcess([*args, "--gateway-id", name])
-            gateways.append(gp.start())
+            gateways.append(gp)  # before start(): a gateway that never serves is stopped too
+            gp.start()
         assert ev.call(ev.server.publisher.wait_acked(v1, count=2, timeout=10))
         arms_a, versions_a = arms_of(gateways[0].target, X)
         arms_b, versions_b = arms_of(gateways[1].target, X)
@@ -214,7 +215,8 @@ def test_decisions_reach_both_gateways_and_bad_snapshots_are_nacked(
         code, _out = gateways[0].stop()
         assert code == 0
         args = gateway_args(ev, demo_store.root, tmp_path / "gw-a")
-        gateways[0] = GatewayProcess([*args, "--gateway-id", "gw-a"]).start()
+        gateways[0] = GatewayProcess([*args, "--gateway-id", "gw-a"])
+        gateways[0].start()
         arms_a, versions_a = arms_of(gateways[0].target, X)
         assert set(arms_a) == {"control"} and versions_a == {fixed}
 
@@ -245,8 +247,9 @@ def test_control_rpcs_are_not_on_the_gateway_listener(
             definition=ab_definition("exp", shas["demo-logreg"], shas["demo-forest"])
         ),
     )
-    gp = GatewayProcess(gateway_args(evaluator, demo_store.root, tmp_path / "gw")).start()
+    gp = GatewayProcess(gateway_args(evaluator, demo_store.root, tmp_path / "gw"))
     try:
+        gp.start()
         with grpc.insecure_channel(gp.target) as channel:
             stub = reflection_pb2_grpc.ServerReflectionStub(channel)
             reply = next(
