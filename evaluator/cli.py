@@ -102,6 +102,12 @@ def _definition_from_args(args: argparse.Namespace) -> cpb.ExperimentDefinition:
             arm = definition.arms.add(name=name, model=model)
             if weight:
                 arm.weight = float(weight)
+        for spec in args.shadow or ():
+            name, sep, rest = spec.partition("=")
+            model, _, rate = rest.rpartition("@") if "@" in rest else (rest, "", "")
+            if not sep or not name or not model:
+                raise ValueError(f"--shadow takes NAME=MODEL[@SAMPLE_RATE], got {spec!r}")
+            definition.shadows.add(name=name, model=model, sample_rate=float(rate or 1.0))
         if definition.arms and not any(a.weight for a in definition.arms):
             for arm in definition.arms:  # no weights given: an even split
                 arm.weight = 100.0 / len(definition.arms)
@@ -123,6 +129,8 @@ def _definition_from_args(args: argparse.Namespace) -> cpb.ExperimentDefinition:
     store = args.model_store or os.environ.get("ABGATE_MODEL_STORE") or "var/models"
     for arm in definition.arms:
         arm.model = _resolve_model(arm.model, store)
+    for shadow in definition.shadows:
+        shadow.model = _resolve_model(shadow.model, store)
     return definition
 
 
@@ -256,6 +264,11 @@ def add_evaluator_parsers(subparsers: Any) -> None:
     q.add_argument("--kind", choices=sorted(_KINDS), default="ab")
     q.add_argument(
         "--arm", action="append", help="NAME=MODEL[@WEIGHT], repeatable; the first is control"
+    )
+    q.add_argument(
+        "--shadow",
+        action="append",
+        help="NAME=MODEL[@SAMPLE_RATE], repeatable: mirrored, logged, compared, never served",
     )
     q.add_argument("--metric", default="accuracy", choices=["accuracy", "outcome", "score"])
     q.add_argument("--min-effect", type=float, default=0.0)

@@ -44,6 +44,13 @@ class Arm:
 
 
 @dataclass(frozen=True)
+class Shadow:
+    name: str
+    model: str
+    sample_rate: float = 1.0
+
+
+@dataclass(frozen=True)
 class ExperimentState:
     """One version of one experiment: its definition plus what the evaluator decided so far."""
 
@@ -69,6 +76,7 @@ class ExperimentState:
     # The config version (snapshot seq) the statistics are counted from: set when the
     # split changes so that a sample-ratio check compares counts against the split in force.
     since_version: int = 0
+    shadows: tuple[Shadow, ...] = ()
 
     @property
     def weights(self) -> dict[str, float]:
@@ -81,6 +89,7 @@ class ExperimentState:
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["arms"] = [asdict(a) for a in self.arms]
+        doc["shadows"] = [asdict(s) for s in self.shadows]
         doc["allocation"] = dict(self.allocation)
         return doc
 
@@ -88,6 +97,7 @@ class ExperimentState:
     def from_json(cls, doc: Mapping[str, Any]) -> ExperimentState:
         d = dict(doc)
         d["arms"] = tuple(Arm(**a) for a in d["arms"])
+        d["shadows"] = tuple(Shadow(**s) for s in d.get("shadows", ()))
         d["guardrails"] = Guardrails(**d.get("guardrails", {}))
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
@@ -164,6 +174,19 @@ def validate_definition(d: cpb.ExperimentDefinition, now: float | None = None) -
     )
     floor = d.bandit_floor if d.HasField("bandit_floor") else 0.05
     _finite(floor, "definition.bandit_floor", 0.0, 1.0 / len(arms))
+    shadows: list[Shadow] = []
+    for k, sh in enumerate(d.shadows):
+        shadow_name = _check_name(sh.name, f"definition.shadows[{k}].name")
+        if shadow_name in seen:
+            raise InvalidArgument(
+                f"{shadow_name!r} is already an arm or shadow", f"definition.shadows[{k}].name"
+            )
+        seen.add(shadow_name)
+        if not sh.model:
+            raise InvalidArgument("must name a model", field=f"definition.shadows[{k}].model")
+        rate = sh.sample_rate if sh.sample_rate else 1.0
+        _finite(rate, f"definition.shadows[{k}].sample_rate", 0.0, 1.0)
+        shadows.append(Shadow(shadow_name, sh.model, rate))
     now = time.time() if now is None else now
     try:
         allocation = Allocation.initial({a.name: a.weight for a in arms})
@@ -196,6 +219,7 @@ def validate_definition(d: cpb.ExperimentDefinition, now: float | None = None) -
         allocation=allocation.to_dict(),
         created_at=now,
         stage_started_at=now,
+        shadows=tuple(shadows),
     )
 
 
@@ -219,7 +243,12 @@ def definition_message(state: ExperimentState) -> cpb.ExperimentDefinition:
         stage_hold_s=state.stage_hold_s,
         bandit_floor=state.bandit_floor,
         bandit_interval_s=state.bandit_interval_s,
+        shadows=[_shadow_message(s) for s in state.shadows],
     )
+
+
+def _shadow_message(s: Shadow) -> cpb.ShadowConfig:
+    return cpb.ShadowConfig(name=s.name, model=s.model, sample_rate=s.sample_rate)
 
 
 def experiment_config(state: ExperimentState) -> cpb.ExperimentConfig:
@@ -238,6 +267,7 @@ def experiment_config(state: ExperimentState) -> cpb.ExperimentConfig:
             )
             for a in state.arms
         ],
+        shadows=[_shadow_message(s) for s in state.shadows],
     )
 
 

@@ -29,12 +29,23 @@ class ArmSpec:
 
 
 @dataclass(frozen=True)
+class ShadowSpec:
+    """A model that sees a sample of the experiment's requests after the answer is sent; its
+    outputs are logged (shadow flag set), never returned."""
+
+    name: str
+    model: str
+    sample_rate: float = 1.0  # share of requests mirrored, 0..1
+
+
+@dataclass(frozen=True)
 class ExperimentSpec:
     name: str
     salt: str
     arms: tuple[ArmSpec, ...]
     # Optional explicit bucket ranges (as persisted snapshots carry them); else from weights.
     ranges: Mapping[str, tuple[tuple[int, int], ...]] | None = None
+    shadows: tuple[ShadowSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,10 +68,40 @@ class ExperimentsConfig:
                         if e.ranges is not None
                         else {}
                     ),
+                    **({"shadows": [shadow_dict(s) for s in e.shadows]} if e.shadows else {}),
                 }
                 for e in self.experiments
             ],
         }
+
+
+def shadow_dict(s: ShadowSpec) -> dict[str, Any]:
+    return {"name": s.name, "model": s.model, "sample_rate": s.sample_rate}
+
+
+def _parse_shadows(raw: Any, where: str, arm_names: set[str]) -> tuple[ShadowSpec, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}.shadows must be a list of tables/objects")
+    out: list[ShadowSpec] = []
+    names: set[str] = set()
+    for k, item in enumerate(raw):
+        swhere = f"{where}.shadows[{k}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{swhere} must be a table/object")
+        name = _check_name(_require(item, "name", str, swhere), f"{swhere}.name")
+        if name in names or name in arm_names:
+            raise ConfigError(f"{swhere}.name {name!r} is already an arm or shadow name")
+        names.add(name)
+        model = _require(item, "model", str, swhere)
+        if not model:
+            raise ConfigError(f"{swhere}.model must not be empty")
+        rate = item.get("sample_rate", 1.0)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+            raise ConfigError(f"{swhere}.sample_rate must be a number")
+        if not math.isfinite(rate) or not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"{swhere}.sample_rate must be between 0 and 1")
+        out.append(ShadowSpec(name, model, float(rate)))
+    return tuple(out)
 
 
 def _require(obj: Mapping[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
@@ -135,7 +176,8 @@ def parse_config(data: Mapping[str, Any]) -> ExperimentsConfig:
                 }
             except (TypeError, ValueError):
                 raise ConfigError(f"{where}.ranges must hold [start, end) integer pairs") from None
-        experiments.append(ExperimentSpec(name, salt, tuple(arms), ranges))
+        shadows = _parse_shadows(raw.get("shadows", []), where, arm_names)
+        experiments.append(ExperimentSpec(name, salt, tuple(arms), ranges, shadows))
     return ExperimentsConfig(version, tuple(experiments))
 
 

@@ -17,10 +17,17 @@ from abgate.errors import ConfigError, FailedPrecondition, NotFound
 from gateway.allocation import Allocation, AllocationError, weights_to_counts
 from gateway.codec import model_ref_message, response_prefix
 from gateway.config import ExperimentsConfig, ExperimentSpec, parse_config
-from gateway.dataplane import ArmRuntime, DataPlane, ExperimentRuntime, Snapshot, build_experiment
+from gateway.dataplane import (
+    ArmRuntime,
+    DataPlane,
+    ExperimentRuntime,
+    ShadowRuntime,
+    Snapshot,
+    build_experiment,
+)
 from gateway.hashing import CURRENT_HASH_VERSION
-from gateway.modelstore import ModelNotFound, ModelStore, ModelStoreError
-from gateway.variants import VariantCache
+from gateway.modelstore import ModelMetadata, ModelNotFound, ModelStore, ModelStoreError
+from gateway.variants import Variant, VariantCache
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +74,19 @@ class ControlPlane:
         except AllocationError as exc:
             raise ConfigError(f"{where}: {exc}") from None
 
+    def _load(self, ref: str, field: str) -> tuple[ModelMetadata, Variant]:
+        try:
+            meta = self.store.resolve(ref)
+            return meta, self.variants.get_or_load(meta)
+        except ModelNotFound as exc:
+            raise NotFound(f"{ref!r} is not in the model store ({exc})", field) from None
+        except ModelStoreError as exc:
+            raise ConfigError(f"{ref!r}: {exc}", field=field) from None
+
     def _experiment(self, spec: ExperimentSpec, version: int, where: str) -> ExperimentRuntime:
         arms: list[ArmRuntime] = []
         for i, arm in enumerate(spec.arms):
-            field = f"{where}.arms[{i}].model"
-            try:
-                meta = self.store.resolve(arm.model)
-                variant = self.variants.get_or_load(meta)
-            except ModelNotFound as exc:
-                raise NotFound(f"{arm.model!r} is not in the model store ({exc})", field) from None
-            except ModelStoreError as exc:
-                raise ConfigError(f"{arm.model!r}: {exc}", field=field) from None
+            meta, variant = self._load(arm.model, f"{where}.arms[{i}].model")
             model_pb = model_ref_message(meta.id, meta.version, meta.sha256)
             arms.append(
                 ArmRuntime(
@@ -102,9 +111,29 @@ class ControlPlane:
                     f"{v.n_classes} classes but arm {arms[0].name!r} takes "
                     f"{first.n_features}/{first.n_classes}; all arms must share one schema"
                 )
+        shadows = []
+        for k, shadow in enumerate(spec.shadows):
+            meta, variant = self._load(shadow.model, f"{where}.shadows[{k}].model")
+            if (variant.n_features, variant.n_classes) != (first.n_features, first.n_classes):
+                raise ConfigError(
+                    f"{where}: shadow {shadow.name!r} takes {variant.n_features} features/"
+                    f"{variant.n_classes} classes but the arms take "
+                    f"{first.n_features}/{first.n_classes}"
+                )
+            shadows.append(
+                ShadowRuntime(
+                    shadow.name, variant, meta.id, meta.version, meta.sha256, shadow.sample_rate
+                )
+            )
         allocation = self._allocation(spec, where)
         return build_experiment(
-            spec.name, spec.salt, tuple(arms), allocation, version, CURRENT_HASH_VERSION
+            spec.name,
+            spec.salt,
+            tuple(arms),
+            allocation,
+            version,
+            CURRENT_HASH_VERSION,
+            tuple(shadows),
         )
 
     def build(self, config: ExperimentsConfig) -> Snapshot:
@@ -148,6 +177,7 @@ class ControlPlane:
             }
             self.variants.retain(
                 {arm.model_sha256 for exp in snapshot.experiments.values() for arm in exp.arms}
+                | {s.model_sha256 for exp in snapshot.experiments.values() for s in exp.shadows}
             )
             self._persist(snapshot, source)
             log.info(
@@ -206,7 +236,7 @@ class ControlPlane:
 def _without_ranges(config: ExperimentsConfig) -> ExperimentsConfig:
     return ExperimentsConfig(
         config.version,
-        tuple(ExperimentSpec(e.name, e.salt, e.arms, None) for e in config.experiments),
+        tuple(ExperimentSpec(e.name, e.salt, e.arms, None, e.shadows) for e in config.experiments),
     )
 
 
@@ -228,6 +258,10 @@ def snapshot_document(snapshot: Snapshot) -> dict[str, object]:
                     for arm in exp.arms
                 ],
                 "ranges": exp.allocation.to_dict()["ranges"],
+                "shadows": [
+                    {"name": s.name, "model": s.model_sha256, "sample_rate": s.sample_rate}
+                    for s in exp.shadows
+                ],
             }
             for exp in snapshot.experiments.values()
         ],

@@ -36,6 +36,16 @@ class ArmRuntime:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowRuntime:
+    name: str
+    variant: Variant
+    model_id: str
+    model_version: str
+    model_sha256: str
+    sample_rate: float
+
+
+@dataclass(frozen=True, slots=True)
 class ExperimentRuntime:
     name: str
     salt: str
@@ -49,6 +59,7 @@ class ExperimentRuntime:
     config_version: int
     hash_version: int
     bucket_of: Callable[[str, str], int]
+    shadows: tuple[ShadowRuntime, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +100,7 @@ def build_experiment(
     allocation: Allocation,
     config_version: int,
     hash_version: int = 1,
+    shadows: tuple[ShadowRuntime, ...] = (),
 ) -> ExperimentRuntime:
     table = tuple(allocation.table())
     if len(table) != NUM_BUCKETS:
@@ -106,6 +118,7 @@ def build_experiment(
         config_version=config_version,
         hash_version=hash_version,
         bucket_of=BUCKET_FUNCTIONS[hash_version],
+        shadows=shadows,
     )
 
 
@@ -118,6 +131,8 @@ class DataPlane:
         self.gateway_id = gateway_id
         self.log = log
         self.outcomes: LogWriter | None = None
+        # Runs shadow models off the request path (gateway.shadow); None: shadows are off.
+        self.mirror: Any = None
         # request ids: a random per-process prefix and a counter are unique and cost no syscall.
         self._rid_prefix = secrets.token_hex(8) + "-"
         self._seq = 0

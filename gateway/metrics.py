@@ -26,6 +26,22 @@ class GatewayCollector(Collector):
         )
         version.add_metric([gid], snap.version if snap is not None else 0)
         yield version
+        mirror = self.server.mirror
+        if mirror is not None:
+            shadow = CounterMetricFamily(
+                "abgate_shadow_rows",
+                "Shadow rows by fate: mirrored (queued), run, shed (queue full), timed_out, "
+                "failed (model raised), log_dropped (log queue over half full)",
+                labels=["gateway", "result"],
+            )
+            for result, value in vars(mirror.counters).items():
+                shadow.add_metric([gid, result], value)
+            yield shadow
+            queued_shadow = GaugeMetricFamily(
+                "abgate_shadow_queued_rows", "Rows waiting for shadow models", labels=["gateway"]
+            )
+            queued_shadow.add_metric([gid], mirror.queued_rows)
+            yield queued_shadow
         sub = self.server.subscriber
         if sub is not None:
             for name, text, value in (

@@ -1,8 +1,8 @@
 """Gateway process lifecycle: ``start()``/``stop()`` and the worker supervisor.
 
 Stop order, written once: health NOT_SERVING → stop accepting and drain in-flight RPCs (grace)
-→ stop the config watcher or the evaluator subscription → (later: stop shadow work) → flush
-logs → shut the executor.
+→ stop the config watcher or the evaluator subscription → stop shadow work (finish the queue,
+never wait on a hung model) → flush logs → shut the executor.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from gateway.logwriter import COLUMNS, OUTCOME_COLUMNS, LogWriter
 from gateway.metrics import start_metrics
 from gateway.modelstore import ModelStore
 from gateway.servicer import SERVICE_NAME, GatewayServicer
+from gateway.shadow import ShadowMirror
 from gateway.spool import Spool
 from gateway.subscriber import ConfigSubscriber, channel_credentials
 from gateway.variants import SessionOptions, VariantCache
@@ -98,6 +99,7 @@ class GatewayServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._watch: _FileWatch | None = None
         self.subscriber: ConfigSubscriber | None = None
+        self.mirror: ShadowMirror | None = None
         self._stopped = asyncio.Event()
 
     # -- config ---------------------------------------------------------------------------
@@ -209,6 +211,15 @@ class GatewayServer:
         )
         await self._set_health()
         await self._start_log()
+        self.mirror = ShadowMirror(
+            asyncio.get_running_loop(),
+            self._log_shadow_rows if self.logwriter is not None else None,
+            self.gateway_id,
+            max_queued_rows=s.shadow_queue_rows,
+            batch_rows=s.shadow_batch_rows,
+            timeout=s.shadow_timeout,
+        )
+        self.dataplane.mirror = self.mirror
         await self.load_initial_config()
         host, port = split_listen(s.listen)
         try:
@@ -237,6 +248,19 @@ class GatewayServer:
             self._spawn(self._watch_loop())
         log.info("gateway %s listening on %s:%d", self.gateway_id, host, self.port)
         return self.port
+
+    def _log_shadow_rows(self, rows: list[tuple[object, ...]]) -> None:
+        """Shadow rows take at most half of the log queue: they must never be the reason a
+        client's call is refused."""
+        w = self.logwriter
+        mirror = self.mirror
+        if w is None or mirror is None:
+            return
+        if w.queued + len(rows) > w.max_queued_rows // 2:
+            mirror.counters.log_dropped += len(rows)
+            return
+        for row in rows:
+            w.append(row)
 
     async def _start_log(self) -> None:
         s = self.settings
@@ -286,6 +310,10 @@ class GatewayServer:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.mirror is not None:
+            self.dataplane.mirror = None
+            await asyncio.to_thread(self.mirror.stop)
+            await asyncio.sleep(0)  # the last shadow rows reach the log writer
         for writer in (self.logwriter, self.outcome_writer):
             if writer is not None:
                 await writer.stop()
@@ -346,6 +374,9 @@ def _supervise(settings: GatewaySettings) -> int:
         "ABGATE_OFFLOAD_ROWS": str(settings.offload_rows),
         "ABGATE_WATCH_INTERVAL": str(settings.watch_interval),
         "ABGATE_SPOOL_MAX_BYTES": str(settings.spool_max_bytes),
+        "ABGATE_SHADOW_QUEUE_ROWS": str(settings.shadow_queue_rows),
+        "ABGATE_SHADOW_BATCH_ROWS": str(settings.shadow_batch_rows),
+        "ABGATE_SHADOW_TIMEOUT": str(settings.shadow_timeout),
     }.items():
         env_base[name] = value
     if settings.config is not None:

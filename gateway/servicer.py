@@ -75,6 +75,8 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
             raise
         label, row_scores = int(labels[0]), scores[0]
         dp.log_prediction(exp, arm, bucket, request_id, label, row_scores, started)
+        if exp.shadows and dp.mirror is not None:
+            dp.mirror.submit(exp, row, (request_id,), (bucket,))
         raw = codec.encode_prediction_raw(
             arm.response_prefix, request_id, label, row_scores, bucket
         )
@@ -118,6 +120,8 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
             else:
                 result = dp.predict_batch(exp, buckets, matrix, request_ids)
             dp.log_batch(result, started)
+            if exp.shadows and dp.mirror is not None:
+                dp.mirror.submit(exp, matrix, result.request_ids, result.buckets.tolist())
             return codec.encode_batch(result)
         except Exception as exc:
             return _fail(context, exc, pb.PredictBatchResponse())

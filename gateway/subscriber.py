@@ -40,6 +40,10 @@ def config_document(snapshot: cpb.ConfigSnapshot) -> dict[str, Any]:
                     if any(a.ranges for a in e.arms)
                     else {}
                 ),
+                "shadows": [
+                    {"name": s.name, "model": s.model, "sample_rate": s.sample_rate}
+                    for s in e.shadows
+                ],
             }
             for e in snapshot.experiments
         ],

@@ -38,15 +38,27 @@ class ArmConfig(_message.Message):
     ranges: _containers.RepeatedCompositeFieldContainer[BucketRange]
     def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., weight: _Optional[float] = ..., ranges: _Optional[_Iterable[_Union[BucketRange, _Mapping]]] = ...) -> None: ...
 
+class ShadowConfig(_message.Message):
+    __slots__ = ("name", "model", "sample_rate")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model: str
+    sample_rate: float
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., sample_rate: _Optional[float] = ...) -> None: ...
+
 class ExperimentConfig(_message.Message):
-    __slots__ = ("name", "salt", "arms")
+    __slots__ = ("name", "salt", "arms", "shadows")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SALT_FIELD_NUMBER: _ClassVar[int]
     ARMS_FIELD_NUMBER: _ClassVar[int]
+    SHADOWS_FIELD_NUMBER: _ClassVar[int]
     name: str
     salt: str
     arms: _containers.RepeatedCompositeFieldContainer[ArmConfig]
-    def __init__(self, name: _Optional[str] = ..., salt: _Optional[str] = ..., arms: _Optional[_Iterable[_Union[ArmConfig, _Mapping]]] = ...) -> None: ...
+    shadows: _containers.RepeatedCompositeFieldContainer[ShadowConfig]
+    def __init__(self, name: _Optional[str] = ..., salt: _Optional[str] = ..., arms: _Optional[_Iterable[_Union[ArmConfig, _Mapping]]] = ..., shadows: _Optional[_Iterable[_Union[ShadowConfig, _Mapping]]] = ...) -> None: ...
 
 class ConfigSnapshot(_message.Message):
     __slots__ = ("version", "nonce", "experiments")
@@ -89,7 +101,7 @@ class Guardrails(_message.Message):
     def __init__(self, max_error_rate: _Optional[float] = ..., max_p99_latency_ms: _Optional[float] = ..., rollback_threshold: _Optional[float] = ...) -> None: ...
 
 class ExperimentDefinition(_message.Message):
-    __slots__ = ("name", "salt", "kind", "arms", "primary_metric", "min_effect", "confidence", "min_samples", "max_duration_s", "guardrails", "stage_hold_s", "bandit_floor", "bandit_interval_s")
+    __slots__ = ("name", "salt", "kind", "arms", "primary_metric", "min_effect", "confidence", "min_samples", "max_duration_s", "guardrails", "stage_hold_s", "bandit_floor", "bandit_interval_s", "shadows")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SALT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +115,7 @@ class ExperimentDefinition(_message.Message):
     STAGE_HOLD_S_FIELD_NUMBER: _ClassVar[int]
     BANDIT_FLOOR_FIELD_NUMBER: _ClassVar[int]
     BANDIT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    SHADOWS_FIELD_NUMBER: _ClassVar[int]
     name: str
     salt: str
     kind: ExperimentKind
@@ -116,7 +129,8 @@ class ExperimentDefinition(_message.Message):
     stage_hold_s: float
     bandit_floor: float
     bandit_interval_s: float
-    def __init__(self, name: _Optional[str] = ..., salt: _Optional[str] = ..., kind: _Optional[_Union[ExperimentKind, str]] = ..., arms: _Optional[_Iterable[_Union[ArmConfig, _Mapping]]] = ..., primary_metric: _Optional[str] = ..., min_effect: _Optional[float] = ..., confidence: _Optional[float] = ..., min_samples: _Optional[int] = ..., max_duration_s: _Optional[float] = ..., guardrails: _Optional[_Union[Guardrails, _Mapping]] = ..., stage_hold_s: _Optional[float] = ..., bandit_floor: _Optional[float] = ..., bandit_interval_s: _Optional[float] = ...) -> None: ...
+    shadows: _containers.RepeatedCompositeFieldContainer[ShadowConfig]
+    def __init__(self, name: _Optional[str] = ..., salt: _Optional[str] = ..., kind: _Optional[_Union[ExperimentKind, str]] = ..., arms: _Optional[_Iterable[_Union[ArmConfig, _Mapping]]] = ..., primary_metric: _Optional[str] = ..., min_effect: _Optional[float] = ..., confidence: _Optional[float] = ..., min_samples: _Optional[int] = ..., max_duration_s: _Optional[float] = ..., guardrails: _Optional[_Union[Guardrails, _Mapping]] = ..., stage_hold_s: _Optional[float] = ..., bandit_floor: _Optional[float] = ..., bandit_interval_s: _Optional[float] = ..., shadows: _Optional[_Iterable[_Union[ShadowConfig, _Mapping]]] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("winner", "p_value", "effect_size", "ci", "recommendation")
