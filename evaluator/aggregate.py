@@ -100,6 +100,88 @@ ON CONFLICT (experiment, config_version, arm) DO UPDATE SET
 """
 
 
+# Shadow pairs (a shadow row and the served row of the same request) are counted once, in the
+# tick that reads the later of the two: new shadow rows meet every served row read so far or
+# now; new served rows meet shadow rows read in earlier ticks. Outcomes pair up as above.
+_SHADOW_PAIRS_NEW = """
+WITH pairs AS MATERIALIZED (
+    SELECT s.request_id, p.experiment, s.arm AS shadow, p.label AS pl, s.label AS sl,
+           p.scores[2] AS ps, s.scores[2] AS ss, p.latency_us AS plat, s.latency_us AS slat,
+           p.status AS pst, s.status AS sst
+    FROM predictions s
+    JOIN predictions p ON p.request_id = s.request_id AND NOT p.shadow AND p.seq <= $2
+    WHERE s.seq > $1 AND s.seq <= $2 AND s.shadow
+    UNION ALL
+    SELECT p.request_id, p.experiment, s.arm, p.label, s.label, p.scores[2], s.scores[2],
+           p.latency_us, s.latency_us, p.status, s.status
+    FROM predictions p
+    JOIN predictions s ON s.request_id = p.request_id AND s.shadow AND s.seq <= $1
+    WHERE p.seq > $1 AND p.seq <= $2 AND NOT p.shadow
+), base AS (
+    SELECT experiment, shadow,
+           count(*) FILTER (WHERE pst = 0 AND sst = 0) AS pairs,
+           count(*) FILTER (WHERE pst = 0 AND sst <> 0) AS shadow_errors,
+           count(*) FILTER (WHERE pst = 0 AND sst = 0 AND pl = sl) AS agree,
+           coalesce(sum(ss - ps) FILTER (WHERE pst = 0 AND sst = 0), 0) AS sd,
+           coalesce(sum((ss - ps) ^ 2) FILTER (WHERE pst = 0 AND sst = 0), 0) AS sd2,
+           coalesce(sum(slat - plat) FILTER (WHERE pst = 0 AND sst = 0), 0) AS ld,
+           coalesce(sum((slat - plat)::float8 ^ 2) FILTER (WHERE pst = 0 AND sst = 0), 0) AS ld2
+    FROM pairs GROUP BY 1, 2
+), lab AS (
+    SELECT pr.experiment, pr.shadow, count(*) AS labelled,
+           count(*) FILTER (WHERE o.value = pr.pl AND o.value = pr.sl) AS both_right,
+           count(*) FILTER (WHERE o.value = pr.pl AND o.value <> pr.sl) AS served_only,
+           count(*) FILTER (WHERE o.value <> pr.pl AND o.value = pr.sl) AS shadow_only,
+           count(*) FILTER (WHERE o.value <> pr.pl AND o.value <> pr.sl) AS both_wrong
+    FROM pairs pr JOIN outcomes o ON o.request_id = pr.request_id AND o.seq <= $3
+    WHERE pr.pst = 0 AND pr.sst = 0
+    GROUP BY 1, 2
+)
+INSERT INTO shadow_stats AS t (experiment, shadow, pairs, shadow_errors, agree, score_delta_sum,
+    score_delta_sumsq, latency_delta_sum, latency_delta_sumsq, labelled, both_right,
+    served_only_right, shadow_only_right, both_wrong)
+SELECT b.experiment, b.shadow, b.pairs, b.shadow_errors, b.agree, b.sd, b.sd2, b.ld, b.ld2,
+       coalesce(l.labelled, 0), coalesce(l.both_right, 0), coalesce(l.served_only, 0),
+       coalesce(l.shadow_only, 0), coalesce(l.both_wrong, 0)
+FROM base b LEFT JOIN lab l USING (experiment, shadow)
+ON CONFLICT (experiment, shadow) DO UPDATE SET
+    pairs = t.pairs + EXCLUDED.pairs,
+    shadow_errors = t.shadow_errors + EXCLUDED.shadow_errors,
+    agree = t.agree + EXCLUDED.agree,
+    score_delta_sum = t.score_delta_sum + EXCLUDED.score_delta_sum,
+    score_delta_sumsq = t.score_delta_sumsq + EXCLUDED.score_delta_sumsq,
+    latency_delta_sum = t.latency_delta_sum + EXCLUDED.latency_delta_sum,
+    latency_delta_sumsq = t.latency_delta_sumsq + EXCLUDED.latency_delta_sumsq,
+    labelled = t.labelled + EXCLUDED.labelled,
+    both_right = t.both_right + EXCLUDED.both_right,
+    served_only_right = t.served_only_right + EXCLUDED.served_only_right,
+    shadow_only_right = t.shadow_only_right + EXCLUDED.shadow_only_right,
+    both_wrong = t.both_wrong + EXCLUDED.both_wrong
+"""
+
+_SHADOW_OUTCOMES_NEW = """
+INSERT INTO shadow_stats AS t (experiment, shadow, labelled, both_right, served_only_right,
+                               shadow_only_right, both_wrong)
+SELECT p.experiment, s.arm, count(*),
+       count(*) FILTER (WHERE o.value = p.label AND o.value = s.label),
+       count(*) FILTER (WHERE o.value = p.label AND o.value <> s.label),
+       count(*) FILTER (WHERE o.value <> p.label AND o.value = s.label),
+       count(*) FILTER (WHERE o.value <> p.label AND o.value <> s.label)
+FROM outcomes o
+JOIN predictions p ON p.request_id = o.request_id AND NOT p.shadow AND p.status = 0
+                  AND p.seq <= $3
+JOIN predictions s ON s.request_id = o.request_id AND s.shadow AND s.status = 0 AND s.seq <= $3
+WHERE o.seq > $1 AND o.seq <= $2
+GROUP BY 1, 2
+ON CONFLICT (experiment, shadow) DO UPDATE SET
+    labelled = t.labelled + EXCLUDED.labelled,
+    both_right = t.both_right + EXCLUDED.both_right,
+    served_only_right = t.served_only_right + EXCLUDED.served_only_right,
+    shadow_only_right = t.shadow_only_right + EXCLUDED.shadow_only_right,
+    both_wrong = t.both_wrong + EXCLUDED.both_wrong
+"""
+
+
 @dataclass(frozen=True)
 class TickResult:
     predictions: int  # rows read this tick
@@ -141,9 +223,11 @@ async def _aggregate(
             # Outcomes read in earlier ticks (seq <= wo) meet their late predictions here.
             status = await conn.execute(_PREDICTIONS_NEW, wp, up, wo)
             n_pred = _count(status)
+            await conn.execute(_SHADOW_PAIRS_NEW, wp, up, wo)
         if uo > wo:
             status = await conn.execute(_OUTCOMES_NEW, wo, uo, up)
             n_out = _count(status)
+            await conn.execute(_SHADOW_OUTCOMES_NEW, wo, uo, up)
         if up > wp or uo > wo:
             await conn.execute(
                 "UPDATE evaluation_watermark SET prediction_seq = $1, outcome_seq = $2, "
@@ -157,7 +241,7 @@ async def _aggregate(
 async def reset(conn: asyncpg.Connection) -> None:
     """Forget every aggregate (the next tick recomputes from the first row: a full pass)."""
     async with conn.transaction():
-        await conn.execute("TRUNCATE arm_stats, arm_latency")
+        await conn.execute("TRUNCATE arm_stats, arm_latency, shadow_stats")
         await conn.execute("UPDATE evaluation_watermark SET prediction_seq = 0, outcome_seq = 0")
 
 
@@ -250,3 +334,16 @@ def metric_stats(metric: str, totals: ArmTotals) -> ArmStats:
     if metric == "score":
         return ArmStats(totals.served - totals.errors, totals.score_sum, totals.score_sumsq)
     raise ValueError(f"unknown metric {metric!r}")
+
+
+async def shadow_totals(
+    conn: asyncpg.Connection | asyncpg.Pool, experiment: str
+) -> dict[str, dict[str, float]]:
+    """Per-shadow pairwise sums of ``experiment`` (``shadow_stats`` columns)."""
+    rows = await conn.fetch(
+        "SELECT * FROM shadow_stats WHERE experiment = $1 ORDER BY shadow", experiment
+    )
+    return {
+        r["shadow"]: {k: float(v) for k, v in r.items() if k not in ("experiment", "shadow")}
+        for r in rows
+    }

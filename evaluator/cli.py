@@ -147,6 +147,22 @@ def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
         f"{d.name}: {view.status}, kind {cpb.ExperimentKind.Name(d.kind).lower()}, "
         f"version {view.version} (snapshot {view.snapshot_version}), {weights}"
     )
+    shadows = json.loads(view.details_json or "{}").get("shadows", {})
+    for name, s in shadows.items():
+        if not s.get("pairs"):
+            print(f"  shadow {name}: no pairs yet")
+            continue
+        line = (
+            f"  shadow {name}: {s['pairs']} pairs, agreement {s['agreement']:.1%}, "
+            f"score Δ {s['score_delta']['mean']:+.4f}, latency Δ "
+            f"{s['latency_delta_us']['mean']:+.0f} µs"
+        )
+        if "mcnemar" in s:
+            line += (
+                f", accuracy {s['served_accuracy']:.3f} served vs {s['shadow_accuracy']:.3f} "
+                f"shadow (McNemar p={s['mcnemar']['p_value']:.3g})"
+            )
+        print(line)
     v = view.verdict
     if v.recommendation:
         ci = ", ".join(f"{x:.4g}" for x in v.ci)

@@ -27,7 +27,14 @@ from abgate.errors import FailedPrecondition, InvalidArgument, Unavailable
 from abgate.settings import EvaluatorSettings
 from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
-from evaluator.aggregate import ArmTotals, TickResult, aggregate, arm_totals, metric_stats
+from evaluator.aggregate import (
+    ArmTotals,
+    TickResult,
+    aggregate,
+    arm_totals,
+    metric_stats,
+    shadow_totals,
+)
 from evaluator.experiments import (
     ExperimentState,
     definition_message,
@@ -36,6 +43,7 @@ from evaluator.experiments import (
 )
 from evaluator.policy import ArmData, Decision, decide
 from evaluator.service import AdminServicer, ConfigStreamServicer, Publisher, TokenAuth
+from evaluator.shadows import compare
 from evaluator.store import EvaluatorStore, VersionRow
 
 log = logging.getLogger(__name__)
@@ -275,7 +283,17 @@ class EvaluatorServer:
         return [self._view(rows[name]) for name in sorted(rows)]
 
     async def view(self, name: str) -> cpb.ExperimentView:
-        return self._view(await self._store().get(name))
+        row = await self._store().get(name)
+        view = self._view(row)
+        if row.state.shadows:
+            details = json.loads(view.details_json)
+            sums = await shadow_totals(self._store().pool, name)
+            details["shadows"] = {
+                s.name: compare(sums[s.name]) if s.name in sums else {"pairs": 0}
+                for s in row.state.shadows
+            }
+            view.details_json = json.dumps(details, sort_keys=True)
+        return view
 
     async def operate(self, action: str, req: cpb.ExperimentRequest) -> cpb.ExperimentView:
         async with self._lock:

@@ -368,3 +368,16 @@ def thompson_weights(
     for j in order[:leftover]:
         cents[j] += 1
     return {name: (floor_cents + int(c)) / 100.0 for name, c in zip(names, cents, strict=True)}
+
+
+def mcnemar(served_only_right: int, shadow_only_right: int) -> float:
+    """Exact McNemar test for paired classifications: two-sided binomial p-value of the
+    discordant pairs b (only the first model right) and c (only the second), b ~ Bin(b + c, ½)
+    under "equally accurate". Concordant pairs carry no information. 1.0 without discordance.
+    """
+    b, c = int(served_only_right), int(shadow_only_right)
+    if b < 0 or c < 0:
+        raise ValueError(f"counts must be >= 0, got {b}, {c}")
+    if b + c == 0:
+        return 1.0
+    return float(_sp.binomtest(min(b, c), b + c, 0.5).pvalue)

@@ -172,3 +172,59 @@ def test_rows_inside_the_settle_window_wait_for_the_next_tick(fresh_db: str) -> 
             await conn.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_shadow_pairs_are_counted_once_whatever_arrives_first(fresh_db: str, seed: int) -> None:
+    from evaluator.aggregate import shadow_totals
+
+    rng = random.Random(seed)
+
+    async def run() -> None:
+        await migrate(fresh_db)
+        conn = await asyncpg.connect(fresh_db)
+        try:
+            events: list[tuple[str, str, Any]] = []
+            truth: dict[str, dict[str, Any]] = {}
+            for i in range(150):
+                rid = f"q{i}"
+                t = {
+                    "pl": rng.randint(0, 1), "sl": rng.randint(0, 1),
+                    "sst": 13 if rng.random() < 0.1 else 0, "outcome": None,
+                }  # fmt: skip
+                events += [("primary", rid, None), ("shadow", rid, None)]
+                if rng.random() < 0.7:
+                    t["outcome"] = float(rng.randint(0, 1))
+                    events.append(("outcome", rid, t["outcome"]))
+                truth[rid] = t
+            rng.shuffle(events)
+            for kind, rid, value in events:
+                t = truth[rid]
+                if kind == "outcome":
+                    await conn.execute(
+                        "INSERT INTO outcomes (request_id, value) VALUES ($1, $2)", rid, value
+                    )
+                else:
+                    shadow = kind == "shadow"
+                    await conn.execute(
+                        INSERT_PREDICTION, rid, "exp", 1, "s1" if shadow else "control",
+                        "a" * 64, t["sl"] if shadow else t["pl"], [0.5, 0.5], 100, shadow,
+                        t["sst"] if shadow else 0,
+                    )  # fmt: skip
+                if rng.random() < 0.1:
+                    await aggregate(conn, settle=0.0, now=time.time() + 1)
+            await aggregate(conn, settle=0.0, now=time.time() + 1)
+            got = (await shadow_totals(conn, "exp"))["s1"]
+            ok = [t for t in truth.values() if t["sst"] == 0]
+            lab = [t for t in ok if t["outcome"] is not None]
+            assert got["pairs"] == len(ok)
+            assert got["shadow_errors"] == len(truth) - len(ok)
+            assert got["agree"] == sum(t["pl"] == t["sl"] for t in ok)
+            assert got["labelled"] == len(lab)
+            assert got["served_only_right"] == sum(t["outcome"] == t["pl"] != t["sl"] for t in lab)
+            assert got["shadow_only_right"] == sum(t["outcome"] == t["sl"] != t["pl"] for t in lab)
+            assert got["both_right"] == sum(t["outcome"] == t["pl"] == t["sl"] for t in lab)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
