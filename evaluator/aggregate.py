@@ -210,6 +210,10 @@ async def _aggregate(
 ) -> TickResult:
     cutoff = time.time() - settle if now is None else now - settle
     async with conn.transaction(isolation="repeatable_read"):
+        # asyncpg prepares these statements; after five runs PostgreSQL would switch to a
+        # generic plan that cannot see how narrow the seq range is and scans far more (measured
+        # 7x slower per tick on 1M rows; benchmarks/bench_evaluator.py).
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         row = await conn.fetchrow(
             "SELECT prediction_seq, outcome_seq FROM evaluation_watermark FOR UPDATE"
         )
