@@ -94,6 +94,10 @@ class EvaluatorServer:
         self.verdicts: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._audited: dict[str, tuple[str, float]] = {}
         self.last_tick: TickResult | None = None
+        self.rows_aggregated = {"predictions": 0, "outcomes": 0}
+        self.decision_counts: dict[str, int] = {}
+        self.metrics_httpd: Any = None
+        self.metrics_port = 0
 
     # -- background work ----------------------------------------------------------------------
     def _spawn(self, coro: Any) -> None:
@@ -155,6 +159,8 @@ class EvaluatorServer:
         async with store.pool.acquire() as conn:
             result = await aggregate(conn, settle=self.settings.settle)
         self.last_tick = result
+        self.rows_aggregated["predictions"] += result.predictions
+        self.rows_aggregated["outcomes"] += result.outcomes
         now = time.time() if now is None else now
         decided = []
         for name, row in sorted(self.latest.items()):
@@ -163,6 +169,9 @@ class EvaluatorServer:
             try:
                 data = await self._arm_data(row)
                 decision = decide(row.state, data, now, self._rng)
+                self.decision_counts[decision.action] = (
+                    self.decision_counts.get(decision.action, 0) + 1
+                )
                 self.verdicts[name] = (decision.verdict, decision.statistics)
                 await self._record(row, decision, now)
             except Exception:
@@ -412,6 +421,11 @@ class EvaluatorServer:
         self._server = server
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._spawn(self._tick_loop())
+        if s.metrics_listen:
+            from evaluator.metrics import start_metrics
+
+            mhost, mport = _split_listen(s.metrics_listen)
+            self.metrics_port = start_metrics(self, mhost, mport)
         log.info(
             "evaluator listening on %s:%d (config version %d)",
             host,
@@ -432,6 +446,9 @@ class EvaluatorServer:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.metrics_httpd is not None:
+            self.metrics_httpd.shutdown()
+            self.metrics_httpd.server_close()
         if self.store is not None:
             await self.store.close()
         if self._embedded is not None:

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ def test_policy_promotes_the_better_model_from_real_outcomes(
     constant = ModelStore(demo_store.root).resolve("constant").sha256
     gbdt = demo_store.metas["demo-gbdt"].sha256
 
-    ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0))
+    ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0, metrics_listen="127.0.0.1:0"))
     gateways: list[InProcessGateway] = []
     try:
         definition = ab_definition(
@@ -115,8 +116,6 @@ def test_policy_promotes_the_better_model_from_real_outcomes(
         assert len(promote) == 1 and promote[0]["source"] == "policy"
         assert promote[0]["to_version"] == view.version
         # Gateways export what the stream did.
-        import urllib.request
-
         gw = gateways[0]
         url = f"http://127.0.0.1:{gw.server.metrics_port}/metrics"
         text = urllib.request.urlopen(url, timeout=5).read().decode()
@@ -126,6 +125,17 @@ def test_policy_promotes_the_better_model_from_real_outcomes(
         assert f'abgate_config_version{{gateway="gw-1"}} {float(view.snapshot_version)}' in text
         tests = promote[0]["statistics"]["tests"]["treatment"]
         assert tests["n"] >= 100 and promote[0]["statistics"]["srm"]["checked"] in (True, False)
+
+        # The evaluator exports what it decided and what every gateway runs.
+        url = f"http://127.0.0.1:{ev.server.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert 'abgate_evaluator_decisions_total{action="promote"} 1.0' in text
+        for name in ("gw-1", "gw-2"):
+            line = f'abgate_gateway_config_version{{node="{name}"}} {float(view.snapshot_version)}'
+            assert line in text
+        assert f"abgate_evaluator_snapshot_version {float(view.snapshot_version)}" in text
+        assert 'abgate_evaluator_config_answers_total{answer="nack"} 0.0' in text
+        assert 'abgate_experiment_running{experiment="exp"} 0.0' in text
 
         # A restarted evaluator still shows the verdict (read back from the audit table).
         ev.close()

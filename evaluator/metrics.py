@@ -1,0 +1,99 @@
+"""Prometheus metrics of the evaluator, read from its live state at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from evaluator.server import EvaluatorServer
+
+
+class EvaluatorCollector(Collector):
+    def __init__(self, server: EvaluatorServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        srv = self.server
+        pub = srv.publisher
+        snapshot = GaugeMetricFamily(
+            "abgate_evaluator_snapshot_version", "Config snapshot version being published"
+        )
+        snapshot.add_metric([], pub.version)
+        yield snapshot
+        acks = CounterMetricFamily(
+            "abgate_evaluator_config_answers", "ACKs and NACKs received", labels=["answer"]
+        )
+        acks.add_metric(["ack"], pub.acks)
+        acks.add_metric(["nack"], pub.nacks)
+        yield acks
+        gw_version = GaugeMetricFamily(
+            "abgate_gateway_config_version",
+            "Config version each gateway reports running (stale when below the snapshot)",
+            labels=["node"],
+        )
+        gw_connected = GaugeMetricFamily(
+            "abgate_gateway_connected",
+            "1 while the gateway's config stream is open",
+            labels=["node"],
+        )
+        for g in pub.gateways.values():
+            gw_version.add_metric([g.node_id], g.version)
+            gw_connected.add_metric([g.node_id], 1.0 if g.connected else 0.0)
+        yield gw_version
+        yield gw_connected
+        decisions = CounterMetricFamily(
+            "abgate_evaluator_decisions", "Decisions by action", labels=["action"]
+        )
+        for action, n in sorted(srv.decision_counts.items()):
+            decisions.add_metric([action], n)
+        yield decisions
+        tick = GaugeMetricFamily(
+            "abgate_evaluator_tick_seconds", "Duration of the last aggregation pass"
+        )
+        rows = CounterMetricFamily(
+            "abgate_evaluator_rows_aggregated",
+            "Log rows folded into the aggregates",
+            labels=["table"],
+        )
+        if srv.last_tick is not None:
+            tick.add_metric([], srv.last_tick.seconds)
+        rows.add_metric(["predictions"], srv.rows_aggregated["predictions"])
+        rows.add_metric(["outcomes"], srv.rows_aggregated["outcomes"])
+        yield tick
+        yield rows
+        p_value = GaugeMetricFamily(
+            "abgate_experiment_p_value", "Current always-valid p-value", labels=["experiment"]
+        )
+        srm = GaugeMetricFamily(
+            "abgate_experiment_srm_p_value",
+            "Sample-ratio-mismatch p-value (low: the split is not what was configured)",
+            labels=["experiment"],
+        )
+        running = GaugeMetricFamily(
+            "abgate_experiment_running", "1 while the experiment is running", labels=["experiment"]
+        )
+        for name, (verdict, statistics) in sorted(srv.verdicts.items()):
+            if verdict.get("p_value") is not None:
+                p_value.add_metric([name], verdict["p_value"])
+            srm_p = statistics.get("srm", {}).get("p_value")
+            if srm_p is not None:
+                srm.add_metric([name], srm_p)
+        for name, row in sorted(srv.latest.items()):
+            running.add_metric([name], 1.0 if row.state.status == "running" else 0.0)
+        yield p_value
+        yield srm
+        yield running
+
+
+def start_metrics(server: EvaluatorServer, host: str, port: int) -> int:
+    """Serve /metrics from a background thread; returns the bound port."""
+    registry = CollectorRegistry()
+    registry.register(EvaluatorCollector(server))
+    httpd, _thread = start_http_server(port, addr=host, registry=registry)
+    server.metrics_httpd = httpd
+    return int(httpd.server_port)
