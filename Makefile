@@ -32,6 +32,7 @@ bench: $(STAMP)
 		--benchmark-json=benchmarks/results/micro.json
 	$(PY) -m benchmarks.e2e_compare --out benchmarks/results --nolog
 	$(PY) -m benchmarks.bench_logwriter --out benchmarks/results/logwriter.json
+	$(PY) -m benchmarks.bench_evaluator --out benchmarks/results/evaluator.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
