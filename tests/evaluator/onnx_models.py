@@ -3,6 +3,8 @@ and float32 [N, 2] probabilities out), for behaviours scikit-learn models never 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 from onnx import TensorProto, helper
 
@@ -56,3 +58,16 @@ def constant_model(n_features: int, label: int = 0) -> bytes:
         helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
     ]
     return _model(nodes, init, n_features)
+
+
+def register(store_root: Path, tmp_path: Path, name: str, data: bytes) -> str:
+    """Register ONNX bytes under ``name`` with the real CLI (``abgate models register``);
+    returns the sha256 the store gives them."""
+    from abgate.cli import main as abgate_main
+    from gateway.modelstore import ModelStore
+
+    path = tmp_path / f"{name}.onnx"
+    path.write_bytes(data)
+    args = ["models", "register", "--store", str(store_root), "--onnx", str(path), "--id", name]
+    assert abgate_main(args) == 0
+    return ModelStore(store_root).resolve(name).sha256

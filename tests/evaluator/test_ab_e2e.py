@@ -13,13 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from abgate.cli import main as abgate_main
 from abgate.client import GatewayClient
 from abgate.v1 import control_pb2 as cpb
-from gateway.modelstore import ModelStore
 from tests.conftest import DemoStore, InProcessGateway, gateway_settings
 from tests.evaluator.conftest import TOKEN, InProcessEvaluator, ab_definition, evaluator_settings
-from tests.evaluator.onnx_models import constant_model
+from tests.evaluator.onnx_models import constant_model, register
 
 
 def traffic(
@@ -46,12 +44,9 @@ def settle(gateways: list[InProcessGateway]) -> None:
 def test_policy_promotes_the_better_model_from_real_outcomes(
     demo_store: DemoStore, tmp_path: Path, fresh_db: str
 ) -> None:
-    onnx_path = tmp_path / "constant.onnx"
-    onnx_path.write_bytes(constant_model(demo_store.X.shape[1]))
-    root = str(demo_store.root)
-    assert abgate_main(["models", "register", "--store", root, "--onnx", str(onnx_path),
-                        "--id", "constant"]) == 0  # fmt: skip
-    constant = ModelStore(demo_store.root).resolve("constant").sha256
+    constant = register(
+        demo_store.root, tmp_path, "constant", constant_model(demo_store.X.shape[1])
+    )
     gbdt = demo_store.metas["demo-gbdt"].sha256
 
     ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0, metrics_listen="127.0.0.1:0"))
@@ -151,12 +146,9 @@ def test_policy_promotes_the_better_model_from_real_outcomes(
 def test_bandit_reweights_through_the_stream_and_keeps_users_sticky(
     demo_store: DemoStore, tmp_path: Path, fresh_db: str
 ) -> None:
-    onnx_path = tmp_path / "constant.onnx"
-    onnx_path.write_bytes(constant_model(demo_store.X.shape[1]))
-    root = str(demo_store.root)
-    assert abgate_main(["models", "register", "--store", root, "--onnx", str(onnx_path),
-                        "--id", "constant"]) == 0  # fmt: skip
-    constant = ModelStore(demo_store.root).resolve("constant").sha256
+    constant = register(
+        demo_store.root, tmp_path, "constant", constant_model(demo_store.X.shape[1])
+    )
     gbdt = demo_store.metas["demo-gbdt"].sha256
     ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0, seed=5))
     gw: InProcessGateway | None = None

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from abgate.cli import main as abgate_main
 from abgate.client import GatewayClient, RpcFailure
 from abgate.v1 import control_pb2 as cpb
 from tests.conftest import DemoStore, InProcessGateway, gateway_settings
 from tests.evaluator.conftest import InProcessEvaluator, ab_definition, evaluator_settings
-from tests.evaluator.onnx_models import faulty_model
+from tests.evaluator.onnx_models import faulty_model, register
 
 
 def drive(gw: InProcessGateway, X: np.ndarray, users: int, experiment: str = "canary") -> dict:
@@ -78,14 +77,7 @@ def canary_stack(
 def test_canary_whose_treatment_errors_is_rolled_back(
     demo_store: DemoStore, tmp_path: Path, fresh_db: str
 ) -> None:
-    onnx_path = tmp_path / "faulty.onnx"
-    onnx_path.write_bytes(faulty_model(demo_store.X.shape[1]))
-    store = str(demo_store.root)
-    args = ["models", "register", "--store", store, "--onnx", str(onnx_path), "--id", "faulty"]
-    assert abgate_main(args) == 0
-    from gateway.modelstore import ModelStore
-
-    faulty = ModelStore(demo_store.root).resolve("faulty").sha256
+    faulty = register(demo_store.root, tmp_path, "faulty", faulty_model(demo_store.X.shape[1]))
     ev, gw = canary_stack(demo_store, tmp_path, fresh_db, faulty, max_error_rate=0.05)
     try:
         run_until(ev, gw, demo_store.X, "rolled_back")

@@ -17,14 +17,15 @@ from abgate.client import GatewayClient
 from abgate.v1 import control_pb2 as cpb
 from tests.conftest import DemoStore, InProcessGateway, gateway_settings
 from tests.evaluator.conftest import TOKEN, InProcessEvaluator, ab_definition, evaluator_settings
-from tests.evaluator.onnx_models import constant_model
-from tests.gateway.test_shadow import register
+from tests.evaluator.onnx_models import constant_model, register
 
 
 def test_shadow_comparison_reported_by_experiments_show(
     demo_store: DemoStore, tmp_path: Path, fresh_db: str
 ) -> None:
-    constant = register(demo_store, tmp_path, "constant", constant_model(demo_store.X.shape[1]))
+    constant = register(
+        demo_store.root, tmp_path, "constant", constant_model(demo_store.X.shape[1])
+    )
     shas = {m.id: m.sha256 for m in demo_store.metas.values()}
     ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0))
     gw: InProcessGateway | None = None

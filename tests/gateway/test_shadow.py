@@ -16,24 +16,11 @@ import asyncpg
 import numpy as np
 import pytest
 
-from abgate.cli import main as abgate_main
 from abgate.client import GatewayClient
 from abgate.errors import ConfigError
 from gateway.config import parse_config
-from gateway.modelstore import ModelStore
 from tests.conftest import DemoStore, InProcessGateway, gateway_settings
-from tests.evaluator.onnx_models import constant_model, faulty_model
-
-
-def register(demo_store: DemoStore, tmp_path: Path, name: str, data: bytes) -> str:
-    path = tmp_path / f"{name}.onnx"
-    path.write_bytes(data)
-    store = str(demo_store.root)
-    assert (
-        abgate_main(["models", "register", "--store", store, "--onnx", str(path), "--id", name])
-        == 0
-    )
-    return ModelStore(demo_store.root).resolve(name).sha256
+from tests.evaluator.onnx_models import constant_model, faulty_model, register
 
 
 def mirror_config(tmp_path: Path, demo_store: DemoStore, shadow_model: str, rate: float) -> Path:
@@ -95,7 +82,7 @@ def test_shadow_specs_are_validated() -> None:
 def test_shadow_rows_share_the_request_id_of_the_answer(
     demo_store: DemoStore, tmp_path: Path, fresh_db: str
 ) -> None:
-    sha = register(demo_store, tmp_path, "constant", constant_model(demo_store.X.shape[1]))
+    sha = register(demo_store.root, tmp_path, "constant", constant_model(demo_store.X.shape[1]))
     config = mirror_config(tmp_path, demo_store, sha, 1.0)
     gw = InProcessGateway(gateway_settings(demo_store, tmp_path, fresh_db, config=config))
     try:
@@ -127,7 +114,7 @@ def test_shadow_rows_share_the_request_id_of_the_answer(
 def test_sample_rate_mirrors_a_share_of_requests(
     demo_store: DemoStore, tmp_path: Path, fresh_db: str
 ) -> None:
-    sha = register(demo_store, tmp_path, "constant", constant_model(demo_store.X.shape[1]))
+    sha = register(demo_store.root, tmp_path, "constant", constant_model(demo_store.X.shape[1]))
     config = mirror_config(tmp_path, demo_store, sha, 0.25)
     gw = InProcessGateway(gateway_settings(demo_store, tmp_path, fresh_db, config=config))
     try:
@@ -148,7 +135,7 @@ def test_sample_rate_mirrors_a_share_of_requests(
 def test_failing_shadow_changes_nothing_for_clients(
     demo_store: DemoStore, tmp_path: Path, fresh_db: str
 ) -> None:
-    sha = register(demo_store, tmp_path, "faulty", faulty_model(demo_store.X.shape[1]))
+    sha = register(demo_store.root, tmp_path, "faulty", faulty_model(demo_store.X.shape[1]))
     config = mirror_config(tmp_path, demo_store, sha, 1.0)
     gw = InProcessGateway(gateway_settings(demo_store, tmp_path, fresh_db, config=config))
     try:
@@ -198,7 +185,7 @@ def _latencies(gw: InProcessGateway, X: np.ndarray, n: int) -> list[float]:
 def test_slow_or_hung_shadow_changes_nothing_for_clients(
     demo_store: DemoStore, tmp_path: Path, fresh_db: str, delay: float | None
 ) -> None:
-    sha = register(demo_store, tmp_path, "constant", constant_model(demo_store.X.shape[1]))
+    sha = register(demo_store.root, tmp_path, "constant", constant_model(demo_store.X.shape[1]))
     config = mirror_config(tmp_path, demo_store, sha, 1.0)
     settings = gateway_settings(
         demo_store, tmp_path, fresh_db, config=config, shadow_queue_rows=50, shadow_timeout=0.2
