@@ -28,6 +28,7 @@ from abgate.db.embedded import EmbeddedPostgres
 from abgate.db.partitions import prepare
 from abgate.errors import AbgateError, Unavailable
 from abgate.settings import GatewaySettings
+from gateway import oip
 from gateway.config import ExperimentsConfig, load_config_file
 from gateway.control import ControlPlane
 from gateway.dataplane import DataPlane
@@ -205,9 +206,18 @@ class GatewayServer:
             offload_rows=s.offload_rows,
         )
         server.add_generic_rpc_handlers((servicer.handler(),))
+        # The Open Inference Protocol V2 beside the native API, on the same port.
+        oip.add_to_server(
+            server,
+            self.dataplane,
+            self.executor,
+            max_batch_rows=s.max_batch_rows,
+            offload_rows=s.offload_rows,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            [SERVICE_NAME, oip.OIP_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME],
+            server,
         )
         await self._set_health()
         await self._start_log()

@@ -1,0 +1,1 @@
+"""Interop with real third-party clients that cannot share our virtualenv (see ``venv``)."""
