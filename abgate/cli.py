@@ -280,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evaluator_parsers(sub)
 
+    from loadtest.cli import add_loadtest_parser
+
+    add_loadtest_parser(sub)
+
     p = sub.add_parser("db", help="database schema: migrate, status")
     dbsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     for name, text in (
