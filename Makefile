@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.e2e_compare --out benchmarks/results --nolog
 	$(PY) -m benchmarks.bench_logwriter --out benchmarks/results/logwriter.json
 	$(PY) -m benchmarks.bench_evaluator --out benchmarks/results/evaluator.json
+	$(PY) -m benchmarks.bench_serving --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -99,6 +99,7 @@ class GatewaySettings:
     shadow_queue_rows: int = doc("rows waiting for shadow models before shedding", 10_000)
     shadow_batch_rows: int = doc("most rows per shadow model run", 256)
     shadow_timeout: float = doc("seconds a mirrored row may wait before it is dropped", 1.0)
+    shadow_linger: float = doc("seconds the shadow worker lets rows gather into a batch", 0.02)
     evaluator: str = doc("host:port of the evaluator's config stream (empty = config file)", "")
     evaluator_token: str = doc("bearer token for the evaluator (its --token)", "")
     evaluator_ca: Path | None = doc("PEM CA of the evaluator's TLS certificate (TLS on)", None)

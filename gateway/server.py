@@ -228,6 +228,7 @@ class GatewayServer:
             max_queued_rows=s.shadow_queue_rows,
             batch_rows=s.shadow_batch_rows,
             timeout=s.shadow_timeout,
+            linger=s.shadow_linger,
         )
         self.dataplane.mirror = self.mirror
         await self.load_initial_config()
@@ -387,6 +388,7 @@ def _supervise(settings: GatewaySettings) -> int:
         "ABGATE_SHADOW_QUEUE_ROWS": str(settings.shadow_queue_rows),
         "ABGATE_SHADOW_BATCH_ROWS": str(settings.shadow_batch_rows),
         "ABGATE_SHADOW_TIMEOUT": str(settings.shadow_timeout),
+        "ABGATE_SHADOW_LINGER": str(settings.shadow_linger),
     }.items():
         env_base[name] = value
     if settings.config is not None:

@@ -60,6 +60,7 @@ class ShadowMirror:
         max_queued_rows: int = 10_000,
         batch_rows: int = 256,
         timeout: float = 1.0,
+        linger: float = 0.02,
     ) -> None:
         self._loop = loop
         self._log_rows = log_rows
@@ -67,6 +68,7 @@ class ShadowMirror:
         self.max_queued_rows = max_queued_rows
         self.batch_rows = batch_rows
         self.timeout = timeout
+        self.linger = linger
         self.counters = ShadowCounters()
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         # Written by one thread each, so no lock: queued = _in - _out.
@@ -121,6 +123,11 @@ class ShadowMirror:
             item = self._queue.get()
             if item is None:
                 return
+            # Let rows accumulate first: every run costs Python work under the GIL that the
+            # event loop waits for, and shadow answers are not waited on, so batches are cheap
+            # latency-wise (measured: per-row runs cost the served path a third of its req/s).
+            if self.linger > 0:
+                time.sleep(self.linger)
             batch = [item]
             rows = len(item.request_ids)
             while rows < self.batch_rows:
