@@ -227,7 +227,13 @@ def _partitions(url: str, args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from abgate.demo import run_demo
 
-    return run_demo(workdir=args.workdir, users=args.users, workers=args.workers)
+    return run_demo(
+        workdir=args.workdir,
+        users=args.users,
+        workers=args.workers,
+        quick=args.quick,
+        canary=args.canary,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=Path("var/demo"), help="demo state directory")
     p.add_argument("--users", type=int, default=8, help="how many demo users to route")
     p.add_argument("--workers", type=int, default=2, help="gateway worker processes")
+    p.add_argument("--quick", action="store_true", help="shorter traffic phase (for CI)")
+    p.add_argument("--canary", action="store_true", help="a canary ramp instead of an A/B test")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -1,14 +1,20 @@
-"""``abgate demo``: the story so far, end to end on this machine.
+"""``abgate demo``: the whole story, end to end on this machine, with the real commands.
 
-Train and convert the demo models, start a real gateway (N workers on one port), route users with
-the real ``abgate predict`` command, show stickiness and arm shares, then stop it with SIGTERM.
+Train and convert the demo models (a weak control, a truly better challenger, a shadow), start an
+embedded PostgreSQL, the evaluator and a gateway of N workers; route users with ``abgate
+predict`` (stickiness, shares); create an A/B experiment on the evaluator, drive open-loop
+traffic with ground-truth outcomes through ``abgate loadtest``, and watch the evaluator promote
+the challenger (or ramp a canary) while both gateway workers ACK each split; print the verdict;
+stop everything. A second run reuses the work directory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -32,13 +38,13 @@ def free_port() -> int:
 def wait_serving(
     target: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None
 ) -> None:
-    """Block until the gateway's health service says SERVING."""
+    """Block until the server's health service (gateway or evaluator) says SERVING."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"gateway exited with {proc.returncode} before serving")
+                raise RuntimeError(f"{target}: exited with {proc.returncode} before serving")
             try:
                 resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
@@ -46,124 +52,247 @@ def wait_serving(
             except grpc.RpcError:
                 pass
             time.sleep(0.1)
-    raise TimeoutError(f"gateway at {target} not SERVING after {timeout:.0f}s")
+    raise TimeoutError(f"{target} not SERVING after {timeout:.0f}s")
 
 
 def _abgate(*args: str) -> list[str]:
     return [sys.executable, "-m", "abgate", *args]
 
 
-def run_demo(*, workdir: Path, users: int, workers: int) -> int:
-    from converters.demo import load_demo_holdout, train_demo_models, write_demo_config
+def _start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    print("   $ abgate " + " ".join(cmd[3:]))
+    quiet = os.environ.get("ABGATE_DEMO_QUIET")
+    out = open(log, "ab")  # noqa: SIM115 - owned by the process for its lifetime
+    return subprocess.Popen(cmd, stdout=out, stderr=out if quiet else None)
+
+
+def _stop(name: str, proc: subprocess.Popen[bytes] | None) -> int:
+    if proc is None:
+        return 0
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = proc.wait()
+    print(f"   {name} exited with {rc}")
+    return rc
+
+
+def run_demo(
+    *, workdir: Path, users: int, workers: int, quick: bool = False, canary: bool = False
+) -> int:
+    from converters.demo import load_demo_holdout, train_demo_models, train_demo_stump
     from gateway.modelstore import ModelStore
 
+    workdir.mkdir(parents=True, exist_ok=True)
     store_dir = workdir / "models"
-    config_path = workdir / "experiments.toml"
-    state_dir = workdir / "state"
     print(f"== 1. training and converting demo models into {store_dir}")
-    metas = train_demo_models(ModelStore(store_dir))
+    metas = [*train_demo_models(ModelStore(store_dir)), train_demo_stump(ModelStore(store_dir))]
     for m in metas:
         print(
             f"   {m.id:<12} v{m.version:<3} sha256={m.sha256[:12]}  {m.source:<45}"
             f" parity max|Δp|={m.parity_max_abs_diff:.1e} on {m.parity_rows} rows"
         )
-    write_demo_config(config_path, metas)
-    print(f"   experiments config: {config_path}")
 
     from abgate.db.embedded import EmbeddedPostgres
 
     pg = EmbeddedPostgres(workdir / "pg")
     database_url = pg.start()
-    print(f"== 2. embedded PostgreSQL for the prediction log, data in {pg.data_dir}")
-    port = free_port()
-    target = f"127.0.0.1:{port}"
-    print(f"== 3. starting the gateway: {workers} workers on {target}")
-    cmd = _abgate(
-        "--log-level",
-        "WARNING",
-        "serve",
-        "--listen",
-        target,
-        "--config",
-        str(config_path),
-        "--model-store",
-        str(store_dir),
-        "--state-dir",
-        str(state_dir),
-        "--workers",
-        str(workers),
-        "--database-url",
-        database_url,
-    )
-    print("   $ abgate " + " ".join(cmd[5:]))
-    proc = subprocess.Popen(
-        cmd, stderr=subprocess.DEVNULL if os.environ.get("ABGATE_DEMO_QUIET") else None
-    )
+    print(f"== 2. embedded PostgreSQL (logs, experiments, decisions), data in {pg.data_dir}")
+    token = secrets.token_hex(16)
+    evaluator_target = f"127.0.0.1:{free_port()}"
+    target = f"127.0.0.1:{free_port()}"
+    env_token = {"ABGATE_TOKEN": token}
+    os.environ.update(env_token)  # for the `abgate experiments` commands below
+    evaluator = gateway = None
+    rc = rc_gw = 1
     try:
-        wait_serving(target, proc=proc)
+        print(f"== 3. starting the evaluator on {evaluator_target} (token in ABGATE_TOKEN)")
+        evaluator = _start(
+            _abgate("--log-level", "WARNING", "evaluator", "--listen", evaluator_target,
+                    "--database-url", database_url, "--tick-interval", "0.5", "--settle", "0.5"),
+            workdir / "evaluator.log",
+        )  # fmt: skip
+        wait_serving(evaluator_target, proc=evaluator)
+        _ensure_demo_experiments(evaluator_target, store_dir)
+        print(f"== 4. starting the gateway: {workers} workers on {target}, subscribed to it")
+        gateway = _start(
+            _abgate("--log-level", "WARNING", "serve", "--listen", target,
+                    "--model-store", str(store_dir),
+                    "--state-dir", str(workdir / "state"), "--workers", str(workers),
+                    "--database-url", database_url, "--evaluator", evaluator_target,
+                    "--evaluator-token", token, "--log-max-age", "0.1"),
+            workdir / "gateway.log",
+        )  # fmt: skip
+        wait_serving(target, proc=gateway)
         X, y = load_demo_holdout(store_dir)
-        print(f"== 4. routing {users} users with `abgate predict` (each asked twice)")
-        for i in range(users):
-            user = f"user-{i + 1}"
-            row = ",".join(f"{v:.6g}" for v in X[i])
-            arms = []
-            for _ in range(2):
-                out = subprocess.run(
-                    _abgate(
-                        "predict",
-                        "--target",
-                        target,
-                        "--experiment",
-                        "demo",
-                        "--user",
-                        user,
-                        "--features",
-                        row,
-                    ),
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-                fields = dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
-                arms.append(fields["arm"])
-            sticky = "sticky" if arms[0] == arms[1] else "NOT STICKY"
-            print(
-                f"   {user:<8} -> arm={arms[0]:<10} model={fields['model']:<15} "
-                f"label={fields['label']} (truth {int(y[i])})  {sticky}"
-            )
-        print("== 5. arm shares over 20,000 users (PredictBatch) against the configured split")
-        with GatewayClient(target) as client:
-            counts: collections.Counter[str] = collections.Counter()
-            for chunk in range(10):
-                ids = [f"share-{chunk}-{j}" for j in range(2000)]
-                rows = X[np.arange(2000) % len(X)]
-                resp = client.predict_batch("demo-3way", ids, rows)
-                names = [a.name for a in resp.arms]
-                counts.update(names[k] for k in resp.arm_index)
-        from gateway.config import load_config_file
-
-        spec = {e.name: e for e in load_config_file(config_path).experiments}["demo-3way"]
-        configured = {a.name: a.weight for a in spec.arms}
-        for name, n in sorted(counts.items()):
-            print(f"   demo-3way {name:<10} {n / 200:6.2f}%  (configured {configured[name]:.0f}%)")
+        _route_users(target, X, y, users)
+        _shares(target, X)
+        rc = _experiment(workdir, target, evaluator_target, store_dir, quick=quick, canary=canary)
     except (RuntimeError, TimeoutError, RpcFailure, subprocess.CalledProcessError) as exc:
         print(f"abgate: error: demo failed: {exc}", file=sys.stderr)
-        return 1
+        rc = 1
     finally:
-        print("== 6. stopping the gateway with SIGTERM (drains calls, then flushes its log)")
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-        print(f"   gateway exited with {rc}")
+        print("== 9. stopping everything (SIGTERM: drain calls, flush logs)")
+        rc_gw = _stop("gateway", gateway)
+        _stop("evaluator", evaluator)
         try:
             n_logged = asyncio.run(_count_rows(database_url))
             print(f"   prediction log: {n_logged} rows in PostgreSQL (all runs of the demo so far)")
+        except Exception as exc:  # the story already failed; say what we can
+            print(f"   prediction log not readable: {exc}")
         finally:
             pg.stop()
-    return 0 if rc == 0 else 1
+    return rc if rc_gw == 0 else 1
+
+
+def _route_users(target: str, X: np.ndarray, y: np.ndarray, users: int) -> None:
+    print(f"== 5. routing {users} users with `abgate predict` (each asked twice)")
+    for i in range(users):
+        user = f"user-{i + 1}"
+        row = ",".join(f"{v:.6g}" for v in X[i])
+        arms = []
+        fields: dict[str, str] = {}
+        for _ in range(2):
+            out = subprocess.run(
+                _abgate("predict", "--target", target, "--experiment", "demo", "--user", user,
+                        "--features", row),
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            fields = dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+            arms.append(fields["arm"])
+        sticky = "sticky" if arms[0] == arms[1] else "NOT STICKY"
+        print(
+            f"   {user:<8} -> arm={arms[0]:<10} model={fields['model']:<15} "
+            f"label={fields['label']} (truth {int(y[i])})  {sticky}"
+        )
+
+
+DEMO_EXPERIMENTS = {
+    # name: arms as NAME=MODEL@WEIGHT (the first is control)
+    "demo": ("control=demo-logreg@50", "treatment=demo-gbdt@50"),
+    "demo-3way": ("logreg=demo-logreg@34", "forest=demo-forest@33", "gbdt=demo-gbdt@33"),
+}
+
+
+def _ensure_demo_experiments(evaluator: str, store_dir: Path) -> None:
+    """The routing showcase's experiments, created on the evaluator once (a second run of the
+    demo finds them there)."""
+    listed = json.loads(_cli("experiments", "list", "--evaluator", evaluator, "--json"))
+    have = {e["definition"]["name"] for e in listed}
+    for name, arms in DEMO_EXPERIMENTS.items():
+        if name in have:
+            continue
+        args = ["experiments", "create", "--evaluator", evaluator, "--name", name,
+                "--model-store", str(store_dir), "--min-samples", "1000000"]  # fmt: skip
+        for arm in arms:
+            args += ["--arm", arm]
+        _cli(*args)
+
+
+def _shares(target: str, X: np.ndarray) -> None:
+    print("== 6. arm shares over 20,000 users (PredictBatch) against the configured split")
+    with GatewayClient(target) as client:
+        counts: collections.Counter[str] = collections.Counter()
+        for chunk in range(10):
+            ids = [f"share-{chunk}-{j}" for j in range(2000)]
+            rows = X[np.arange(2000) % len(X)]
+            resp = client.predict_batch("demo-3way", ids, rows)
+            names = [a.name for a in resp.arms]
+            counts.update(names[k] for k in resp.arm_index)
+    configured = {
+        a.split("=")[0]: float(a.rsplit("@", 1)[1]) for a in DEMO_EXPERIMENTS["demo-3way"]
+    }
+    for name, n in sorted(counts.items()):
+        print(f"   demo-3way {name:<10} {n / 200:6.2f}%  (configured {configured[name]:.0f}%)")
+
+
+def _cli(*args: str) -> str:
+    print("   $ abgate " + " ".join(args))
+    return subprocess.run(_abgate(*args), capture_output=True, text=True, check=True).stdout
+
+
+def _experiment(
+    workdir: Path,
+    target: str,
+    evaluator: str,
+    store_dir: Path,
+    *,
+    quick: bool,
+    canary: bool,
+) -> int:
+    name = f"checkout-{int(time.time())}"  # a fresh experiment each run of the demo
+    kind = "canary" if canary else "ab"
+    print(f"== 7. the evaluator takes over: a{'' if canary else 'n'} {kind} experiment {name!r}")
+    print("   control = demo-stump (weak), treatment = demo-logreg (truly better),")
+    print("   shadow = demo-gbdt (mirrored, logged, compared, never served)")
+    args = ["experiments", "create", "--evaluator", evaluator, "--name", name, "--kind", kind,
+            "--arm", "control=demo-stump", "--arm", "treatment=demo-logreg",
+            "--shadow", "gbdt=demo-gbdt@1.0", "--metric", "accuracy", "--min-samples", "200",
+            "--min-effect", "0.02", "--max-error-rate", "0.05", "--max-p99-ms", "250",
+            "--model-store", str(store_dir), "--json"]  # fmt: skip
+    if canary:
+        args += ["--stage-hold", "2" if quick else "5"]
+    created = json.loads(_cli(*args))
+    print(f"   created: weights {created['weights']}, snapshot version "
+          f"{created['snapshot_version']}")  # fmt: skip
+    rate = 300 if quick else 400
+    duration = 60 if quick else 180
+    print(f"== 8. open-loop traffic with ground-truth outcomes ({rate} req/s, Poisson)")
+    load = subprocess.Popen(
+        _abgate("loadtest", "--target", target, "--experiment", name, "--rate", str(rate),
+                "--duration", str(duration), "--users", "50000", "--outcomes",
+                "--model-store", str(store_dir), "--quiet", "--json"),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + duration + 10
+    view: dict = {}
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            out = subprocess.run(
+                _abgate("experiments", "show", name, "--evaluator", evaluator, "--json", "--full"),
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            view = json.loads(out)
+            _progress(view)
+            if view["status"] != "running":
+                break
+    finally:
+        load.terminate()
+        load.wait(30)
+    print()
+    print(f"   status: {view.get('status')}; weights {view.get('weights')}")
+    print(_cli("experiments", "show", name, "--evaluator", evaluator).rstrip())
+    print(_cli("experiments", "gateways", "--evaluator", evaluator).rstrip())
+    verdict = _cli("experiments", "show", name, "--evaluator", evaluator, "--json")
+    path = workdir / "verdict.json"
+    path.write_text(verdict)
+    print(f"   verdict ({path}):")
+    print("   " + verdict.replace("\n", "\n   ").rstrip())
+    want = "promoted"
+    if view.get("status") != want:
+        print(f"abgate: error: the experiment did not reach {want!r} in time", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _progress(view: dict) -> None:
+    """One live line: samples and accuracy per arm, SRM, the current verdict."""
+    stats = view.get("details", {}).get("statistics", {})
+    arms = stats.get("arms", {})
+    parts = [
+        f"{a}: n={s.get('n', 0)} acc={s['mean']:.3f} ({s.get('weight', 0):g}%)"
+        for a, s in arms.items()
+        if s.get("mean") is not None
+    ]
+    srm = stats.get("srm", {})
+    srm_text = f"SRM p={srm['p_value']:.2g}" if srm.get("checked") else "SRM: waiting"
+    rec = view.get("verdict", {}).get("recommendation", "") or "continue"
+    line = f"   {' | '.join(parts)} | {srm_text} | {rec[:70]}"
+    print("\r" + line[:160].ljust(160), end="", flush=True)
 
 
 async def _count_rows(url: str) -> int:

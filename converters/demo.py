@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.tree import DecisionTreeClassifier
 from threadpoolctl import threadpool_limits
 
 from converters.sklearn_onnx import convert_and_register
@@ -49,6 +50,14 @@ def train_demo_models(store: ModelStore, *, seed: int = 0) -> list[ModelMetadata
     store.root.mkdir(parents=True, exist_ok=True)
     np.savez(store.root / HOLDOUT_FILE, X=X_hold, y=y_hold)
     return metas
+
+
+def train_demo_stump(store: ModelStore, *, seed: int = 0) -> ModelMetadata:
+    """A deliberately weak model (a one-split decision tree, ~90% accurate where the others
+    reach ~95%): the control the demo's challenger truly beats."""
+    X_train, X_hold, y_train, _, names = demo_data(seed)
+    model = DecisionTreeClassifier(max_depth=1, random_state=seed).fit(X_train, y_train)
+    return convert_and_register(model, X_hold, store, id="demo-stump", feature_names=names)
 
 
 def load_demo_holdout(store_root: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,35 @@
+"""`abgate demo --quick` as a new user runs it: the whole story ends with a promoted winner,
+its verdict written, and everything stopped — twice in the same work directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.timeout(600)
+def test_demo_story_twice(tmp_path: Path) -> None:
+    env = {**os.environ, "ABGATE_DEMO_QUIET": "1"}
+    for run in range(2):
+        r = subprocess.run(
+            [sys.executable, "-m", "abgate", "demo", "--quick", "--users", "2",
+             "--workdir", str(tmp_path)],
+            capture_output=True, text=True, timeout=500, env=env,
+        )  # fmt: skip
+        assert r.returncode == 0, (run, r.stdout[-3000:], r.stderr[-3000:])
+        out = r.stdout
+        assert "sticky" in out and "NOT STICKY" not in out
+        assert "status: promoted" in out and "gateway exited with 0" in out
+        assert "evaluator exited with 0" in out
+        verdict = json.loads((tmp_path / "verdict.json").read_text())
+        assert verdict["winner"] == "treatment"
+        assert verdict["recommendation"].startswith("promote treatment")
+        assert verdict["ci"][0] > 0
+    # Nothing the demo started is left running.
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
