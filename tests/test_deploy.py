@@ -1,0 +1,675 @@
+"""The deployment files: docker-compose.yml and deploy/ (Dockerfile, Envoy, Prometheus, Grafana).
+
+No Docker engine runs on the test machines, so nothing is started. Instead: `docker-compose config`
+resolves the compose file, promtool checks and unit-tests the alert rules (when installed), and
+every name that ties the files to the code is checked against the code itself: CLI flags against
+the real argument parser, environment variables against the settings classes, metric names and
+labels against gateway/metrics.py and evaluator/metrics.py, ports and host names across the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import functools
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from abgate.cli import build_parser
+from abgate.settings import EvaluatorSettings, GatewaySettings, load_settings
+from abgate.v1 import gateway_pb2
+from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+COMPOSE = REPO / "docker-compose.yml"
+DEPLOY = REPO / "deploy"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
+PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
+ENVOY = DEPLOY / "envoy" / "envoy.yaml"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "abgate.json"
+GRAFANA_DATASOURCE = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+GRAFANA_DASHBOARDS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "abgate.yml"
+METRIC_SOURCES = (REPO / "gateway" / "metrics.py", REPO / "evaluator" / "metrics.py")
+
+SERVICES = {
+    "postgres",
+    "models",
+    "evaluator",
+    "gateway-1",
+    "gateway-2",
+    "envoy",
+    "prometheus",
+    "grafana",
+}
+GATEWAYS = ("gateway-1", "gateway-2")  # at least these; more may be added
+ABGATE_SERVICES = ("models", "evaluator", *GATEWAYS)
+
+# Metric names the files may use that abgate does not export: Prometheus' own and those of
+# Envoy's admin /stats/prometheus (Envoy does not run here, so these cannot be checked).
+EXTERNAL_METRICS = {
+    "up",
+    "ALERTS",
+    "envoy_cluster_grpc_total",
+    "envoy_cluster_grpc_failure",
+    "envoy_cluster_membership_healthy",
+    "envoy_cluster_membership_total",
+    "envoy_cluster_upstream_rq_time_bucket",
+}
+EXTERNAL_LABELS = {"job", "instance", "le", "alertname", "alertstate", "envoy_cluster_name"}
+
+
+# -- YAML ------------------------------------------------------------------------------------
+def load_yaml(source: Path | str) -> Any:
+    text = source.read_text() if isinstance(source, Path) else source
+    return yaml.safe_load(text)
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+def _subcommand(words: list[str]) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The (sub)parser that handles ``words`` (e.g. ``models demo …``) and the words it parses."""
+    parser = build_parser()
+    rest = list(words)
+    while rest:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or rest[0] not in subs[0].choices:
+            break
+        parser = subs[0].choices[rest.pop(0)]
+    return parser, rest
+
+
+def parse_command(command: list[str]) -> argparse.Namespace:
+    """Parse like ``abgate COMMAND…``; fail on any unknown or abbreviated flag."""
+    parser, rest = _subcommand(command)
+    known = {opt for action in parser._actions for opt in action.option_strings}
+    for word in rest:
+        if word.startswith("--"):
+            flag = word.split("=", 1)[0]
+            assert flag in known, f"`abgate {command[0]}` has no flag {flag}"
+    try:
+        return build_parser().parse_args(command)
+    except SystemExit as exc:  # argparse exits 2 on a usage error
+        raise AssertionError(f"abgate rejects {command}: exit {exc.code}") from None
+
+
+def host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    assert sep and host and port.isdigit(), f"{value!r} is not HOST:PORT"
+    return host, int(port)
+
+
+# -- the compose file ------------------------------------------------------------------------
+@functools.cache
+def compose_source() -> dict[str, Any]:
+    data = load_yaml(COMPOSE)
+    assert isinstance(data, dict)
+    return data
+
+
+def compose_commands() -> dict[str, list[str]]:
+    """The command of every service that runs the abgate image."""
+    services = compose_source()["services"]
+    return {
+        name: [str(w) for w in svc["command"]]
+        for name, svc in services.items()
+        if svc.get("image") == "abgate:local"
+    }
+
+
+def gateway_services() -> list[str]:
+    names = [name for name, cmd in compose_commands().items() if cmd[0] == "serve"]
+    assert set(GATEWAYS) <= set(names)
+    return sorted(names)
+
+
+def compose_args() -> dict[str, argparse.Namespace]:
+    return {name: parse_command(cmd) for name, cmd in compose_commands().items()}
+
+
+def test_every_abgate_service_runs_the_abgate_image() -> None:
+    services = compose_source()["services"]
+    assert set(ABGATE_SERVICES) <= set(compose_commands())
+    for name in compose_commands():
+        svc = services[name]
+        assert svc["image"] == "abgate:local", name
+        assert svc["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}, name
+        assert isinstance(svc["command"], list), f"{name}: give the command as a list"
+
+
+def test_compose_commands_are_accepted_by_the_real_cli() -> None:
+    args = compose_args()
+    assert args["models"].command == "models" and args["models"].models_command == "demo"
+    assert args["evaluator"].command == "evaluator"
+    for name in gateway_services():
+        assert args[name].command == "serve", name
+
+
+def test_compose_settings_build_with_flags_and_environment() -> None:
+    """Flags + the service's environment give the settings the code will run with."""
+    services = compose_source()["services"]
+    args = compose_args()
+    classes: dict[str, type] = {"evaluator": EvaluatorSettings}
+    classes.update(dict.fromkeys(gateway_services(), GatewaySettings))
+    for name, cls in classes.items():
+        env = {k: str(v) for k, v in (services[name].get("environment") or {}).items()}
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for var in env:
+            assert var.startswith("ABGATE_"), f"{name}: {var}"
+            setting = var.removeprefix("ABGATE_").lower()
+            assert setting in fields or setting == "log_level", f"{name}: no setting for {var}"
+        # Compose would interpolate ${VAR:-default}; resolve the defaults the same way here.
+        env = {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", v) for k, v in env.items()}
+        overrides = {k: v for k, v in vars(args[name]).items() if k in fields}
+        settings: Any = load_settings(cls, overrides, env=env)
+        assert settings.database_url.startswith("postgresql://"), name
+        assert "@postgres:5432/" in settings.database_url, name
+        host_port(settings.listen)
+        host_port(settings.metrics_listen)
+        if cls is GatewaySettings:
+            assert settings.evaluator and settings.evaluator_token, name
+            assert settings.resolved_gateway_id() == name
+        else:
+            assert settings.token, "the evaluator refuses to start without a token"
+
+
+def test_compose_wiring_between_services() -> None:
+    services = compose_source()["services"]
+    args = compose_args()
+    models = args["models"]
+    evaluator_port = host_port(args["evaluator"].listen)[1]
+    for name in gateway_services():
+        gw = args[name]
+        assert gw.gateway_id == name
+        assert gw.evaluator == f"evaluator:{evaluator_port}"
+        assert str(gw.config) == models.config_out, "the bootstrap file the init job writes"
+        assert str(gw.model_store) == models.store
+        assert gw.state_dir, "each gateway keeps its last good snapshot"
+        mounts = services[name]["volumes"]
+        assert f"models:{models.store}:ro" in mounts
+        assert any(m.endswith(f":{gw.state_dir}") and m.startswith(f"{name}-") for m in mounts)
+    assert f"models:{models.store}" in services["models"]["volumes"]
+    assert services["models"].get("restart") == "no", "the init job runs once"
+    # One state volume per gateway (they must not share a spool or snapshot).
+    states = [m for name in gateway_services() for m in services[name]["volumes"] if "state" in m]
+    assert len({m.split(":")[0] for m in states}) == len(gateway_services())
+
+
+def _compose(*extra: str, env: dict[str, str] | None = None) -> str:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose is not installed")
+    run_env = {**os.environ, **(env or {})}
+    out = subprocess.run(
+        [exe, "-f", str(COMPOSE), "config", *extra],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=run_env,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, f"docker-compose config failed:\n{out.stderr}"
+    return out.stdout
+
+
+def test_docker_compose_config_validates() -> None:
+    _compose("--quiet")
+    assert set(_compose("--services").split()) >= SERVICES
+
+
+def _published(service: dict[str, Any]) -> dict[int, int]:
+    """container port -> published host port, from either form docker-compose prints."""
+    ports: dict[int, int] = {}
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            ports[int(entry["target"])] = int(entry["published"])
+        else:
+            parts = str(entry).split("/")[0].split(":")
+            ports[int(parts[-1])] = int(parts[-2])
+    return ports
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """container path -> volume or host path, from either form docker-compose prints."""
+    mounts: dict[str, str] = {}
+    for entry in service.get("volumes", []):
+        if isinstance(entry, dict):
+            mounts[entry["target"]] = entry["source"]
+        else:
+            source, target = str(entry).split(":")[:2]
+            mounts[target] = source
+    return mounts
+
+
+def test_docker_compose_resolved_config() -> None:
+    secrets = {"ABGATE_TOKEN": "t0ken-from-env", "POSTGRES_PASSWORD": "pw-from-env"}
+    resolved = load_yaml(_compose(env=secrets))
+    services = resolved["services"]
+    assert set(services) >= SERVICES
+
+    pg = services["postgres"]
+    assert pg["image"].startswith("postgres:16")
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
+    assert pg["environment"]["POSTGRES_PASSWORD"] == "pw-from-env"
+    assert _mounts(pg)["/var/lib/postgresql/data"] == "pgdata"
+    assert "pgdata" in resolved["volumes"]
+
+    ev = services["evaluator"]
+    assert ev["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert ev["environment"]["ABGATE_TOKEN"] == "t0ken-from-env"
+    assert "pw-from-env@postgres" in ev["environment"]["ABGATE_DATABASE_URL"]
+    for name in gateway_services():
+        gw = services[name]
+        deps = gw["depends_on"]
+        assert "evaluator" in deps
+        assert deps["models"]["condition"] == "service_completed_successfully"
+        assert deps["postgres"]["condition"] == "service_healthy"
+        assert gw["environment"]["ABGATE_EVALUATOR_TOKEN"] == "t0ken-from-env"
+        assert gw["environment"]["ABGATE_DATABASE_URL"] == ev["environment"]["ABGATE_DATABASE_URL"]
+        assert gw["healthcheck"]["test"][:2] == ["CMD", "abgate-health"]
+    assert set(services["envoy"]["depends_on"]) == set(gateway_services())
+    assert services["envoy"]["image"].startswith("envoyproxy/envoy:")
+
+    # What a user reaches from the host.
+    assert _published(services["envoy"])[8080] == 8080
+    assert _published(services["evaluator"])[50061] == 50061
+    assert _published(services["prometheus"])[9090] == 9090
+    assert _published(services["grafana"])[3000] == 3000
+
+
+# -- Dockerfile ------------------------------------------------------------------------------
+def test_dockerfile_builds_from_the_repository_root() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    assert froms and all(f == "python:3.11-slim" for f in froms)
+    assert 'ENTRYPOINT ["abgate"]' in text
+    assert re.search(r"pip wheel .*--wheel-dir /wheels \.$", text, re.M), "pip builds `.`"
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
+    kept = {line[1:].removesuffix("/**") for line in ignore if line.startswith("!")}
+    for line in re.findall(r"^COPY\s+(?!--from)(.+)$", text, re.M):
+        words = [w for w in line.split() if not w.startswith("--")]
+        for src in words[:-1]:
+            assert (REPO / src).exists(), f"COPY {src}: not in the repository"
+            assert src in kept, f"COPY {src}: excluded by Dockerfile.dockerignore"
+    # The health check the compose file runs is installed under that name.
+    assert "deploy/grpc_health_probe.py /usr/local/bin/abgate-health" in text
+
+
+def _load_probe() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "grpc_health_probe", DEPLOY / "grpc_health_probe.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_health_probe_against_a_real_health_service() -> None:
+    probe = _load_probe()
+    port = free_port()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    try:
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        assert probe.main([f"127.0.0.1:{port}"]) == 0
+        servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert probe.main([f"127.0.0.1:{port}"]) == 1
+        assert probe.main([f"127.0.0.1:{port}", "no.such.Service"]) == 1
+    finally:
+        server.stop(None)
+    assert probe.main([f"127.0.0.1:{port}", "--timeout", "0.5"]) == 1  # nothing listening
+
+
+# -- metric names and labels exported by the code --------------------------------------------
+_FAMILIES = {"CounterMetricFamily": "counter", "GaugeMetricFamily": "gauge"}
+
+
+def _func_name(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return ""
+
+
+def _literal_names(node: ast.AST) -> set[str]:
+    return {
+        n.value
+        for n in ast.walk(node)
+        if isinstance(n, ast.Constant)
+        and isinstance(n.value, str)
+        and n.value.startswith("abgate_")
+    }
+
+
+@functools.cache
+def exported_metrics() -> dict[str, set[str]]:
+    """Exposed metric name -> label names, read from the collectors' source with ``ast``.
+
+    A family is built either from a literal name, or from a loop variable bound by a
+    ``for name, … in <tuple of tuples or a variable holding one>``. Counters are exposed with
+    ``_total``. Every ``"abgate_…"`` literal in the files must be accounted for.
+    """
+    metrics: dict[str, set[str]] = {}
+    for path in METRIC_SOURCES:
+        tree = ast.parse(path.read_text())
+        assigned = {
+            t.id: node.value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign)
+            for t in node.targets
+            if isinstance(t, ast.Name)
+        }
+        calls: dict[int, tuple[ast.Call, set[str]]] = {}  # id(call) -> (call, names)
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and _func_name(node.func) in _FAMILIES
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                calls[id(node)] = (node, {str(node.args[0].value)})
+            if isinstance(node, ast.For) and isinstance(node.target, ast.Tuple):
+                var = node.target.elts[0]
+                it = node.iter
+                source = assigned.get(it.id, it) if isinstance(it, ast.Name) else it
+                for inner in ast.walk(node):
+                    if (
+                        isinstance(inner, ast.Call)
+                        and _func_name(inner.func) in _FAMILIES
+                        and isinstance(var, ast.Name)
+                        and isinstance(inner.args[0], ast.Name)
+                        and inner.args[0].id == var.id
+                    ):
+                        calls[id(inner)] = (inner, _literal_names(source))
+        n_families = sum(
+            1
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and _func_name(node.func) in _FAMILIES
+        )
+        assert len(calls) == n_families, f"{path.name}: a metric family this test cannot read"
+        found: set[str] = set()
+        for call, names in calls.values():
+            kind = _FAMILIES[_func_name(call.func)]
+            labels: set[str] = set()
+            for kw in call.keywords:
+                if kw.arg == "labels":
+                    labels = set(ast.literal_eval(kw.value))
+            for name in names:
+                found.add(name)
+                metrics[name + "_total" if kind == "counter" else name] = labels
+        missed = _literal_names(tree) - found
+        assert not missed, f"{path.name}: metric names this test cannot classify: {missed}"
+    return metrics
+
+
+def test_exported_metrics_are_read_from_the_source() -> None:
+    metrics = exported_metrics()
+    # Spot checks of the reader itself (names from README.md).
+    assert metrics["abgate_shadow_rows_total"] == {"gateway", "result"}
+    assert metrics["abgate_log_rows_refused_total"] == {"gateway", "table"}
+    assert metrics["abgate_log_lag_seconds"] == {"gateway", "table"}
+    assert metrics["abgate_gateway_config_version"] == {"node"}
+    assert metrics["abgate_evaluator_snapshot_version"] == set()
+    assert "abgate_log_lag_seconds_total" not in metrics
+
+
+# -- PromQL ----------------------------------------------------------------------------------
+_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
+
+
+def promql_names(expr: str) -> tuple[set[str], list[tuple[str | None, str]], set[str]]:
+    """(metric names, (metric, label) of each selector matcher, labels in by/on/… clauses)."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
+    e = re.sub(r"\$\{?\w+\}?", "", e)  # Grafana variables ($__rate_interval)
+    e = re.sub(r"\[[^\]]*\]", "", e)  # range windows
+    grouping: set[str] = set()
+    for m in re.finditer(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", e):
+        grouping |= {w.strip() for w in m.group(1).split(",") if w.strip()}
+    e = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
+    matchers: list[tuple[str | None, str]] = []
+
+    def selector(m: re.Match[str]) -> str:
+        metric = m.group(1)
+        for label in re.findall(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)", m.group(2)):
+            matchers.append((metric, label))
+        return metric or ""
+
+    e = re.sub(r"([A-Za-z_:][\w:]*)?\s*\{([^}]*)\}", selector, e)
+    e = re.sub(r"\b[A-Za-z_]\w*\s*\(", "(", e)  # function names
+    words = set(re.findall(r"(?<![\w.])([A-Za-z_:][\w:]*)", e)) - _KEYWORDS
+    return words, matchers, grouping
+
+
+def check_promql(expr: str, where: str) -> set[str]:
+    metrics = exported_metrics()
+    names, matchers, grouping = promql_names(expr)
+    assert names, f"{where}: no metric in {expr!r}"
+    unknown = names - set(metrics) - EXTERNAL_METRICS
+    assert not unknown, f"{where}: metrics not exported by abgate: {sorted(unknown)}"
+    for metric, label in matchers:
+        allowed = metrics.get(metric or "", set()) | EXTERNAL_LABELS
+        assert label in allowed, f"{where}: {metric} has no label {label!r}"
+    used_labels = set().union(*(metrics.get(n, set()) for n in names)) | EXTERNAL_LABELS
+    assert grouping <= used_labels, f"{where}: unknown labels {grouping - used_labels}"
+    return names
+
+
+def test_promql_reader() -> None:
+    names, matchers, grouping = promql_names(
+        'sum by (gateway) (rate(abgate_shadow_rows_total{result=~"shed|x"}[$__rate_interval]))'
+        " / on (job) group_left () abgate_evaluator_snapshot_version > 1e-3 and up == 0"
+    )
+    assert names == {"abgate_shadow_rows_total", "abgate_evaluator_snapshot_version", "up"}
+    assert matchers == [("abgate_shadow_rows_total", "result")]
+    assert grouping == {"gateway", "job"}
+    with pytest.raises(AssertionError, match="abgate_nope"):
+        check_promql("rate(abgate_nope_total[5m])", "test")
+    with pytest.raises(AssertionError, match="no label 'arm'"):
+        check_promql('abgate_log_lag_seconds{arm="x"}', "test")
+
+
+# -- Prometheus rules and config -------------------------------------------------------------
+@functools.cache
+def alert_rules() -> dict[str, dict[str, Any]]:
+    doc = load_yaml(ALERTS)
+    rules: dict[str, dict[str, Any]] = {}
+    for group in doc["groups"]:
+        assert group["name"] and group["rules"]
+        for rule in group["rules"]:
+            assert "alert" in rule, f"{group['name']}: only alerting rules here"
+            assert rule["alert"] not in rules, f"duplicate alert {rule['alert']}"
+            rules[rule["alert"]] = rule
+    return rules
+
+
+def test_alert_rules_parse_and_cover_the_guardrails() -> None:
+    rules = alert_rules()
+    for name, rule in rules.items():
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
+        assert rule["annotations"]["summary"], name
+        if "for" in rule:
+            assert re.fullmatch(r"\d+[smh]", rule["for"]), name
+        check_promql(rule["expr"], f"alert {name}")
+
+    def uses(name: str, *metrics: str) -> None:
+        names = promql_names(rules[name]["expr"])[0]
+        assert set(metrics) <= names, f"{name} should use {metrics}"
+
+    # The alerts issue #6 asks for, on the metrics that exist today.
+    uses("AbgatePredictionLogRefusing", "abgate_log_rows_refused_total")
+    uses("AbgateShadowModelFailing", "abgate_shadow_rows_total")
+    uses("AbgateGrpcErrorRateHigh", "envoy_cluster_grpc_failure", "envoy_cluster_grpc_total")
+    uses("AbgateLogLagHigh", "abgate_log_lag_seconds")
+    uses("AbgateLogSpoolGrowing", "abgate_log_spool_bytes")
+    uses("AbgateExperimentSRM", "abgate_experiment_srm_p_value")
+    assert "< 0.001" in rules["AbgateExperimentSRM"]["expr"]
+    uses(
+        "AbgateGatewayConfigStale",
+        "abgate_gateway_config_version",
+        "abgate_evaluator_snapshot_version",
+    )
+    uses("AbgateGatewayDisconnected", "abgate_config_stream_connected")
+    uses("AbgateEvaluatorLostGateway", "abgate_gateway_connected")
+    uses("AbgateShadowShedding", "abgate_shadow_rows_total")
+    assert "shed" in rules["AbgateShadowShedding"]["expr"]
+
+
+promtool = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(promtool is None, reason="promtool not installed")
+
+
+def _promtool(*args: str) -> None:
+    assert promtool is not None
+    out = subprocess.run(
+        [promtool, *args], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, f"promtool {' '.join(args)}:\n{out.stdout}\n{out.stderr}"
+
+
+@needs_promtool
+def test_promtool_check_rules() -> None:
+    _promtool("check", "rules", str(ALERTS))
+
+
+@needs_promtool
+def test_promtool_rule_unit_tests() -> None:
+    _promtool("test", "rules", str(ALERTS_TEST))
+
+
+@needs_promtool
+def test_promtool_check_config() -> None:
+    _promtool("check", "config", str(PROMETHEUS))
+
+
+def test_prometheus_scrapes_every_service_where_it_listens() -> None:
+    config = load_yaml(PROMETHEUS)
+    assert config["rule_files"] == ["alerts.yml"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+
+    def targets(job: str) -> set[str]:
+        return {t for sc in jobs[job]["static_configs"] for t in sc["targets"]}
+
+    args = compose_args()
+    gateway_targets = {f"{n}:{host_port(args[n].metrics_listen)[1]}" for n in gateway_services()}
+    assert targets("abgate-gateway") == gateway_targets
+    assert targets("abgate-evaluator") == {
+        f"evaluator:{host_port(args['evaluator'].metrics_listen)[1]}"
+    }
+    envoy_admin = load_yaml(ENVOY)["admin"]["address"]["socket_address"]["port_value"]
+    assert targets("envoy") == {f"envoy:{envoy_admin}"}
+    assert jobs["envoy"]["metrics_path"] == "/stats/prometheus"
+    # The compose file mounts this directory where the config expects it.
+    prom = compose_source()["services"]["prometheus"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prom["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prom["command"]
+
+
+# -- Envoy -----------------------------------------------------------------------------------
+def test_envoy_balances_grpc_over_both_gateways_with_health_checks() -> None:
+    config = load_yaml(ENVOY)
+    (listener,) = config["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"]["port_value"] == 8080
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    (vhost,) = hcm["route_config"]["virtual_hosts"]
+    (route,) = vhost["routes"]
+    assert route["route"]["timeout"] == "0s", "PredictStream must not be cut by a route timeout"
+    assert hcm["http_filters"][-1]["name"] == "envoy.filters.http.router"
+    (cluster,) = config["static_resources"]["clusters"]
+    assert route["route"]["cluster"] == cluster["name"] == "abgate_gateways"
+    options = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert "http2_protocol_options" in options["explicit_http_config"], "gRPC needs HTTP/2"
+    args = compose_args()
+    endpoints = {
+        (e["endpoint"]["address"]["socket_address"]["address"],
+         e["endpoint"]["address"]["socket_address"]["port_value"])
+        for group in cluster["load_assignment"]["endpoints"]
+        for e in group["lb_endpoints"]
+    }  # fmt: skip
+    assert endpoints == {(n, host_port(args[n].listen)[1]) for n in gateway_services()}
+    (check,) = cluster["health_checks"]
+    service = gateway_pb2.DESCRIPTOR.services_by_name["InferenceGateway"].full_name
+    assert check["grpc_health_check"]["service_name"] == service
+    envoy = compose_source()["services"]["envoy"]
+    assert "./deploy/envoy/envoy.yaml:/etc/envoy/envoy.yaml:ro" in envoy["volumes"]
+
+
+# -- Grafana ---------------------------------------------------------------------------------
+def test_grafana_dashboard_uses_only_exported_metrics() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["title"]
+    datasource = load_yaml(GRAFANA_DATASOURCE)["datasources"][0]
+    assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+    panels = dashboard["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    used: set[str] = set()
+    graphs = [p for p in panels if p["type"] != "row"]
+    assert len(graphs) >= 10
+    for panel in graphs:
+        where = f"panel {panel['title']!r}"
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, where
+        assert panel["datasource"]["uid"] == datasource["uid"], where
+        assert panel["targets"], where
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == datasource["uid"], where
+            used |= check_promql(target["expr"], where)
+    required = {
+        "abgate_gateway_config_version",
+        "abgate_evaluator_snapshot_version",
+        "abgate_config_version",
+        "abgate_evaluator_config_answers_total",
+        "abgate_config_acks_total",
+        "abgate_config_nacks_total",
+        "abgate_log_rows_queued",
+        "abgate_log_lag_seconds",
+        "abgate_log_spool_bytes",
+        "abgate_shadow_rows_total",
+        "abgate_evaluator_decisions_total",
+        "abgate_experiment_p_value",
+        "abgate_experiment_srm_p_value",
+        "abgate_evaluator_tick_seconds",
+    }
+    assert required <= used, f"missing panels for {sorted(required - used)}"
+
+
+def test_grafana_provisioning_points_at_the_mounted_dashboards() -> None:
+    provider = load_yaml(GRAFANA_DASHBOARDS)["providers"][0]
+    grafana = compose_source()["services"]["grafana"]
+    assert f"./deploy/grafana/dashboards:{provider['options']['path']}:ro" in grafana["volumes"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{provider['options']['path']}/{DASHBOARD.name}"
