@@ -286,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evaluator_parsers(sub)
 
+    from evaluator.report import add_report_parser
+
+    add_report_parser(sub)
+
     from loadtest.cli import add_loadtest_parser
 
     add_loadtest_parser(sub)
