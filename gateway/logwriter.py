@@ -86,6 +86,8 @@ class LogWriter:
         self.columns = tuple(columns)
         self._ts = self.columns.index("ts")
         self.on_connect = on_connect  # e.g. run migrations before the first flush
+        # Sees every batch once as it leaves memory (request metrics from the log rows).
+        self.observe: Callable[[list[Row]], None] | None = None
         # A flush (or connect) that takes longer is abandoned and retried; a retried batch
         # that had in fact committed is harmless (ON CONFLICT DO NOTHING).
         self.flush_timeout = flush_timeout
@@ -162,6 +164,8 @@ class LogWriter:
                 await asyncio.wait_for(self._wake.wait(), self.max_age)
             self._wake.clear()
             if self._buffer:
+                if self.observe is not None:
+                    self.observe(self._buffer)  # once per row, off the request path
                 self._retry.append(self._buffer)
                 self._buffer = []
             if await self._drain():

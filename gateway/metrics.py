@@ -3,12 +3,46 @@ request path pays nothing for them)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+import bisect
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
+import grpc
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+# Latency histogram bounds, seconds (served predictions, from the log rows).
+LATENCY_BOUNDS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+_BOUNDS_US = tuple(b * 1e6 for b in LATENCY_BOUNDS_S)
+_CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
+class PredictionStats:
+    """Requests by experiment/arm/status/shadow and their latency, counted from the prediction
+    log's rows as each batch leaves memory — never on the request path. Counts only logged
+    calls (routed to an arm); with logging off there are none."""
+
+    def __init__(self) -> None:
+        # (experiment, arm, status name, shadow) -> count
+        self.counts: dict[tuple[str, str, str, bool], int] = {}
+        # (experiment, arm, shadow) -> [bucket counts..., +Inf count, sum seconds]
+        self.latency: dict[tuple[str, str, bool], list[float]] = {}
+
+    def observe(self, rows: Sequence[Sequence[Any]]) -> None:
+        counts, latency = self.counts, self.latency
+        n_bounds = len(_BOUNDS_US)
+        for row in rows:
+            # Columns as gateway.logwriter.COLUMNS: experiment, arm, latency_us, shadow, status.
+            exp, arm, lat_us, shadow, status = row[2], row[6], row[12], row[13], row[15]
+            key = (exp, arm, _CODE_NAMES.get(status, str(status)), shadow)
+            counts[key] = counts.get(key, 0) + 1
+            hist = latency.get((exp, arm, shadow))
+            if hist is None:
+                hist = latency[(exp, arm, shadow)] = [0.0] * (n_bounds + 2)
+            hist[bisect.bisect_left(_BOUNDS_US, lat_us)] += 1
+            hist[-1] += lat_us / 1e6
+
 
 if TYPE_CHECKING:
     from gateway.server import GatewayServer
@@ -18,7 +52,7 @@ class GatewayCollector(Collector):
     def __init__(self, server: GatewayServer) -> None:
         self.server = server
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         gid = self.server.gateway_id
         snap = self.server.dataplane.snapshot
         version = GaugeMetricFamily(
@@ -102,6 +136,27 @@ class GatewayCollector(Collector):
         if self.server.outcome_writer is not None:
             unmatched.add_metric([gid], self.server.outcome_writer.counters.unmatched)
         yield unmatched
+        stats = self.server.prediction_stats
+        requests = CounterMetricFamily(
+            "abgate_predictions",
+            "Predictions answered (or failed in a model) by experiment, arm, status, shadow",
+            labels=["gateway", "experiment", "arm", "status", "shadow"],
+        )
+        for (exp, arm, status, is_shadow), count in sorted(stats.counts.items()):
+            requests.add_metric([gid, exp, arm, status, str(is_shadow).lower()], count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "abgate_prediction_latency_seconds",
+            "Time from a call's arrival to its answer (shadows: model time per row)",
+            labels=["gateway", "experiment", "arm", "shadow"],
+        )
+        for (exp, arm, is_shadow), hist in sorted(stats.latency.items()):
+            cumulative, buckets = 0.0, []
+            for bound, k in zip((*map(str, LATENCY_BOUNDS_S), "+Inf"), hist[:-1], strict=True):
+                cumulative += k
+                buckets.append((bound, cumulative))
+            latency.add_metric([gid, exp, arm, str(is_shadow).lower()], buckets, hist[-1])
+        yield latency
 
 
 def start_metrics(server: GatewayServer, host: str, port: int) -> int:

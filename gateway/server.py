@@ -33,7 +33,7 @@ from gateway.config import ExperimentsConfig, load_config_file
 from gateway.control import ControlPlane
 from gateway.dataplane import DataPlane
 from gateway.logwriter import COLUMNS, OUTCOME_COLUMNS, LogWriter
-from gateway.metrics import start_metrics
+from gateway.metrics import PredictionStats, start_metrics
 from gateway.modelstore import ModelStore
 from gateway.servicer import SERVICE_NAME, GatewayServicer
 from gateway.shadow import ShadowMirror
@@ -101,6 +101,7 @@ class GatewayServer:
         self._watch: _FileWatch | None = None
         self.subscriber: ConfigSubscriber | None = None
         self.mirror: ShadowMirror | None = None
+        self.prediction_stats = PredictionStats()
         self._stopped = asyncio.Event()
 
     # -- config ---------------------------------------------------------------------------
@@ -297,6 +298,7 @@ class GatewayServer:
             )
 
         self.logwriter = writer("predictions", COLUMNS)
+        self.logwriter.observe = self.prediction_stats.observe
         self.outcome_writer = writer("outcomes", OUTCOME_COLUMNS)
         for w in (self.logwriter, self.outcome_writer):
             await w.start()

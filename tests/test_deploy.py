@@ -338,7 +338,11 @@ def test_health_probe_against_a_real_health_service() -> None:
 
 
 # -- metric names and labels exported by the code --------------------------------------------
-_FAMILIES = {"CounterMetricFamily": "counter", "GaugeMetricFamily": "gauge"}
+_FAMILIES = {
+    "CounterMetricFamily": "counter",
+    "GaugeMetricFamily": "gauge",
+    "HistogramMetricFamily": "histogram",
+}
 
 
 def _func_name(node: ast.expr) -> str:
@@ -413,7 +417,12 @@ def exported_metrics() -> dict[str, set[str]]:
                     labels = set(ast.literal_eval(kw.value))
             for name in names:
                 found.add(name)
-                metrics[name + "_total" if kind == "counter" else name] = labels
+                if kind == "histogram":  # exposed as _bucket (with le), _count and _sum
+                    metrics[name + "_bucket"] = labels | {"le"}
+                    metrics[name + "_count"] = labels
+                    metrics[name + "_sum"] = labels
+                else:
+                    metrics[name + "_total" if kind == "counter" else name] = labels
         missed = _literal_names(tree) - found
         assert not missed, f"{path.name}: metric names this test cannot classify: {missed}"
     return metrics

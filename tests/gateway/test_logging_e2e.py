@@ -189,15 +189,27 @@ def test_metrics_endpoint_reports_the_log(
         gateway_settings(demo_store, tmp_path, fresh_db, metrics_listen="127.0.0.1:0")
     )
     try:
+        arms: dict[str, int] = {}
         with GatewayClient(gw.target) as client:
             for i in range(25):
-                client.predict("demo", f"m{i}", demo_store.X[i])
+                arm = client.predict("demo", f"m{i}", demo_store.X[i])["arm"]
+                arms[arm] = arms.get(arm, 0) + 1
         wait_for_rows(fresh_db, 25)
         url = f"http://127.0.0.1:{gw.server.metrics_port}/metrics"
         text = urllib.request.urlopen(url, timeout=5).read().decode()
     finally:
         gw.close()
     gid = gw.server.gateway_id
+    # Requests by experiment/arm/status and their latency, counted from the log rows.
+    for arm, n in arms.items():
+        labels = f'arm="{arm}",experiment="demo",gateway="{gid}"'
+        assert f'abgate_predictions_total{{{labels},shadow="false",status="OK"}} {float(n)}' in text
+        assert (
+            f'abgate_prediction_latency_seconds_count{{{labels},shadow="false"}} {float(n)}' in text
+        )
+        assert (
+            f'abgate_prediction_latency_seconds_bucket{{{labels},le="+Inf",shadow="false"}}' in text
+        )
     assert f'abgate_log_rows_written_total{{gateway="{gid}",table="predictions"}} 25.0' in text
     assert f'abgate_log_rows_queued{{gateway="{gid}",table="predictions"}} 0.0' in text
     assert f'abgate_config_version{{gateway="{gid}"}} 1.0' in text
