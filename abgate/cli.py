@@ -141,41 +141,37 @@ def cmd_outcome(args: argparse.Namespace) -> int:
 
 # -- db -------------------------------------------------------------------------------------
 def cmd_db(args: argparse.Namespace) -> int:
-    import asyncio
+    from abgate.db.embedded import database_url
 
-    from abgate.db.embedded import EmbeddedPostgres
-    from abgate.db.migrate import applied, available, migrate
-
-    url = args.database_url or os.environ.get("ABGATE_DATABASE_URL")
-    embedded = None
-    if not url:
-        embedded = EmbeddedPostgres(
-            args.pg_data or Path(os.environ.get("ABGATE_PG_DATA", "var/pg"))
-        )
-        url = embedded.start()
     try:
-        if args.db_command == "partitions":
-            return _partitions(url, args)
-        if args.db_command == "migrate":
-            names = asyncio.run(migrate(url))
-            done = asyncio.run(applied(url))
-            if args.json:
-                print(json.dumps({"applied_now": names, "applied": done}))
-            else:
-                print(f"applied now: {', '.join(names) or 'nothing (up to date)'}")
-        else:
-            done = asyncio.run(applied(url))
-            pending = [m.name for m in available() if m.name not in done]
-            if args.json:
-                print(json.dumps({"applied": done, "pending": pending}))
-            else:
-                print(f"applied: {', '.join(done) or '-'}\npending: {', '.join(pending) or '-'}")
+        with database_url(args.database_url, args.pg_data) as url:
+            if args.db_command == "partitions":
+                return _partitions(url, args)
+            return _migrations(url, args)
     except OSError as exc:
         error(f"UNAVAILABLE: cannot reach PostgreSQL: {exc}")
         return EXIT_FAILURE
-    finally:
-        if embedded is not None:
-            embedded.stop()
+
+
+def _migrations(url: str, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from abgate.db.migrate import applied, available, migrate
+
+    if args.db_command == "migrate":
+        names = asyncio.run(migrate(url))
+        done = asyncio.run(applied(url))
+        if args.json:
+            print(json.dumps({"applied_now": names, "applied": done}))
+        else:
+            print(f"applied now: {', '.join(names) or 'nothing (up to date)'}")
+        return EXIT_OK
+    done = asyncio.run(applied(url))
+    pending = [m.name for m in available() if m.name not in done]
+    if args.json:
+        print(json.dumps({"applied": done, "pending": pending}))
+    else:
+        print(f"applied: {', '.join(done) or '-'}\npending: {', '.join(pending) or '-'}")
     return EXIT_OK
 
 

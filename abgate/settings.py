@@ -62,6 +62,13 @@ def load_settings(
     return cls(**values)
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen must be HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
 def default_gateway_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 

@@ -8,7 +8,6 @@ One experiment version is one JSON document (``ExperimentState.to_json``) in
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -16,15 +15,14 @@ from typing import Any
 
 from abgate.errors import InvalidArgument
 from abgate.v1 import control_pb2 as cpb
-from gateway.allocation import Allocation, AllocationError
+from gateway.allocation import WEIGHT_TOLERANCE, Allocation, AllocationError
+from gateway.config import NAME
 
 KINDS = ("ab", "canary", "bandit")
 METRICS = ("accuracy", "outcome", "score")
 STATUSES = ("running", "paused", "promoted", "rolled_back", "stopped")
 # Treatment share of a canary at each stage, percent.
 CANARY_STAGES: tuple[float, ...] = (1.0, 5.0, 10.0, 25.0, 50.0, 100.0)
-WEIGHT_TOLERANCE = 1e-6
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _KIND_FROM_PB = {cpb.AB: "ab", cpb.CANARY: "canary", cpb.BANDIT: "bandit"}
 _KIND_TO_PB = {v: k for k, v in _KIND_FROM_PB.items()}
 
@@ -115,7 +113,7 @@ class ExperimentState:
 
 
 def _check_name(value: str, fld: str) -> str:
-    if not _NAME.match(value):
+    if not NAME.match(value):
         raise InvalidArgument(
             f"{value!r} must be 1-128 characters of letters, digits, '_', '.', '-'", field=fld
         )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from gateway.metrics import serve_collector
 
 if TYPE_CHECKING:
     from evaluator.server import EvaluatorServer
@@ -91,9 +92,6 @@ class EvaluatorCollector(Collector):
 
 
 def start_metrics(server: EvaluatorServer, host: str, port: int) -> int:
-    """Serve /metrics from a background thread; returns the bound port."""
-    registry = CollectorRegistry()
-    registry.register(EvaluatorCollector(server))
-    httpd, _thread = start_http_server(port, addr=host, registry=registry)
-    server.metrics_httpd = httpd
-    return int(httpd.server_port)
+    """Serve the evaluator's /metrics; returns the bound port."""
+    server.metrics_httpd = serve_collector(EvaluatorCollector(server), host, port)
+    return int(server.metrics_httpd.server_port)

@@ -1281,7 +1281,7 @@ def write_report(data: ReportData, out: Path) -> tuple[Path, Path]:
 # -- CLI ----------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
     from abgate.cli import EXIT_OK, UsageError
-    from abgate.db.embedded import EmbeddedPostgres
+    from abgate.db.embedded import database_url
 
     try:
         bucket = parse_bucket_seconds(args.bucket_seconds)
@@ -1291,18 +1291,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError("--experiment must name an experiment")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is not a directory")
-    url = args.database_url or os.environ.get("ABGATE_DATABASE_URL")
-    embedded = None
-    if not url:
-        embedded = EmbeddedPostgres(
-            args.pg_data or Path(os.environ.get("ABGATE_PG_DATA", "var/pg"))
-        )
-        url = embedded.start()
-    try:
+    with database_url(args.database_url, args.pg_data) as url:
         data = asyncio.run(load_report(url, args.experiment, bucket))
-    finally:
-        if embedded is not None:
-            embedded.stop()
     html_path, pdf_path = write_report(data, args.out)
     print(html_path)
     print(pdf_path)

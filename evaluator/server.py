@@ -24,7 +24,7 @@ from abgate.db.embedded import EmbeddedPostgres
 from abgate.db.migrate import migrate
 from abgate.db.partitions import drop_partitions_before, ensure_partitions
 from abgate.errors import FailedPrecondition, InvalidArgument, Unavailable
-from abgate.settings import EvaluatorSettings
+from abgate.settings import EvaluatorSettings, split_listen
 from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
 from evaluator.aggregate import (
@@ -49,12 +49,6 @@ from evaluator.store import EvaluatorStore, VersionRow
 log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL = 3600.0  # seconds between partition upkeep runs
-
-
-def _split_listen(listen: str) -> tuple[str, int]:
-    from gateway.server import split_listen
-
-    return split_listen(listen)
 
 
 def server_credentials(s: EvaluatorSettings) -> grpc.ServerCredentials | None:
@@ -408,7 +402,7 @@ class EvaluatorServer:
         cpb_grpc.add_ConfigStreamServicer_to_server(ConfigStreamServicer(self.publisher), server)
         cpb_grpc.add_EvaluatorAdminServicer_to_server(AdminServicer(self), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        host, port = _split_listen(s.listen)
+        host, port = split_listen(s.listen)
         addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
             if creds is None:
@@ -424,7 +418,7 @@ class EvaluatorServer:
         if s.metrics_listen:
             from evaluator.metrics import start_metrics
 
-            mhost, mport = _split_listen(s.metrics_listen)
+            mhost, mport = split_listen(s.metrics_listen)
             self.metrics_port = start_metrics(self, mhost, mport)
         log.info(
             "evaluator listening on %s:%d (config version %d)",

@@ -105,7 +105,8 @@ def model_ref_message(model_id: str, version: str, sha256: str) -> pb.ModelRef:
 _VARINT_1 = [bytes([i]) for i in range(128)]
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int (callers mask negatives to 64 bits)."""
     if value < 128:
         return _VARINT_1[value]
     out = bytearray()
@@ -139,16 +140,16 @@ def encode_prediction_raw(
     return b"".join(
         (
             b"\x0a",
-            _varint(len(rid)),
+            varint(len(rid)),
             rid,
             prefix,
             b"\x28",
-            _varint(label & 0xFFFFFFFFFFFFFFFF),  # int64: negatives as 10-byte two's complement
+            varint(label & 0xFFFFFFFFFFFFFFFF),  # int64: negatives as 10-byte two's complement
             b"\x32",
-            _varint(len(raw_scores)),
+            varint(len(raw_scores)),
             raw_scores,
             b"\x40",
-            _varint(bucket),
+            varint(bucket),
         )
     )
 
@@ -156,7 +157,7 @@ def encode_prediction_raw(
 def encode_stream_raw(response: bytes, request_id: str) -> bytes:
     """A serialized StreamPredictResponse carrying an already serialized PredictResponse."""
     rid = request_id.encode()
-    return b"".join((b"\x0a", _varint(len(response)), response, b"\x22", _varint(len(rid)), rid))
+    return b"".join((b"\x0a", varint(len(response)), response, b"\x22", varint(len(rid)), rid))
 
 
 def encode_stream_error(code: int, message: str, request_id: str) -> bytes:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from abgate.errors import ConfigError
+from gateway.allocation import WEIGHT_TOLERANCE
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-WEIGHT_TOLERANCE = 1e-6
+# Experiment, arm and shadow names (also what the evaluator accepts).
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def _require(obj: Mapping[str, Any], key: str, typ: type | tuple[type, ...], whe
 
 
 def _check_name(value: str, where: str) -> str:
-    if not _NAME.match(value):
+    if not NAME.match(value):
         raise ConfigError(
             f"{where} {value!r} must be 1-128 characters of letters, digits, '_', '.', '-'"
         )

@@ -159,10 +159,16 @@ class GatewayCollector(Collector):
         yield latency
 
 
-def start_metrics(server: GatewayServer, host: str, port: int) -> int:
-    """Serve /metrics on host:port from a background thread; returns the bound port."""
+def serve_collector(collector: Collector, host: str, port: int) -> Any:
+    """Serve ``collector`` on /metrics at host:port from a background thread; the HTTP server
+    (``server_port``, ``shutdown()``)."""
     registry = CollectorRegistry()
-    registry.register(GatewayCollector(server))
+    registry.register(collector)
     httpd, _thread = start_http_server(port, addr=host, registry=registry)
-    server.metrics_httpd = httpd
-    return int(httpd.server_port)
+    return httpd
+
+
+def start_metrics(server: GatewayServer, host: str, port: int) -> int:
+    """Serve this gateway's /metrics; returns the bound port."""
+    server.metrics_httpd = serve_collector(GatewayCollector(server), host, port)
+    return int(server.metrics_httpd.server_port)

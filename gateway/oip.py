@@ -390,23 +390,8 @@ def encode_infer(
 # serialized once by protobuf (``response_prefix``); per call we append id, the request_id and
 # bucket parameters, the output headers and raw_output_contents in wire format. Parsers accept
 # fields in any order and merge map entries; tests compare with ``encode_infer``.
-_VARINT_1 = [bytes([i]) for i in range(128)]
-
-
-def _varint(value: int) -> bytes:
-    if 0 <= value < 128:
-        return _VARINT_1[value]
-    value &= 0xFFFFFFFFFFFFFFFF  # int64: negatives as 10-byte two's complement
-    out = bytearray()
-    while value > 127:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _len_field(tag: bytes, payload: bytes) -> bytes:
-    return tag + _varint(len(payload)) + payload
+    return tag + codec.varint(len(payload)) + payload
 
 
 _PARAM_REQUEST_ID = b"\x0a\x0arequest_id"  # map entry key (field 1)
@@ -420,7 +405,7 @@ def _output_header(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
     header = (
         _len_field(b"\x0a", name.encode())
         + _len_field(b"\x12", datatype.encode())
-        + _len_field(b"\x1a", b"".join(_varint(d) for d in shape))
+        + _len_field(b"\x1a", b"".join(codec.varint(d) for d in shape))
     )
     return _len_field(b"\x2a", header)
 
@@ -455,7 +440,7 @@ def encode_infer_raw(
     ]
     if bucket is not None:
         parts.append(
-            _len_field(b"\x22", _PARAM_BUCKET + _len_field(b"\x12", b"\x10" + _varint(bucket)))
+            _len_field(b"\x22", _PARAM_BUCKET + _len_field(b"\x12", b"\x10" + codec.varint(bucket)))
         )
     contents = []
     for name in outputs:

@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from abgate.db.embedded import EmbeddedPostgres
 from abgate.db.partitions import prepare
 from abgate.errors import AbgateError, Unavailable
-from abgate.settings import GatewaySettings
+from abgate.settings import GatewaySettings, split_listen
 from gateway import oip
 from gateway.config import ExperimentsConfig, load_config_file
 from gateway.control import ControlPlane
@@ -44,13 +44,6 @@ from gateway.variants import SessionOptions, VariantCache
 log = logging.getLogger(__name__)
 
 DB_STARTUP_WAIT = 5.0  # seconds start-up waits for the log database before serving anyway
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"--listen must be HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class _FileWatch:

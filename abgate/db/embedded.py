@@ -7,7 +7,10 @@ it listens on a Unix socket inside that directory, never on a network port.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -60,3 +63,16 @@ class EmbeddedPostgres:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+@contextmanager
+def database_url(url: str | None, pg_data: Path | None = None) -> Iterator[str]:
+    """The PostgreSQL a one-shot command uses: ``url``, else ``ABGATE_DATABASE_URL``, else an
+    embedded server with its data in ``pg_data`` (``ABGATE_PG_DATA``, ``var/pg``), started for
+    the block and stopped after it."""
+    url = url or os.environ.get("ABGATE_DATABASE_URL")
+    if url:
+        yield url
+        return
+    with EmbeddedPostgres(pg_data or Path(os.environ.get("ABGATE_PG_DATA", "var/pg"))) as pg:
+        yield pg.url
