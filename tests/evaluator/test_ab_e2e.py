@@ -12,9 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from abgate.client import GatewayClient
 from abgate.v1 import control_pb2 as cpb
+from gateway.modelstore import ModelStore
 from tests.conftest import DemoStore, InProcessGateway, gateway_settings
 from tests.evaluator.conftest import TOKEN, InProcessEvaluator, ab_definition, evaluator_settings
 from tests.evaluator.onnx_models import constant_model, register
@@ -31,6 +33,14 @@ def traffic(
             r = client.predict("exp", f"user-{rng.integers(1 << 40)}", X[i])
             outcomes.append((r["request_id"], float(y[i]), ""))
         assert client.record_outcomes(outcomes) == n
+
+
+def holdout_accuracy(store: DemoStore, sha: str) -> float:
+    """Accuracy of the stored ONNX model ``sha`` on the rows the traffic draws from."""
+    session = ort.InferenceSession(ModelStore(store.root).load_bytes(sha))
+    name = session.get_inputs()[0].name
+    labels = session.run(None, {name: store.X.astype(np.float32)})[0]
+    return float(np.mean(np.asarray(labels).ravel() == store.y))
 
 
 def settle(gateways: list[InProcessGateway]) -> None:
@@ -80,9 +90,13 @@ def test_policy_promotes_the_better_model_from_real_outcomes(
         verdict = view.verdict
         assert view.status == "promoted", verdict.recommendation
         assert verdict.winner == "treatment" and verdict.recommendation.startswith("promote")
-        # The constant model is right only on the negative class; gbdt on nearly all rows.
-        share_negative = float(np.mean(demo_store.y == 0))
-        assert verdict.effect_size > 0.9 - share_negative
+        # The constant model is right only on the negative class; gbdt on nearly all rows. The
+        # policy promotes at the first look where the test is significant, so the point estimate
+        # carries sampling noise (sd ~0.06 at that size): check it against the true difference
+        # with a tolerance and require the confidence sequence to cover the truth.
+        true_effect = holdout_accuracy(demo_store, gbdt) - float(np.mean(demo_store.y == 0))
+        assert verdict.ci[0] <= true_effect <= verdict.ci[1], (true_effect, list(verdict.ci))
+        assert abs(verdict.effect_size - true_effect) < 0.25, (verdict.effect_size, true_effect)
         assert verdict.ci[0] > 0.05 and verdict.p_value < 0.05
 
         view = ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="exp"))
