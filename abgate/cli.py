@@ -62,11 +62,12 @@ def _settings_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 # -- serve ----------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.server import serve, split_listen
+    from gateway.server import event_loop_factory, serve, split_listen
 
     settings: GatewaySettings = _settings_from_args(GatewaySettings, args)
     try:
         split_listen(settings.listen)
+        event_loop_factory(settings.event_loop)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if settings.workers < 1:

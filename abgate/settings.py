@@ -88,6 +88,7 @@ class GatewaySettings:
     max_batch_rows: int = doc("most rows in one PredictBatch call", 10_000)
     max_concurrent_rpcs: int = doc("RPCs in flight before RESOURCE_EXHAUSTED (0 = no limit)", 0)
     grace_seconds: float = doc("how long SIGTERM waits for in-flight RPCs", 10.0)
+    event_loop: str = doc("event loop: auto (uvloop where installed), uvloop or asyncio", "auto")
     ort_intra_op_threads: int = doc("onnxruntime intra-op threads per session", 1)
     ort_spinning: bool = doc("let onnxruntime worker threads spin-wait", False)
     offload_rows: int = doc("batches with at least this many rows run off the event loop", 512)

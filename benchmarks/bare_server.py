@@ -89,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="serialized PredictResponse to answer with (default: a typical demo answer)",
     )
+    parser.add_argument(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="asyncio's default loop (the plain grpc.aio baseline) or uvloop",
+    )
     args = parser.parse_args(argv)
     try:
         response = (
@@ -98,7 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (ValueError, DecodeError) as exc:  # bad hex, or bytes that are not a response
         parser.error(f"--response-hex: {exc}")
-    asyncio.run(serve(args.listen, response))
+    loop_factory = None
+    if args.event_loop == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(args.listen, response))
     return 0
 
 

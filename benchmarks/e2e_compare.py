@@ -10,7 +10,7 @@ servers so drift on a shared machine hits all of them; medians across rounds are
 each server's CPU time per request measured from /proc over the measured phase.
 
 Run: python -m benchmarks.e2e_compare --out benchmarks/results [--duration 10] [--rounds 3]
-     [--connections 4] [--streams 16] [--ort-matrix] [--nolog] [--profile]
+     [--connections 4] [--streams 16] [--ort-matrix] [--nolog] [--asyncio] [--profile]
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ from abgate.v1 import gateway_pb2 as pb
 
 PATH = "/abgate.v1.InferenceGateway/Predict"
 TARGET_RATIO = 0.85
+# The reference servers: a plain grpc.aio server on asyncio's default loop, and on uvloop.
+BARE_SERVERS = {"bare": "asyncio", "bare-uvloop": "uvloop"}
 PERCENTILES = (50.0, 75.0, 90.0, 95.0, 99.0, 99.9)
 EXIT_USAGE = 2
 # Answers whose size differs from the bare server's by more than this are not the same answer.
@@ -668,8 +670,12 @@ def markdown(report: Mapping[str, Any]) -> str:
             f"| {s['other_cores']:.2f} |"
         )
     lines += ["", f"**gateway/bare req/s ratio: {report['ratio']:.2f}** (target ≥ {TARGET_RATIO})"]
-    lines += ["", "Servers: `bare` is `benchmarks/bare_server.py`; `gateway` is `abgate serve` "
-              "(one process, defaults, prediction logging to PostgreSQL on)."]  # fmt: skip
+    if "ratio_same_loop" in report:
+        lines += ["", f"gateway/bare-uvloop (both on uvloop): {report['ratio_same_loop']:.2f}"]
+    lines += ["", "Servers: `bare` is `benchmarks/bare_server.py` on asyncio's default loop "
+              "(a plain grpc.aio server), `bare-uvloop` the same on uvloop; `gateway` is "
+              "`abgate serve` (one process, defaults: uvloop, prediction logging to "
+              "PostgreSQL on)."]  # fmt: skip
     for name, variant in report.get("variants", {}).items():
         if variant:
             lines.append(f"- `{name}`: `abgate serve {' '.join(variant)}`")
@@ -744,6 +750,8 @@ def gateway_variants(args: argparse.Namespace) -> dict[str, list[str]]:
     variants: dict[str, list[str]] = {"gateway": []}
     if args.nolog:
         variants["gateway-nolog"] = ["--no-log-predictions"]
+    if args.asyncio:
+        variants["gateway-asyncio"] = ["--event-loop", "asyncio"]
     if args.ort_matrix:
         # intra-op 1 × spinning off is "gateway"; the other three corners of the 2 × 2.
         variants["gateway-ort1-spin"] = ["--ort-spinning"]
@@ -763,6 +771,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--h2load", default="h2load", help="h2load executable")
     parser.add_argument(
         "--nolog", action="store_true", help="also run a gateway with --no-log-predictions"
+    )
+    parser.add_argument(
+        "--asyncio", action="store_true", help="also run a gateway with --event-loop asyncio"
     )
     parser.add_argument(
         "--ort-matrix",
@@ -856,14 +867,17 @@ def compare(args: argparse.Namespace, h2load: str, py_spy: str | None) -> int:
             for name, s in servers.items()
         }
         answer = answers["gateway"]
-        port = free_port()
-        servers["bare"] = Server("bare", [
-            py, "-m", "benchmarks.bare_server", "--listen", f"127.0.0.1:{port}",
-            "--response-hex", bare_response(answer).SerializeToString().hex(),
-        ], port, work)  # fmt: skip
-        servers["bare"].wait_serving()
+        for name, loop in BARE_SERVERS.items():
+            port = free_port()
+            servers[name] = Server(name, [
+                py, "-m", "benchmarks.bare_server", "--listen", f"127.0.0.1:{port}",
+                "--response-hex", bare_response(answer).SerializeToString().hex(),
+                "--event-loop", loop,
+            ], port, work)  # fmt: skip
+            servers[name].wait_serving()
         bare_raw = call_raw(servers["bare"].target, message)
         check_answer(bare_raw, arm="treatment")
+        check_answer(call_raw(servers["bare-uvloop"].target, message), arm="treatment")
         for name, a in answers.items():
             if abs(a.ByteSize() - len(bare_raw)) > SIZE_SLACK_BYTES:
                 raise AssertionError(
@@ -875,7 +889,7 @@ def compare(args: argparse.Namespace, h2load: str, py_spy: str | None) -> int:
             + ", ".join(f"{n} {a.ByteSize()} B" for n, a in answers.items())
         )
 
-        order = ["bare", *variants]
+        order = [*BARE_SERVERS, *variants]
         frame_bytes = 5 + len(bare_raw)  # what h2load should receive per answer
         warnings: list[str] = []
         runs: dict[str, list[RunResult]] = {name: [] for name in order}
@@ -884,7 +898,7 @@ def compare(args: argparse.Namespace, h2load: str, py_spy: str | None) -> int:
                 s = servers[name]
                 run = measure(
                     h2load, s, body, args, work / f"{name}.log",
-                    db_pids if name != "bare" else [],
+                    [] if name in BARE_SERVERS else db_pids,
                 )  # fmt: skip
                 h = run.h2load
                 runs[name].append(run)
@@ -943,10 +957,12 @@ def compare(args: argparse.Namespace, h2load: str, py_spy: str | None) -> int:
             "user_id": user, "arm": answer.arm,
             "model": f"{answer.model.id}:{answer.model.version}",
         },
-        "variants": {"bare": [], **variants},
+        "variants": {"bare": [], "bare-uvloop": [], **variants},
         "results": results,
         "ratio_vs_bare": ratios,
         "ratio": ratios["gateway"],
+        # The gateway runs on uvloop by default; this is its ratio to a bare server on uvloop too.
+        "ratio_same_loop": ratios["gateway"] / ratios["bare-uvloop"],
         "target_ratio": TARGET_RATIO,
         "meets_target": ratios["gateway"] >= TARGET_RATIO,
         "warnings": warnings,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from abgate.errors import InvalidArgument
 from abgate.v1 import gateway_pb2 as pb
 from gateway import codec
 
@@ -47,3 +49,31 @@ def test_ids_that_are_not_utf8_are_invalid_arguments() -> None:
     with pytest.raises(InvalidArgument, match="request_id: is not valid UTF-8"):
         codec.check_request_id("r\udfff")
     codec.check_user_id("é" * 128)  # 256 bytes: fine
+
+
+NAN_TIMES_ZERO = pytest.mark.filterwarnings("ignore:invalid value encountered in dot")
+
+
+@NAN_TIMES_ZERO
+@settings(max_examples=500, deadline=None)
+@given(values=st.lists(st.floats(width=32), min_size=1, max_size=64))
+def test_decode_row_refuses_exactly_the_rows_with_nan_or_inf(values: list[float]) -> None:
+    """The dot-product check against zeros agrees with isfinite on any float32 values
+    (extremes, subnormals, -0.0 included)."""
+    arr = np.asarray(values, dtype=np.float32)
+    tensor = pb.Tensor(datatype="FP32", shape=[1, len(arr)], raw=arr.tobytes())
+    if np.isfinite(arr).all():
+        row = codec.decode_row(tensor, len(arr))
+        assert row.shape == (1, len(arr)) and row.tobytes() == arr.tobytes()
+    else:
+        with pytest.raises(InvalidArgument, match="NaN or Inf"):
+            codec.decode_row(tensor, len(arr))
+
+
+@NAN_TIMES_ZERO
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_decode_row_refuses_a_non_finite_value_among_extremes(bad: float) -> None:
+    arr = np.array([3.4e38, -3.4e38, 1e-45, -0.0, 0.0, bad], dtype=np.float32)
+    with pytest.raises(InvalidArgument, match="NaN or Inf"):
+        codec.decode_row(pb.Tensor(raw=arr.tobytes()), len(arr))
+    codec.decode_row(pb.Tensor(raw=arr[:-1].tobytes()), len(arr) - 1)

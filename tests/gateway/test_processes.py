@@ -266,5 +266,22 @@ def test_serve_usage_errors_and_busy_port(
     assert busy.returncode == 1 and "UNAVAILABLE" in busy.stderr and "cannot listen" in busy.stderr
     assert run_cli("serve", "--listen", "nope", *common).returncode == 2
     assert run_cli("serve", "--workers", "0", *common).returncode == 2
+    bad_loop = run_cli("serve", "--event-loop", "tokio", *common)
+    assert bad_loop.returncode == 2 and "tokio" in bad_loop.stderr
     nonexistent = run_cli("serve", "--listen", gp.target, "--config", "/nonexistent")
     assert nonexistent.returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("flag", "loop"), [((), "uvloop"), (("--event-loop", "asyncio"), "asyncio")]
+)
+def test_gateway_runs_on_the_event_loop_chosen(
+    gateway_process: Any, demo_store: DemoStore, flag: tuple[str, ...], loop: str
+) -> None:
+    """uvloop by default (it is a dependency on Linux), asyncio's own loop on request; both
+    serve the same answers."""
+    gp = gateway_process(*flag)
+    with GatewayClient(gp.target) as client:
+        assert client.predict("demo", "user-1", demo_store.X[0])["arm"] in {"control", "treatment"}
+    code, out = gp.stop()
+    assert code == 0 and f"(event loop {loop})" in out, out[-2000:]

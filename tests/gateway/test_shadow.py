@@ -161,7 +161,9 @@ class _BlockingSession:
         self.release = threading.Event()
         self.calls = 0
 
-    def run(self, outputs: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(
+        self, outputs: Any, feeds: dict[str, np.ndarray], run_options: Any = None
+    ) -> list[np.ndarray]:
         self.calls += 1
         if self.delay is None:
             self.release.wait()

@@ -1,0 +1,56 @@
+"""The vectorised request metrics equal a row-by-row count of the same log rows."""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.metrics import _BOUNDS_US, _CODE_NAMES, PredictionStats
+
+ROW = st.tuples(
+    st.sampled_from(["exp-a", "exp-b"]),
+    st.sampled_from(["control", "treatment", "shadow-x"]),
+    st.one_of(st.integers(0, 2_000_000), st.sampled_from([int(b) for b in _BOUNDS_US])),
+    st.booleans(),
+    st.sampled_from([0, 0, 0, 3, 13, 14, 99]),  # 99: not a gRPC code, shown as "99"
+)
+
+
+def log_row(exp: str, arm: str, lat_us: int, shadow: bool, status: int) -> tuple[Any, ...]:
+    return ("rid", 0.0, exp, 1, 7, 1, arm, "m", "1", "a" * 64, 1, [0.5, 0.5], lat_us, shadow,
+            "gw", status)  # fmt: skip
+
+
+Batches = list[list[tuple[Any, ...]]]
+
+
+def reference(batches: Batches) -> tuple[dict[Any, int], dict[Any, list[float]]]:
+    counts: dict[Any, int] = {}
+    latency: dict[Any, list[float]] = {}
+    for rows in batches:
+        for r in rows:
+            key = (r[2], r[6], _CODE_NAMES.get(r[15], str(r[15])), r[13])
+            counts[key] = counts.get(key, 0) + 1
+            hist = latency.setdefault((r[2], r[6], r[13]), [0.0] * (len(_BOUNDS_US) + 2))
+            hist[bisect.bisect_left(_BOUNDS_US, r[12])] += 1
+            hist[-1] += r[12] / 1e6
+    return counts, latency
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches=st.lists(st.lists(ROW, max_size=40), max_size=4))
+def test_observe_equals_a_row_by_row_count(batches: list[list[tuple[Any, ...]]]) -> None:
+    rows = [[log_row(*r) for r in batch] for batch in batches]
+    stats = PredictionStats()
+    for batch in rows:
+        stats.observe(batch)
+    counts, latency = reference(rows)
+    assert stats.counts == counts
+    assert stats.latency.keys() == latency.keys()
+    for key, hist in latency.items():
+        got = stats.latency[key]
+        assert got[:-1] == hist[:-1], key  # bucket counts exactly (a value on a bound is "le")
+        assert abs(got[-1] - hist[-1]) < 1e-9 * max(1.0, hist[-1])
