@@ -15,10 +15,13 @@ import time
 from pathlib import Path
 
 import asyncpg
+import numpy as np
 
 from abgate.db.embedded import EmbeddedPostgres
 from abgate.db.migrate import migrate
 from gateway.logwriter import LogWriter
+
+SCORES = np.array([0.25, 0.75], dtype="<f4").tobytes()  # as the gateway queues scores
 
 
 def make_rows(n: int, run: int) -> list[tuple[object, ...]]:
@@ -35,7 +38,7 @@ def make_rows(n: int, run: int) -> list[tuple[object, ...]]:
             "control",
             *model,
             i % 2,
-            [0.25, 0.75],
+            SCORES,
             150,
             False,
             "bench",

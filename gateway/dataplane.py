@@ -17,7 +17,7 @@ import numpy as np
 from abgate.errors import InvalidArgument, NotFound, Unavailable
 from gateway.allocation import Allocation
 from gateway.hashing import BUCKET_FUNCTIONS, NUM_BUCKETS, buckets_v1
-from gateway.logwriter import LogWriter
+from gateway.logwriter import SCORES_DTYPE, LogWriter, scores_rows
 from gateway.variants import Variant
 
 
@@ -223,7 +223,7 @@ class DataPlane:
                 arm.model_version,
                 arm.model_sha256,
                 label,
-                scores.tolist(),
+                scores.astype(SCORES_DTYPE, copy=False).tobytes(),  # as logwriter.scores_rows
                 int((now - started) * 1e6),
                 False,
                 self.gateway_id,
@@ -249,7 +249,7 @@ class DataPlane:
         log.append(
             (
                 request_id, now, exp.name, exp.config_version, bucket, exp.hash_version,
-                arm.name, arm.model_id, arm.model_version, arm.model_sha256, -1, [],
+                arm.name, arm.model_id, arm.model_version, arm.model_sha256, -1, b"",
                 int((now - started) * 1e6), False, self.gateway_id, code,
             )
         )  # fmt: skip
@@ -261,24 +261,25 @@ class DataPlane:
         log.ensure_room(len(result.request_ids))
         now = time.time()
         latency = int((now - started) * 1e6)
-        snap_arms = result.arms
+        arms = [
+            (arm.name, arm.model_id, arm.model_version, arm.model_sha256) for arm in result.arms
+        ]
+        exp, version, hash_version = result.experiment, result.config_version, result.hash_version
+        gid = self.gateway_id
         # One row per prediction: the batch is one call but many users and decisions.
-        for rid, arm_i, bucket, label, scores in zip(
-            result.request_ids,
-            result.arm_index.tolist(),
-            result.buckets.tolist(),
-            result.labels.tolist(),
-            result.scores.tolist(),
-            strict=True,
-        ):
-            arm = snap_arms[arm_i]
-            log.append(
-                (
-                    rid, now, result.experiment, result.config_version, bucket,
-                    result.hash_version, arm.name, arm.model_id, arm.model_version,
-                    arm.model_sha256, label, scores, latency, False, self.gateway_id, 0,
-                )
-            )  # fmt: skip
+        rows = [
+            (rid, now, exp, version, bucket, hash_version, *arms[arm_i], label, scores, latency,
+             False, gid, 0)
+            for rid, arm_i, bucket, label, scores in zip(
+                result.request_ids,
+                result.arm_index.tolist(),
+                result.buckets.tolist(),
+                result.labels.tolist(),
+                scores_rows(result.scores),
+                strict=True,
+            )
+        ]  # fmt: skip
+        log.extend(rows)
 
     def route_batch(self, exp: ExperimentRuntime, user_ids: Sequence[str]) -> np.ndarray:
         if exp.hash_version != 1:  # pragma: no cover - only v1 exists today

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.dataplane import ExperimentRuntime, ShadowRuntime
+from gateway.logwriter import scores_rows
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +173,10 @@ class ShadowMirror:
         now = time.time()
         if status == 0:
             self.counters.run += len(ids)
-            labels, scores = labels_arr.tolist(), scores_arr.tolist()
+            labels, scores = labels_arr.tolist(), scores_rows(scores_arr)
         else:
             self.counters.failed += len(ids)
-            labels, scores = [-1] * len(ids), [[]] * len(ids)
+            labels, scores = [-1] * len(ids), [b""] * len(ids)
         if self._log_rows is None:
             return
         exp = items[0].exp

@@ -1,14 +1,16 @@
 """Append-only on-disk spool for log batches the database could not take.
 
 Segment files ``seg-<n>.spool`` hold records ``magic(4) | length(4) | crc32(4) | payload``,
-each payload one JSON batch. Every append is fsynced. A torn record at a segment's end (a crash
-mid-write) fails its checksum and is ignored; the records before it are intact. Segments are
+each payload one JSON batch (bytes values, such as prediction scores, as ``{"b64": ...}``).
+Every append is fsynced. A torn record at a segment's end (a crash mid-write) fails its
+checksum and is ignored; the records before it are intact. Segments are
 deleted only after every record in them is committed to PostgreSQL, and replays are harmless
 (the writer inserts with ON CONFLICT DO NOTHING), so a crash during replay only repeats work.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -51,7 +53,7 @@ class Spool:
 
     def append(self, rows: list[Any]) -> Path:
         """Durably append one batch; returns the segment it went to."""
-        payload = json.dumps(rows, separators=(",", ":")).encode()
+        payload = json.dumps(rows, separators=(",", ":"), default=_encode).encode()
         record = _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
         if self._size + len(record) > self.max_bytes:
             raise SpoolFull(f"spool {self.root} is full ({self._size} bytes)")
@@ -84,7 +86,7 @@ class Spool:
             if magic != MAGIC or end > len(data) or zlib.crc32(data[start:end]) != crc:
                 log.error("spool %s: bad record at byte %d; ignoring the rest", segment, pos)
                 return
-            yield json.loads(data[start:end])
+            yield json.loads(data[start:end], object_hook=_decode)
             pos = end
 
     def delete(self, segment: Path) -> None:
@@ -93,3 +95,15 @@ class Spool:
         self._size -= size
         if self._current == segment:
             self._current = None
+
+
+def _encode(value: object) -> object:
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode("ascii")}
+    raise TypeError(f"cannot spool a {type(value).__name__}")
+
+
+def _decode(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and "b64" in obj:
+        return base64.b64decode(obj["b64"])
+    return obj

@@ -7,6 +7,7 @@ import time
 from urllib.parse import urlsplit
 
 import asyncpg
+import numpy as np
 import pytest
 
 from abgate.db.migrate import migrate
@@ -14,11 +15,13 @@ from abgate.errors import Unavailable
 from gateway.logwriter import LogWriter, Row
 from tests.conftest import execute_sql
 
+SCORES = np.array([0.25, 0.75], dtype="<f4").tobytes()  # as the gateway queues scores
+
 
 def row(i: int, ts: float | None = None) -> Row:
     t = ts if ts is not None else time.time()
     model = ("demo-logreg", "1", "a" * 64)
-    return (f"req-{i}", t, "demo", 1, i % 10_000, 1, "control", *model, i % 2, [0.25, 0.75],
+    return (f"req-{i}", t, "demo", 1, i % 10_000, 1, "control", *model, i % 2, SCORES,
             150, False, "gw-test", 0)  # fmt: skip
 
 
@@ -110,3 +113,49 @@ def test_full_queue_refuses_instead_of_losing(fresh_db: str) -> None:
 
     w = asyncio.run(run())
     assert w.counters.refused == 1 and w.counters.written == 10
+
+
+def test_scores_arrive_exactly_as_the_model_gave_them(fresh_db: str) -> None:
+    """Scores travel as float32 bytes and PostgreSQL decodes them (migration 0005): every
+    float32 — extremes, subnormals, -0, ±Inf, NaN — and every width (none, the inlined 1..8
+    classes, wider vectors) lands in predictions.scores as the same real."""
+    rng = np.random.default_rng(5)
+    specials = np.array(
+        [0.0, -0.0, 1e-45, -1e-45, 1.1754942e-38, 1.1754944e-38, 3.4028235e38, -3.4028235e38,
+         np.inf, -np.inf, np.nan, 1.0, 0.5, 1 / 3],
+        dtype="<f4",
+    )  # fmt: skip
+    vectors: list[np.ndarray] = []
+    for width in range(0, 13):
+        for _ in range(20):
+            v = rng.standard_normal(width).astype("<f4") * np.float32(10.0) ** rng.integers(-40, 38)
+            if width:
+                v[rng.integers(width)] = rng.choice(specials)
+            vectors.append(v.astype("<f4"))
+    vectors.append(specials)
+    vectors += [rng.random(2, dtype=np.float32) for _ in range(200)]  # the common two classes
+    bits = [v.view("<u4") for v in vectors]  # raw bits, so -0 and NaN compare exactly
+
+    async def run() -> list[np.ndarray]:
+        await migrate(fresh_db)
+        w = LogWriter(fresh_db)
+        await w.start()
+        await w.connected()
+        batch = [(*row(i)[:11], v.tobytes(), *row(i)[12:]) for i, v in enumerate(vectors)]
+        assert await w.write(batch) == len(vectors)
+        await w.stop()
+        conn = await asyncpg.connect(fresh_db)
+        try:
+            got = await conn.fetch("SELECT request_id, scores FROM predictions")
+        finally:
+            await conn.close()
+        by_id = {r["request_id"]: r["scores"] for r in got}
+        return [np.asarray(by_id[f"req-{i}"], dtype="<f4") for i in range(len(vectors))]
+
+    stored = asyncio.run(run())
+    for i, (want, got) in enumerate(zip(bits, stored, strict=True)):
+        assert got.shape == want.shape, i
+        # NaN payloads may differ; every other value must match bit for bit.
+        nan = np.isnan(vectors[i])
+        assert np.array_equal(np.isnan(got), nan), (i, vectors[i], got)
+        assert np.array_equal(got.view("<u4")[~nan], want[~nan]), (i, vectors[i], got)

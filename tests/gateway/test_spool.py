@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 
 from abgate.db.migrate import migrate
@@ -19,7 +20,7 @@ from tests.gateway.test_logwriter import count, row
 
 def test_append_read_delete(tmp_path: Path) -> None:
     spool = Spool(tmp_path, segment_bytes=300)
-    batches = [[[f"r{i}", i, [0.5, 0.5]]] for i in range(10)]
+    batches = [[[f"r{i}", i, [0.5, 0.5], bytes(range(i, 2 * i))]] for i in range(10)]
     for b in batches:
         spool.append(b)
     segments = spool.segments()
@@ -91,3 +92,28 @@ def test_writer_spills_during_outage_and_replays_once(
     again = asyncio.run(recover(kept))
     assert again.counters.replayed == 1000 and again.counters.duplicates == 1000
     assert asyncio.run(count(fresh_db)) == 1000  # the same spool twice: no new rows
+
+
+def test_a_spool_from_before_scores_were_bytes_replays(fresh_db: str, tmp_path: Path) -> None:
+    """Segments written by an older gateway hold scores as lists of floats; they replay into
+    the same reals."""
+    legacy = [[*row(i)[:11], [0.25, 0.75 + i / 1024], *row(i)[12:]] for i in range(50)]
+    Spool(tmp_path).append(legacy)
+
+    async def replay() -> list[list[float]]:
+        await migrate(fresh_db)
+        w = LogWriter(fresh_db, max_age=0.05, spool=Spool(tmp_path))
+        await w.start()
+        deadline = time.monotonic() + 20
+        while Spool(tmp_path).segments() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await w.stop()
+        assert w.counters.replayed == 50
+        conn = await asyncpg.connect(fresh_db)
+        try:
+            rows = await conn.fetch("SELECT request_id, scores FROM predictions")
+        finally:
+            await conn.close()
+        return [list(r["scores"]) for r in sorted(rows, key=lambda r: int(r[0].split("-")[1]))]
+
+    assert asyncio.run(replay()) == [[0.25, 0.75 + i / 1024] for i in range(50)]
