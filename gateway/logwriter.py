@@ -130,9 +130,13 @@ class LogWriter:
             f"CREATE TEMP TABLE IF NOT EXISTS {staging} ON COMMIT DELETE ROWS AS "
             f"SELECT {staged} FROM {table} WITH NO DATA"
         )
+        # Run through fetchval so asyncpg prepares it once per connection: without parameters
+        # PostgreSQL then keeps one generic plan, where the simple protocol re-planned the
+        # scores decoding on every flush (10 ms, as much as executing 400 rows).
         self._insert_sql = (
-            f"INSERT INTO {table} ({', '.join(self.columns)}) SELECT {restored} FROM {staging} "
-            "ON CONFLICT DO NOTHING"
+            f"WITH inserted AS (INSERT INTO {table} ({', '.join(self.columns)}) "
+            f"SELECT {restored} FROM {staging} ON CONFLICT DO NOTHING RETURNING 1) "
+            "SELECT count(*) FROM inserted"
         )
         self.on_connect = on_connect  # e.g. run migrations before the first flush
         # Sees every batch once as it leaves memory (request metrics from the log rows).
@@ -312,7 +316,7 @@ class LogWriter:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(self._create_staging_sql)
             await conn.copy_records_to_table(staging, records=batch, columns=self.columns)
-            status = await conn.execute(self._insert_sql)
+            inserted = int(await conn.fetchval(self._insert_sql))
             if self.table == "outcomes":
                 self.counters.unmatched += int(
                     await conn.fetchval(
@@ -320,7 +324,6 @@ class LogWriter:
                         "(SELECT 1 FROM predictions p WHERE p.request_id = s.request_id)"
                     )
                 )
-        inserted = int(status.rsplit(" ", 1)[1])
         self.counters.written += inserted
         self.counters.duplicates += len(batch) - inserted
         return inserted
