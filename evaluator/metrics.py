@@ -61,8 +61,15 @@ class EvaluatorCollector(Collector):
             "Log rows folded into the aggregates",
             labels=["table"],
         )
+        last = GaugeMetricFamily(
+            "abgate_evaluator_last_tick_timestamp_seconds",
+            "Unix time the last evaluation tick completed (aggregation and every policy)",
+        )
         if srv.last_tick is not None:
             tick.add_metric([], srv.last_tick.seconds)
+        if srv.last_tick_at is not None:
+            last.add_metric([], srv.last_tick_at)
+        yield last
         rows.add_metric(["predictions"], srv.rows_aggregated["predictions"])
         rows.add_metric(["outcomes"], srv.rows_aggregated["outcomes"])
         yield tick

@@ -88,6 +88,7 @@ class EvaluatorServer:
         self.verdicts: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._audited: dict[str, tuple[str, float]] = {}
         self.last_tick: TickResult | None = None
+        self.last_tick_at: float | None = None  # time.time() when the last tick completed
         self.rows_aggregated = {"predictions": 0, "outcomes": 0}
         self.decision_counts: dict[str, int] = {}
         self.metrics_httpd: Any = None
@@ -173,6 +174,7 @@ class EvaluatorServer:
                 log.exception("evaluating %s failed; retrying next tick", name)
                 continue
             decided.append((name, decision))
+        self.last_tick_at = time.time()
         return decided
 
     async def maintain(self) -> None:

@@ -14,13 +14,20 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from gateway.logwriter import SCORES_DTYPE
+
 # Latency histogram bounds, seconds (served predictions, from the log rows).
 LATENCY_BOUNDS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 _BOUNDS_US = tuple(b * 1e6 for b in LATENCY_BOUNDS_S)
 _BOUNDS_US_NP = np.array(_BOUNDS_US)
-# Columns as gateway.logwriter.COLUMNS: experiment 2, arm 6, latency_us 12, shadow 13, status 15.
+# Confidence = the highest class score of an answered prediction.
+CONFIDENCE_BOUNDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+_CONFIDENCE_NP = np.array(CONFIDENCE_BOUNDS)
+# Columns as gateway.logwriter.COLUMNS: experiment 2, arm 6, scores 11, latency_us 12, shadow 13,
+# status 15.
 _COUNT_KEY = itemgetter(2, 6, 13, 15)
 _HIST_KEY = itemgetter(2, 6, 13)
+_SCORES = itemgetter(11)
 _LATENCY = itemgetter(12)
 _CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 
@@ -35,6 +42,8 @@ class PredictionStats:
         self.counts: dict[tuple[str, str, str, bool], int] = {}
         # (experiment, arm, shadow) -> [bucket counts..., +Inf count, sum seconds]
         self.latency: dict[tuple[str, str, bool], list[float]] = {}
+        # (experiment, arm, shadow) -> [bucket counts..., +Inf count, sum] of confidence
+        self.confidence: dict[tuple[str, str, bool], list[float]] = {}
 
     def observe(self, rows: Sequence[Sequence[Any]]) -> None:
         """Count a batch. Vectorised (itemgetter maps, a C Counter, numpy bincount): the
@@ -54,13 +63,50 @@ class PredictionStats:
         width = len(_BOUNDS_US) + 1
         per_bin = np.bincount(gid * width + bins, minlength=len(ids) * width).reshape(-1, width)
         sums = np.bincount(gid, weights=lat_us, minlength=len(ids)) / 1e6
-        for key, i in ids.items():
-            hist = latency.get(key)
-            if hist is None:
-                hist = latency[key] = [0.0] * (width + 1)
-            for b, c in enumerate(per_bin[i].tolist()):
-                hist[b] += c
-            hist[-1] += float(sums[i])
+        _accumulate(latency, ids, per_bin, sums)
+        # Confidence of the answered rows (failed rows carry no scores): the highest score of
+        # each row's float32 bytes, found for the whole batch by one reduceat.
+        scores = list(map(_SCORES, rows))
+        lengths = np.fromiter(map(len, scores), dtype=np.intp, count=n)
+        answered = lengths > 0
+        if not answered.any():
+            return
+        values = np.frombuffer(b"".join(scores), dtype=SCORES_DTYPE)
+        starts = ((np.cumsum(lengths) - lengths) // SCORES_DTYPE.itemsize)[answered]
+        top = np.maximum.reduceat(values, starts).astype(np.float64)
+        cwidth = len(CONFIDENCE_BOUNDS) + 1
+        cgid = gid[answered]
+        per_conf = np.bincount(
+            cgid * cwidth + np.searchsorted(_CONFIDENCE_NP, top), minlength=len(ids) * cwidth
+        ).reshape(-1, cwidth)
+        # A NaN score counts in +Inf (searchsorted puts NaN last) but not in the sum.
+        top_sums = np.bincount(cgid, weights=np.nan_to_num(top, nan=0.0), minlength=len(ids))
+        _accumulate(self.confidence, ids, per_conf, top_sums)
+
+
+def _accumulate(
+    into: dict[Any, list[float]], ids: dict[Any, int], per_bin: np.ndarray, sums: np.ndarray
+) -> None:
+    """Add a batch's per-group bin counts and sums to running ``[bins..., sum]`` lists."""
+    for key, i in ids.items():
+        counts = per_bin[i].tolist()
+        if not any(counts):
+            continue
+        hist = into.get(key)
+        if hist is None:
+            hist = into[key] = [0.0] * (len(counts) + 1)
+        for b, c in enumerate(counts):
+            hist[b] += c
+        hist[-1] += float(sums[i])
+
+
+def _buckets(bounds: Sequence[float], hist: list[float]) -> list[tuple[str, float]]:
+    """Cumulative Prometheus buckets from ``[bin counts..., +Inf count, sum]``."""
+    cumulative, buckets = 0.0, []
+    for bound, k in zip((*map(str, bounds), "+Inf"), hist[:-1], strict=True):
+        cumulative += k
+        buckets.append((bound, cumulative))
+    return buckets
 
 
 if TYPE_CHECKING:
@@ -141,12 +187,19 @@ class GatewayCollector(Collector):
         spool_bytes = GaugeMetricFamily(
             "abgate_log_spool_bytes", "Bytes in the disk spool", labels=["gateway", "table"]
         )
+        spool_max = GaugeMetricFamily(
+            "abgate_log_spool_max_bytes",
+            "Size the disk spool may reach (--spool-max-bytes) before calls are refused",
+            labels=["gateway", "table"],
+        )
         for table, w in writers.items():
             if w is not None and w.spool is not None:
                 spool_bytes.add_metric([gid, table], w.spool.size)
+                spool_max.add_metric([gid, table], w.spool.max_bytes)
         yield queued
         yield lag
         yield spool_bytes
+        yield spool_max
         unmatched = CounterMetricFamily(
             "abgate_outcomes_unmatched",
             "Outcomes whose prediction was not in the log when they were written",
@@ -164,18 +217,22 @@ class GatewayCollector(Collector):
         for (exp, arm, status, is_shadow), count in sorted(stats.counts.items()):
             requests.add_metric([gid, exp, arm, status, str(is_shadow).lower()], count)
         yield requests
-        latency = HistogramMetricFamily(
-            "abgate_prediction_latency_seconds",
-            "Time from a call's arrival to its answer (shadows: model time per row)",
-            labels=["gateway", "experiment", "arm", "shadow"],
-        )
-        for (exp, arm, is_shadow), hist in sorted(stats.latency.items()):
-            cumulative, buckets = 0.0, []
-            for bound, k in zip((*map(str, LATENCY_BOUNDS_S), "+Inf"), hist[:-1], strict=True):
-                cumulative += k
-                buckets.append((bound, cumulative))
-            latency.add_metric([gid, exp, arm, str(is_shadow).lower()], buckets, hist[-1])
-        yield latency
+        for name, text, bounds, data in (
+            ("abgate_prediction_latency_seconds",
+             "Time from a call's arrival to its answer (shadows: model time per row)",
+             LATENCY_BOUNDS_S, stats.latency),
+            ("abgate_prediction_confidence",
+             "Highest class score of each answered prediction (low: the model is unsure)",
+             CONFIDENCE_BOUNDS, stats.confidence),
+        ):  # fmt: skip
+            histogram = HistogramMetricFamily(
+                name, text, labels=["gateway", "experiment", "arm", "shadow"]
+            )
+            for (exp, arm, is_shadow), hist in sorted(data.items()):
+                histogram.add_metric(
+                    [gid, exp, arm, str(is_shadow).lower()], _buckets(bounds, hist), hist[-1]
+                )
+            yield histogram
 
 
 def serve_collector(collector: Collector, host: str, port: int) -> Any:

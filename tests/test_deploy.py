@@ -551,6 +551,13 @@ def test_alert_rules_parse_and_cover_the_guardrails() -> None:
     uses("AbgateGatewayDisconnected", "abgate_config_stream_connected")
     uses("AbgateEvaluatorLostGateway", "abgate_gateway_connected")
     uses("AbgateShadowShedding", "abgate_shadow_rows_total")
+    uses(
+        "AbgateLowConfidencePredictions",
+        "abgate_prediction_confidence_bucket",
+        "abgate_prediction_confidence_count",
+    )
+    uses("AbgateEvaluatorStalled", "abgate_evaluator_last_tick_timestamp_seconds")
+    uses("AbgateLogSpoolNearlyFull", "abgate_log_spool_bytes", "abgate_log_spool_max_bytes")
     assert "shed" in rules["AbgateShadowShedding"]["expr"]
 
 

@@ -5,6 +5,7 @@ arm on its own, and both gateways ACK the new split."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -145,6 +146,8 @@ def test_policy_promotes_the_better_model_from_real_outcomes(
         assert f"abgate_evaluator_snapshot_version {float(view.snapshot_version)}" in text
         assert 'abgate_evaluator_config_answers_total{answer="nack"} 0.0' in text
         assert 'abgate_experiment_running{experiment="exp"} 0.0' in text
+        last_tick = re.search(r"^abgate_evaluator_last_tick_timestamp_seconds (\S+)$", text, re.M)
+        assert last_tick is not None and 0 <= time.time() - float(last_tick.group(1)) < 60
 
         # A restarted evaluator still shows the verdict (read back from the audit table).
         ev.close()

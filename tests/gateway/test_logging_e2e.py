@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import signal
 import threading
 import time
@@ -190,10 +191,13 @@ def test_metrics_endpoint_reports_the_log(
     )
     try:
         arms: dict[str, int] = {}
+        unsure: dict[str, int] = {}  # answers whose highest class score is at most 0.6
         with GatewayClient(gw.target) as client:
             for i in range(25):
-                arm = client.predict("demo", f"m{i}", demo_store.X[i])["arm"]
+                answer = client.predict("demo", f"m{i}", demo_store.X[i])
+                arm = answer["arm"]
                 arms[arm] = arms.get(arm, 0) + 1
+                unsure[arm] = unsure.get(arm, 0) + (max(answer["scores"]) <= 0.6)
         wait_for_rows(fresh_db, 25)
         url = f"http://127.0.0.1:{gw.server.metrics_port}/metrics"
         text = urllib.request.urlopen(url, timeout=5).read().decode()
@@ -210,9 +214,18 @@ def test_metrics_endpoint_reports_the_log(
         assert (
             f'abgate_prediction_latency_seconds_bucket{{{labels},le="+Inf",shadow="false"}}' in text
         )
+        # Confidence (highest class score) of the same answers.
+        assert f'abgate_prediction_confidence_count{{{labels},shadow="false"}} {float(n)}' in text
+        le_06 = f'abgate_prediction_confidence_bucket{{{labels},le="0.6",shadow="false"}}'
+        assert f"{le_06} {float(unsure[arm])}" in text, (le_06, unsure)
     assert f'abgate_log_rows_written_total{{gateway="{gid}",table="predictions"}} 25.0' in text
     assert f'abgate_log_rows_queued{{gateway="{gid}",table="predictions"}} 0.0' in text
     assert f'abgate_config_version{{gateway="{gid}"}} 1.0' in text
     assert "abgate_log_lag_seconds" in text and "abgate_outcomes_unmatched_total" in text
     assert f'abgate_log_rows_spooled_total{{gateway="{gid}",table="predictions"}} 0.0' in text
     assert "abgate_log_spool_bytes" in text
+    spool_max = re.search(
+        rf'^abgate_log_spool_max_bytes{{gateway="{gid}",table="predictions"}} (\S+)$', text, re.M
+    )
+    assert spool_max is not None
+    assert float(spool_max.group(1)) == gw.server.settings.spool_max_bytes

@@ -5,10 +5,11 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.metrics import _BOUNDS_US, _CODE_NAMES, PredictionStats
+from gateway.metrics import _BOUNDS_US, _CODE_NAMES, CONFIDENCE_BOUNDS, PredictionStats
 
 ROW = st.tuples(
     st.sampled_from(["exp-a", "exp-b"]),
@@ -16,20 +17,29 @@ ROW = st.tuples(
     st.one_of(st.integers(0, 2_000_000), st.sampled_from([int(b) for b in _BOUNDS_US])),
     st.booleans(),
     st.sampled_from([0, 0, 0, 3, 13, 14, 99]),  # 99: not a gRPC code, shown as "99"
+    # the row's scores: none (a failed call) or 1..4 classes, bounds and NaN included
+    st.lists(
+        st.one_of(st.floats(0, 1, width=32), st.sampled_from([*CONFIDENCE_BOUNDS, float("nan")])),
+        max_size=4,
+    ),
 )
 
 
-def log_row(exp: str, arm: str, lat_us: int, shadow: bool, status: int) -> tuple[Any, ...]:
-    return ("rid", 0.0, exp, 1, 7, 1, arm, "m", "1", "a" * 64, 1, [0.5, 0.5], lat_us, shadow,
-            "gw", status)  # fmt: skip
+def log_row(
+    exp: str, arm: str, lat_us: int, shadow: bool, status: int, scores: list[float]
+) -> tuple[Any, ...]:
+    raw = np.asarray(scores, dtype="<f4").tobytes()
+    return ("rid", 0.0, exp, 1, 7, 1, arm, "m", "1", "a" * 64, 1, raw, lat_us, shadow, "gw",
+            status)  # fmt: skip
 
 
 Batches = list[list[tuple[Any, ...]]]
 
 
-def reference(batches: Batches) -> tuple[dict[Any, int], dict[Any, list[float]]]:
+def reference(batches: Batches) -> tuple[dict[Any, int], dict[Any, list[float]], dict[Any, Any]]:
     counts: dict[Any, int] = {}
     latency: dict[Any, list[float]] = {}
+    confidence: dict[Any, list[float]] = {}
     for rows in batches:
         for r in rows:
             key = (r[2], r[6], _CODE_NAMES.get(r[15], str(r[15])), r[13])
@@ -37,7 +47,16 @@ def reference(batches: Batches) -> tuple[dict[Any, int], dict[Any, list[float]]]
             hist = latency.setdefault((r[2], r[6], r[13]), [0.0] * (len(_BOUNDS_US) + 2))
             hist[bisect.bisect_left(_BOUNDS_US, r[12])] += 1
             hist[-1] += r[12] / 1e6
-    return counts, latency
+            scores = np.frombuffer(r[11], dtype="<f4")
+            if len(scores):
+                top = float(np.max(scores))  # NaN if any score is NaN, as np.maximum
+                conf = confidence.setdefault(
+                    (r[2], r[6], r[13]), [0.0] * (len(CONFIDENCE_BOUNDS) + 2)
+                )
+                conf[len(CONFIDENCE_BOUNDS) if top != top else bisect.bisect_left(
+                    CONFIDENCE_BOUNDS, top)] += 1  # fmt: skip
+                conf[-1] += 0.0 if top != top else top
+    return counts, latency, confidence
 
 
 @settings(max_examples=200, deadline=None)
@@ -47,10 +66,11 @@ def test_observe_equals_a_row_by_row_count(batches: list[list[tuple[Any, ...]]])
     stats = PredictionStats()
     for batch in rows:
         stats.observe(batch)
-    counts, latency = reference(rows)
+    counts, latency, confidence = reference(rows)
     assert stats.counts == counts
-    assert stats.latency.keys() == latency.keys()
-    for key, hist in latency.items():
-        got = stats.latency[key]
-        assert got[:-1] == hist[:-1], key  # bucket counts exactly (a value on a bound is "le")
-        assert abs(got[-1] - hist[-1]) < 1e-9 * max(1.0, hist[-1])
+    for got_hists, want_hists in ((stats.latency, latency), (stats.confidence, confidence)):
+        assert got_hists.keys() == want_hists.keys()
+        for key, hist in want_hists.items():
+            got = got_hists[key]
+            assert got[:-1] == hist[:-1], key  # bucket counts exactly (on a bound is "le")
+            assert abs(got[-1] - hist[-1]) < 1e-6 * max(1.0, hist[-1])
