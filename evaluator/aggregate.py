@@ -344,10 +344,22 @@ async def shadow_totals(
     conn: asyncpg.Connection | asyncpg.Pool, experiment: str
 ) -> dict[str, dict[str, float]]:
     """Per-shadow pairwise sums of ``experiment`` (``shadow_stats`` columns)."""
+    every = await all_shadow_totals(conn, experiment)
+    return {shadow: sums for (_, shadow), sums in every.items()}
+
+
+async def all_shadow_totals(
+    conn: asyncpg.Connection | asyncpg.Pool, experiment: str | None = None
+) -> dict[tuple[str, str], dict[str, float]]:
+    """(experiment, shadow) -> pairwise sums, for one experiment or all of them."""
     rows = await conn.fetch(
-        "SELECT * FROM shadow_stats WHERE experiment = $1 ORDER BY shadow", experiment
+        "SELECT * FROM shadow_stats WHERE $1::text IS NULL OR experiment = $1 "
+        "ORDER BY experiment, shadow",
+        experiment,
     )
     return {
-        r["shadow"]: {k: float(v) for k, v in r.items() if k not in ("experiment", "shadow")}
+        (r["experiment"], r["shadow"]): {
+            k: float(v) for k, v in r.items() if k not in ("experiment", "shadow")
+        }
         for r in rows
     }

@@ -96,6 +96,21 @@ class EvaluatorCollector(Collector):
         yield p_value
         yield srm
         yield running
+        pairs = CounterMetricFamily(
+            "abgate_shadow_pairs",
+            "Requests answered by both the served arm and the shadow (compared pairwise)",
+            labels=["experiment", "shadow"],
+        )
+        agreements = CounterMetricFamily(
+            "abgate_shadow_agreements",
+            "Pairs where the shadow's label equals the served one (÷ pairs = agreement rate)",
+            labels=["experiment", "shadow"],
+        )
+        for (exp, shadow), sums in sorted(srv.shadow_sums.items()):
+            pairs.add_metric([exp, shadow], sums["pairs"])
+            agreements.add_metric([exp, shadow], sums["agree"])
+        yield pairs
+        yield agreements
 
 
 def start_metrics(server: EvaluatorServer, host: str, port: int) -> int:

@@ -31,6 +31,7 @@ from evaluator.aggregate import (
     ArmTotals,
     TickResult,
     aggregate,
+    all_shadow_totals,
     arm_totals,
     metric_stats,
     shadow_totals,
@@ -89,6 +90,8 @@ class EvaluatorServer:
         self._audited: dict[str, tuple[str, float]] = {}
         self.last_tick: TickResult | None = None
         self.last_tick_at: float | None = None  # time.time() when the last tick completed
+        # (experiment, shadow) -> shadow_stats sums as of the last tick (for /metrics)
+        self.shadow_sums: dict[tuple[str, str], dict[str, float]] = {}
         self.rows_aggregated = {"predictions": 0, "outcomes": 0}
         self.decision_counts: dict[str, int] = {}
         self.metrics_httpd: Any = None
@@ -153,6 +156,7 @@ class EvaluatorServer:
         store = self._store()
         async with store.pool.acquire() as conn:
             result = await aggregate(conn, settle=self.settings.settle)
+            self.shadow_sums = await all_shadow_totals(conn)
         self.last_tick = result
         self.rows_aggregated["predictions"] += result.predictions
         self.rows_aggregated["outcomes"] += result.outcomes

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ def test_shadow_comparison_reported_by_experiments_show(
         demo_store.root, tmp_path, "constant", constant_model(demo_store.X.shape[1])
     )
     shas = {m.id: m.sha256 for m in demo_store.metas.values()}
-    ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0))
+    ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0, metrics_listen="127.0.0.1:0"))
     gw: InProcessGateway | None = None
     try:
         definition = ab_definition(
@@ -88,6 +89,14 @@ def test_shadow_comparison_reported_by_experiments_show(
         assert r.returncode == 0, r.stderr
         assert "shadow always-zero: 300 pairs, agreement" in r.stdout
         assert "McNemar p=" in r.stdout
+
+        # The same comparison as Prometheus counters (agreement rate = agreements ÷ pairs).
+        url = f"http://127.0.0.1:{ev.server.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        labels = 'experiment="exp",shadow="always-zero"'
+        assert f"abgate_shadow_pairs_total{{{labels}}} 300.0" in text
+        agree = float(np.sum(served == 0))
+        assert f"abgate_shadow_agreements_total{{{labels}}} {agree}" in text
     finally:
         if gw is not None:
             gw.close()
