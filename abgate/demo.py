@@ -130,12 +130,20 @@ def run_demo(
         X, y = load_demo_holdout(store_dir)
         _route_users(target, X, y, users)
         _shares(target, X)
-        rc = _experiment(workdir, target, evaluator_target, store_dir, quick=quick, canary=canary)
+        rc, name, verdict = _experiment(
+            workdir, target, evaluator_target, store_dir, quick=quick, canary=canary
+        )
+        _report(workdir, name, database_url)
+        print(f"   verdict ({workdir / 'verdict.json'}):")
+        print("   " + verdict.replace("\n", "\n   ").rstrip())
+        if rc != 0:
+            print("abgate: error: the experiment did not reach 'promoted' in time", file=sys.stderr)
     except (RuntimeError, TimeoutError, RpcFailure, subprocess.CalledProcessError) as exc:
-        print(f"abgate: error: demo failed: {exc}", file=sys.stderr)
+        detail = getattr(exc, "stderr", None) or ""
+        print(f"abgate: error: demo failed: {exc} {detail}".rstrip(), file=sys.stderr)
         rc = 1
     finally:
-        print("== 9. stopping everything (SIGTERM: drain calls, flush logs)")
+        print("== 10. stopping everything (SIGTERM: drain calls, flush logs)")
         rc_gw = _stop("gateway", gateway)
         _stop("evaluator", evaluator)
         try:
@@ -222,7 +230,8 @@ def _experiment(
     *,
     quick: bool,
     canary: bool,
-) -> int:
+) -> tuple[int, str, str]:
+    """Run the experiment to its decision: (exit code, experiment name, verdict JSON)."""
     name = f"checkout-{int(time.time())}"  # a fresh experiment each run of the demo
     kind = "canary" if canary else "ab"
     print(f"== 7. the evaluator takes over: a{'' if canary else 'n'} {kind} experiment {name!r}")
@@ -268,15 +277,21 @@ def _experiment(
     print(_cli("experiments", "show", name, "--evaluator", evaluator).rstrip())
     print(_cli("experiments", "gateways", "--evaluator", evaluator).rstrip())
     verdict = _cli("experiments", "show", name, "--evaluator", evaluator, "--json")
-    path = workdir / "verdict.json"
-    path.write_text(verdict)
-    print(f"   verdict ({path}):")
-    print("   " + verdict.replace("\n", "\n   ").rstrip())
-    want = "promoted"
-    if view.get("status") != want:
-        print(f"abgate: error: the experiment did not reach {want!r} in time", file=sys.stderr)
-        return 1
-    return 0
+    (workdir / "verdict.json").write_text(verdict)
+    return (0 if view.get("status") == "promoted" else 1), name, verdict
+
+
+def _report(workdir: Path, name: str, database_url: str) -> None:
+    out = workdir / "report"
+    print(f"== 9. the report of {name!r} (`abgate report`): arm shares against the split, the")
+    print("   metric per arm with its confidence sequence, decisions, latency, shadow agreement")
+    subprocess.run(
+        _abgate("--log-level", "WARNING", "report", "--experiment", name, "--out", str(out),
+                "--database-url", database_url),
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    print(f"   report: {out / f'{name}.html'}")
+    print(f"           {out / f'{name}.pdf'}")
 
 
 def _progress(view: dict) -> None:

@@ -26,6 +26,11 @@ def test_demo_story_twice(tmp_path: Path) -> None:
         assert "sticky" in out and "NOT STICKY" not in out
         assert "status: promoted" in out and "gateway exited with 0" in out
         assert "evaluator exited with 0" in out
+        # It ends with the report's paths and the verdict JSON.
+        html = next(line.split("report: ", 1)[1] for line in out.splitlines() if "report: " in line)
+        assert Path(html).parent == tmp_path / "report" and Path(html).stat().st_size > 10_000
+        assert Path(html).with_suffix(".pdf").read_bytes().startswith(b"%PDF")
+        assert out.index("report: ") < out.index("verdict (") < out.index("== 10. stopping")
         verdict = json.loads((tmp_path / "verdict.json").read_text())
         assert verdict["winner"] == "treatment"
         assert verdict["recommendation"].startswith("promote treatment")
