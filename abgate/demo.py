@@ -305,9 +305,18 @@ def _progress(view: dict) -> None:
     ]
     srm = stats.get("srm", {})
     srm_text = f"SRM p={srm['p_value']:.2g}" if srm.get("checked") else "SRM: waiting"
+    served = sum(s.get("window_served", 0) for s in arms.values())
+    errors = sum(s.get("window_errors", 0) for s in arms.values())
+    p99 = max((s["p99_ms"] for s in arms.values() if s.get("p99_ms") is not None), default=None)
+    breaches = stats.get("guardrails", {}).get("breaches")
+    guard = "guardrails: " + (
+        "BREACHED"
+        if breaches
+        else f"ok (errors {errors}/{served}" + (f", p99 {p99:.2g} ms)" if p99 is not None else ")")
+    )
     rec = view.get("verdict", {}).get("recommendation", "") or "continue"
-    line = f"   {' | '.join(parts)} | {srm_text} | {rec[:70]}"
-    print("\r" + line[:160].ljust(160), end="", flush=True)
+    line = f"   {' | '.join(parts)} | {srm_text} | {guard} | {rec[:60]}"
+    print("\r" + line[:200].ljust(200), end="", flush=True)
 
 
 async def _count_rows(url: str) -> int:

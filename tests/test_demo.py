@@ -26,6 +26,8 @@ def test_demo_story_twice(tmp_path: Path) -> None:
         assert "sticky" in out and "NOT STICKY" not in out
         assert "status: promoted" in out and "gateway exited with 0" in out
         assert "evaluator exited with 0" in out
+        # The live line shows the SRM check and the guardrails as they are evaluated.
+        assert "SRM p=" in out and "guardrails: ok (errors 0/" in out
         # It ends with the report's paths and the verdict JSON.
         html = next(line.split("report: ", 1)[1] for line in out.splitlines() if "report: " in line)
         assert Path(html).parent == tmp_path / "report" and Path(html).stat().st_size > 10_000
