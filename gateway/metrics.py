@@ -3,7 +3,6 @@ request path pays nothing for them)."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,6 @@ _CONFIDENCE_NP = np.array(CONFIDENCE_BOUNDS)
 # Columns as gateway.logwriter.COLUMNS: experiment 2, arm 6, scores 11, latency_us 12, shadow 13,
 # status 15.
 _COUNT_KEY = itemgetter(2, 6, 13, 15)
-_HIST_KEY = itemgetter(2, 6, 13)
 _SCORES = itemgetter(11)
 _LATENCY = itemgetter(12)
 _CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
@@ -40,30 +38,35 @@ class PredictionStats:
     def __init__(self) -> None:
         # (experiment, arm, status name, shadow) -> count
         self.counts: dict[tuple[str, str, str, bool], int] = {}
-        # (experiment, arm, shadow) -> [bucket counts..., +Inf count, sum seconds]
-        self.latency: dict[tuple[str, str, bool], list[float]] = {}
+        # (experiment, arm, status name, shadow) -> [bucket counts..., +Inf count, sum seconds]
+        self.latency: dict[tuple[str, str, str, bool], list[float]] = {}
         # (experiment, arm, shadow) -> [bucket counts..., +Inf count, sum] of confidence
         self.confidence: dict[tuple[str, str, bool], list[float]] = {}
 
     def observe(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Count a batch. Vectorised (itemgetter maps, a C Counter, numpy bincount): the
+        """Count a batch. Vectorised (itemgetter maps, one dict of row keys, numpy bincount): the
         per-row loop it replaced cost 1.5 µs a row on the event loop, this ~0.3 µs."""
         n = len(rows)
         if n == 0:
             return
-        counts, latency = self.counts, self.latency
-        for (exp, arm, shadow, status), count in Counter(map(_COUNT_KEY, rows)).items():
-            key = (exp, arm, _CODE_NAMES.get(status, str(status)), shadow)
+        counts = self.counts
+        # Group ids per (experiment, arm, shadow, status code) row key, in first-seen order.
+        keys = list(map(_COUNT_KEY, rows))
+        ids = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+        gid = np.fromiter(map(ids.__getitem__, keys), dtype=np.intp, count=n)
+        # The exported key: (experiment, arm, status name, shadow).
+        named = {
+            (exp, arm, _CODE_NAMES.get(status, str(status)), shadow): i
+            for (exp, arm, shadow, status), i in ids.items()
+        }
+        for key, count in zip(named, np.bincount(gid, minlength=len(ids)).tolist(), strict=True):
             counts[key] = counts.get(key, 0) + count
         lat_us = np.fromiter(map(_LATENCY, rows), dtype=np.float64, count=n)
         bins = np.searchsorted(_BOUNDS_US_NP, lat_us)  # == bisect_left; len(bounds) is +Inf
-        groups = list(map(_HIST_KEY, rows))
-        ids = {key: i for i, key in enumerate(dict.fromkeys(groups))}
-        gid = np.fromiter(map(ids.__getitem__, groups), dtype=np.intp, count=n)
         width = len(_BOUNDS_US) + 1
         per_bin = np.bincount(gid * width + bins, minlength=len(ids) * width).reshape(-1, width)
         sums = np.bincount(gid, weights=lat_us, minlength=len(ids)) / 1e6
-        _accumulate(latency, ids, per_bin, sums)
+        _accumulate(self.latency, named, per_bin, sums)
         # Confidence of the answered rows (failed rows carry no scores): the highest score of
         # each row's float32 bytes, found for the whole batch by one reduceat.
         scores = list(map(_SCORES, rows))
@@ -74,14 +77,20 @@ class PredictionStats:
         values = np.frombuffer(b"".join(scores), dtype=SCORES_DTYPE)
         starts = ((np.cumsum(lengths) - lengths) // SCORES_DTYPE.itemsize)[answered]
         top = np.maximum.reduceat(values, starts).astype(np.float64)
+        # Confidence is per (experiment, arm, shadow): map each row key's group onto those.
+        cids: dict[tuple[str, str, bool], int] = {}
+        remap = np.array(
+            [cids.setdefault((exp, arm, shadow), len(cids)) for exp, arm, shadow, _ in ids],
+            dtype=np.intp,
+        )
+        cgid = remap[gid[answered]]
         cwidth = len(CONFIDENCE_BOUNDS) + 1
-        cgid = gid[answered]
         per_conf = np.bincount(
-            cgid * cwidth + np.searchsorted(_CONFIDENCE_NP, top), minlength=len(ids) * cwidth
+            cgid * cwidth + np.searchsorted(_CONFIDENCE_NP, top), minlength=len(cids) * cwidth
         ).reshape(-1, cwidth)
         # A NaN score counts in +Inf (searchsorted puts NaN last) but not in the sum.
-        top_sums = np.bincount(cgid, weights=np.nan_to_num(top, nan=0.0), minlength=len(ids))
-        _accumulate(self.confidence, ids, per_conf, top_sums)
+        top_sums = np.bincount(cgid, weights=np.nan_to_num(top, nan=0.0), minlength=len(cids))
+        _accumulate(self.confidence, cids, per_conf, top_sums)
 
 
 def _accumulate(
@@ -217,22 +226,28 @@ class GatewayCollector(Collector):
         for (exp, arm, status, is_shadow), count in sorted(stats.counts.items()):
             requests.add_metric([gid, exp, arm, status, str(is_shadow).lower()], count)
         yield requests
-        for name, text, bounds, data in (
-            ("abgate_prediction_latency_seconds",
-             "Time from a call's arrival to its answer (shadows: model time per row)",
-             LATENCY_BOUNDS_S, stats.latency),
-            ("abgate_prediction_confidence",
-             "Highest class score of each answered prediction (low: the model is unsure)",
-             CONFIDENCE_BOUNDS, stats.confidence),
-        ):  # fmt: skip
-            histogram = HistogramMetricFamily(
-                name, text, labels=["gateway", "experiment", "arm", "shadow"]
+        latency = HistogramMetricFamily(
+            "abgate_prediction_latency_seconds",
+            "Time from a call's arrival to its answer (shadows: model time per row)",
+            labels=["gateway", "experiment", "arm", "status", "shadow"],
+        )
+        for (exp, arm, status, is_shadow), hist in sorted(stats.latency.items()):
+            latency.add_metric(
+                [gid, exp, arm, status, str(is_shadow).lower()],
+                _buckets(LATENCY_BOUNDS_S, hist),
+                hist[-1],
             )
-            for (exp, arm, is_shadow), hist in sorted(data.items()):
-                histogram.add_metric(
-                    [gid, exp, arm, str(is_shadow).lower()], _buckets(bounds, hist), hist[-1]
-                )
-            yield histogram
+        yield latency
+        confidence = HistogramMetricFamily(
+            "abgate_prediction_confidence",
+            "Highest class score of each answered prediction (low: the model is unsure)",
+            labels=["gateway", "experiment", "arm", "shadow"],
+        )
+        for (exp, arm, is_shadow), hist in sorted(stats.confidence.items()):
+            confidence.add_metric(
+                [gid, exp, arm, str(is_shadow).lower()], _buckets(CONFIDENCE_BOUNDS, hist), hist[-1]
+            )
+        yield confidence
 
 
 def serve_collector(collector: Collector, host: str, port: int) -> Any:

@@ -208,12 +208,9 @@ def test_metrics_endpoint_reports_the_log(
     for arm, n in arms.items():
         labels = f'arm="{arm}",experiment="demo",gateway="{gid}"'
         assert f'abgate_predictions_total{{{labels},shadow="false",status="OK"}} {float(n)}' in text
-        assert (
-            f'abgate_prediction_latency_seconds_count{{{labels},shadow="false"}} {float(n)}' in text
-        )
-        assert (
-            f'abgate_prediction_latency_seconds_bucket{{{labels},le="+Inf",shadow="false"}}' in text
-        )
+        ok = 'shadow="false",status="OK"'
+        assert f"abgate_prediction_latency_seconds_count{{{labels},{ok}}} {float(n)}" in text
+        assert f'abgate_prediction_latency_seconds_bucket{{{labels},le="+Inf",{ok}}}' in text
         # Confidence (highest class score) of the same answers.
         assert f'abgate_prediction_confidence_count{{{labels},shadow="false"}} {float(n)}' in text
         le_06 = f'abgate_prediction_confidence_bucket{{{labels},le="0.6",shadow="false"}}'

@@ -44,7 +44,7 @@ def reference(batches: Batches) -> tuple[dict[Any, int], dict[Any, list[float]],
         for r in rows:
             key = (r[2], r[6], _CODE_NAMES.get(r[15], str(r[15])), r[13])
             counts[key] = counts.get(key, 0) + 1
-            hist = latency.setdefault((r[2], r[6], r[13]), [0.0] * (len(_BOUNDS_US) + 2))
+            hist = latency.setdefault(key, [0.0] * (len(_BOUNDS_US) + 2))
             hist[bisect.bisect_left(_BOUNDS_US, r[12])] += 1
             hist[-1] += r[12] / 1e6
             scores = np.frombuffer(r[11], dtype="<f4")
