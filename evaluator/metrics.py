@@ -96,6 +96,12 @@ class EvaluatorCollector(Collector):
         yield p_value
         yield srm
         yield running
+        leader = GaugeMetricFamily(
+            "abgate_evaluator_leader",
+            "1 while this evaluator holds the leader lock (aggregates and decides)",
+        )
+        leader.add_metric([], 1.0 if srv.leader else 0.0)
+        yield leader
         pairs = CounterMetricFamily(
             "abgate_shadow_pairs",
             "Requests answered by both the served arm and the shadow (compared pairwise)",

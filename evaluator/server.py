@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import asyncpg
 import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -67,6 +68,11 @@ def server_credentials(s: EvaluatorSettings) -> grpc.ServerCredentials | None:
     )
 
 
+# Session-level advisory lock held by the one evaluator that aggregates and decides ("abgate" +
+# 4; migrations, aggregation and partitions use + 1, + 2, + 3).
+LEADER_LOCK = 0x61626761746504
+
+
 class EvaluatorServer:
     def __init__(self, settings: EvaluatorSettings) -> None:
         if not settings.token:
@@ -96,6 +102,11 @@ class EvaluatorServer:
         self.decision_counts: dict[str, int] = {}
         self.metrics_httpd: Any = None
         self.metrics_port = 0
+        # Leadership: only the evaluator holding LEADER_LOCK on its own connection aggregates
+        # and runs the policies; the others serve the config stream and the admin API.
+        self.leader = False
+        self._leader_conn: asyncpg.Connection | None = None
+        self._url = ""
 
     # -- background work ----------------------------------------------------------------------
     def _spawn(self, coro: Any) -> None:
@@ -147,11 +158,34 @@ class EvaluatorServer:
         async with self._tick_lock:
             return await self._tick(now)
 
+    async def _lead(self) -> bool:
+        """Whether this evaluator is the leader, taking the lock if it is free. The lock lives
+        with a connection of its own: if this process dies or loses the database, PostgreSQL
+        ends the session and another evaluator takes over at its next tick."""
+        conn = self._leader_conn
+        try:
+            if conn is None or conn.is_closed():
+                conn = self._leader_conn = await asyncpg.connect(self._url)
+                self.leader = False
+            if self.leader:
+                await conn.fetchval("SELECT 1")  # still our session, so still our lock
+            elif await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
+                self.leader = True
+                log.info("this evaluator is the leader: it aggregates and decides")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if self.leader:
+                log.warning("lost the leader lock's connection (%s); standing by", exc)
+            self.leader = False
+            if conn is not None:
+                conn.terminate()
+            self._leader_conn = None
+        return self.leader
+
     async def _tick(self, now: float | None) -> list[tuple[str, Decision]]:
         await self.sync()
         if time.monotonic() >= self._next_maintenance:
             await self.maintain()
-        if not self.settings.evaluate:
+        if not self.settings.evaluate or not await self._lead():
             return []
         store = self._store()
         async with store.pool.acquire() as conn:
@@ -397,6 +431,7 @@ class EvaluatorServer:
             self._embedded = EmbeddedPostgres(s.pg_data)
             url = await asyncio.to_thread(self._embedded.start)
         await migrate(url)
+        self._url = url
         self.store = await EvaluatorStore.open(url)
         await self.sync()
         # Verdicts survive a restart: the audit table holds the last one of each experiment.
@@ -449,6 +484,11 @@ class EvaluatorServer:
         if self.metrics_httpd is not None:
             self.metrics_httpd.shutdown()
             self.metrics_httpd.server_close()
+        if self._leader_conn is not None:
+            with contextlib.suppress(Exception):  # a dead connection has released it already
+                await asyncio.wait_for(self._leader_conn.close(), 5)  # releases the lock now
+            self._leader_conn = None
+            self.leader = False
         if self.store is not None:
             await self.store.close()
         if self._embedded is not None:
