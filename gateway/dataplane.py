@@ -6,11 +6,13 @@ The control plane (``gateway.control``) builds ``Snapshot`` objects and swaps
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -19,6 +21,8 @@ from gateway.allocation import Allocation
 from gateway.hashing import BUCKET_FUNCTIONS, NUM_BUCKETS, buckets_v1
 from gateway.logwriter import SCORES_DTYPE, LogWriter, scores_rows
 from gateway.variants import Variant
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +131,9 @@ class DataPlane:
 
     def __init__(self, gateway_id: str = "", log: LogWriter | None = None) -> None:
         self.snapshot: Snapshot | None = None
+        # Set at SIGTERM: calls starting from then on are refused with UNAVAILABLE.
         self.draining = False
+        self.offloaded = 0  # calls waiting on the executor (a drain waits for them)
         self.gateway_id = gateway_id
         self.log = log
         self.outcomes: LogWriter | None = None
@@ -136,6 +142,15 @@ class DataPlane:
         # request ids: a random per-process prefix and a counter are unique and cost no syscall.
         self._rid_prefix = secrets.token_hex(8) + "-"
         self._seq = 0
+
+    async def offload(self, executor: Executor, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on ``executor`` (big batches, off the event loop), counted so that a
+        drain can wait for it."""
+        self.offloaded += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        finally:
+            self.offloaded -= 1
 
     def experiment(self, name: str) -> ExperimentRuntime:
         snap = self.snapshot

@@ -46,7 +46,6 @@ Semantics (the OIP view of an experiment):
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import struct
 import time
@@ -580,8 +579,7 @@ class OipServicer:
         try:
             if n >= self._offload_rows:
                 # Big calls would stall every other call on the event loop (see servicer).
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(
+                result = await dp.offload(
                     self._executor, self._run, exp, arm, buckets, matrix, rids
                 )
             else:

@@ -44,6 +44,9 @@ from gateway.variants import SessionOptions, VariantCache
 
 log = logging.getLogger(__name__)
 
+# Seconds a draining gateway keeps refusing new calls itself before gRPC stops the listener.
+DRAIN_LINGER = 0.05
+
 DB_STARTUP_WAIT = 5.0  # seconds start-up waits for the log database before serving anyway
 
 
@@ -313,9 +316,19 @@ class GatewayServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        # From now on the handlers refuse new calls themselves (UNAVAILABLE "draining", which
+        # clients and load balancers retry elsewhere); calls already running finish. gRPC's own
+        # stop would answer a call that races it with CANCELLED or UNAVAILABLE at random.
+        self.dataplane.draining = True
         await self.health.enter_graceful_shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.settings.grace_seconds if grace is None else grace)
+        while self.dataplane.offloaded and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        # A client whose call just finished often sends its next one within milliseconds.
+        await asyncio.sleep(min(DRAIN_LINGER, max(0.0, deadline - loop.time())))
         if self._server is not None:
-            await self._server.stop(self.settings.grace_seconds if grace is None else grace)
+            await self._server.stop(max(0.0, deadline - loop.time()))
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -113,8 +112,7 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
             if n >= self._offload_rows:
                 # Big batches would stall every other call on the event loop; onnxruntime
                 # releases the GIL, so a thread lets small calls through meanwhile.
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(
+                result = await dp.offload(
                     self._executor, dp.predict_batch, exp, buckets, matrix, list(request_ids)
                 )
             else:
