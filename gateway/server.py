@@ -374,8 +374,8 @@ def serve(settings: GatewaySettings) -> int:
 
 def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The loop the gateway runs on. uvloop by default where it is installed: grpc.aio and
-    asyncpg both run their callbacks on it, and it measured +7% req/s for the gateway and
-    +31% for a bare grpc.aio server here (see benchmarks/README.md)."""
+    asyncpg both run their callbacks on it; measured +2–17 % req/s for the gateway and
+    +14–30 % for a bare grpc.aio server here (benchmarks/README.md)."""
     if name not in ("auto", "uvloop", "asyncio"):
         raise ValueError(f"--event-loop: unknown loop {name!r}, use auto, uvloop or asyncio")
     if name == "asyncio":
