@@ -21,7 +21,7 @@ server-side by one INSERT ... SELECT FROM generate_series per table. Then:
   watermarks. The report counts the plans each statement got on ``server``. Since this
   benchmark found the generic plans 5-30x slower, ``aggregate`` sets that mode itself, so both
   columns now measure custom plans (the ``server`` one guards against a regression);
-- policy read: ``arm_totals`` (as ``EvaluatorServer._arm_data`` reads them) + ``decide``;
+- policy read: ``evaluator.aggregate.arm_data`` (what the evaluator reads) + ``decide``;
 - check: the aggregates equal counts computed directly from the logs, else the run fails.
 """
 
@@ -47,9 +47,9 @@ import asyncpg
 from abgate.db.embedded import EmbeddedPostgres
 from abgate.db.migrate import migrate
 from abgate.v1 import control_pb2 as cpb
-from evaluator.aggregate import ArmTotals, aggregate, arm_totals, metric_stats, reset
+from evaluator.aggregate import aggregate, arm_data, arm_totals, reset
 from evaluator.experiments import ExperimentState, validate_definition
-from evaluator.policy import ArmData, decide
+from evaluator.policy import decide
 
 EXPERIMENT = "bench"
 OTHER = "other"  # a second experiment, so the GROUP BY has more than one experiment to split
@@ -157,27 +157,6 @@ def bench_state() -> ExperimentState:
         guardrails=cpb.Guardrails(max_error_rate=0.05, max_p99_latency_ms=50.0),
     )
     return validate_definition(d, now=T0)
-
-
-async def policy_inputs(
-    conn: asyncpg.Connection, state: ExperimentState, since: int
-) -> dict[str, ArmData]:
-    """What one tick reads per experiment after aggregating (``EvaluatorServer._arm_data``)."""
-    everything = await arm_totals(conn, state.name, 0)
-    current = await arm_totals(conn, state.name, since)
-    limit_us = state.guardrails.max_p99_latency_ms * 1000.0
-    data = {}
-    for arm in state.arms:
-        a = everything.get(arm.name, ArmTotals())
-        data[arm.name] = ArmData(
-            metric=metric_stats(state.primary_metric, a),
-            served_since=current.get(arm.name, ArmTotals()).served,
-            window_served=a.served,
-            window_errors=a.errors,
-            window_slow=a.slower_than(limit_us),
-            p99_ms=a.latency_quantile_us(0.99) / 1000.0,
-        )
-    return data
 
 
 async def check(conn: asyncpg.Connection) -> dict[str, int]:
@@ -343,7 +322,7 @@ async def _one_size(url: str, n: int, new_rows: int, repeats: int, log: Any) -> 
         action = ""
         for _ in range(POLICY_RUNS):
             t = time.perf_counter()
-            data = await policy_inputs(server, state, CONFIG_VERSIONS)
+            data = await arm_data(server, state, CONFIG_VERSIONS)
             t_read = time.perf_counter()
             action = decide(state, data, T0 + 3600.0).action
             policy.append((time.perf_counter() - t) * 1000.0)

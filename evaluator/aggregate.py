@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from evaluator.experiments import ExperimentState
+from evaluator.policy import ArmData
 from evaluator.stats import ArmStats
 
 # pg_advisory_lock key held while aggregating ("abgate" + 2; migrations hold "abgate" + 1).
@@ -363,3 +365,28 @@ async def all_shadow_totals(
         }
         for r in rows
     }
+
+
+async def arm_data(
+    conn: asyncpg.Connection | asyncpg.Pool, state: ExperimentState, since: int
+) -> dict[str, ArmData]:
+    """What the policy of ``state`` reads after a tick: per arm, the primary metric over all
+    versions, rows served since the current split (config version ``since`` on), and the
+    guardrail window — this split for a canary stage, everything for other kinds."""
+    everything = await arm_totals(conn, state.name, 0)
+    current = await arm_totals(conn, state.name, since)
+    window = current if state.kind == "canary" else everything
+    limit_us = state.guardrails.max_p99_latency_ms * 1000.0
+    data = {}
+    for arm in state.arms:
+        a = everything.get(arm.name, ArmTotals())
+        w = window.get(arm.name, ArmTotals())
+        data[arm.name] = ArmData(
+            metric=metric_stats(state.primary_metric, a),
+            served_since=current.get(arm.name, ArmTotals()).served,
+            window_served=w.served,
+            window_errors=w.errors,
+            window_slow=w.slower_than(limit_us) if limit_us > 0 else 0,
+            p99_ms=w.latency_quantile_us(0.99) / 1000.0,
+        )
+    return data

@@ -29,12 +29,10 @@ from abgate.settings import EvaluatorSettings, split_listen
 from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
 from evaluator.aggregate import (
-    ArmTotals,
     TickResult,
     aggregate,
     all_shadow_totals,
-    arm_totals,
-    metric_stats,
+    arm_data,
     shadow_totals,
 )
 from evaluator.experiments import (
@@ -43,7 +41,7 @@ from evaluator.experiments import (
     snapshot_message,
     validate_definition,
 )
-from evaluator.policy import ArmData, Decision, decide
+from evaluator.policy import Decision, decide
 from evaluator.service import AdminServicer, ConfigStreamServicer, Publisher, TokenAuth
 from evaluator.shadows import compare
 from evaluator.store import EvaluatorStore, VersionRow
@@ -200,7 +198,7 @@ class EvaluatorServer:
             if row.state.status != "running":
                 continue
             try:
-                data = await self._arm_data(row)
+                data = await arm_data(self._store().pool, row.state, row.since)
                 decision = decide(row.state, data, now, self._rng)
                 self.decision_counts[decision.action] = (
                     self.decision_counts.get(decision.action, 0) + 1
@@ -228,27 +226,6 @@ class EvaluatorServer:
                 dropped = await drop_partitions_before(conn, cutoff)
         if created or dropped:
             log.info("partitions created %s, dropped %s", created, dropped)
-
-    async def _arm_data(self, row: VersionRow) -> dict[str, ArmData]:
-        s = row.state
-        pool = self._store().pool
-        everything = await arm_totals(pool, s.name, 0)
-        current = await arm_totals(pool, s.name, row.since)
-        window = current if s.kind == "canary" else everything
-        limit_us = s.guardrails.max_p99_latency_ms * 1000.0
-        data = {}
-        for arm in s.arms:
-            a = everything.get(arm.name, ArmTotals())
-            w = window.get(arm.name, ArmTotals())
-            data[arm.name] = ArmData(
-                metric=metric_stats(s.primary_metric, a),
-                served_since=current.get(arm.name, ArmTotals()).served,
-                window_served=w.served,
-                window_errors=w.errors,
-                window_slow=w.slower_than(limit_us) if limit_us > 0 else 0,
-                p99_ms=w.latency_quantile_us(0.99) / 1000.0,
-            )
-        return data
 
     async def _record(self, row: VersionRow, decision: Decision, now: float) -> None:
         """Write a decision: with its new version when it changes the config, else into the
