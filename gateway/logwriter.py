@@ -184,9 +184,7 @@ class LogWriter:
         n = len(rows)
         if n == 0:
             return
-        if self._queued + n > self.max_queued_rows:
-            self.counters.refused += n
-            raise Unavailable("prediction log is full (database unreachable?); retry later")
+        self.ensure_room(n)
         buf = self._buffer
         if not buf and self.counters.oldest_queued_at is None:
             self.counters.oldest_queued_at = rows[0][self._ts]

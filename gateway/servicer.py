@@ -151,9 +151,7 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
                     f"{n} outcomes exceed the limit of {self._max_batch_rows}", field="outcomes"
                 )
             rows = codec.decode_outcomes(request.outcomes, time.time())
-            writer.ensure_room(len(rows))
-            for row in rows:
-                writer.append(row)
+            writer.extend(rows)  # all or none: UNAVAILABLE when they do not all fit
             return pb.RecordOutcomeResponse(accepted=len(rows))
         except Exception as exc:
             return _fail(context, exc, pb.RecordOutcomeResponse())

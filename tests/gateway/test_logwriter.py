@@ -115,6 +115,25 @@ def test_full_queue_refuses_instead_of_losing(fresh_db: str) -> None:
     assert w.counters.refused == 1 and w.counters.written == 10
 
 
+def test_a_batch_that_does_not_fit_is_refused_whole(fresh_db: str) -> None:
+    """``extend`` (PredictBatch, outcomes) takes all of a batch's rows or none of them."""
+
+    async def run() -> LogWriter:
+        await migrate(fresh_db)
+        w = LogWriter(fresh_db, max_queued_rows=10, batch_rows=1000, max_age=60)
+        await w.start()
+        w.extend([row(i) for i in range(6)])
+        with pytest.raises(Unavailable, match="log is full"):
+            w.extend([row(i) for i in range(6, 11)])  # 11 > 10: none of the 5 taken
+        assert w.queued == 6
+        w.extend([row(i) for i in range(6, 10)])  # exactly fits
+        await w.stop()
+        return w
+
+    w = asyncio.run(run())
+    assert w.counters.refused == 5 and w.counters.written == 10
+
+
 def test_scores_arrive_exactly_as_the_model_gave_them(fresh_db: str) -> None:
     """Scores travel as float32 bytes and PostgreSQL decodes them (migration 0005): every
     float32 — extremes, subnormals, -0, ±Inf, NaN — and every width (none, the inlined 1..8
