@@ -342,6 +342,19 @@ def _model_version(exp: ExperimentRuntime, arm: ArmRuntime | None) -> str:
     return f"{arm.name if arm is not None else MIXED_ARMS}@{exp.config_version}"
 
 
+def _answer_head(exp: ExperimentRuntime, arm: ArmRuntime | None) -> oip.ModelInferResponse:
+    """The part of an answer fixed by experiment, config version and arm (None: mixed arms)."""
+    resp = oip.ModelInferResponse(model_name=exp.name, model_version=_model_version(exp, arm))
+    params = resp.parameters
+    params["config_version"].int64_param = exp.config_version
+    params["hash_version"].int64_param = exp.hash_version
+    if arm is not None:
+        params["arm"].string_param = arm.name
+        params["model_id"].string_param = arm.model_id
+        params["model_sha256"].string_param = arm.model_sha256
+    return resp
+
+
 def encode_infer(
     exp: ExperimentRuntime,
     result: BatchResult,
@@ -354,17 +367,10 @@ def encode_infer(
     """The answer, built by protobuf. ``arm``: the one arm that answered every row (None: rows
     on several arms); ``bucket``: the one bucket (single-user calls). Answers to raw requests
     use the faster ``encode_infer_raw``, which this defines."""
-    resp = oip.ModelInferResponse(
-        model_name=exp.name, model_version=_model_version(exp, arm), id=request_id
-    )
+    resp = _answer_head(exp, arm)
+    resp.id = request_id
     params = resp.parameters
     params["request_id"].string_param = request_id
-    params["config_version"].int64_param = exp.config_version
-    params["hash_version"].int64_param = exp.hash_version
-    if arm is not None:
-        params["arm"].string_param = arm.name
-        params["model_id"].string_param = arm.model_id
-        params["model_sha256"].string_param = arm.model_sha256
     if bucket is not None:
         params["bucket"].int64_param = bucket
     for name in outputs:
@@ -411,15 +417,7 @@ def _output_header(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
 
 def response_prefix(exp: ExperimentRuntime, arm: ArmRuntime | None) -> bytes:
     """The fields of every answer of this experiment and arm, serialized by protobuf."""
-    resp = oip.ModelInferResponse(model_name=exp.name, model_version=_model_version(exp, arm))
-    params = resp.parameters
-    params["config_version"].int64_param = exp.config_version
-    params["hash_version"].int64_param = exp.hash_version
-    if arm is not None:
-        params["arm"].string_param = arm.name
-        params["model_id"].string_param = arm.model_id
-        params["model_sha256"].string_param = arm.model_sha256
-    return resp.SerializeToString()
+    return _answer_head(exp, arm).SerializeToString()
 
 
 def encode_infer_raw(
