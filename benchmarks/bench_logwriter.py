@@ -42,6 +42,7 @@ def make_rows(n: int, run: int) -> list[tuple[object, ...]]:
             150,
             False,
             "bench",
+            0,
         )
         for i in range(n)
     ]

@@ -1,6 +1,6 @@
 """Prediction log writer: the request path appends a tuple and returns; a background task
-flushes batches to PostgreSQL with COPY into a staging table, then INSERT … ON CONFLICT DO
-NOTHING, so a replayed batch is harmless.
+flushes batches to PostgreSQL with a binary COPY; a batch holding rows already written (a replay)
+goes through a staging table and INSERT … ON CONFLICT DO NOTHING instead, so replays are harmless.
 
 When a flush fails, its rows go to the on-disk spool (``gateway.spool``) and the writer keeps
 retrying; once the database answers again the spool is replayed in order and each segment is
@@ -23,6 +23,7 @@ import asyncpg
 import numpy as np
 
 from abgate.errors import Unavailable
+from gateway import logcopy
 from gateway.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class LogCounters:
     refused: int = 0
     unmatched: int = 0  # outcomes whose prediction was not (yet) in the log when written
     spooled: int = 0  # rows written to the disk spool
+    staged_batches: int = 0  # prediction batches that met a row already written (replays)
     replayed: int = 0  # rows read back from the spool and committed
     oldest_queued_at: float | None = field(default=None)
 
@@ -122,6 +124,8 @@ class LogWriter:
         self.columns = tuple(columns)
         self._ts = self.columns.index("ts")
         self._scores = self.columns.index("scores") if "scores" in self.columns else None
+        # Prediction rows (and only they) have the layout gateway.logcopy encodes.
+        self._direct = self.columns == COLUMNS
         staging = f"{table}_staging"
         staged = ", ".join(f"{_STAGED[c][0]} AS {c}" if c in _STAGED else c for c in self.columns)
         restored = ", ".join(_STAGED[c][1] if c in _STAGED else c for c in self.columns)
@@ -308,6 +312,29 @@ class LogWriter:
             log.info("%s spool segment %s replayed", self.table, segment.name)
 
     async def write(self, batch: Sequence[Row]) -> int:
+        """Write ``batch`` and return the rows inserted; rows already present are skipped.
+
+        Prediction rows first try a binary COPY straight into the table (``gateway.logcopy``).
+        A row already there — the batch is a spool replay, or a retry of a flush that committed
+        after all — violates the primary key, which aborts that COPY whole; the batch then goes
+        through the staging table and ``INSERT … ON CONFLICT DO NOTHING``, the one path that
+        outcomes always take."""
+        assert self._pool is not None
+        if self._direct:
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await conn.copy_to_table(
+                        self.table, source=logcopy.stream(batch), columns=logcopy.COPY_COLUMNS,
+                        format="binary",
+                    )  # fmt: skip
+            except asyncpg.UniqueViolationError:
+                self.counters.staged_batches += 1
+            else:
+                self.counters.written += len(batch)
+                return len(batch)
+        return await self.write_staged(batch)
+
+    async def write_staged(self, batch: Sequence[Row]) -> int:
         """COPY ``batch`` into a staging table and insert what is new; returns rows inserted."""
         assert self._pool is not None
         staging = self._staging

@@ -210,3 +210,16 @@ def test_missing_h2load_exits_2_with_a_clear_message(capsys: pytest.CaptureFixtu
     assert e2e.main(["--h2load", "/nonexistent/h2load", "--out", "/nonexistent/out"]) == 2
     err = capsys.readouterr().err
     assert "not found" in err and "nghttp2-client" in err
+
+
+def test_logwriter_benchmark_writes_rows_of_the_log_layout(fresh_db: str) -> None:
+    """benchmarks/bench_logwriter, tiny: its rows have the writer's columns and every batch size
+    writes through the real writer."""
+    import asyncio
+
+    from benchmarks import bench_logwriter
+    from gateway.logwriter import COLUMNS
+
+    assert len(bench_logwriter.make_rows(1, 0)[0]) == len(COLUMNS)
+    rates = asyncio.run(bench_logwriter.main_async(fresh_db, 300, 1))
+    assert set(rates) == {"100", "1000", "10000"} and all(r > 0 for r in rates.values())

@@ -64,7 +64,87 @@ def test_replayed_batch_changes_nothing(fresh_db: str) -> None:
     first, second, w = asyncio.run(run())
     assert (first, second) == (300, 0)
     assert w.counters.duplicates == 300
+    assert w.counters.staged_batches == 1  # the direct COPY met the first copy and stood aside
     assert asyncio.run(count(fresh_db)) == 300
+
+
+@pytest.mark.parametrize("first_path", ["direct", "staged"])
+def test_a_row_lands_on_the_same_key_by_either_path(fresh_db: str, first_path: str) -> None:
+    """A batch partly written by one path and replayed whole by the other adds only what was
+    missing: both paths turn the float timestamp into the same timestamptz (PostgreSQL's
+    rounding), so a replayed row meets its first copy on the primary key."""
+    rng = np.random.default_rng(11)
+    stamps = 1_790_000_000.0 + rng.random(400) * 1e6  # full float precision, every rounding case
+    batch = [row(i, ts=float(t)) for i, t in enumerate(stamps)]
+
+    async def run() -> tuple[int, int]:
+        await migrate(fresh_db)
+        w = LogWriter(fresh_db)
+        await w.start()
+        await w.connected()
+        write = w.write if first_path == "direct" else w.write_staged
+        replay = w.write_staged if first_path == "direct" else w.write
+        first = await write(batch[:250])
+        second = await replay(batch)
+        await w.stop()
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert (first, second) == (250, 150)
+    assert asyncio.run(count(fresh_db)) == 400
+
+
+def test_direct_copy_stores_what_the_staging_path_stores(fresh_db: str) -> None:
+    """Every column of rows written by the binary COPY equals the same rows written through
+    the staging table: text (non-ASCII too), integers at their limits, flags, timestamps,
+    scores of several widths in one batch (none, 2, 3 classes)."""
+    model = ("démo-ĝbdt", "v1.0-ß", "f" * 64)
+    shapes = [b"", SCORES, np.array([0.1, 0.2, 0.7], "<f4").tobytes()]  # 0, 2 and 3 classes
+    rows = []
+    for i in range(90):
+        scores = shapes[i % 3]
+        rows.append(
+            (f"ид-{i}-{'x' * (i % 7)}", 1_790_000_000.123456 + i * 0.37, "exp-é", 2**62 + i,
+             i * 111 % 10_000, 32767 - i, "arm-ü" if i % 2 else "control", *model,
+             -(2**62) if i % 5 == 0 else i, scores, 2**31 - 1 - i, i % 4 == 0, "gw-ø", i % 3)
+        )  # fmt: skip
+
+    async def run() -> list[list[asyncpg.Record]]:
+        await migrate(fresh_db)
+        w = LogWriter(fresh_db)
+        await w.start()
+        await w.connected()
+        assert await w.write([(f"direct/{r[0]}", *r[1:]) for r in rows]) == len(rows)
+        assert await w.write_staged([(f"staged/{r[0]}", *r[1:]) for r in rows]) == len(rows)
+        assert w.counters.staged_batches == 0
+        await w.stop()
+        conn = await asyncpg.connect(fresh_db)
+        try:
+            return [
+                await conn.fetch(
+                    "SELECT substr(request_id, length($1) + 1) AS rid, ts, experiment, "
+                    "config_version, bucket, hash_version, arm, model_id, model_version, "
+                    "model_sha256, label, scores, latency_us, shadow, gateway_id, status "
+                    "FROM predictions WHERE starts_with(request_id, $1) ORDER BY 1",
+                    prefix,
+                )
+                for prefix in ("direct/", "staged/")
+            ]
+        finally:
+            await conn.close()
+
+    direct, staged = asyncio.run(run())
+    assert len(direct) == len(staged) == len(rows)
+    assert [dict(r) for r in direct] == [dict(r) for r in staged]
+    by_rid = {r["rid"]: r for r in direct}
+    for r in rows:  # and both are what was queued
+        got = by_rid[r[0]]
+        assert got["ts"].timestamp() == pytest.approx(r[1], abs=1e-6)
+        assert (got["experiment"], got["config_version"], got["bucket"], got["hash_version"],
+                got["arm"], got["model_id"], got["model_version"], got["model_sha256"],
+                got["label"]) == r[2:11]  # fmt: skip
+        assert np.array_equal(np.asarray(got["scores"], "<f4").tobytes(), r[11])
+        assert (got["latency_us"], got["shadow"], got["gateway_id"], got["status"]) == r[12:]
 
 
 def test_rows_survive_a_database_outage(fresh_db: str, pg_url: str) -> None:
@@ -134,10 +214,12 @@ def test_a_batch_that_does_not_fit_is_refused_whole(fresh_db: str) -> None:
     assert w.counters.refused == 5 and w.counters.written == 10
 
 
-def test_scores_arrive_exactly_as_the_model_gave_them(fresh_db: str) -> None:
-    """Scores travel as float32 bytes and PostgreSQL decodes them (migration 0005): every
-    float32 — extremes, subnormals, -0, ±Inf, NaN — and every width (none, the inlined 1..8
-    classes, wider vectors) lands in predictions.scores as the same real."""
+@pytest.mark.parametrize("path", ["direct", "staged"])
+def test_scores_arrive_exactly_as_the_model_gave_them(fresh_db: str, path: str) -> None:
+    """Scores travel as float32 bytes; the binary COPY lays them out as a real[] and the staging
+    path has PostgreSQL decode them (migration 0005): by either path every float32 — extremes,
+    subnormals, -0, ±Inf, NaN — and every width (none, the inlined 1..8 classes, wider vectors)
+    lands in predictions.scores as the same real."""
     rng = np.random.default_rng(5)
     specials = np.array(
         [0.0, -0.0, 1e-45, -1e-45, 1.1754942e-38, 1.1754944e-38, 3.4028235e38, -3.4028235e38,
@@ -161,7 +243,9 @@ def test_scores_arrive_exactly_as_the_model_gave_them(fresh_db: str) -> None:
         await w.start()
         await w.connected()
         batch = [(*row(i)[:11], v.tobytes(), *row(i)[12:]) for i, v in enumerate(vectors)]
-        assert await w.write(batch) == len(vectors)
+        write = w.write if path == "direct" else w.write_staged
+        assert await write(batch) == len(vectors)
+        assert w.counters.staged_batches == 0
         await w.stop()
         conn = await asyncpg.connect(fresh_db)
         try:
