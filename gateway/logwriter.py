@@ -242,7 +242,7 @@ class LogWriter:
                 self._buffer = []
             if await self._drain():
                 backoff = 0.05
-                if self.spool is not None and self.spool.segments():
+                if self.spool is not None and self.spool.pending:
                     await self._replay()
                 if self._closing and not self._buffer:
                     return

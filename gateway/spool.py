@@ -37,11 +37,19 @@ class Spool:
         self.segment_bytes = segment_bytes
         self.root.mkdir(parents=True, exist_ok=True)
         self._current: Path | None = None
-        self._size = sum(p.stat().st_size for p in self.segments())
+        existing = self.segments()
+        self._size = sum(p.stat().st_size for p in existing)
+        self._pending = bool(existing)
 
     @property
     def size(self) -> int:
         return self._size
+
+    @property
+    def pending(self) -> bool:
+        """Whether segments wait for replay: known without listing the directory, which the
+        log writer would otherwise do after every flush."""
+        return self._pending
 
     def segments(self) -> list[Path]:
         return sorted(self.root.glob("seg-*.spool"))
@@ -70,6 +78,7 @@ class Spool:
         finally:
             os.close(fd)
         self._size += len(record)
+        self._pending = True
         return self._current
 
     def seal(self) -> None:
@@ -93,6 +102,8 @@ class Spool:
         size = segment.stat().st_size
         segment.unlink()
         self._size -= size
+        if self._size <= 0:
+            self._pending = bool(self.segments())  # empty leftovers (a torn first record)
         if self._current == segment:
             self._current = None
 

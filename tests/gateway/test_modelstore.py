@@ -6,6 +6,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gateway.modelstore import (
@@ -16,6 +17,7 @@ from gateway.modelstore import (
     ModelStore,
     sha256_hex,
 )
+from tests.conftest import DemoStore
 
 META = ModelMetadata(
     sha256="",
@@ -87,3 +89,27 @@ def test_bad_references_never_become_paths(tmp_path: Path, ref: str) -> None:
 def test_bad_ids_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidModelRef):
         ModelStore(tmp_path).put(b"x", replace(META, id="../x"))
+
+
+def test_variant_runs_the_binding_and_answers_as_onnxruntime(demo_store: DemoStore) -> None:
+    """Variant.run skips InferenceSession.run's per-call Python checks (it calls the binding
+    underneath) and answers exactly as the public API does, for one row and for many."""
+    import onnxruntime as ort
+
+    from gateway.modelstore import ModelStore
+    from gateway.variants import SessionOptions, Variant
+
+    store = ModelStore(demo_store.root)
+    rows = np.ascontiguousarray(demo_store.X[:64], dtype=np.float32)
+    for meta in demo_store.metas.values():
+        variant = Variant(meta, store.load_bytes(meta.sha256), SessionOptions())
+        assert variant._run is not variant.session.run  # the fast path is in effect
+        reference = ort.InferenceSession(  # same options: optimisations change the last bits
+            store.load_bytes(meta.sha256), sess_options=SessionOptions().build()
+        )
+        for batch in (rows[:1], rows):
+            labels, scores = variant.run(batch)
+            want_labels, want_scores = reference.run(
+                [meta.label_output, meta.scores_output], {meta.input_name: batch}
+            )
+            assert np.array_equal(labels, want_labels) and np.array_equal(scores, want_scores)

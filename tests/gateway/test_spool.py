@@ -28,9 +28,27 @@ def test_append_read_delete(tmp_path: Path) -> None:
     assert [b for seg in segments for b in spool.read(seg)] == batches
     reopened = Spool(tmp_path, segment_bytes=300)
     assert reopened.size == spool.size > 0
+    assert spool.pending and reopened.pending
     for seg in segments:
+        assert reopened.pending  # until the last one goes
         reopened.delete(seg)
     assert reopened.size == 0 and reopened.segments() == []
+    assert not reopened.pending
+
+
+def test_pending_knows_of_leftover_and_empty_segments(tmp_path: Path) -> None:
+    """The writer replays only when ``pending``: a fresh spool has nothing, a leftover segment
+    from an earlier process is pending even when empty (a crash before its first record), and
+    deleting it clears the flag."""
+    assert not Spool(tmp_path / "fresh").pending
+    (tmp_path / "left").mkdir()
+    leftover = tmp_path / "left" / "seg-000000000001.spool"
+    leftover.write_bytes(b"")
+    spool = Spool(tmp_path / "left")
+    assert spool.pending and spool.size == 0
+    assert list(spool.read(leftover)) == []
+    spool.delete(leftover)
+    assert not spool.pending
 
 
 def test_torn_tail_and_corruption_are_ignored(tmp_path: Path) -> None:
