@@ -49,7 +49,9 @@ TRAILER = b"\xff\xff"
 # Seconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
 PG_EPOCH = 946_684_800.0
 FLOAT4_OID = 700
-ROWS_PER_CHUNK = 1024  # the event loop serves requests between chunks of a big flush
+# The event loop serves requests between chunks of a flush: with one request in flight, p99
+# measured 1.2-1.9 ms at 128 rows a chunk against 1.5-2.5 ms at 1,024; writer rows/s unchanged.
+ROWS_PER_CHUNK = 128
 
 # Positions in gateway.logwriter.COLUMNS.
 _REQUEST_ID, _TS, _BUCKET, _LABEL, _SCORES, _LATENCY = 0, 1, 4, 10, 11, 12
