@@ -58,6 +58,10 @@ _REQUEST_ID, _TS, _BUCKET, _LABEL, _SCORES, _LATENCY = 0, 1, 4, 10, 11, 12
 # experiment, config_version, hash_version, arm, model_id, model_version, model_sha256, shadow,
 # gateway_id, status: the same for every row of one arm's answers.
 _arm_key = operator.itemgetter(2, 3, 5, 6, 7, 8, 9, 13, 14, 15)
+# Column getters mapped over a batch (C speed; a generator expression costs twice as much).
+_ts, _bucket, _label, _scores, _latency = map(
+    operator.itemgetter, (_TS, _BUCKET, _LABEL, _SCORES, _LATENCY)
+)
 _int32 = struct.Struct(">i").pack
 _int64_field = struct.Struct(">iq").pack
 _int16_field = struct.Struct(">ih").pack
@@ -119,14 +123,15 @@ def _fixed_dtype(classes: int) -> np.dtype[Any]:
 def _fixed_part(rows: Sequence[tuple[Any, ...]], classes: int) -> tuple[bytes, int]:
     """Field count and the fixed-width fields of every row, laid out by one structured array."""
     dtype = _fixed_dtype(classes)
-    a = np.empty(len(rows), dtype)
+    a = np.empty(len(rows), dtype)  # every field is assigned below
     a["n_fields"] = len(COPY_COLUMNS)
     a["ts_len"], a["bucket_len"], a["label_len"], a["latency_len"] = 8, 4, 8, 4
-    ts = np.fromiter((r[_TS] for r in rows), np.float64, len(rows))
+    n = len(rows)
+    ts = np.fromiter(map(_ts, rows), np.float64, n)
     a["ts"] = np.rint((ts - PG_EPOCH) * 1e6)  # as PostgreSQL's float8 → timestamptz
-    a["bucket"] = np.fromiter((r[_BUCKET] for r in rows), np.int64, len(rows))
-    a["label"] = np.fromiter((r[_LABEL] for r in rows), np.int64, len(rows))
-    a["latency"] = np.fromiter((r[_LATENCY] for r in rows), np.int64, len(rows))
+    a["bucket"] = np.fromiter(map(_bucket, rows), np.int64, n)
+    a["label"] = np.fromiter(map(_label, rows), np.int64, n)
+    a["latency"] = np.fromiter(map(_latency, rows), np.int64, n)
     a["ndim"], a["has_nulls"], a["elem_oid"] = (1 if classes else 0), 0, FLOAT4_OID
     # The array's length counts what follows scores_len: ndim, flags, oid, then dim + elements.
     a["scores_len"] = 12 + (8 + 8 * classes if classes else 0)
@@ -134,18 +139,18 @@ def _fixed_part(rows: Sequence[tuple[Any, ...]], classes: int) -> tuple[bytes, i
         a["dim"], a["lower"] = classes, 1
         elements = a["elements"]
         elements["len"] = 4
-        raw = b"".join([r[_SCORES] for r in rows])
-        elements["value"] = np.frombuffer(raw, "<f4").reshape(len(rows), classes)
+        raw = b"".join(map(_scores, rows))
+        elements["value"] = np.frombuffer(raw, "<f4").reshape(n, classes)
     return a.tobytes(), dtype.itemsize
 
 
 def encode_rows(rows: Sequence[tuple[Any, ...]]) -> bytes:
     """The COPY records (no header, no trailer) of ``rows``, in COPY_COLUMNS order. Rows whose
     score vectors differ in width are laid out width by width (row order is irrelevant to COPY)."""
-    widths = {len(r[_SCORES]) for r in rows}
+    widths = set(map(len, map(_scores, rows)))
     if len(widths) > 1:
         return b"".join(
-            encode_rows([r for r in rows if len(r[_SCORES]) == w]) for w in sorted(widths)
+            encode_rows([r for r in rows if len(_scores(r)) == w]) for w in sorted(widths)
         )
     if not rows:
         return b""
