@@ -220,6 +220,8 @@ def test_metrics_endpoint_reports_the_log(
     assert f'abgate_config_version{{gateway="{gid}"}} 1.0' in text
     assert "abgate_log_lag_seconds" in text and "abgate_outcomes_unmatched_total" in text
     assert f'abgate_log_rows_spooled_total{{gateway="{gid}",table="predictions"}} 0.0' in text
+    # Fresh rows went in by the direct COPY: no batch needed the staging path.
+    assert f'abgate_log_staged_batches_total{{gateway="{gid}",table="predictions"}} 0.0' in text
     assert "abgate_log_spool_bytes" in text
     spool_max = re.search(
         rf'^abgate_log_spool_max_bytes{{gateway="{gid}",table="predictions"}} (\S+)$', text, re.M
