@@ -94,17 +94,20 @@ def test_a_row_lands_on_the_same_key_by_either_path(fresh_db: str, first_path: s
     assert asyncio.run(count(fresh_db)) == 400
 
 
-def test_direct_copy_stores_what_the_staging_path_stores(fresh_db: str) -> None:
+@pytest.mark.parametrize("rid", ["ascii", "utf-8"])
+def test_direct_copy_stores_what_the_staging_path_stores(fresh_db: str, rid: str) -> None:
     """Every column of rows written by the binary COPY equals the same rows written through
-    the staging table: text (non-ASCII too), integers at their limits, flags, timestamps,
-    scores of several widths in one batch (none, 2, 3 classes)."""
+    the staging table: text (non-ASCII too), request ids of many lengths, integers at their
+    limits, flags, timestamps, two arms and scores of several widths in one batch (none, 2, 3
+    classes) — so the COPY lays out many groups."""
     model = ("démo-ĝbdt", "v1.0-ß", "f" * 64)
     shapes = [b"", SCORES, np.array([0.1, 0.2, 0.7], "<f4").tobytes()]  # 0, 2 and 3 classes
     rows = []
     for i in range(90):
         scores = shapes[i % 3]
         rows.append(
-            (f"ид-{i}-{'x' * (i % 7)}", 1_790_000_000.123456 + i * 0.37, "exp-é", 2**62 + i,
+            (f"{'ид' if rid == 'utf-8' else 'id'}-{i}-{'x' * (i % 7)}",
+             1_790_000_000.123456 + i * 0.37, "exp-é", 2**62 + i,
              i * 111 % 10_000, 32767 - i, "arm-ü" if i % 2 else "control", *model,
              -(2**62) if i % 5 == 0 else i, scores, 2**31 - 1 - i, i % 4 == 0, "gw-ø", i % 3)
         )  # fmt: skip
