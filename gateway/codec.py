@@ -247,6 +247,15 @@ def request_ids_or_empty(ids: Sequence[str], n_rows: int) -> Sequence[str]:
             f"has {len(ids)} entries for {n_rows} rows (give none or one per row)",
             field="request_ids",
         )
+    first: dict[str, int] = {}
     for i, rid in enumerate(ids):
         check_request_id(rid, field=f"request_ids[{i}]")
+        # Each row is its own prediction with its own log row; a repeated id would make two
+        # rows with one key, and the log keeps one of them.
+        j = first.setdefault(rid, i)
+        if j != i:
+            raise InvalidArgument(
+                f"repeats request_ids[{j}] ({rid!r}); give each row its own id",
+                field=f"request_ids[{i}]",
+            )
     return ids

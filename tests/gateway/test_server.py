@@ -293,6 +293,15 @@ def test_bad_batches(
             pb.PredictBatchRequest(
                 experiment="demo",
                 user_ids=list("abcd"),
+                features=tensor(X),
+                request_ids=["r1", "r2", "r3", "r2"],
+            ),
+            "request_ids[3]",
+        ),
+        (
+            pb.PredictBatchRequest(
+                experiment="demo",
+                user_ids=list("abcd"),
                 features=tensor(np.where(np.eye(4, 30) > 0, np.nan, X)),
             ),
             "row 0",
