@@ -223,3 +223,36 @@ def test_logwriter_benchmark_writes_rows_of_the_log_layout(fresh_db: str) -> Non
     assert len(bench_logwriter.make_rows(1, 0)[0]) == len(COLUMNS)
     rates = asyncio.run(bench_logwriter.main_async(fresh_db, 300, 1))
     assert set(rates) == {"100", "1000", "10000"} and all(r > 0 for r in rates.values())
+
+
+def test_serving_report_renders_every_measure() -> None:
+    """benchmarks/bench_serving's markdown from a report of the shape run() returns (figures of
+    the 2026-11-26 run): every measure, including one request in flight, gets its row."""
+    from benchmarks import bench_serving
+
+    report = {
+        "date": "2026-11-26 03:22:26 UTC",
+        "duration": 10.0,
+        "rounds": 2,
+        "cpus": 2,
+        "unloaded": {
+            "rate": 100.0, "p50_ms": 1.74, "p99_ms": 3.033, "bare_p50_ms": 1.446,
+            "bare_p99_ms": 2.633, "serial_p50_ms": 0.526, "serial_p99_ms": 2.076,
+            "bare_serial_p50_ms": 0.438, "bare_serial_p99_ms": 0.681,
+            "loadtest_50rps_p50_ms": 2.617, "loadtest_50rps_p99_ms": 5.603,
+        },
+        "shadow": {
+            "saturated_off": 2275.15, "saturated_on": 2146.0, "saturated_ratio": 0.943,
+            "half_rate": 1082.1, "p99_off_ms": 7.19, "p99_on_ms": 6.93, "p99_increase": -0.037,
+        },
+        "batch_rows_per_s": 63967.3,
+        "batch_calls_refused": 496,
+        "stream_rows_per_s": 2835.7,
+        "workers": {"one": 2273.7, "two": 3222.7, "ratio": 1.417},
+        "targets": bench_serving.TARGETS,
+    }  # fmt: skip
+    text = bench_serving.markdown(report)
+    assert "| one request in flight (h2load closed loop" in text
+    assert "0.526 / 2.076 ms | ≤ 0.5 / 0.8 ms |" in text
+    assert "| one request in flight, bare grpc.aio server: p50 / p99 | 0.438 / 0.681 ms |" in text
+    assert "| 63967 | ≥ 150000 |" in text and "(×1.42)" in text and "(-4%)" in text
