@@ -18,6 +18,18 @@ from tests.conftest import execute_sql
 from tests.gateway.test_logwriter import count, row
 
 
+async def drain_spool(url: str, directory: Path) -> LogWriter:
+    """A writer on the spool in ``directory``, run until it has replayed every segment (20 s at
+    most), then stopped; returned for its counters."""
+    w = LogWriter(url, max_age=0.05, spool=Spool(directory))
+    await w.start()
+    deadline = time.monotonic() + 20
+    while Spool(directory).segments() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await w.stop()
+    return w
+
+
 def test_append_read_delete(tmp_path: Path) -> None:
     spool = Spool(tmp_path, segment_bytes=300)
     batches = [[[f"r{i}", i, [0.5, 0.5], bytes(range(i, 2 * i))]] for i in range(10)]
@@ -96,13 +108,7 @@ def test_writer_spills_during_outage_and_replays_once(
 
     async def recover(directory: Path) -> LogWriter:
         await execute_sql(pg_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        w2 = LogWriter(fresh_db, max_age=0.05, spool=Spool(directory))
-        await w2.start()
-        deadline = time.monotonic() + 20
-        while Spool(directory).segments() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        await w2.stop()
-        return w2
+        return await drain_spool(fresh_db, directory)
 
     first = asyncio.run(recover(spool_dir))
     assert first.counters.replayed == 1000 and Spool(spool_dir).segments() == []
@@ -123,12 +129,7 @@ def test_a_spool_from_before_scores_were_bytes_replays(fresh_db: str, tmp_path: 
 
     async def replay() -> list[list[float]]:
         await migrate(fresh_db)
-        w = LogWriter(fresh_db, max_age=0.05, spool=Spool(tmp_path))
-        await w.start()
-        deadline = time.monotonic() + 20
-        while Spool(tmp_path).segments() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        await w.stop()
+        w = await drain_spool(fresh_db, tmp_path)
         assert w.counters.replayed == 50
         conn = await asyncpg.connect(fresh_db)
         try:
