@@ -1,15 +1,23 @@
-# Every target creates .venv and installs the project into it; nothing relies on a hand install.
+# Every target creates .venv and installs exactly the locked set (uv.lock) into it; nothing
+# relies on a hand install. A fresh machine needs only Python 3.11+ and make: pip installs uv
+# (one pinned, hashed version), uv installs the lock.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
+# uv never downloads an interpreter: it uses the one that made .venv.
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test protos lint bench clean
+.PHONY: demo test protos lint lock bench clean
 
-$(STAMP): pyproject.toml
+# `uv sync --locked` stops, rather than install something else, when uv.lock no longer matches
+# pyproject.toml (run `make lock`); it also removes what the lock does not list.
+$(STAMP): pyproject.toml uv.lock .ci/bootstrap-requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	test -x $(UV) || $(PY) -m pip install -q --disable-pip-version-check --no-deps \
+		--require-hashes -r .ci/bootstrap-requirements.txt
+	$(UV) sync --quiet --locked --extra dev --python $(PY)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -26,6 +34,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# Re-resolve pyproject.toml into uv.lock (keeping current pins where they still fit; add
+# UPGRADE=1 to move everything to the newest releases), and the two small hashed locks beside it.
+lock: $(STAMP)
+	$(UV) lock $(if $(UPGRADE),--upgrade)
+	$(PY) -m tests.locks write
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-only \

@@ -294,9 +294,14 @@ def test_docker_compose_resolved_config() -> None:
 def test_dockerfile_builds_from_the_repository_root() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
-    assert froms and all(f == "python:3.11-slim" for f in froms)
+    # One base image, pinned to a patch release (the venv is copied between its stages).
+    assert len(froms) == 2 and len(set(froms)) == 1, froms
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", froms[0]), froms[0]
     assert 'ENTRYPOINT ["abgate"]' in text
-    assert re.search(r"pip wheel .*--wheel-dir /wheels \.$", text, re.M), "pip builds `.`"
+    # Exactly the locked set, by the uv version `make` uses (checked by hash).
+    assert "pip install --no-cache-dir --require-hashes -r /tmp/bootstrap-requirements.txt" in text
+    assert re.search(r"^RUN uv sync --locked --no-editable ", text, re.M), "uv installs uv.lock"
+    assert "--extra dev" not in text
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     kept = {line[1:].removesuffix("/**") for line in ignore if line.startswith("!")}
     for line in re.findall(r"^COPY\s+(?!--from)(.+)$", text, re.M):

