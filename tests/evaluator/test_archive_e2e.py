@@ -2,7 +2,8 @@
 logging to a real PostgreSQL. The archived experiment leaves the snapshot (the gateway ACKs,
 answers NOT_FOUND for it) while the other keeps every user on the same arm; its history stays;
 archiving is how an operator unfreezes a fleet that NACKs a bad experiment; unarchive brings it
-back with the same users on the same arms."""
+back with the same users on the same arms; with every experiment archived the gateway serves an
+empty snapshot."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from abgate.client import GatewayClient, RpcFailure
 from abgate.v1 import control_pb2 as cpb
@@ -199,6 +202,20 @@ def test_archive_end_to_end(demo_store: DemoStore, tmp_path: Path, fresh_db: str
         assert back["status"] == "paused"
         assert ev.call(publisher.wait_acked(back["snapshot_version"], timeout=10))
         assert arms_of(gp.target, X, "gone")[0] == gone_arms
+
+        # Archiving every experiment leaves an empty snapshot, ACKed like any other: the gateway
+        # stays SERVING and answers NOT_FOUND for each.
+        for name in ("gone", "keep", "later"):
+            view = ev.admin.call("Archive", cpb.ExperimentRequest(name=name))
+        assert publisher.current is not None and list(publisher.current.experiments) == []
+        assert ev.call(publisher.wait_acked(view.snapshot_version, timeout=10))
+        for name in ("gone", "keep", "later"):
+            assert predict_error(gp.target, X, name).code.name == "NOT_FOUND"
+        with grpc.insecure_channel(gp.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         if gp is not None and gp.proc is not None and gp.proc.poll() is None:
             code, out = gp.stop()
