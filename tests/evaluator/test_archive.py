@@ -258,3 +258,20 @@ def test_the_audit_row_names_the_client_certificate_under_mtls(
         assert json.loads(audit["inputs"])["identity"] == "client"
     finally:
         e.close()
+
+
+def test_archived_experiments_have_no_metric_series(ev: InProcessEvaluator) -> None:
+    from evaluator.metrics import EvaluatorCollector
+
+    def labelled() -> set[str]:
+        return {
+            s.labels["experiment"]
+            for family in EvaluatorCollector(ev.server).collect()
+            if family.name.startswith("abgate_experiment_")
+            for s in family.samples
+        }
+
+    ev.call(ev.server.tick())
+    assert labelled() == {"gone", "keep"}
+    ev.admin.call("Archive", cpb.ExperimentRequest(name="gone"))
+    assert labelled() == {"keep"}
