@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -64,6 +65,13 @@ class AdminClient:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in the environment or the user database
+        return ""
 
 
 def _usage(message: str) -> int:
@@ -182,12 +190,15 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         if action == "create":
             request = cpb.CreateExperimentRequest(definition=_definition_from_args(args))
         elif action == "list":
-            request = cpb.ListExperimentsRequest()
+            request = cpb.ListExperimentsRequest(include_archived=args.all)
         elif action == "gateways":
             request = cpb.GatewaysRequest()
         else:
             request = cpb.ExperimentRequest(
-                name=args.name, arm=getattr(args, "arm", "") or "", reason=args.reason or ""
+                name=args.name,
+                arm=getattr(args, "arm", "") or "",
+                reason=args.reason or "",
+                actor=getattr(args, "by", "") or "",
             )
     except (ValueError, OSError, json_format.ParseError, tomllib.TOMLDecodeError) as exc:
         return _usage(str(exc))
@@ -199,6 +210,8 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         "rollback": "Rollback",
         "pause": "Pause",
         "resume": "Resume",
+        "archive": "Archive",
+        "unarchive": "Unarchive",
         "gateways": "Gateways",
     }[action]
     client = AdminClient(args.evaluator, token, ca=args.ca, timeout=args.timeout)
@@ -303,8 +316,9 @@ def add_evaluator_parsers(subparsers: Any) -> None:
         help="pin model ids to sha256 from this store (env ABGATE_MODEL_STORE)",
     )
 
-    q = sub.add_parser("list", help="all experiments")
+    q = sub.add_parser("list", help="all experiments but archived ones")
     common(q)
+    q.add_argument("--all", action="store_true", help="archived ones too")
     q = sub.add_parser("gateways", help="which config version every gateway runs")
     common(q)
     for name, text in (
@@ -313,11 +327,19 @@ def add_evaluator_parsers(subparsers: Any) -> None:
         ("rollback", "send 100% back to control"),
         ("pause", "stop deciding (the split stays)"),
         ("resume", "resume deciding"),
+        ("archive", "take out of every snapshot, keep for audit (from any status)"),
+        ("unarchive", "back into the snapshot with its old buckets (a running one: paused)"),
     ):
         q = sub.add_parser(name, help=text)
         common(q)
         q.add_argument("name", help="experiment name")
         q.add_argument("--reason", default="", help="kept in the audit table")
+        if name != "show":
+            q.add_argument(
+                "--by",
+                default=os.environ.get("ABGATE_ACTOR") or _login(),
+                help="who asks, kept in the audit table (env ABGATE_ACTOR; default: your login)",
+            )
         if name == "promote":
             q.add_argument("--arm", default="", help="arm to promote")
         if name == "show":

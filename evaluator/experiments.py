@@ -2,7 +2,8 @@
 config snapshot gateways serve. Pure: validation and conversions, no database, no gRPC calls.
 
 One experiment version is one JSON document (``ExperimentState.to_json``) in
-``experiment_versions``; the snapshot is the latest version of every experiment.
+``experiment_versions``; the snapshot is the latest version of every experiment that is not
+archived.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from gateway.config import NAME
 
 KINDS = ("ab", "canary", "bandit")
 METRICS = ("accuracy", "outcome", "score")
-STATUSES = ("running", "paused", "promoted", "rolled_back", "stopped")
+STATUSES = ("running", "paused", "promoted", "rolled_back", "stopped", "archived")
+# Out of every snapshot; versions, decisions and logged predictions stay for audit.
+ARCHIVED = "archived"
 # Treatment share of a canary at each stage, percent.
 CANARY_STAGES: tuple[float, ...] = (1.0, 5.0, 10.0, 25.0, 50.0, 100.0)
 _KIND_FROM_PB = {cpb.AB: "ab", cpb.CANARY: "canary", cpb.BANDIT: "bandit"}
@@ -75,6 +78,12 @@ class ExperimentState:
     # split changes so that a sample-ratio check compares counts against the split in force.
     since_version: int = 0
     shadows: tuple[Shadow, ...] = ()
+    # While archived: the status it had before, what unarchive restores ("" otherwise).
+    archived_from: str = ""
+
+    @property
+    def archived(self) -> bool:
+        return self.status == ARCHIVED
 
     @property
     def weights(self) -> dict[str, float]:
@@ -272,8 +281,9 @@ def experiment_config(state: ExperimentState) -> cpb.ExperimentConfig:
 def snapshot_message(
     version: int, states: Sequence[ExperimentState], nonce: str = ""
 ) -> cpb.ConfigSnapshot:
+    """The snapshot of ``states`` at ``version``; archived experiments are not in it (their
+    archiving still bumps ``version``, so gateways get a snapshot without them)."""
+    served = sorted((s for s in states if not s.archived), key=lambda s: s.name)
     return cpb.ConfigSnapshot(
-        version=version,
-        nonce=nonce,
-        experiments=[experiment_config(s) for s in sorted(states, key=lambda s: s.name)],
+        version=version, nonce=nonce, experiments=[experiment_config(s) for s in served]
     )

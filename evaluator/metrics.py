@@ -85,13 +85,19 @@ class EvaluatorCollector(Collector):
         running = GaugeMetricFamily(
             "abgate_experiment_running", "1 while the experiment is running", labels=["experiment"]
         )
+        # Archived experiments are kept for audit, not monitored: no series of theirs.
+        archived = {name for name, row in srv.latest.items() if row.state.archived}
         for name, (verdict, statistics) in sorted(srv.verdicts.items()):
+            if name in archived:
+                continue
             if verdict.get("p_value") is not None:
                 p_value.add_metric([name], verdict["p_value"])
             srm_p = statistics.get("srm", {}).get("p_value")
             if srm_p is not None:
                 srm.add_metric([name], srm_p)
         for name, row in sorted(srv.latest.items()):
+            if name in archived:
+                continue
             running.add_metric([name], 1.0 if row.state.status == "running" else 0.0)
         yield p_value
         yield srm

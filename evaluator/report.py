@@ -66,6 +66,8 @@ _ACTION_STYLE = {
     "rollback": ("#d62728", "-"),
     "pause": ("#7f7f7f", "--"),
     "resume": ("#7f7f7f", "-."),
+    "archive": ("#7f7f7f", (0, (6, 2))),
+    "unarchive": ("#7f7f7f", (0, (1, 1))),
 }
 _METRIC_LABEL = {
     "accuracy": "accuracy (outcome = predicted label)",

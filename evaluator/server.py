@@ -36,6 +36,7 @@ from evaluator.aggregate import (
     shadow_totals,
 )
 from evaluator.experiments import (
+    ARCHIVED,
     ExperimentState,
     definition_message,
     snapshot_message,
@@ -256,7 +257,13 @@ class EvaluatorServer:
             or last[0] != decision.action
             or now - last[1] >= self.settings.audit_interval
         ):
-            await self._store().record_decision(name, doc, row.version)
+            async with self._lock:
+                # Not about a version that changed meanwhile (archived, paused by an operator
+                # while this tick ran): that experiment gets no decision from this tick.
+                current = self.latest.get(name)
+                if current is None or current.version != row.version:
+                    return
+                await self._store().record_decision(name, doc, row.version)
             self._audited[name] = (decision.action, now)
 
     # -- admin operations --------------------------------------------------------------------
@@ -290,17 +297,36 @@ class EvaluatorServer:
     async def create(self, definition: cpb.ExperimentDefinition) -> cpb.ExperimentView:
         state = validate_definition(definition)
         async with self._lock:
-            row = await self._write(
-                state,
-                None,
-                "created",
-                {"action": "create", "source": "admin", "inputs": {"definition": state.to_json()}},
-            )
+            try:
+                row = await self._write(
+                    state,
+                    None,
+                    "created",
+                    {
+                        "action": "create",
+                        "source": "admin",
+                        "inputs": {"definition": state.to_json()},
+                    },
+                )
+            except FailedPrecondition:
+                # An archived name stays taken: its logged rows and statistics are keyed by it.
+                existing = await self._store().get(state.name)
+                if existing.state.archived:
+                    raise FailedPrecondition(
+                        f"experiment {state.name!r} already exists (archived; its name stays "
+                        "with its logs: unarchive it or choose another name)",
+                        field="definition.name",
+                    ) from None
+                raise
         return self._view(row)
 
-    async def views(self) -> list[cpb.ExperimentView]:
+    async def views(self, include_archived: bool = False) -> list[cpb.ExperimentView]:
         rows = await self._store().latest()
-        return [self._view(rows[name]) for name in sorted(rows)]
+        return [
+            self._view(rows[name])
+            for name in sorted(rows)
+            if include_archived or not rows[name].state.archived
+        ]
 
     async def view(self, name: str) -> cpb.ExperimentView:
         row = await self._store().get(name)
@@ -315,12 +341,40 @@ class EvaluatorServer:
             view.details_json = json.dumps(details, sort_keys=True)
         return view
 
-    async def operate(self, action: str, req: cpb.ExperimentRequest) -> cpb.ExperimentView:
+    async def operate(
+        self,
+        action: str,
+        req: cpb.ExperimentRequest,
+        caller: dict[str, str] | None = None,
+    ) -> cpb.ExperimentView:
+        """One operator command on one experiment; ``caller`` (who asks, as the admin API saw
+        them) goes into the audit row."""
         async with self._lock:
             row = await self._store().get(req.name)
             state = row.state
             control = state.control.name
-            if action == "promote":
+            if state.archived and action == "archive":
+                raise FailedPrecondition(f"experiment {req.name!r} is already archived")
+            if state.archived and action != "unarchive":
+                raise FailedPrecondition(f"experiment {req.name!r} is archived; unarchive it first")
+            if action == "archive":
+                new = replace(state, status=ARCHIVED, archived_from=state.status)
+            elif action == "unarchive":
+                if not state.archived:
+                    raise FailedPrecondition(
+                        f"experiment {req.name!r} is {state.status}, not archived"
+                    )
+                # Back with its salt and buckets. A running one comes back paused: its policy
+                # restarts only on an explicit resume (with a fresh SRM window), and a canary
+                # holds its stage again from now.
+                before = state.archived_from or "paused"
+                new = replace(
+                    state,
+                    status="paused" if before == "running" else before,
+                    archived_from="",
+                    stage_started_at=time.time(),
+                )
+            elif action == "promote":
                 arm = req.arm or self._winner(req.name)
                 if arm not in state.weights:
                     raise InvalidArgument(f"experiment {req.name!r} has no arm {arm!r}", "arm")
@@ -343,7 +397,13 @@ class EvaluatorServer:
                 "action": action,
                 "source": "admin",
                 "recommendation": req.reason,
-                "inputs": {"arm": req.arm, "weights": new.weights},
+                "inputs": {
+                    "arm": req.arm,
+                    "weights": new.weights,
+                    "status_before": state.status,
+                    "status": new.status,
+                    **(caller or {}),
+                },
             }
             row = await self._write(new, row, req.reason or action, decision)
         return self._view(row)
@@ -380,6 +440,7 @@ class EvaluatorServer:
                     "since_version": row.since,
                     "allocation": dict(s.allocation),
                     "statistics": statistics,
+                    **({"archived_from": s.archived_from} if s.archived else {}),
                 },
                 sort_keys=True,
             ),

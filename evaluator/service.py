@@ -276,9 +276,11 @@ class AdminCore(Protocol):
     """What the admin API needs from the evaluator (implemented by ``evaluator.server``)."""
 
     async def create(self, definition: cpb.ExperimentDefinition) -> cpb.ExperimentView: ...
-    async def views(self) -> list[cpb.ExperimentView]: ...
+    async def views(self, include_archived: bool = False) -> list[cpb.ExperimentView]: ...
     async def view(self, name: str) -> cpb.ExperimentView: ...
-    async def operate(self, action: str, req: cpb.ExperimentRequest) -> cpb.ExperimentView: ...
+    async def operate(
+        self, action: str, req: cpb.ExperimentRequest, caller: dict[str, str] | None = None
+    ) -> cpb.ExperimentView: ...
     def gateways(self) -> cpb.GatewaysResponse: ...
 
 
@@ -305,7 +307,7 @@ class AdminServicer(cpb_grpc.EvaluatorAdminServicer):
     async def ListExperiments(
         self, request: cpb.ListExperimentsRequest, context: grpc.aio.ServicerContext
     ) -> cpb.ListExperimentsResponse:
-        views = await _call(context, self.core.views())
+        views = await _call(context, self.core.views(request.include_archived))
         return cpb.ListExperimentsResponse(experiments=views)
 
     async def GetExperiment(
@@ -321,7 +323,7 @@ class AdminServicer(cpb_grpc.EvaluatorAdminServicer):
     ) -> cpb.ExperimentView:
         async def run() -> cpb.ExperimentView:
             _name(request)
-            return await self.core.operate(action, request)
+            return await self.core.operate(action, request, caller(request, context))
 
         return await _call(context, run())
 
@@ -345,10 +347,33 @@ class AdminServicer(cpb_grpc.EvaluatorAdminServicer):
     ) -> cpb.ExperimentView:
         return await self._operate("resume", request, context)
 
+    async def Archive(
+        self, request: cpb.ExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ExperimentView:
+        return await self._operate("archive", request, context)
+
+    async def Unarchive(
+        self, request: cpb.ExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ExperimentView:
+        return await self._operate("unarchive", request, context)
+
     async def Gateways(
         self, request: cpb.GatewaysRequest, context: grpc.aio.ServicerContext
     ) -> cpb.GatewaysResponse:
         return self.core.gateways()
+
+
+def caller(request: cpb.ExperimentRequest, context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """Who asks, for the audit row: the name the client states (``actor``, not authenticated:
+    every token holder may write any), its address, and its verified client certificate's
+    subject when the listener requires mTLS."""
+    if len(request.actor) > 256:
+        raise InvalidArgument("must be at most 256 characters", field="actor")
+    out = {"actor": request.actor, "peer": context.peer() or ""}
+    subject = (context.auth_context() or {}).get("x509_common_name")
+    if subject:
+        out["identity"] = b",".join(subject).decode(errors="replace")
+    return out
 
 
 def _name(request: cpb.ExperimentRequest) -> str:

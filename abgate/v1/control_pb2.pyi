@@ -178,8 +178,10 @@ class CreateExperimentRequest(_message.Message):
     def __init__(self, definition: _Optional[_Union[ExperimentDefinition, _Mapping]] = ...) -> None: ...
 
 class ListExperimentsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("include_archived",)
+    INCLUDE_ARCHIVED_FIELD_NUMBER: _ClassVar[int]
+    include_archived: bool
+    def __init__(self, include_archived: _Optional[bool] = ...) -> None: ...
 
 class ListExperimentsResponse(_message.Message):
     __slots__ = ("experiments",)
@@ -188,14 +190,16 @@ class ListExperimentsResponse(_message.Message):
     def __init__(self, experiments: _Optional[_Iterable[_Union[ExperimentView, _Mapping]]] = ...) -> None: ...
 
 class ExperimentRequest(_message.Message):
-    __slots__ = ("name", "arm", "reason")
+    __slots__ = ("name", "arm", "reason", "actor")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARM_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
     name: str
     arm: str
     reason: str
-    def __init__(self, name: _Optional[str] = ..., arm: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    actor: str
+    def __init__(self, name: _Optional[str] = ..., arm: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class GatewayState(_message.Message):
     __slots__ = ("node_id", "version", "connected", "last_error")

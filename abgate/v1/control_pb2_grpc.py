@@ -141,6 +141,16 @@ class EvaluatorAdminStub:
                 request_serializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
                 response_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
                 _registered_method=True)
+        self.Archive = channel.unary_unary(
+                '/abgate.v1.EvaluatorAdmin/Archive',
+                request_serializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
+                response_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
+                _registered_method=True)
+        self.Unarchive = channel.unary_unary(
+                '/abgate.v1.EvaluatorAdmin/Unarchive',
+                request_serializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
+                response_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
+                _registered_method=True)
         self.Gateways = channel.unary_unary(
                 '/abgate.v1.EvaluatorAdmin/Gateways',
                 request_serializer=abgate_dot_v1_dot_control__pb2.GatewaysRequest.SerializeToString,
@@ -193,6 +203,22 @@ class EvaluatorAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Archive(self, request, context):
+        """Takes the experiment out of every snapshot (gateways then answer NOT_FOUND for it) and
+        keeps its versions, decisions and logged predictions; from any status but "archived".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unarchive(self, request, context):
+        """Brings an archived experiment back into the snapshot with its salt and bucket ranges; a
+        running one comes back "paused".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Gateways(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -234,6 +260,16 @@ def add_EvaluatorAdminServicer_to_server(servicer, server):
             ),
             'Resume': grpc.unary_unary_rpc_method_handler(
                     servicer.Resume,
+                    request_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.FromString,
+                    response_serializer=abgate_dot_v1_dot_control__pb2.ExperimentView.SerializeToString,
+            ),
+            'Archive': grpc.unary_unary_rpc_method_handler(
+                    servicer.Archive,
+                    request_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.FromString,
+                    response_serializer=abgate_dot_v1_dot_control__pb2.ExperimentView.SerializeToString,
+            ),
+            'Unarchive': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unarchive,
                     request_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.FromString,
                     response_serializer=abgate_dot_v1_dot_control__pb2.ExperimentView.SerializeToString,
             ),
@@ -430,6 +466,60 @@ class EvaluatorAdmin:
             request,
             target,
             '/abgate.v1.EvaluatorAdmin/Resume',
+            abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
+            abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Archive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/abgate.v1.EvaluatorAdmin/Archive',
+            abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
+            abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unarchive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/abgate.v1.EvaluatorAdmin/Unarchive',
             abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
             abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
             options,
