@@ -19,7 +19,7 @@ WARMUP_RUNS = 20
 
 @dataclass(frozen=True)
 class SessionOptions:
-    """Thread settings; defaults chosen by measurement (see README, "onnxruntime threads")."""
+    """Thread settings; defaults chosen by measurement (docs/design.md, "Serving")."""
 
     intra_op_threads: int = 1
     spinning: bool = False

@@ -207,6 +207,170 @@ def test_compose_wiring_between_services() -> None:
     assert len({m.split(":")[0] for m in states}) == len(gateway_services())
 
 
+# -- images, health checks, start order ------------------------------------------------------
+# An exact release: MAJOR.MINOR.PATCH with an optional "v" and variant suffix (-alpine,
+# -slim-trixie). PostgreSQL numbers its releases MAJOR.MINOR since 10 (16.15 is one release).
+_EXACT_TAG = {
+    3: re.compile(r"v?\d+\.\d+\.\d+(?:-[a-z][a-z0-9.]*)*"),
+    2: re.compile(r"v?\d+\.\d+(?:-[a-z][a-z0-9.]*)*"),
+}
+_TWO_PART_VERSIONS = {"postgres"}
+LOCAL_IMAGE = "abgate:local"  # built from deploy/Dockerfile, whose FROM lines are checked below
+
+
+def exact_image(ref: str) -> bool:
+    """True when ``ref`` names one release of an image (a digest pins it too)."""
+    if "@sha256:" in ref:
+        return bool(re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", ref))
+    repo, sep, tag = ref.rpartition(":")
+    if not sep or "/" in tag or not repo:
+        return False  # a bare name means :latest
+    if "latest" in tag:
+        return False
+    parts = 2 if repo.rsplit("/", 1)[-1] in _TWO_PART_VERSIONS else 3
+    return bool(_EXACT_TAG[parts].fullmatch(tag))
+
+
+def test_exact_image_reader() -> None:
+    for ok in ("postgres:16.15", "envoyproxy/envoy:v1.40.2", "prom/prometheus:v3.13.3",
+               "grafana/grafana:13.2.3", "python:3.11.16-slim-trixie",
+               "quay.io/prometheus/prometheus:v3.13.3", "postgres:16.15-bookworm",
+               "nginx@sha256:" + "a" * 64):  # fmt: skip
+        assert exact_image(ok), ok
+    for bad in ("postgres", "postgres:latest", "postgres:16", "envoyproxy/envoy:v1.31-latest",
+                "prom/prometheus:v3", "prom/prometheus:v3.13", "grafana/grafana:13.2",
+                "python:3.11-slim", "localhost:5000/img", "grafana/grafana:main"):  # fmt: skip
+        assert not exact_image(bad), bad
+
+
+def long_running(svc: dict[str, Any]) -> bool:
+    """Services that stay up; a one-shot job (``restart: "no"``) runs once and exits."""
+    return str(svc.get("restart", "no")) != "no"
+
+
+def test_every_image_is_pinned_to_an_exact_version() -> None:
+    services = compose_source()["services"]
+    for name, svc in services.items():
+        image = svc["image"]
+        if image == LOCAL_IMAGE:
+            assert "build" in svc, f"{name}: {LOCAL_IMAGE} is built here"
+            continue
+        assert exact_image(image), f"{name}: image {image!r} is not pinned to one release"
+    froms = re.findall(r"^FROM\s+(\S+)", (DEPLOY / "Dockerfile").read_text(), re.M)
+    bases = [f for f in froms if f not in {"scratch"}]
+    assert bases and all(exact_image(f) for f in bases), f"Dockerfile FROM {bases}"
+
+
+def test_every_long_running_service_has_a_healthcheck() -> None:
+    services = compose_source()["services"]
+    assert {n for n, s in services.items() if not long_running(s)} == {"models"}
+    for name, svc in services.items():
+        if not long_running(svc):
+            continue
+        check = svc.get("healthcheck")
+        assert check and not check.get("disable"), f"{name}: no healthcheck"
+        test = check["test"]
+        assert isinstance(test, list) and test[0] in {"CMD", "CMD-SHELL"}, name
+        assert len(test) > 1 and all(isinstance(w, str) and w for w in test), name
+        for key in ("interval", "timeout", "retries"):
+            assert key in check, f"{name}: healthcheck without {key}"
+        assert re.fullmatch(r"\d+s", str(check["timeout"])), name
+
+
+def test_dependencies_wait_for_health() -> None:
+    services = compose_source()["services"]
+    for name, svc in services.items():
+        deps = svc.get("depends_on", {})
+        assert isinstance(deps, dict), f"{name}: give depends_on with a condition per service"
+        for dep, spec in deps.items():
+            target = services[dep]
+            condition = spec.get("condition")
+            if long_running(target):
+                assert condition == "service_healthy", f"{name} -> {dep}: {condition}"
+                assert target.get("healthcheck"), f"{name} waits for {dep}, which has none"
+            else:
+                assert condition == "service_completed_successfully", f"{name} -> {dep}"
+    # Who needs whom: the database before its users, healthy gateways before the entry point.
+    args = compose_args()
+    needs = {"evaluator": {"postgres"}, "grafana": {"prometheus"}, "envoy": set(gateway_services())}
+    for name in gateway_services():
+        needs[name] = {"postgres", "models", "evaluator"}
+        assert args[name].evaluator.split(":")[0] == "evaluator"
+    for name, required in needs.items():
+        assert required <= set(services[name].get("depends_on", {})), name
+
+
+def _healthcheck_text(name: str) -> str:
+    return " ".join(compose_source()["services"][name]["healthcheck"]["test"][1:])
+
+
+def test_healthchecks_probe_where_each_service_listens() -> None:
+    args = compose_args()
+    for name in (*gateway_services(), "evaluator"):
+        port = host_port(args[name].listen)[1]
+        assert _healthcheck_text(name) == f"abgate-health 127.0.0.1:{port}", name
+    admin = load_yaml(ENVOY)["admin"]["address"]["socket_address"]["port_value"]
+    assert f"/dev/tcp/127.0.0.1/{admin}" in _healthcheck_text("envoy")
+    assert "GET /ready HTTP/1.1" in _healthcheck_text("envoy")
+    prom = compose_source()["services"]["prometheus"]
+    assert not any(w.startswith("--web.listen-address") for w in prom["command"])  # so :9090
+    assert "http://127.0.0.1:9090/-/ready" in _healthcheck_text("prometheus")
+    assert "http://127.0.0.1:3000/api/health" in _healthcheck_text("grafana")
+    assert _healthcheck_text("postgres").startswith("pg_isready -U abgate -d abgate")
+    # What each image ships: busybox wget in prom/prometheus, curl in grafana/grafana, bash
+    # (neither curl nor wget) in envoyproxy/envoy; pg_isready in postgres.
+    checks = {n: compose_source()["services"][n]["healthcheck"]["test"] for n in
+              ("prometheus", "grafana", "envoy", "postgres")}  # fmt: skip
+    assert checks["prometheus"][:2] == ["CMD", "wget"]
+    assert checks["grafana"][:2] == ["CMD", "curl"]
+    assert checks["envoy"][:3] == ["CMD", "bash", "-c"]
+    assert checks["postgres"][:2] == ["CMD", "pg_isready"]
+
+
+def _fake_admin(status: int) -> tuple[Any, int]:
+    """An HTTP/1.1 server answering ``status`` with Envoy's /ready body, on a free port."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            body = b"LIVE\n" if status == 200 else b"PRE_INITIALIZING\n"
+            self.send_response(status if self.path == "/ready" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, int(server.server_address[1])
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_envoy_healthcheck_command_against_a_fake_admin_endpoint() -> None:
+    """The exact shell text of Envoy's health check, aimed at a stand-in for /ready."""
+    test = compose_source()["services"]["envoy"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "bash", "-c"]
+    admin = load_yaml(ENVOY)["admin"]["address"]["socket_address"]["port_value"]
+
+    def run(port: int) -> int:
+        script = test[3].replace(f"/dev/tcp/127.0.0.1/{admin}", f"/dev/tcp/127.0.0.1/{port}")
+        return subprocess.run(["bash", "-c", script], capture_output=True, timeout=10).returncode
+
+    for status, healthy in ((200, True), (503, False)):
+        server, port = _fake_admin(status)
+        try:
+            assert (run(port) == 0) is healthy, status
+        finally:
+            server.shutdown()
+            server.server_close()
+    assert run(free_port()) != 0, "nothing listening must be unhealthy"
+
+
 def _compose(*extra: str, env: dict[str, str] | None = None) -> str:
     exe = shutil.which("docker-compose")
     if exe is None:
@@ -274,7 +438,7 @@ def test_docker_compose_resolved_config() -> None:
     for name in gateway_services():
         gw = services[name]
         deps = gw["depends_on"]
-        assert "evaluator" in deps
+        assert deps["evaluator"]["condition"] == "service_healthy"
         assert deps["models"]["condition"] == "service_completed_successfully"
         assert deps["postgres"]["condition"] == "service_healthy"
         assert gw["environment"]["ABGATE_EVALUATOR_TOKEN"] == "t0ken-from-env"
@@ -282,6 +446,12 @@ def test_docker_compose_resolved_config() -> None:
         assert gw["healthcheck"]["test"][:2] == ["CMD", "abgate-health"]
     assert set(services["envoy"]["depends_on"]) == set(gateway_services())
     assert services["envoy"]["image"].startswith("envoyproxy/envoy:")
+    for name, svc in services.items():
+        assert exact_image(svc["image"]) or svc["image"] == LOCAL_IMAGE, name
+        if long_running(svc):
+            assert svc["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}, name
+        for dep, spec in svc.get("depends_on", {}).items():
+            assert spec["condition"] in {"service_healthy", "service_completed_successfully"}, dep
 
     # What a user reaches from the host.
     assert _published(services["envoy"])[8080] == 8080
@@ -294,9 +464,8 @@ def test_docker_compose_resolved_config() -> None:
 def test_dockerfile_builds_from_the_repository_root() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
-    # One base image, pinned to a patch release (the venv is copied between its stages).
-    assert len(froms) == 2 and len(set(froms)) == 1, froms
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", froms[0]), froms[0]
+    assert froms and len(set(froms)) == 1, "build and runtime stages share one base"
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+", froms[0]), froms
     assert 'ENTRYPOINT ["abgate"]' in text
     # Exactly the locked set, by the uv version `make` uses (checked by hash).
     assert "pip install --no-cache-dir --require-hashes -r /tmp/bootstrap-requirements.txt" in text
