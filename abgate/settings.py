@@ -86,7 +86,9 @@ class GatewaySettings:
     gateway_id: str = doc("identity of this gateway in logs and the control plane", "")
     max_message_bytes: int = doc("largest request/response message accepted", 4 * 1024 * 1024)
     max_batch_rows: int = doc("most rows in one PredictBatch call", 10_000)
-    max_concurrent_rpcs: int = doc("RPCs in flight before RESOURCE_EXHAUSTED (0 = no limit)", 0)
+    max_concurrent_rpcs: int = doc(
+        "inference calls in flight before new ones get RESOURCE_EXHAUSTED (0 = no limit)", 0
+    )
     grace_seconds: float = doc("how long SIGTERM waits for in-flight RPCs", 10.0)
     event_loop: str = doc("event loop: auto (uvloop where installed), uvloop or asyncio", "auto")
     ort_intra_op_threads: int = doc("onnxruntime intra-op threads per session", 1)

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the evaluator, read from its live state at scrape time."""
+"""Prometheus metrics of the evaluator, read from its live state at scrape time (beside its gRPC
+call metrics and the process collectors, see ``gateway.metrics.serve_collectors``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from gateway.metrics import serve_collector
+from gateway.metrics import serve_collectors
 
 if TYPE_CHECKING:
     from evaluator.server import EvaluatorServer
@@ -127,5 +128,6 @@ class EvaluatorCollector(Collector):
 
 def start_metrics(server: EvaluatorServer, host: str, port: int) -> int:
     """Serve the evaluator's /metrics; returns the bound port."""
-    server.metrics_httpd = serve_collector(EvaluatorCollector(server), host, port)
+    collectors = (EvaluatorCollector(server), server.surface.metrics)
+    server.metrics_httpd = serve_collectors(collectors, host, port)
     return int(server.metrics_httpd.server_port)

@@ -19,13 +19,13 @@ from typing import Any
 import asyncpg
 import grpc
 import numpy as np
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from abgate.db.embedded import EmbeddedPostgres
 from abgate.db.migrate import migrate
 from abgate.db.partitions import drop_partitions_before, ensure_partitions
 from abgate.errors import FailedPrecondition, InvalidArgument, Unavailable
 from abgate.settings import EvaluatorSettings, split_listen
+from abgate.surface import Surface
 from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
 from evaluator.aggregate import (
@@ -80,7 +80,8 @@ class EvaluatorServer:
         self.store: EvaluatorStore | None = None
         self.publisher = Publisher(self._status_sink)
         self.latest: dict[str, VersionRow] = {}
-        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        # Health, reflection, the token check and call metrics of the gRPC listener.
+        self.surface = Surface(authorize=TokenAuth(settings.token))
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._embedded: EmbeddedPostgres | None = None
@@ -477,10 +478,14 @@ class EvaluatorServer:
             last = await self.store.last_verdict(name)
             if last is not None:
                 self.verdicts[name] = last
-        server = grpc.aio.server(interceptors=[TokenAuth(s.token)])
-        cpb_grpc.add_ConfigStreamServicer_to_server(ConfigStreamServicer(self.publisher), server)
-        cpb_grpc.add_EvaluatorAdminServicer_to_server(AdminServicer(self), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        server = grpc.aio.server()
+        surface = self.surface
+        surface.add_servicer(
+            cpb_grpc.add_ConfigStreamServicer_to_server, ConfigStreamServicer(self.publisher)
+        )
+        surface.add_servicer(cpb_grpc.add_EvaluatorAdminServicer_to_server, AdminServicer(self))
+        surface.install(server)  # + health (no token needed) and reflection, for the same names
+        await surface.set_serving(False)
         host, port = split_listen(s.listen)
         addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
@@ -492,7 +497,7 @@ class EvaluatorServer:
             raise Unavailable(f"cannot listen on {s.listen} (address in use?): {exc}") from None
         await server.start()
         self._server = server
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.surface.set_serving(True)
         self._spawn(self._tick_loop())
         if s.metrics_listen:
             from evaluator.metrics import start_metrics
@@ -511,7 +516,7 @@ class EvaluatorServer:
         if self._stopped:
             return
         self._stopped = True
-        await self.health.enter_graceful_shutdown()
+        await self.surface.drain()
         if self._server is not None:
             await self._server.stop(grace)
         for task in list(self._tasks):

@@ -15,7 +15,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,57 +29,25 @@ log = logging.getLogger(__name__)
 
 # The first message must arrive this soon after a gateway opens the stream.
 HELLO_TIMEOUT = 10.0
-# Calls that need no token: load balancers and orchestrators probe health without secrets.
-PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
 # -- credentials --------------------------------------------------------------------------------
-def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
-
-    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
-        yield None  # pragma: no cover - abort raises
-
-    kind = (handler.request_streaming, handler.response_streaming)
-    make = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[kind]
-    return make(
-        streaming if kind[1] else unary,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
-
-
-class TokenAuth(grpc.aio.ServerInterceptor):
-    """Every call but health needs ``authorization: Bearer <token>``; others are refused with
-    UNAUTHENTICATED before any handler code runs."""
+class TokenAuth:
+    """Every call but health needs ``authorization: Bearer <token>``: the check
+    ``abgate.surface.Surface`` runs on each call's metadata before gRPC reads the request; a
+    call that fails it is answered UNAUTHENTICATED (and counted) without any handler running."""
 
     def __init__(self, token: str) -> None:
         if not token:
             raise ValueError("a control-plane token is required")
         self._expected = f"Bearer {token}".encode()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(PUBLIC_METHOD_PREFIXES):
-            return handler
+    def __call__(self, metadata: Sequence[tuple[str, str | bytes]]) -> bool:
         given = b""
-        for key, value in details.invocation_metadata or ():
+        for key, value in metadata:
             if key == "authorization":
                 given = value.encode() if isinstance(value, str) else value
-        if hmac.compare_digest(given, self._expected):
-            return handler
-        return _deny(handler)
+        return hmac.compare_digest(given, self._expected)
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

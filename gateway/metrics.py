@@ -1,15 +1,22 @@
 """Prometheus metrics of one gateway process, read from live counters at scrape time (so the
-request path pays nothing for them)."""
+request path pays nothing for them), beside the gRPC call metrics (``abgate.surface``) and the
+standard process, platform and GC collectors of the process that serves them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -252,16 +259,23 @@ class GatewayCollector(Collector):
         yield confidence
 
 
-def serve_collector(collector: Collector, host: str, port: int) -> Any:
-    """Serve ``collector`` on /metrics at host:port from a background thread; the HTTP server
-    (``server_port``, ``shutdown()``)."""
+def serve_collectors(collectors: Iterable[Collector], host: str, port: int) -> Any:
+    """Serve ``collectors`` on /metrics at host:port from a background thread, with this
+    process's ``process_*`` (CPU, memory, open fds, start time: each worker of ``--workers``
+    reports itself), ``python_info`` and ``python_gc_*``; the HTTP server (``server_port``,
+    ``shutdown()``)."""
     registry = CollectorRegistry()
-    registry.register(collector)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    for collector in collectors:
+        registry.register(collector)
     httpd, _thread = start_http_server(port, addr=host, registry=registry)
     return httpd
 
 
 def start_metrics(server: GatewayServer, host: str, port: int) -> int:
     """Serve this gateway's /metrics; returns the bound port."""
-    server.metrics_httpd = serve_collector(GatewayCollector(server), host, port)
+    collectors = (GatewayCollector(server), server.surface.metrics)
+    server.metrics_httpd = serve_collectors(collectors, host, port)
     return int(server.metrics_httpd.server_port)

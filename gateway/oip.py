@@ -663,19 +663,11 @@ class OipServicer:
         }
 
 
-def add_to_server(
-    server: grpc.aio.Server,
-    dataplane: DataPlane,
-    executor: Executor,
-    *,
-    max_batch_rows: int,
-    offload_rows: int,
-) -> None:
-    """Serve ``inference.GRPCInferenceService`` on ``server`` (before it starts)."""
+def method_handlers(
+    dataplane: DataPlane, executor: Executor, *, max_batch_rows: int, offload_rows: int
+) -> dict[str, grpc.RpcMethodHandler]:
+    """The handlers of ``inference.GRPCInferenceService`` (OIP_SERVICE_NAME), by method."""
     servicer = OipServicer(
         dataplane, executor, max_batch_rows=max_batch_rows, offload_rows=offload_rows
     )
-    methods = servicer.method_handlers()
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(OIP_SERVICE_NAME, methods),)
-    )
+    return servicer.method_handlers()

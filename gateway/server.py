@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from abgate.db.embedded import EmbeddedPostgres
 from abgate.db.partitions import prepare
 from abgate.errors import AbgateError, Unavailable
 from abgate.settings import GatewaySettings, split_listen
+from abgate.surface import Surface
 from gateway import oip
 from gateway.config import ExperimentsConfig, load_config_file
 from gateway.control import ControlPlane
@@ -91,7 +90,8 @@ class GatewayServer:
         )
         self.control = ControlPlane(self.dataplane, self.store, self.variants, settings.state_dir)
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="abgate-infer")
-        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        # Health, reflection, the concurrency limit and call metrics of the gRPC listener.
+        self.surface = Surface(max_concurrent_rpcs=settings.max_concurrent_rpcs)
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -115,13 +115,7 @@ class GatewayServer:
         return config.version if config is not None and self.control.source == "evaluator" else 0
 
     async def _set_health(self) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if self.dataplane.snapshot is not None
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        await self.health.set("", status)
-        await self.health.set(SERVICE_NAME, status)
+        await self.surface.set_serving(self.dataplane.snapshot is not None)
 
     async def load_initial_config(self) -> None:
         persisted = self.control.load_persisted()
@@ -193,30 +187,22 @@ class GatewayServer:
             # Off for a lone process so a second gateway on the same port fails loudly.
             ("grpc.so_reuseport", 1 if s.reuse_port else 0),
         ]
-        server = grpc.aio.server(
-            options=options,
-            maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
-        )
+        # --max-concurrent-rpcs is enforced by the surface, which counts what it refuses.
+        server = grpc.aio.server(options=options)
         servicer = GatewayServicer(
             self.dataplane,
             self.executor,
             max_batch_rows=s.max_batch_rows,
             offload_rows=s.offload_rows,
         )
-        server.add_generic_rpc_handlers((servicer.handler(),))
+        self.surface.add(SERVICE_NAME, servicer.method_handlers(), limited=True)
         # The Open Inference Protocol V2 beside the native API, on the same port.
-        oip.add_to_server(
-            server,
-            self.dataplane,
-            self.executor,
-            max_batch_rows=s.max_batch_rows,
+        oip_handlers = oip.method_handlers(
+            self.dataplane, self.executor, max_batch_rows=s.max_batch_rows,
             offload_rows=s.offload_rows,
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, oip.OIP_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME],
-            server,
-        )
+        )  # fmt: skip
+        self.surface.add(oip.OIP_SERVICE_NAME, oip_handlers, limited=True)
+        self.surface.install(server)  # + health and reflection, for the same names
         await self._set_health()
         await self._start_log()
         self.mirror = ShadowMirror(
@@ -320,7 +306,7 @@ class GatewayServer:
         # clients and load balancers retry elsewhere); calls already running finish. gRPC's own
         # stop would answer a call that races it with CANCELLED or UNAVAILABLE at random.
         self.dataplane.draining = True
-        await self.health.enter_graceful_shutdown()
+        await self.surface.drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.settings.grace_seconds if grace is None else grace)
         while self.dataplane.offloaded and loop.time() < deadline:

@@ -156,31 +156,28 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
         except Exception as exc:
             return _fail(context, exc, pb.RecordOutcomeResponse())
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """Registration with pass-through serializers for the hand-encoded answers."""
         req_single = pb.PredictRequest.FromString
-        return grpc.method_handlers_generic_handler(
-            SERVICE_NAME,
-            {
-                "Predict": grpc.unary_unary_rpc_method_handler(
-                    self.Predict,
-                    request_deserializer=req_single,
-                    response_serializer=codec.passthrough,
-                ),
-                "PredictBatch": grpc.unary_unary_rpc_method_handler(
-                    self.PredictBatch,
-                    request_deserializer=pb.PredictBatchRequest.FromString,
-                    response_serializer=pb.PredictBatchResponse.SerializeToString,
-                ),
-                "RecordOutcome": grpc.unary_unary_rpc_method_handler(
-                    self.RecordOutcome,
-                    request_deserializer=pb.RecordOutcomeRequest.FromString,
-                    response_serializer=pb.RecordOutcomeResponse.SerializeToString,
-                ),
-                "PredictStream": grpc.stream_stream_rpc_method_handler(
-                    self.PredictStream,
-                    request_deserializer=req_single,
-                    response_serializer=codec.passthrough,
-                ),
-            },
-        )
+        return {
+            "Predict": grpc.unary_unary_rpc_method_handler(
+                self.Predict,
+                request_deserializer=req_single,
+                response_serializer=codec.passthrough,
+            ),
+            "PredictBatch": grpc.unary_unary_rpc_method_handler(
+                self.PredictBatch,
+                request_deserializer=pb.PredictBatchRequest.FromString,
+                response_serializer=pb.PredictBatchResponse.SerializeToString,
+            ),
+            "RecordOutcome": grpc.unary_unary_rpc_method_handler(
+                self.RecordOutcome,
+                request_deserializer=pb.RecordOutcomeRequest.FromString,
+                response_serializer=pb.RecordOutcomeResponse.SerializeToString,
+            ),
+            "PredictStream": grpc.stream_stream_rpc_method_handler(
+                self.PredictStream,
+                request_deserializer=req_single,
+                response_serializer=codec.passthrough,
+            ),
+        }

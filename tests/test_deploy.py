@@ -43,7 +43,11 @@ ENVOY = DEPLOY / "envoy" / "envoy.yaml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "abgate.json"
 GRAFANA_DATASOURCE = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 GRAFANA_DASHBOARDS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "abgate.yml"
-METRIC_SOURCES = (REPO / "gateway" / "metrics.py", REPO / "evaluator" / "metrics.py")
+METRIC_SOURCES = (
+    REPO / "gateway" / "metrics.py",
+    REPO / "evaluator" / "metrics.py",
+    REPO / "abgate" / "surface.py",  # grpc_server_* of every gRPC listener
+)
 
 SERVICES = {
     "postgres",
@@ -599,7 +603,23 @@ def exported_metrics() -> dict[str, set[str]]:
                     metrics[name + "_total" if kind == "counter" else name] = labels
         missed = _literal_names(tree) - found
         assert not missed, f"{path.name}: metric names this test cannot classify: {missed}"
-    return metrics
+    return metrics | runtime_metrics()
+
+
+def runtime_metrics() -> dict[str, set[str]]:
+    """What the standard collectors every /metrics serves (gateway.metrics.serve_collectors)
+    expose: process_*, python_info, python_gc_*, read from the collectors themselves."""
+    from prometheus_client import (
+        CollectorRegistry,
+        GCCollector,
+        PlatformCollector,
+        ProcessCollector,
+    )
+
+    registry = CollectorRegistry()
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):
+        collector(registry=registry)
+    return {s.name: set(s.labels) for family in registry.collect() for s in family.samples}
 
 
 def test_exported_metrics_are_read_from_the_source() -> None:
@@ -611,6 +631,13 @@ def test_exported_metrics_are_read_from_the_source() -> None:
     assert metrics["abgate_gateway_config_version"] == {"node"}
     assert metrics["abgate_evaluator_snapshot_version"] == set()
     assert "abgate_log_lag_seconds_total" not in metrics
+    grpc_labels = {"grpc_type", "grpc_service", "grpc_method"}
+    assert metrics["grpc_server_handled_total"] == grpc_labels | {"grpc_code"}
+    assert metrics["grpc_server_started_total"] == grpc_labels
+    assert metrics["grpc_server_handling_seconds_bucket"] == grpc_labels | {"le"}
+    assert metrics["grpc_server_msg_sent_total"] == grpc_labels
+    assert metrics["process_cpu_seconds_total"] == set()
+    assert "process_open_fds" in metrics and "process_max_fds" in metrics
 
 
 # -- PromQL ----------------------------------------------------------------------------------
@@ -852,6 +879,10 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
         "abgate_experiment_p_value",
         "abgate_experiment_srm_p_value",
         "abgate_evaluator_tick_seconds",
+        "grpc_server_handled_total",
+        "grpc_server_handling_seconds_bucket",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
     }
     assert required <= used, f"missing panels for {sorted(required - used)}"
 
