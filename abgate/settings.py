@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
+# Re-exported: the servers import it from here. It lives with the other address checks.
+from abgate.addresses import split_listen as split_listen
+
 ENV_PREFIX = "ABGATE_"
 
 T = TypeVar("T")
@@ -60,13 +63,6 @@ def load_settings(
         if raw is not None:
             values[f.name] = _parse(raw, hints[f.name], f.name)
     return cls(**values)
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"--listen must be HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def default_gateway_id() -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from abgate.cli import UsageError, readable_file, writable_dir
 from gateway.modelstore import ModelMetadata, ModelStore, ModelStoreError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -20,9 +21,9 @@ def _err(message: str) -> None:
     print(f"abgate: error: {message}", file=sys.stderr)
 
 
-def _store(args: argparse.Namespace) -> ModelStore:
-    root = args.store or os.environ.get("ABGATE_MODEL_STORE") or "var/models"
-    return ModelStore(Path(root))
+def _store(args: argparse.Namespace, *, writing: bool = True) -> ModelStore:
+    root = Path(args.store or os.environ.get("ABGATE_MODEL_STORE") or "var/models")
+    return ModelStore(writable_dir(root, "--store") if writing else root)
 
 
 def _print(metas: list[ModelMetadata], as_json: bool) -> None:
@@ -39,8 +40,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from converters.demo import train_demo_models, write_demo_config
 
     store = _store(args)
+    config_out = Path(args.config_out)
+    writable_dir(config_out.parent, f"--config-out {config_out}: directory")
     metas = train_demo_models(store)
-    config = write_demo_config(Path(args.config_out), metas)
+    config = write_demo_config(config_out, metas)
     _print(metas, args.json)
     if not args.json:
         print(f"experiments config written to {config}")
@@ -49,10 +52,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _load_holdout(path: Path | None) -> np.ndarray:
     if path is None:
-        raise FileNotFoundError("--holdout FILE.npz (an array X of held-out rows) is required")
-    with np.load(path) as data:
+        raise UsageError("--holdout FILE.npz (an array X of held-out rows) is required")
+    readable_file(path, "--holdout")
+    try:
+        data = np.load(path)  # allow_pickle stays off: arrays only, never code
+    except (ValueError, OSError, EOFError):
+        raise UsageError(f"--holdout {path}: not an .npz file (numpy.savez)") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise UsageError(f"--holdout {path}: one array, not an .npz file with an array X")
+    with data:
         if "X" not in data:
-            raise KeyError(f"{path} has no array named X")
+            raise UsageError(f"--holdout {path}: has no array named X")
         return np.asarray(data["X"])
 
 
@@ -61,19 +71,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     from converters.sklearn_onnx import ConversionError, ParityError, convert_and_register
 
-    if not Path(args.input).is_file():
-        _err(f"--input {args.input} does not exist")
-        return EXIT_USAGE
-    try:
-        X = _load_holdout(args.holdout)
-    except (FileNotFoundError, KeyError, ValueError, OSError) as exc:
-        _err(str(exc))
-        return EXIT_USAGE
+    readable_file(Path(args.input), "--input")
+    X = _load_holdout(args.holdout)
+    store = _store(args)
     # joblib/pickle is acceptable here: an offline tool run on the user's own file, never the
     # serving path, which loads only sha-verified ONNX.
-    model = joblib.load(args.input)
     try:
-        meta = convert_and_register(model, X, _store(args), id=args.id, version=args.version)
+        model = joblib.load(args.input)
+    except Exception as exc:  # unpickling raises whatever the bytes lead it to
+        raise UsageError(
+            f"--input {args.input}: not a model saved with joblib ({type(exc).__name__})"
+        ) from None
+    try:
+        meta = convert_and_register(model, X, store, id=args.id, version=args.version)
     except (ConversionError, ParityError, ModelStoreError) as exc:
         _err(str(exc))
         return EXIT_FAILURE
@@ -110,16 +120,12 @@ def _inspect_onnx(data: bytes) -> dict[str, Any]:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    path = Path(args.onnx)
-    if not path.is_file():
-        _err(f"--onnx {path} does not exist")
-        return EXIT_USAGE
+    path = readable_file(Path(args.onnx), "--onnx")
     data = path.read_bytes()
     try:
         fields = _inspect_onnx(data)
     except Exception as exc:  # onnxruntime raises assorted types for bad files
-        _err(f"{path} is not a usable classifier model: {exc}")
-        return EXIT_FAILURE
+        raise UsageError(f"--onnx {path}: not a usable classifier model: {exc}") from None
     meta = ModelMetadata(
         sha256="",
         id=args.id,
@@ -140,7 +146,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    _print(_store(args).list(), args.json)
+    _print(_store(args, writing=False).list(), args.json)
     return EXIT_OK
 
 

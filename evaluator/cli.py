@@ -27,9 +27,11 @@ def _err(message: str) -> None:
 
 # -- evaluator ------------------------------------------------------------------------------
 def cmd_evaluator(args: argparse.Namespace) -> int:
+    from abgate import cli
     from abgate.cli import UsageError, _settings_from_args
+    from abgate.errors import InvalidArgument
     from abgate.settings import EvaluatorSettings
-    from evaluator.server import run
+    from evaluator.server import run, server_credentials
 
     settings: EvaluatorSettings = _settings_from_args(EvaluatorSettings, args)
     if not settings.token:
@@ -37,9 +39,29 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
             "the evaluator needs --token (or ABGATE_TOKEN): the control plane is "
             "never open without credentials"
         )
-    for path in (settings.tls_cert, settings.tls_key, settings.tls_client_ca):
-        if path is not None and not path.exists():
-            raise UsageError(f"{path} does not exist")
+    # Everything the server would find wrong only after starting PostgreSQL, checked first.
+    host, port = cli.listen_address(settings.listen, "--listen")
+    metrics = (
+        cli.listen_address(settings.metrics_listen, "--metrics-listen")
+        if settings.metrics_listen
+        else None
+    )
+    cli.pem_files(
+        (settings.tls_cert, "--tls-cert"),
+        (settings.tls_key, "--tls-key"),
+        (settings.tls_client_ca, "--tls-client-ca"),
+    )
+    try:
+        server_credentials(settings)
+    except InvalidArgument as exc:  # "tls_cert: give both ..." -> "--tls-cert: give both ..."
+        flag = "--" + (exc.field or "").replace("_", "-")
+        raise UsageError(flag + exc.message[len(exc.field or "") :]) from None
+    cli.database_url_arg(settings.database_url)
+    if not settings.database_url:
+        cli.writable_dir(settings.pg_data, "--pg-data")
+    cli.free_listen_port(host, port, "--listen")
+    if metrics is not None:
+        cli.free_listen_port(*metrics, "--metrics-listen")
     return run(settings)
 
 
@@ -92,11 +114,36 @@ def _resolve_model(ref: str, store_root: str | None) -> str:
         return ref  # the evaluator and gateways decide; their error names the arm
 
 
+def _number(text: str, what: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{what} {text!r} is not a number") from None
+
+
+def _definition_file(path: Path) -> cpb.ExperimentDefinition:
+    """``--file``: an ExperimentDefinition as TOML (``.toml``) or JSON; every problem is one
+    line that names the file."""
+    from abgate.cli import readable_file
+
+    readable_file(path, "--file")
+    kind = "TOML" if path.suffix == ".toml" else "JSON"
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--file {path}: not valid {kind}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--file {path}: expected an object of ExperimentDefinition fields")
+    try:
+        return json_format.ParseDict(data, cpb.ExperimentDefinition())
+    except json_format.ParseError as exc:  # its text may run over lines: one line here
+        raise ValueError(f"--file {path}: {' '.join(str(exc).split())}") from None
+
+
 def _definition_from_args(args: argparse.Namespace) -> cpb.ExperimentDefinition:
     if args.file is not None:
-        raw = args.file.read_text()
-        data = tomllib.loads(raw) if args.file.suffix == ".toml" else json.loads(raw)
-        definition = json_format.ParseDict(data, cpb.ExperimentDefinition())
+        definition = _definition_file(args.file)
     else:
         if not args.name:
             raise ValueError("give --name (or --file)")
@@ -109,13 +156,14 @@ def _definition_from_args(args: argparse.Namespace) -> cpb.ExperimentDefinition:
                 raise ValueError(f"--arm takes NAME=MODEL[@WEIGHT], got {spec!r}")
             arm = definition.arms.add(name=name, model=model)
             if weight:
-                arm.weight = float(weight)
+                arm.weight = _number(weight, f"--arm {spec!r}: weight")
         for spec in args.shadow or ():
             name, sep, rest = spec.partition("=")
             model, _, rate = rest.rpartition("@") if "@" in rest else (rest, "", "")
             if not sep or not name or not model:
                 raise ValueError(f"--shadow takes NAME=MODEL[@SAMPLE_RATE], got {spec!r}")
-            definition.shadows.add(name=name, model=model, sample_rate=float(rate or 1.0))
+            sample_rate = _number(rate, f"--shadow {spec!r}: sample rate") if rate else 1.0
+            definition.shadows.add(name=name, model=model, sample_rate=sample_rate)
         if definition.arms and not any(a.weight for a in definition.arms):
             for arm in definition.arms:  # no weights given: an even split
                 arm.weight = 100.0 / len(definition.arms)
@@ -181,9 +229,13 @@ def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
+    from abgate import cli
+
     token = args.token or os.environ.get("ABGATE_TOKEN", "")
     if not token:
         return _usage("give --token (or ABGATE_TOKEN)")
+    cli.peer_target(args.evaluator, "--evaluator")
+    cli.pem_files((None, "--cert"), (None, "--key"), (args.ca, "--ca"))
     action = args.exp_command
     try:
         request: Any
@@ -200,7 +252,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
                 reason=args.reason or "",
                 actor=getattr(args, "by", "") or "",
             )
-    except (ValueError, OSError, json_format.ParseError, tomllib.TOMLDecodeError) as exc:
+    except (ValueError, json_format.ParseError) as exc:
         return _usage(str(exc))
     method = {
         "create": "CreateExperiment",
@@ -323,8 +375,8 @@ def add_evaluator_parsers(subparsers: Any) -> None:
     common(q)
     for name, text in (
         ("show", "one experiment and its verdict"),
-        ("promote", "send 100% to an arm (default: the verdict's winner)"),
-        ("rollback", "send 100% back to control"),
+        ("promote", "send 100%% to an arm (default: the verdict's winner)"),
+        ("rollback", "send 100%% back to control"),
         ("pause", "stop deciding (the split stays)"),
         ("resume", "resume deciding"),
         ("archive", "take out of every snapshot, keep for audit (from any status)"),

@@ -262,7 +262,8 @@ async def load_report(url: str, name: str, bucket_seconds: float | None) -> Repo
     try:
         conn = await asyncpg.connect(url, timeout=15)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise Unavailable(f"cannot reach PostgreSQL: {exc}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise Unavailable(f"cannot reach PostgreSQL: {reason}") from None
     try:
         await conn.set_type_codec(
             "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
@@ -1282,7 +1283,7 @@ def write_report(data: ReportData, out: Path) -> tuple[Path, Path]:
 
 # -- CLI ----------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
-    from abgate.cli import EXIT_OK, UsageError
+    from abgate.cli import EXIT_OK, UsageError, local_database, writable_dir
     from abgate.db.embedded import database_url
 
     try:
@@ -1291,8 +1292,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if not args.experiment:
         raise UsageError("--experiment must name an experiment")
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {args.out} is not a directory")
+    writable_dir(args.out, "--out")
+    local_database(args.database_url, args.pg_data)
     with database_url(args.database_url, args.pg_data) as url:
         data = asyncio.run(load_report(url, args.experiment, bucket))
     html_path, pdf_path = write_report(data, args.out)

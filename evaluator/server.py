@@ -469,7 +469,11 @@ class EvaluatorServer:
         if not url:
             self._embedded = EmbeddedPostgres(s.pg_data)
             url = await asyncio.to_thread(self._embedded.start)
-        await migrate(url)
+        try:
+            await migrate(url)
+        except (OSError, asyncpg.InterfaceError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise Unavailable(f"cannot reach PostgreSQL: {reason}") from None
         self._url = url
         self.store = await EvaluatorStore.open(url)
         await self.sync()

@@ -182,16 +182,21 @@ def parse_config(data: Mapping[str, Any]) -> ExperimentsConfig:
     return ExperimentsConfig(version, tuple(experiments))
 
 
+class ConfigFileError(ConfigError):
+    """The ``--config`` file was refused at start-up with no saved snapshot to serve instead;
+    ``message`` starts with the path. The CLI exits 2 for it (bad local input), not 1."""
+
+
 def load_config_file(path: Path) -> ExperimentsConfig:
-    """Read and validate a TOML (``.toml``) or JSON (anything else) experiments file."""
+    """Read and validate a TOML (``.toml``) or JSON (anything else) experiments file. The
+    messages leave the path to the caller, which names it."""
     try:
         text = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read it: {exc.strerror}") from None
+    kind = "TOML" if path.suffix == ".toml" else "JSON"
     try:
-        data = tomllib.loads(text.decode()) if path.suffix == ".toml" else json.loads(text)
+        data = tomllib.loads(text.decode()) if kind == "TOML" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"{path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}"
-        ) from None
+        raise ConfigError(f"not valid {kind}: {exc}") from None
     return parse_config(data)

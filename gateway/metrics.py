@@ -20,6 +20,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from abgate.errors import Unavailable
 from gateway.logwriter import SCORES_DTYPE
 
 # Latency histogram bounds, seconds (served predictions, from the log rows).
@@ -270,7 +271,12 @@ def serve_collectors(collectors: Iterable[Collector], host: str, port: int) -> A
     GCCollector(registry=registry)
     for collector in collectors:
         registry.register(collector)
-    httpd, _thread = start_http_server(port, addr=host, registry=registry)
+    try:
+        httpd, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:  # the CLI checks first; this is a port taken since
+        raise Unavailable(
+            f"--metrics-listen {host}:{port}: cannot listen: {exc.strerror}"
+        ) from None
     return httpd
 
 

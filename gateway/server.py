@@ -29,7 +29,7 @@ from abgate.errors import AbgateError, Unavailable
 from abgate.settings import GatewaySettings, split_listen
 from abgate.surface import Surface
 from gateway import oip
-from gateway.config import ExperimentsConfig, load_config_file
+from gateway.config import ConfigFileError, ExperimentsConfig, load_config_file
 from gateway.control import ControlPlane
 from gateway.dataplane import DataPlane
 from gateway.logwriter import COLUMNS, OUTCOME_COLUMNS, LogWriter
@@ -136,7 +136,7 @@ class GatewayServer:
                 return
             except AbgateError as exc:
                 if persisted is None:
-                    raise
+                    raise ConfigFileError(f"{path}: {exc.message}") from None
                 log.error("config %s rejected (%s); serving the last good snapshot", path, exc)
         if persisted is not None:
             await self._apply(persisted)
@@ -464,6 +464,13 @@ def _supervise(settings: GatewaySettings) -> int:
             if stopping:
                 del workers[i]
                 exit_code = exit_code or (rc if rc > 0 else 0)
+                continue
+            if rc == 2:  # a usage error (its config file, say): a restart would repeat it
+                log.error("worker %d exited with 2 (usage error); stopping", i)
+                stopping = True
+                forward(signal.SIGTERM, None)
+                exit_code = 2
+                del workers[i]
                 continue
             now = time.monotonic()
             restarts = [t for t in restarts if now - t < 60] + [now]

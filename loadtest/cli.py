@@ -96,9 +96,11 @@ def settings_from_args(args: argparse.Namespace) -> LoadTestSettings:
                 f"no demo holdout in model store {store} (run `abgate models demo` or "
                 "pass --model-store); or send random rows with --features N"
             )
-    for path in (args.plot, args.histogram_out):
+    for path, flag in ((args.plot, "--plot"), (args.histogram_out, "--histogram-out")):
         if path is not None and not path.parent.is_dir():
-            raise UsageError(f"directory {path.parent} does not exist")
+            raise UsageError(f"{flag} {path}: directory {path.parent} does not exist")
+        if path is not None and path.is_dir():
+            raise UsageError(f"{flag} {path}: is a directory, not a file")
     settings = LoadTestSettings(
         target=args.target,
         protocol=args.protocol,

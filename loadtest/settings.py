@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from abgate.addresses import check_target
 from abgate.settings import doc
 from loadtest.schedule import ARRIVALS, USER_DISTS
 from loadtest.targets import PROTOCOLS
@@ -53,9 +54,7 @@ class LoadTestSettings:
             raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
         if self.mode not in MODES:
             raise ValueError(f"--mode must be one of {', '.join(MODES)}")
-        host, sep, port = self.target.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"--target must be HOST:PORT, got {self.target!r}")
+        check_target(self.target, "--target")
         if self.mode == "open":
             if not self.rate > 0:
                 raise ValueError(f"--rate must be > 0 in open mode, got {self.rate}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import joblib
@@ -14,7 +13,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from converters.cli import add_models_parser
+from abgate.cli import main
 from converters.demo import demo_data, load_demo_holdout, train_demo_models, write_demo_config
 from converters.sklearn_onnx import (
     ConversionError,
@@ -105,10 +104,8 @@ def test_demo_models_are_deterministic(tmp_path: Path) -> None:
 
 
 def run(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    add_models_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(list(argv))
-    return int(args.func(args))
+    """Through the real entry point, which maps usage errors to exit code 2."""
+    return main(list(argv))
 
 
 def test_models_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -193,5 +190,5 @@ def test_models_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
             "--id",
             "z",
         )
-        == 1
+        == 2
     )

@@ -138,9 +138,8 @@ def test_sighup_reloads_and_a_bad_file_keeps_serving(
     assert "rejected, still serving version 2" in out
 
 
-def test_unknown_model_in_config_fails_start_with_not_found(
-    demo_store: DemoStore, tmp_path: Path
-) -> None:
+def test_unknown_model_in_config_is_a_usage_error(demo_store: DemoStore, tmp_path: Path) -> None:
+    """Exit 2 (bad local input), in one line, before anything starts."""
     cfg = tmp_path / "e.json"
     cfg.write_text(
         json.dumps(
@@ -172,8 +171,37 @@ def test_unknown_model_in_config_fails_start_with_not_found(
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 1
-    assert "NOT_FOUND" in proc.stderr and "arms[0].model" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"abgate: error: --config {cfg}: experiments[0].arms[0].model: no model 000000000000… "
+        f"in the store at {demo_store.root} (--model-store)"
+    ]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_config_refused_after_start_exits_2(
+    demo_store: DemoStore, tmp_path: Path, workers: str
+) -> None:
+    """A model whose bytes no longer match their sha256 is found only when the server loads
+    it, after the CLI's checks: still exit 2 naming the file, and --workers does not restart
+    workers that would fail the same way."""
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(demo_store.root, store)
+    for obj in (store / "objects").glob("*.onnx"):
+        obj.write_bytes(obj.read_bytes() + b"tampered")
+    proc = subprocess.run(
+        [sys.executable, "-m", "abgate", "serve", "--listen", "127.0.0.1:0",
+         "--config", str(demo_store.config), "--model-store", str(store), "--no-log-predictions",
+         "--state-dir", str(tmp_path / "s"), "--workers", workers, "--log-level", "CRITICAL"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    prefix = f"abgate: error: --config {demo_store.config}: "
+    assert 1 <= len(lines) <= int(workers), lines  # one line from each worker that got there
+    assert all(x.startswith(prefix) and "does not match its sha256" in x for x in lines), lines
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -238,6 +266,15 @@ def test_predict_cli_output_and_exit_codes(gateway_process: Any, demo_store: Dem
     )
     assert usage.returncode == 2 and "--features" in usage.stderr
     assert run_cli("predict", "--experiment", "demo").returncode == 2
+    port = gp.target.rpartition(":")[2]
+    for form in (f"dns:///127.0.0.1:{port}", f"ipv4:127.0.0.1:{port}", f"localhost:{port}"):
+        via = run_cli("predict", "--target", form, "--experiment", "demo", "--user", "alice",
+                      "--features", row, "--json")  # fmt: skip
+        assert via.returncode == 0 and json.loads(via.stdout)["arm"] == answer["arm"], form
+    no_port = run_cli("predict", "--target", "127.0.0.1", "--experiment", "demo", "--user", "a",
+                      "--features", row)  # fmt: skip
+    assert no_port.returncode == 2
+    assert no_port.stderr == "abgate: error: --target '127.0.0.1' needs a port (HOST:PORT)\n"
     down = run_cli(
         "predict",
         "--target",
