@@ -178,11 +178,9 @@ def _check_config_file(settings: GatewaySettings) -> None:
     from gateway.control import SNAPSHOT_FILE
     from gateway.modelstore import ModelStore, ModelStoreError
 
-    if settings.config is None:
+    if settings.config is None or (settings.state_dir / SNAPSHOT_FILE).is_file():
         return
     path = readable_file(settings.config, "--config")
-    if (settings.state_dir / SNAPSHOT_FILE).is_file():
-        return
     try:
         config = load_config_file(path)
     except ConfigError as exc:

@@ -249,7 +249,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
             request = cpb.ExperimentRequest(
                 name=args.name,
                 arm=getattr(args, "arm", "") or "",
-                reason=args.reason or "",
+                reason=getattr(args, "reason", "") or "",
                 actor=getattr(args, "by", "") or "",
             )
     except (ValueError, json_format.ParseError) as exc:
@@ -385,8 +385,8 @@ def add_evaluator_parsers(subparsers: Any) -> None:
         q = sub.add_parser(name, help=text)
         common(q)
         q.add_argument("name", help="experiment name")
-        q.add_argument("--reason", default="", help="kept in the audit table")
         if name != "show":
+            q.add_argument("--reason", default="", help="kept in the audit table")
             q.add_argument(
                 "--by",
                 default=os.environ.get("ABGATE_ACTOR") or _login(),

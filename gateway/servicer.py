@@ -65,7 +65,7 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
         row = codec.decode_row(request.features, exp.n_features)
         bucket, arm = dp.route(exp, user_id)
         request_id = request_id or dp.next_request_id()
-        # Inline on the event loop: a thread hop costs more than the model (see README).
+        # Inline on the event loop: a thread hop costs more than the model (docs/design.md).
         try:
             labels, scores = arm.variant.run(row)
         except Exception as exc:

@@ -368,3 +368,19 @@ def test_junk_tls_files_give_one_line_not_c_core_logs(tmp_path: Path) -> None:
                "--evaluator", f"127.0.0.1:{free_port()}", "--timeout", "2")  # fmt: skip
     assert r.returncode == 2
     assert r.stderr.splitlines() == [f"abgate: error: --ca {junk}: not a PEM certificate (bundle)"]
+
+
+def test_a_saved_snapshot_lets_serve_start_without_its_config_file(tmp_path: Path) -> None:
+    """README "Experiments config file": with a snapshot under --state-dir a missing or bad
+    file is the server's to handle (it serves the snapshot), not a usage error."""
+    from abgate.cli import UsageError, _check_config_file
+    from abgate.settings import GatewaySettings
+    from gateway.control import SNAPSHOT_FILE
+
+    state = tmp_path / "state"
+    state.mkdir()
+    settings = GatewaySettings(config=tmp_path / "missing.toml", state_dir=state)
+    with pytest.raises(UsageError, match=r"missing\.toml: no such file"):
+        _check_config_file(settings)
+    (state / SNAPSHOT_FILE).write_text("{}")
+    _check_config_file(settings)  # the server decides; test_control covers what it serves
