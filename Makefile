@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # uv never downloads an interpreter: it uses the one that made .venv.
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test protos lint lock bench clean
+.PHONY: demo test test-numeric protos lint lock bench clean
 
 # `uv sync --locked` stops, rather than install something else, when uv.lock no longer matches
 # pyproject.toml (run `make lock`); it also removes what the lock does not list.
@@ -25,6 +25,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The float-sensitive tests (marker `numeric`) again, down other float code paths of this CPU:
+# numpy's SIMD dispatch off, another OpenBLAS kernel set, 2 onnxruntime threads (the values are
+# computed for this machine by tests/numeric.py). A test demanding bit-identical floats fails.
+test-numeric: $(STAMP)
+	env $$($(PY) -m tests.numeric env) $(PY) -m pytest -q -m numeric
 
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. --pyi_out=. \
