@@ -30,7 +30,7 @@ test: $(STAMP)
 # numpy's SIMD dispatch off, another OpenBLAS kernel set, 2 onnxruntime threads (the values are
 # computed for this machine by tests/numeric.py). A test demanding bit-identical floats fails.
 test-numeric: $(STAMP)
-	env $$($(PY) -m tests.numeric env) $(PY) -m pytest -q -m numeric
+	mode="$$($(PY) -m tests.numeric env)" && env $$mode $(PY) -m pytest -q -m numeric
 
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. --pyi_out=. \
