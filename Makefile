@@ -14,7 +14,7 @@ export UV_PYTHON_DOWNLOADS := never
 # import the serving and report stack, 2.5 s compiled). Compiled once here, about 20 s.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: demo test protos lint lock bench clean
+.PHONY: demo test test-numeric protos lint lock bench clean
 
 # `uv sync --locked` stops, rather than install something else, when uv.lock no longer matches
 # pyproject.toml (run `make lock`); it also removes what the lock does not list.
@@ -30,6 +30,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The float-sensitive tests (marker `numeric`) again, down other float code paths of this CPU:
+# numpy's SIMD dispatch off, another OpenBLAS kernel set, 2 onnxruntime threads (the values are
+# computed for this machine by tests/numeric.py). A test demanding bit-identical floats fails.
+test-numeric: $(STAMP)
+	mode="$$($(PY) -m tests.numeric env)" && env $$mode $(PY) -m pytest -q -m numeric
 
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. --pyi_out=. \

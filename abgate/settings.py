@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
@@ -48,9 +48,17 @@ def _parse(raw: str, typ: Any, name: str) -> Any:
 
 
 def load_settings(
-    cls: type[T], overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    cls: type[T],
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    fields: Collection[str] | None = None,
 ) -> T:
-    """Build ``cls`` from explicit overrides (None means "not given"), the environment, defaults."""
+    """Build ``cls`` from explicit overrides (None means "not given"), the environment, defaults.
+
+    With ``fields``, only those fields are read from the environment (a tool that runs models
+    but is no gateway takes just the onnxruntime settings).
+    """
     env = os.environ if env is None else env
     overrides = overrides or {}
     hints = get_type_hints(cls)
@@ -58,6 +66,8 @@ def load_settings(
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if overrides.get(f.name) is not None:
             values[f.name] = overrides[f.name]
+            continue
+        if fields is not None and f.name not in fields:
             continue
         raw = env.get(ENV_PREFIX + f.name.upper())
         if raw is not None:

@@ -7,12 +7,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from abgate.cli import UsageError, readable_file, writable_dir
 from gateway.modelstore import ModelMetadata, ModelStore, ModelStoreError
+
+if TYPE_CHECKING:
+    from gateway.variants import SessionOptions
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -36,13 +39,26 @@ def _print(metas: list[ModelMetadata], as_json: bool) -> None:
         print(f"{m.id:<16} {m.version:<8} {m.sha256[:12]:<14} {m.source:<46} {parity}")
 
 
+def _session_options() -> SessionOptions:
+    """The gateway's onnxruntime settings from the environment (ABGATE_ORT_INTRA_OP_THREADS,
+    ABGATE_ORT_SPINNING): parity is checked on the numbers a gateway so configured serves."""
+    from abgate.settings import GatewaySettings, load_settings
+    from gateway.variants import SessionOptions
+
+    try:
+        settings = load_settings(GatewaySettings, fields=SessionOptions.SETTINGS)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return SessionOptions.from_settings(settings)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from converters.demo import train_demo_models, write_demo_config
 
     store = _store(args)
     config_out = Path(args.config_out)
     writable_dir(config_out.parent, f"--config-out {config_out}: directory")
-    metas = train_demo_models(store)
+    metas = train_demo_models(store, session_options=_session_options())
     config = write_demo_config(config_out, metas)
     _print(metas, args.json)
     if not args.json:
@@ -83,7 +99,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
             f"--input {args.input}: not a model saved with joblib ({type(exc).__name__})"
         ) from None
     try:
-        meta = convert_and_register(model, X, store, id=args.id, version=args.version)
+        meta = convert_and_register(
+            model, X, store, id=args.id, version=args.version, session_options=_session_options()
+        )
     except (ConversionError, ParityError, ModelStoreError) as exc:
         _err(str(exc))
         return EXIT_FAILURE

@@ -16,6 +16,7 @@ from threadpoolctl import threadpool_limits
 
 from converters.sklearn_onnx import convert_and_register
 from gateway.modelstore import ModelMetadata, ModelStore
+from gateway.variants import SessionOptions
 
 HOLDOUT_FILE = "demo_holdout.npz"
 
@@ -31,8 +32,11 @@ def demo_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     return X_train, X_hold, y_train, y_hold, names
 
 
-def train_demo_models(store: ModelStore, *, seed: int = 0) -> list[ModelMetadata]:
-    """Train, convert, parity-check and register the demo models; deterministic per seed."""
+def train_demo_models(
+    store: ModelStore, *, seed: int = 0, session_options: SessionOptions | None = None
+) -> list[ModelMetadata]:
+    """Train, convert, parity-check (with ``session_options``, default the gateway's) and
+    register the demo models; deterministic per seed."""
     X_train, X_hold, y_train, y_hold, names = demo_data(seed)
     models = {
         "demo-logreg": Pipeline(
@@ -46,7 +50,10 @@ def train_demo_models(store: ModelStore, *, seed: int = 0) -> list[ModelMetadata
         # One thread, so no parallel reduction can vary the fit between runs.
         with threadpool_limits(limits=1):
             model.fit(X_train, y_train)
-        metas.append(convert_and_register(model, X_hold, store, id=model_id, feature_names=names))
+        meta = convert_and_register(
+            model, X_hold, store, id=model_id, feature_names=names, session_options=session_options
+        )
+        metas.append(meta)
     store.root.mkdir(parents=True, exist_ok=True)
     np.savez(store.root / HOLDOUT_FILE, X=X_hold, y=y_hold)
     return metas

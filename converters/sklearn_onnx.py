@@ -17,7 +17,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from gateway.modelstore import ModelMetadata, ModelStore
+from gateway.variants import SessionOptions
 
+# Probabilities in [0, 1]: the source computes in float64, the ONNX model in float32 over sums of
+# up to ~100 terms (trees, features), so ~1e-6 apart; 1e-5 is ~80 float32 eps, and a converter
+# bug (a lost scaler, swapped classes) is orders of magnitude more.
 DEFAULT_ATOL = 1e-5
 
 
@@ -109,14 +113,24 @@ def convert(
 
 
 def check_parity(
-    model: Any, onnx_bytes: bytes, X_holdout: np.ndarray, *, atol: float = DEFAULT_ATOL
+    model: Any,
+    onnx_bytes: bytes,
+    X_holdout: np.ndarray,
+    *,
+    atol: float = DEFAULT_ATOL,
+    session_options: SessionOptions | None = None,
 ) -> ParityReport:
-    """Compare probabilities and labels of the ONNX model with the source on held-out rows."""
+    """Compare probabilities and labels of the ONNX model with the source on held-out rows.
+
+    The model runs with the gateway's session options (default: the gateway's defaults), so
+    parity is checked on the numbers the gateway serves.
+    """
     X = np.asarray(X_holdout, dtype=np.float32)
     if X.ndim != 2 or len(X) == 0:
         raise ParityError("parity needs a non-empty 2-D array of held-out rows")
     onnx.checker.check_model(onnx.load_from_string(onnx_bytes))
-    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    opts = (session_options or SessionOptions()).build()
+    sess = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
     labels, probs = sess.run(None, {sess.get_inputs()[0].name: X})
     # The source sees the same float32 rows the ONNX model sees.
     ref_probs = model.predict_proba(X)
@@ -137,10 +151,11 @@ def convert_and_register(
     version: str | None = None,
     feature_names: Sequence[str] | None = None,
     atol: float = DEFAULT_ATOL,
+    session_options: SessionOptions | None = None,
 ) -> ModelMetadata:
     """Convert, check parity, and register; raises ParityError (nothing stored) on a mismatch."""
     onnx_bytes, fields = convert(model, X_holdout, feature_names=feature_names)
-    report = check_parity(model, onnx_bytes, X_holdout, atol=atol)
+    report = check_parity(model, onnx_bytes, X_holdout, atol=atol, session_options=session_options)
     if not report.ok:
         raise ParityError(
             f"ONNX output differs from the source model: max |Δprob| = {report.max_abs_diff:.3g} "

@@ -82,12 +82,7 @@ class GatewayServer:
         self.metrics_port = 0
         self._embedded: EmbeddedPostgres | None = None
         self.store = ModelStore(settings.model_store)
-        self.variants = VariantCache(
-            self.store,
-            SessionOptions(
-                intra_op_threads=settings.ort_intra_op_threads, spinning=settings.ort_spinning
-            ),
-        )
+        self.variants = VariantCache(self.store, SessionOptions.from_settings(settings))
         self.control = ControlPlane(self.dataplane, self.store, self.variants, settings.state_dir)
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="abgate-infer")
         # Health, reflection, the concurrency limit and call metrics of the gRPC listener.

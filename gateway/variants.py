@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import onnxruntime as ort
 
 from abgate.errors import ConfigError
+from abgate.settings import GatewaySettings
 from gateway.modelstore import ModelMetadata, ModelStore
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,13 @@ class SessionOptions:
 
     intra_op_threads: int = 1
     spinning: bool = False
+
+    # The settings these come from (ABGATE_ORT_INTRA_OP_THREADS, ABGATE_ORT_SPINNING).
+    SETTINGS: ClassVar[tuple[str, ...]] = ("ort_intra_op_threads", "ort_spinning")
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> SessionOptions:
+        return cls(intra_op_threads=settings.ort_intra_op_threads, spinning=settings.ort_spinning)
 
     def build(self) -> ort.SessionOptions:
         opts = ort.SessionOptions()

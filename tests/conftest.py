@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 import pytest
 
-from abgate.settings import GatewaySettings
+from abgate.settings import GatewaySettings, load_settings
 from abgate.v1 import gateway_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,9 +44,10 @@ class DemoStore:
 def demo_store(tmp_path_factory: pytest.TempPathFactory) -> DemoStore:
     from converters.demo import load_demo_holdout, train_demo_models, write_demo_config
     from gateway.modelstore import ModelStore
+    from tests.numeric import session_options
 
     root = tmp_path_factory.mktemp("models")
-    metas = train_demo_models(ModelStore(root))
+    metas = train_demo_models(ModelStore(root), session_options=session_options())
     config = write_demo_config(root.parent / "demo-experiments.toml", metas)
     X, y = load_demo_holdout(root)
     return DemoStore(root, {m.id: m for m in metas}, config, X, y)
@@ -80,17 +81,22 @@ class InProcessGateway:
 def gateway_settings(
     demo_store: DemoStore, tmp_path: Path, database_url: str = "", **kw: Any
 ) -> GatewaySettings:
-    """Settings for a test gateway; prediction logging is on when ``database_url`` is given."""
-    base = GatewaySettings(
-        listen="127.0.0.1:0",
-        config=demo_store.config,
-        model_store=demo_store.root,
-        state_dir=tmp_path / "state",
-        watch_interval=0.0,
-        log_predictions=bool(database_url),
-        database_url=database_url,
-        log_max_age=0.05,
-    )
+    """Settings for a test gateway; prediction logging is on when ``database_url`` is given.
+    Only the onnxruntime settings come from the environment (``make test-numeric`` sets
+    ABGATE_ORT_INTRA_OP_THREADS); everything else is explicit or the default."""
+    from gateway.variants import SessionOptions
+
+    explicit = {
+        "listen": "127.0.0.1:0",
+        "config": demo_store.config,
+        "model_store": demo_store.root,
+        "state_dir": tmp_path / "state",
+        "watch_interval": 0.0,
+        "log_predictions": bool(database_url),
+        "database_url": database_url,
+        "log_max_age": 0.05,
+    }
+    base = load_settings(GatewaySettings, explicit, fields=SessionOptions.SETTINGS)
     return replace(base, **kw)
 
 

@@ -24,8 +24,12 @@ from converters.sklearn_onnx import (
 )
 from gateway.config import load_config_file
 from gateway.modelstore import ModelStore
+from tests.numeric import session_options
 
 DATA = demo_data(0)
+# Training (OpenBLAS), conversion and parity (onnxruntime, with the environment's thread count)
+# are float computations throughout; `make test-numeric` reruns them on other kernels.
+pytestmark = pytest.mark.numeric
 
 
 def fitted(model):  # type: ignore[no-untyped-def]
@@ -55,9 +59,11 @@ def test_supported_models_convert_with_parity(kind: str, tmp_path: Path) -> None
     scores = next(o for o in proto.graph.output if o.name == meta["scores_output"])
     assert scores.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert meta["opset"] > 0
-    report = check_parity(model, data, X_hold)
+    report = check_parity(model, data, X_hold, session_options=session_options())
     assert report.ok and report.max_abs_diff <= 1e-5 and report.rows == len(X_hold)
-    stored = convert_and_register(model, X_hold, ModelStore(tmp_path), id=f"m-{kind}")
+    stored = convert_and_register(
+        model, X_hold, ModelStore(tmp_path), id=f"m-{kind}", session_options=session_options()
+    )
     assert stored.parity_rows == len(X_hold) and len(stored.sha256) == 64
 
 
@@ -90,8 +96,9 @@ def test_unsupported_and_unfitted_models_are_refused() -> None:
 
 
 def test_demo_models_are_deterministic(tmp_path: Path) -> None:
-    first = train_demo_models(ModelStore(tmp_path / "a"))
-    second = train_demo_models(ModelStore(tmp_path / "b"))
+    # Exactly: the same training on the same machine is the same computation, so the same bytes.
+    first = train_demo_models(ModelStore(tmp_path / "a"), session_options=session_options())
+    second = train_demo_models(ModelStore(tmp_path / "b"), session_options=session_options())
     assert [m.sha256 for m in first] == [m.sha256 for m in second]
     assert {m.id for m in first} >= {"demo-logreg", "demo-forest", "demo-gbdt"}
     assert all(m.parity_max_abs_diff <= 1e-5 for m in first)
@@ -101,6 +108,22 @@ def test_demo_models_are_deterministic(tmp_path: Path) -> None:
     assert [a.model for a in demo.arms] == [by_id["demo-logreg"], by_id["demo-gbdt"]]
     X, y = load_demo_holdout(tmp_path / "a")
     assert X.dtype == np.float32 and X.shape[1] == 30 and len(X) == len(y)
+
+
+def test_the_cli_checks_parity_with_the_gateways_onnxruntime_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from abgate.cli import UsageError
+    from converters.cli import _session_options
+
+    monkeypatch.setenv("ABGATE_ORT_INTRA_OP_THREADS", "3")
+    monkeypatch.setenv("ABGATE_ORT_SPINNING", "1")
+    opts = _session_options()
+    assert (opts.intra_op_threads, opts.spinning) == (3, True)
+    assert opts.build().intra_op_num_threads == 3
+    monkeypatch.setenv("ABGATE_ORT_INTRA_OP_THREADS", "x")
+    with pytest.raises(UsageError, match="ABGATE_ORT_INTRA_OP_THREADS"):
+        _session_options()
 
 
 def run(*argv: str) -> int:

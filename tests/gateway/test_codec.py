@@ -51,6 +51,8 @@ def test_ids_that_are_not_utf8_are_invalid_arguments() -> None:
     codec.check_user_id("é" * 128)  # 256 bytes: fine
 
 
+# numeric: the check is a float32 dot product in OpenBLAS, whose kernel depends on the CPU.
+@pytest.mark.numeric
 @settings(max_examples=500, deadline=None)
 @given(values=st.lists(st.floats(width=32), min_size=1, max_size=64))
 def test_decode_row_refuses_exactly_the_rows_with_nan_or_inf(values: list[float]) -> None:
@@ -66,6 +68,7 @@ def test_decode_row_refuses_exactly_the_rows_with_nan_or_inf(values: list[float]
             codec.decode_row(tensor, len(arr))
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_decode_row_refuses_a_non_finite_value_among_extremes(bad: float) -> None:
     arr = np.array([3.4e38, -3.4e38, 1e-45, -0.0, 0.0, bad], dtype=np.float32)

@@ -91,21 +91,25 @@ def test_bad_ids_are_refused(tmp_path: Path) -> None:
         ModelStore(tmp_path).put(b"x", replace(META, id="../x"))
 
 
+@pytest.mark.numeric
 def test_variant_runs_the_binding_and_answers_as_onnxruntime(demo_store: DemoStore) -> None:
     """Variant.run skips InferenceSession.run's per-call Python checks (it calls the binding
-    underneath) and answers exactly as the public API does, for one row and for many."""
+    underneath) and answers exactly as the public API does, for one row and for many: the same
+    options and the same input make the same computation, so exactly the same floats."""
     import onnxruntime as ort
 
     from gateway.modelstore import ModelStore
-    from gateway.variants import SessionOptions, Variant
+    from gateway.variants import Variant
+    from tests.numeric import session_options
 
     store = ModelStore(demo_store.root)
     rows = np.ascontiguousarray(demo_store.X[:64], dtype=np.float32)
+    options = session_options()  # the gateway's, with the thread count of the environment
     for meta in demo_store.metas.values():
-        variant = Variant(meta, store.load_bytes(meta.sha256), SessionOptions())
+        variant = Variant(meta, store.load_bytes(meta.sha256), options)
         assert variant._run is not variant.session.run  # the fast path is in effect
         reference = ort.InferenceSession(  # same options: optimisations change the last bits
-            store.load_bytes(meta.sha256), sess_options=SessionOptions().build()
+            store.load_bytes(meta.sha256), sess_options=options.build()
         )
         for batch in (rows[:1], rows):
             labels, scores = variant.run(batch)

@@ -6,6 +6,7 @@ import bisect
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -59,6 +60,8 @@ def reference(batches: Batches) -> tuple[dict[Any, int], dict[Any, list[float]],
     return counts, latency, confidence
 
 
+# numeric: float32 maxima (NaN included) and sums, in numpy's SIMD-dispatched reductions.
+@pytest.mark.numeric
 @settings(max_examples=200, deadline=None)
 @given(batches=st.lists(st.lists(ROW, max_size=40), max_size=4))
 def test_observe_equals_a_row_by_row_count(batches: list[list[tuple[Any, ...]]]) -> None:

@@ -16,6 +16,7 @@ from abgate.v1 import gateway_pb2 as pb
 from gateway.hashing import bucket_v1
 from gateway.variants import Variant
 from tests.conftest import DemoStore, InProcessGateway, gateway_settings
+from tests.numeric import assert_scores_close
 
 
 def tensor(values: np.ndarray | list[float], datatype: str = "FP32") -> pb.Tensor:
@@ -72,6 +73,7 @@ def test_arm_shares_within_one_point_over_20000_users(
             assert abs(100 * counts[arm] / 20_000 - weight) <= 1.0, (experiment, arm, counts)
 
 
+@pytest.mark.numeric
 def test_single_and_batch_agree_and_match_onnxruntime(
     gateway: InProcessGateway, demo_store: DemoStore
 ) -> None:
@@ -96,8 +98,10 @@ def test_single_and_batch_agree_and_match_onnxruntime(
         outs = sess.run(None, {sess.get_inputs()[0].name: X[i : i + 1].astype(np.float32)})
         ref_label, ref_scores = outs[0], outs[1]
         assert single.label == int(ref_label[0]) == batch.labels[i]
-        np.testing.assert_allclose(list(single.scores), ref_scores[0], rtol=0, atol=1e-6)
-        np.testing.assert_allclose(scores[i], ref_scores[0], rtol=0, atol=1e-6)
+        # Another session; and row i of a 120-row batch, which may take other kernels and,
+        # with 2+ threads, another split of the trees.
+        assert_scores_close(list(single.scores), ref_scores[0])
+        assert_scores_close(scores[i], ref_scores[0])
 
 
 def test_health_serving_and_reflection(gateway: InProcessGateway) -> None:

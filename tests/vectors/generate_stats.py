@@ -5,7 +5,11 @@ refuses to write if either disagrees with the closed form by more than 1e-9 rela
 and Wilson come from scipy.stats; Holm from a direct (quadratic) reading of its definition. It
 deliberately does not import evaluator.stats, the code under test.
 
-Run: python -m tests.vectors.generate_stats [--check]   (--check: exit 1 if the file differs)
+Run: python -m tests.vectors.generate_stats [--check]
+
+--check exits 1 if the file differs from what the script computes today by more than the
+computation allows: structure, counts, labels and booleans exactly, floats within ``differences``'
+tolerances (another CPU's summation order moves the last digits; the file stays frozen).
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ SPEC = (
 )
 SECTIONS = ["sequential", "welch", "srm", "holm", "wilson"]
 TOLERANCE = 1e-9  # closed form vs numerical integration / root-finding, relative
+# --check, for a value rounded by num(): an upstream change of a few ulps can flip the 12th
+# significant digit, i.e. up to 1e-11 relative (a mantissa of 1.00000000000); 2e-11 is that
+# one digit with room for the binary representation of both.
+ROUNDED_RTOL = 2e-11
+EPS = float(np.finfo(np.float64).eps)
 
 
 def num(x: float) -> float | str:
@@ -421,11 +430,60 @@ def render() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sums_differ(path: str, frozen: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
+    """An arm's n exactly; Σx and Σx² as sums of n float64 terms. numpy sums Σx pairwise and
+    Σx² (a dot product) in OpenBLAS, whose kernel and block sizes depend on the CPU. Any
+    summation order is within (n − 1)·u·Σ|x| of the exact sum (u = eps/2), so two orders are
+    within n·eps·Σ|x|; Σ|x²| = Σx², and Σ|x| ≤ √(n·Σx²) (Cauchy–Schwarz)."""
+    if set(frozen) != set(fresh) or frozen["n"] != fresh["n"]:
+        return [f"{path}: {frozen} != {fresh}"]
+    n, sq = fresh["n"], fresh["total_sq"]
+    bounds = {"total": n * EPS * math.sqrt(n * sq), "total_sq": n * EPS * sq}
+    return [
+        f"{path}.{key}: {frozen[key]!r} != {fresh[key]!r} (allowed ±{bound:.3g})"
+        for key, bound in bounds.items()
+        if abs(frozen[key] - fresh[key]) > bound
+    ]
+
+
+def differences(frozen: Any, fresh: Any, path: str = "") -> list[str]:
+    """Where the frozen file and today's computation disagree beyond what the computation
+    allows: keys, lengths, ints, bools and strings (labels, "inf"/"nan") exactly; an arm's sums
+    within their summation bound; every other float (rounded by num(), or an input) within
+    ROUNDED_RTOL."""
+    if isinstance(frozen, dict) and isinstance(fresh, dict):
+        if list(frozen) != list(fresh):
+            return [f"{path}: keys {list(frozen)} != {list(fresh)}"]
+        if set(frozen) == {"n", "total", "total_sq"}:
+            return _sums_differ(path, frozen, fresh)
+        return [d for k in frozen for d in differences(frozen[k], fresh[k], f"{path}.{k}")]
+    if isinstance(frozen, list) and isinstance(fresh, list):
+        if len(frozen) != len(fresh):
+            return [f"{path}: {len(frozen)} items != {len(fresh)}"]
+        return [
+            d for i, (a, b) in enumerate(zip(frozen, fresh, strict=True))
+            for d in differences(a, b, f"{path}[{i}]")
+        ]  # fmt: skip
+    if isinstance(frozen, float) and isinstance(fresh, float):
+        if math.isclose(frozen, fresh, rel_tol=ROUNDED_RTOL, abs_tol=0.0):
+            return []
+        return [f"{path}: {frozen!r} != {fresh!r} (allowed rel {ROUNDED_RTOL:g})"]
+    # Exact: ints, bools, strings, None; and a type change (1 vs 1.0, True vs 1) is a change.
+    if type(frozen) is not type(fresh) or frozen != fresh:
+        return [f"{path}: {frozen!r} != {fresh!r}"]
+    return []
+
+
 def main(argv: list[str]) -> int:
     text = render()
     if "--check" in argv:
-        if not OUT.exists() or OUT.read_text(encoding="utf-8") != text:
+        if not OUT.exists():
+            print(f"{OUT} is missing: run python -m tests.vectors.generate_stats")
+            return 1
+        found = differences(json.loads(OUT.read_text(encoding="utf-8")), json.loads(text))
+        if found:
             print(f"{OUT} is out of date: run python -m tests.vectors.generate_stats")
+            print("\n".join(found[:20]))
             return 1
         return 0
     OUT.write_text(text, encoding="utf-8")
