@@ -229,8 +229,11 @@ def test_health_watch_is_counted_as_a_server_stream(served: Served) -> None:
     assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     served.call(served.surface.set_serving(False))
     assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
-    watch.cancel()
+    # A message is counted once its write has returned on the server, which can be just after
+    # the client has read it.
     stats = served.stats("Watch", HEALTH)
+    wait_until(lambda: stats.sent == 2)
+    watch.cancel()
     assert stats.grpc_type == "SERVER_STREAMING" and stats.sent == 2
 
 
