@@ -11,15 +11,17 @@ the outcomes read in earlier ticks (see ``_OUTCOMES_NEW`` and ``_PREDICTIONS_NEW
 
 from __future__ import annotations
 
+import bisect
+import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from evaluator.experiments import ExperimentState
-from evaluator.policy import ArmData
+from evaluator.policy import ArmData, SplitCell
 from evaluator.stats import ArmStats
 
 # pg_advisory_lock key held while aggregating ("abgate" + 2; migrations hold "abgate" + 1).
@@ -263,6 +265,12 @@ def _count(status: str) -> int:
 
 
 # -- reading ------------------------------------------------------------------------------------
+_SUMS = (
+    "served", "errors", "score_sum", "score_sumsq", "outcome_n", "outcome_sum", "outcome_sumsq",
+    "correct",
+)  # fmt: skip
+
+
 @dataclass
 class ArmTotals:
     """One arm's sums over a range of config versions."""
@@ -278,10 +286,7 @@ class ArmTotals:
     latency: dict[int, int] = field(default_factory=dict)  # bucket -> rows
 
     def add(self, other: Mapping[str, float]) -> None:
-        for name in (
-            "served", "errors", "score_sum", "score_sumsq", "outcome_n", "outcome_sum",
-            "outcome_sumsq", "correct",
-        ):  # fmt: skip
+        for name in _SUMS:
             setattr(self, name, getattr(self, name) + type(getattr(self, name))(other[name]))
 
     def slower_than(self, threshold_us: float) -> int:
@@ -367,26 +372,109 @@ async def all_shadow_totals(
     }
 
 
-async def arm_data(
-    conn: asyncpg.Connection | asyncpg.Pool, state: ExperimentState, since: int
+async def arm_totals_by_version(
+    conn: asyncpg.Connection | asyncpg.Pool, experiment: str
+) -> dict[int, dict[str, ArmTotals]]:
+    """config version -> arm -> sums of the rows served under it (``arm_stats`` as stored)."""
+    out: dict[int, dict[str, ArmTotals]] = {}
+    rows = await conn.fetch(
+        "SELECT config_version, arm, served, errors, score_sum, score_sumsq, outcome_n,"
+        " outcome_sum, outcome_sumsq, correct FROM arm_stats WHERE experiment = $1",
+        experiment,
+    )
+    for r in rows:
+        out.setdefault(int(r["config_version"]), {}).setdefault(r["arm"], ArmTotals()).add(r)
+    lat = await conn.fetch(
+        "SELECT config_version, arm, bucket, n FROM arm_latency WHERE experiment = $1",
+        experiment,
+    )
+    for r in lat:
+        totals = out.setdefault(int(r["config_version"]), {}).setdefault(r["arm"], ArmTotals())
+        totals.latency[int(r["bucket"])] = totals.latency.get(int(r["bucket"]), 0) + int(r["n"])
+    return out
+
+
+async def version_history(
+    conn: asyncpg.Connection | asyncpg.Pool, experiment: str
+) -> list[tuple[int, ExperimentState]]:
+    """(snapshot seq, state) of every version of ``experiment``, oldest first."""
+    rows = await conn.fetch(
+        "SELECT seq, config::text AS config FROM experiment_versions WHERE experiment = $1"
+        " ORDER BY version",
+        experiment,
+    )
+    return [(int(r["seq"]), ExperimentState.from_json(json.loads(r["config"]))) for r in rows]
+
+
+def _merge(into: ArmTotals, other: ArmTotals) -> None:
+    for name in _SUMS:
+        setattr(into, name, getattr(into, name) + getattr(other, name))
+    for b, n in other.latency.items():
+        into.latency[b] = into.latency.get(b, 0) + n
+
+
+def build_arm_data(
+    state: ExperimentState,
+    history: Sequence[tuple[int, ExperimentState]],
+    by_version: Mapping[int, Mapping[str, ArmTotals]],
+    since: int,
 ) -> dict[str, ArmData]:
-    """What the policy of ``state`` reads after a tick: per arm, the primary metric over all
-    versions, rows served since the current split (config version ``since`` on), and the
-    guardrail window — this split for a canary stage, everything for other kinds."""
-    everything = await arm_totals(conn, state.name, 0)
-    current = await arm_totals(conn, state.name, since)
-    window = current if state.kind == "canary" else everything
+    """What the policy of ``state`` reads after a tick (pure; the tick and
+    ``evaluator.simulate`` both build it here): per arm, the primary metric and the guardrail
+    counts over every row, rows served since the current split (config version ``since`` on),
+    and the same per split. A row logged under config version v was routed by the latest
+    version of the experiment with seq <= v; its split is that version's window (its
+    ``since_version``, or its own seq), so pausing, resuming and re-weighting each start one.
+    """
+    seqs = [seq for seq, _ in history]
+    window_of: dict[int, Mapping[str, float]] = {}
+    cells: dict[int, dict[str, ArmTotals]] = {}
+    everything: dict[str, ArmTotals] = {}
+    current: dict[str, ArmTotals] = {}
+    for version in sorted(by_version):
+        i = max(0, bisect.bisect_right(seqs, version) - 1)
+        seq, st = history[i] if history else (since, state)
+        start = st.since_version or seq
+        window_of.setdefault(start, st.weights)
+        per_arm = cells.setdefault(start, {})
+        for name, totals in by_version[version].items():
+            _merge(per_arm.setdefault(name, ArmTotals()), totals)
+            _merge(everything.setdefault(name, ArmTotals()), totals)
+            if version >= since:
+                _merge(current.setdefault(name, ArmTotals()), totals)
     limit_us = state.guardrails.max_p99_latency_ms * 1000.0
+    order = sorted(cells)
     data = {}
     for arm in state.arms:
         a = everything.get(arm.name, ArmTotals())
-        w = window.get(arm.name, ArmTotals())
+        splits = []
+        for start in order:
+            c = cells[start].get(arm.name, ArmTotals())
+            splits.append(
+                SplitCell(
+                    weight=float(window_of[start].get(arm.name, 0.0)),
+                    metric=metric_stats(state.primary_metric, c),
+                    served=c.served,
+                    errors=c.errors,
+                    slow=c.slower_than(limit_us) if limit_us > 0 else 0,
+                )
+            )
         data[arm.name] = ArmData(
             metric=metric_stats(state.primary_metric, a),
             served_since=current.get(arm.name, ArmTotals()).served,
-            window_served=w.served,
-            window_errors=w.errors,
-            window_slow=w.slower_than(limit_us) if limit_us > 0 else 0,
-            p99_ms=w.latency_quantile_us(0.99) / 1000.0,
+            window_served=a.served,
+            window_errors=a.errors,
+            window_slow=a.slower_than(limit_us) if limit_us > 0 else 0,
+            p99_ms=a.latency_quantile_us(0.99) / 1000.0,
+            splits=tuple(splits),
         )
     return data
+
+
+async def arm_data(
+    conn: asyncpg.Connection | asyncpg.Pool, state: ExperimentState, since: int
+) -> dict[str, ArmData]:
+    """``build_arm_data`` from PostgreSQL: the experiment's aggregates and version history."""
+    by_version = await arm_totals_by_version(conn, state.name)
+    history = await version_history(conn, state.name)
+    return build_arm_data(state, history, by_version, since)

@@ -176,8 +176,11 @@ def _definition_from_args(args: argparse.Namespace) -> cpb.ExperimentDefinition:
         g.max_error_rate = args.max_error_rate
         g.max_p99_latency_ms = args.max_p99_ms
         g.rollback_threshold = args.rollback_threshold
+        g.max_rate_increase = args.max_rate_increase
         if args.stage_hold is not None:
             definition.stage_hold_s = args.stage_hold
+        if args.stage_min_rows is not None:
+            definition.stage_min_rows = args.stage_min_rows
         if args.bandit_floor is not None:
             definition.bandit_floor = args.bandit_floor
         if args.bandit_interval is not None:
@@ -359,7 +362,19 @@ def add_evaluator_parsers(subparsers: Any) -> None:
     q.add_argument("--max-error-rate", type=float, default=0.0, help="guardrail, 0..1")
     q.add_argument("--max-p99-ms", type=float, default=0.0, help="guardrail, milliseconds")
     q.add_argument("--rollback-threshold", type=float, default=0.0, help="metric units")
+    q.add_argument(
+        "--max-rate-increase",
+        type=float,
+        default=0.0,
+        help="guardrails: margin over control's error rate / slow share, 0..1 (default 0)",
+    )
     q.add_argument("--stage-hold", type=float, default=None, help="canary: seconds per stage")
+    q.add_argument(
+        "--stage-min-rows",
+        type=int,
+        default=None,
+        help="canary: treatment rows per stage (default: enough to catch 3x a guardrail limit)",
+    )
     q.add_argument("--bandit-floor", type=float, default=None, help="bandit: least share, 0..1")
     q.add_argument("--bandit-interval", type=float, default=None, help="bandit: seconds")
     q.add_argument(

@@ -35,6 +35,7 @@ class Guardrails:
     max_error_rate: float = 0.0  # 0..1, 0 = not checked
     max_p99_latency_ms: float = 0.0  # 0 = not checked
     rollback_threshold: float = 0.0  # metric units, 0 = not checked
+    max_rate_increase: float = 0.0  # margin over control's error rate / slow share (0..1)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class ExperimentState:
     max_duration_s: float = 0.0
     guardrails: Guardrails = field(default_factory=Guardrails)
     stage_hold_s: float = 60.0
+    stage_min_rows: int = 0  # 0: derived from the guardrails (policy.stage_rows_needed)
     bandit_floor: float = 0.05
     bandit_interval_s: float = 60.0
     status: str = "running"
@@ -178,6 +180,7 @@ def validate_definition(d: cpb.ExperimentDefinition, now: float | None = None) -
         _finite(g.max_error_rate, "definition.guardrails.max_error_rate", 0.0, 1.0),
         _finite(g.max_p99_latency_ms, "definition.guardrails.max_p99_latency_ms", 0.0, 1e7),
         _finite(g.rollback_threshold, "definition.guardrails.rollback_threshold", 0.0, 1e12),
+        _finite(g.max_rate_increase, "definition.guardrails.max_rate_increase", 0.0, 1.0),
     )
     floor = d.bandit_floor if d.HasField("bandit_floor") else 0.05
     _finite(floor, "definition.bandit_floor", 0.0, 1.0 / len(arms))
@@ -216,6 +219,7 @@ def validate_definition(d: cpb.ExperimentDefinition, now: float | None = None) -
             0.0,
             1e9,
         ),
+        stage_min_rows=_stage_min_rows(d),
         bandit_floor=floor,
         bandit_interval_s=_finite(
             d.bandit_interval_s if d.HasField("bandit_interval_s") else 60.0,
@@ -228,6 +232,15 @@ def validate_definition(d: cpb.ExperimentDefinition, now: float | None = None) -
         stage_started_at=now,
         shadows=tuple(shadows),
     )
+
+
+def _stage_min_rows(d: cpb.ExperimentDefinition) -> int:
+    rows = d.stage_min_rows if d.HasField("stage_min_rows") else 0
+    if not 0 <= rows <= 10**12:
+        raise InvalidArgument(
+            f"must be between 0 and 1e12 rows, got {rows}", field="definition.stage_min_rows"
+        )
+    return int(rows)
 
 
 def definition_message(state: ExperimentState) -> cpb.ExperimentDefinition:
@@ -246,8 +259,10 @@ def definition_message(state: ExperimentState) -> cpb.ExperimentDefinition:
             max_error_rate=g.max_error_rate,
             max_p99_latency_ms=g.max_p99_latency_ms,
             rollback_threshold=g.rollback_threshold,
+            max_rate_increase=g.max_rate_increase,
         ),
         stage_hold_s=state.stage_hold_s,
+        stage_min_rows=state.stage_min_rows,
         bandit_floor=state.bandit_floor,
         bandit_interval_s=state.bandit_interval_s,
         shadows=[_shadow_message(s) for s in state.shadows],

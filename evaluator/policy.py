@@ -3,12 +3,17 @@ feeds aggregates in and writes out what comes back; the statistics live in ``eva
 
 Order of checks, every kind: sample-ratio mismatch (pauses: nothing else can be trusted) →
 guardrails (roll back at once) → the kind's own rule.
+
+The evaluator calls ``decide`` on every tick, so every check here is a test that stays valid
+when looked at continuously (an e-value or confidence sequence at one level for the whole
+experiment), never a fixed-level test repeated: see docs/statistics.md for each one and its
+simulated false-alarm rate and power (``evaluator.simulate``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,33 +24,56 @@ from evaluator.stats import (
     ArmStats,
     SequentialResult,
     holm,
-    rate_exceeds,
-    sequential_test,
-    srm_test,
+    rate_difference_test,
+    rate_limit_test,
+    rate_rows_needed,
+    sequential_srm,
+    stratified_sequential_test,
     thompson_weights,
 )
 
-SRM_THRESHOLD = 0.001
-# The chi-square approximation needs a few expected rows per arm before it means anything.
-SRM_MIN_ROWS = 200
-# Guardrails are judged on at least this many treatment rows (or min_samples if smaller).
+# Level of the sample-ratio check over the whole experiment (every split, every look).
+SRM_ALPHA = 0.01
+# Level of each guardrail (error rate, p99 latency) over the whole experiment, per arm.
+GUARDRAIL_ALPHA = 0.01
+# Guardrails and a canary's metric rollback judge an arm on at least this many of its rows
+# (or min_samples if smaller), and the control arm likewise before it is compared with.
 GUARDRAIL_MIN_ROWS = 100
+# A canary stage collects enough treatment rows to catch a rate this many times a guardrail's
+# limit (with GUARDRAIL_POWER at that one look) before it advances, unless stage_min_rows says.
+GUARDRAIL_CATCH_TIMES = 3.0
+GUARDRAIL_POWER = 0.9
 # A bandit moves weights only when some arm changes by at least this much (percentage points).
 BANDIT_MIN_CHANGE = 1.0
-# p99 latency: "more than 1% of rows slower than the limit", judged with a Wilson bound.
+# p99 latency: "more than 1% of rows slower than the limit".
 P99_SHARE = 0.01
 
 
 @dataclass(frozen=True)
+class SplitCell:
+    """One arm under one split (a range of config versions with the same allocation)."""
+
+    weight: float  # percent, as configured for this split
+    metric: ArmStats = field(default_factory=ArmStats.empty)
+    served: int = 0
+    errors: int = 0
+    slow: int = 0  # rows slower than the latency guardrail
+
+
+@dataclass(frozen=True)
 class ArmData:
-    """What the policy knows about one arm (built from ``evaluator.aggregate`` totals)."""
+    """What the policy knows about one arm (built by ``evaluator.aggregate.build_arm_data``)."""
 
     metric: ArmStats  # primary metric, all rows of the experiment
-    served_since: int = 0  # rows served since the split last changed (SRM)
-    window_served: int = 0  # guardrail window (canary: this stage; others: all)
+    served_since: int = 0  # rows served since the split last changed (a canary's stage)
+    window_served: int = 0  # guardrail window: every row of the experiment
     window_errors: int = 0
     window_slow: int = 0  # rows slower than the latency guardrail
     p99_ms: float = math.nan
+    # The arm under each split the experiment ran under, oldest first; the same splits, in the
+    # same order, for every arm. Empty: one split, the current one, described by the fields
+    # above.
+    splits: tuple[SplitCell, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,49 +142,186 @@ def _only(state: ExperimentState, arm: str, **changes: Any) -> ExperimentState:
     )
 
 
+def _splits(state: ExperimentState, data: Mapping[str, ArmData]) -> list[dict[str, SplitCell]]:
+    """Per split, oldest first: arm -> its cell (an arm without data gets an empty one)."""
+    arms = [a.name for a in state.arms]
+    depth = max((len(d.splits) for d in data.values()), default=0)
+    if depth == 0:
+        current: dict[str, SplitCell] = {}
+        for arm in state.arms:
+            d = data.get(arm.name, ArmData(ArmStats.empty()))
+            current[arm.name] = SplitCell(
+                arm.weight, d.metric, d.served_since, d.window_errors, d.window_slow
+            )
+        return [current]
+    out = []
+    for j in range(depth):
+        cells = {}
+        for name in arms:
+            got = data.get(name)
+            cells[name] = (
+                got.splits[j] if got is not None and j < len(got.splits) else SplitCell(0.0)
+            )
+        out.append(cells)
+    return out
+
+
 def check_srm(state: ExperimentState, data: Mapping[str, ArmData]) -> dict[str, Any]:
-    observed = {
-        a.name: data.get(a.name, ArmData(ArmStats.empty())).served_since for a in state.arms
-    }
-    total = sum(observed.values())
-    if total < SRM_MIN_ROWS:
-        return {"checked": False, "observed": observed, "reason": f"fewer than {SRM_MIN_ROWS} rows"}
-    r = srm_test(observed, state.weights, threshold=SRM_THRESHOLD)
+    """The sequential sample-ratio check (``stats.sequential_srm``) over every split, at level
+    SRM_ALPHA for the whole experiment: valid from the first row, so no minimum."""
+    splits = _splits(state, data)
+    r = sequential_srm(
+        [
+            ({a: c.served for a, c in cells.items()}, {a: c.weight for a, c in cells.items()})
+            for cells in splits
+        ],
+        alpha=SRM_ALPHA,
+    )
     return {
-        "checked": True,
-        "observed": observed,
+        "checked": sum(r.observed.values()) > 0,
+        "test": "Dirichlet-multinomial sequential test (Lindon & Malek 2022), every split",
+        "level": SRM_ALPHA,
+        "splits": len(splits),
+        "observed": dict(r.observed),
         "expected": {k: _num(v) for k, v in r.expected.items()},
-        "chi2": _num(r.chi2),
+        "log_bayes_factor": _num(r.log_bayes_factor),
         "p_value": _num(r.p_value),
         "mismatch": r.mismatch,
     }
 
 
-def check_guardrails(
-    state: ExperimentState, data: Mapping[str, ArmData], confidence: float = 0.95
-) -> list[str]:
-    """Breaches by treatment arms, judged with a Wilson bound (confidently over the limit)."""
+def _min_rows(state: ExperimentState) -> int:
+    return max(2, min(state.min_samples, GUARDRAIL_MIN_ROWS))
+
+
+def stage_rows_needed(state: ExperimentState) -> int:
+    """Treatment rows a canary stage collects before advancing: ``stage_min_rows`` when set,
+    else enough for each enabled guardrail to catch GUARDRAIL_CATCH_TIMES × its limit."""
+    if state.stage_min_rows > 0:
+        return state.stage_min_rows
     g = state.guardrails
-    breaches = []
+    limits = [r for r in (g.max_error_rate, P99_SHARE if g.max_p99_latency_ms > 0 else 0) if r]
+    needed = [
+        rate_rows_needed(r, GUARDRAIL_ALPHA, GUARDRAIL_CATCH_TIMES, GUARDRAIL_POWER)
+        for r in limits
+        if 0.0 < r * GUARDRAIL_CATCH_TIMES < 1.0
+    ]
+    return max([_min_rows(state), *needed])
+
+
+def _rate_check(
+    arm: str,
+    what: str,
+    limit: float,
+    margin: float,
+    totals: tuple[int, int, int, int],
+    strata: Sequence[tuple[tuple[int, int], tuple[int, int]]],
+    min_rows: int,
+) -> dict[str, Any]:
+    """One guardrail of one treatment arm, ``totals`` = (failures, rows) of treatment then of
+    control. Two tests, each anytime-valid at GUARDRAIL_ALPHA/2 so that together they hold
+    GUARDRAIL_ALPHA: the rate confidently above its absolute ``limit`` (exact,
+    ``rate_limit_test``), or, once control has ``min_rows`` too, confidently above control's
+    rate by more than ``margin`` (stratified by split, ``rate_difference_test``)."""
+    k_t, n_t, k_c, n_c = totals
+    level = GUARDRAIL_ALPHA / 2.0
+    check: dict[str, Any] = {
+        "arm": arm,
+        "guardrail": what,
+        "limit": limit,
+        "margin_over_control": margin,
+        "failures": k_t,
+        "rows": n_t,
+        "level": GUARDRAIL_ALPHA,
+        "breach": False,
+    }
+    if n_t < min_rows:
+        check["status"] = f"waiting for {min_rows} rows"
+        return check
+    absolute = rate_limit_test(k_t, n_t, limit, level)
+    check["p_value_limit"] = _num(absolute.p_value)
+    check["status"] = "within the limit"
+    if absolute.breach:
+        check["status"] = "above the limit"
+        check["breach"] = True
+    if n_c >= min_rows:
+        rel = rate_difference_test(strata, alpha=level)
+        check["control_rate"] = _num(k_c / n_c)
+        check["difference_ci"] = [_num(rel.ci[0]), _num(rel.ci[1])]
+        if rel.ci[0] > margin:
+            check["status"] = (
+                "above the limit and above control" if check["breach"] else "above control"
+            )
+            check["breach"] = True
+    return check
+
+
+def check_guardrails(state: ExperimentState, data: Mapping[str, ArmData]) -> dict[str, Any]:
+    """Each treatment arm's error rate and p99 latency over all its rows, each an anytime-valid
+    test at GUARDRAIL_ALPHA (``_rate_check``): ``{"breaches": [text], "checks": [...]}``."""
+    g = state.guardrails
+    control = state.control.name
+    splits = _splits(state, data) if any(d.splits for d in data.values()) else None
+    empty = ArmData(ArmStats.empty())
+    d_c = data.get(control, empty)
+    min_rows = _min_rows(state)
+    breaches: list[str] = []
+    checks: list[dict[str, Any]] = []
     for arm in state.arms[1:]:
-        d = data.get(arm.name)
-        if d is None or d.window_served == 0:
-            continue
-        if g.max_error_rate > 0 and rate_exceeds(
-            d.window_errors, d.window_served, g.max_error_rate, confidence
+        d_t = data.get(arm.name, empty)
+        for what, limit, of_cell, of_arm in (
+            ("error_rate", g.max_error_rate, _errors, _window_errors),
+            ("p99_latency", P99_SHARE if g.max_p99_latency_ms > 0 else 0.0, _slow, _window_slow),
         ):
-            breaches.append(
-                f"{arm.name}: error rate {d.window_errors}/{d.window_served} exceeds "
-                f"{g.max_error_rate:g}"
-            )
-        if g.max_p99_latency_ms > 0 and rate_exceeds(
-            d.window_slow, d.window_served, P99_SHARE, confidence
-        ):
-            breaches.append(
-                f"{arm.name}: p99 latency ≈{d.p99_ms:.3g} ms exceeds {g.max_p99_latency_ms:g} ms "
-                f"({d.window_slow}/{d.window_served} rows slower)"
-            )
-    return breaches
+            if not limit > 0.0:
+                continue
+            if splits is None:
+                strata = [((of_arm(d_c), d_c.window_served), (of_arm(d_t), d_t.window_served))]
+            else:
+                strata = [
+                    (
+                        (of_cell(s[control]), s[control].served),
+                        (of_cell(s[arm.name]), s[arm.name].served),
+                    )
+                    for s in splits
+                ]
+            totals = (of_arm(d_t), d_t.window_served, of_arm(d_c), d_c.window_served)
+            c = _rate_check(arm.name, what, limit, g.max_rate_increase, totals, strata, min_rows)
+            checks.append(c)
+            if not c["breach"]:
+                continue
+            why = c["status"]
+            if "difference_ci" in c:
+                why += f", +{c['difference_ci'][0]:.2g} or more over control"
+            if what == "error_rate":
+                breaches.append(
+                    f"{arm.name}: error rate {c['failures']}/{c['rows']} ({why}; limit "
+                    f"{g.max_error_rate:g}, anytime-valid at {GUARDRAIL_ALPHA:g})"
+                )
+            else:
+                c["limit_ms"] = g.max_p99_latency_ms
+                breaches.append(
+                    f"{arm.name}: p99 latency ≈{d_t.p99_ms:.3g} ms over {g.max_p99_latency_ms:g}"
+                    f" ms ({c['failures']}/{c['rows']} rows slower: {why}; anytime-valid at "
+                    f"{GUARDRAIL_ALPHA:g})"
+                )
+    return {"breaches": breaches, "checks": checks}
+
+
+def _errors(c: SplitCell) -> int:
+    return c.errors
+
+
+def _slow(c: SplitCell) -> int:
+    return c.slow
+
+
+def _window_errors(d: ArmData) -> int:
+    return d.window_errors
+
+
+def _window_slow(d: ArmData) -> int:
+    return d.window_slow
 
 
 def decide(
@@ -171,14 +336,15 @@ def decide(
     stats["srm"] = srm
     if srm.get("mismatch"):
         rec = (
-            f"pause: sample ratio mismatch (p={srm['p_value']:.2g} < {SRM_THRESHOLD}); "
+            f"pause: sample ratio mismatch (sequential p={srm['p_value']:.2g} ≤ {SRM_ALPHA:g}); "
             "counts do not match the split, so no result can be trusted"
         )
         return Decision(
             "pause", rec, replace(state, status="paused"), _verdict(None, None, 1.0, rec), stats
         )
-    breaches = check_guardrails(state, data)
-    stats["guardrails"] = {"breaches": breaches}
+    guardrails = check_guardrails(state, data)
+    stats["guardrails"] = guardrails
+    breaches = guardrails["breaches"]
     if breaches:
         rec = "rollback: guardrail breached: " + "; ".join(breaches)
         control = state.control.name
@@ -194,15 +360,17 @@ def decide(
 def _compare(
     state: ExperimentState, data: Mapping[str, ArmData]
 ) -> tuple[dict[str, SequentialResult], dict[str, float]]:
-    """Every treatment against control; Holm-adjusted p-values when there are several."""
+    """Every treatment against control, within each split and combined
+    (``stratified_sequential_test``); Holm-adjusted p-values when there are several."""
     alpha = 1.0 - state.confidence
-    control = data.get(state.control.name, ArmData(ArmStats.empty())).metric
+    control = state.control.name
     treatments = [a.name for a in state.arms[1:]]
+    splits = _splits(state, data)
     # Intervals at alpha/k keep them consistent with Holm's most stringent step.
     per_test = alpha / len(treatments)
     results = {
-        name: sequential_test(
-            control, data.get(name, ArmData(ArmStats.empty())).metric, alpha=per_test
+        name: stratified_sequential_test(
+            [(s[control].metric, s[name].metric) for s in splits], alpha=per_test
         )
         for name in treatments
     }
@@ -304,7 +472,17 @@ def _canary(
         "hold_s": state.stage_hold_s,
     }
     threshold = state.guardrails.rollback_threshold
-    if threshold > 0 and r.ci[1] < -threshold:
+    min_rows = _min_rows(state)
+    empty = ArmData(ArmStats.empty())
+    n_t = data.get(treatment, empty).metric.n
+    n_c = data.get(control, empty).metric.n
+    stats["canary"]["rollback_test"] = {
+        "threshold": threshold,
+        "level": 1.0 - state.confidence,
+        "min_rows": min_rows,
+        "checked": threshold > 0 and n_t >= min_rows and n_c >= min_rows,
+    }
+    if threshold > 0 and n_t >= min_rows and n_c >= min_rows and r.ci[1] < -threshold:
         rec = (
             f"rollback: {treatment} is worse than {control} by more than {threshold:g} "
             f"({state.primary_metric} {r.effect:+.4g}, CI {r.ci[0]:.4g}..{r.ci[1]:.4g})"
@@ -316,8 +494,9 @@ def _canary(
             _verdict(control, r, adjusted[treatment], rec),
             stats,
         )
-    needed = min(state.min_samples, GUARDRAIL_MIN_ROWS)
-    seen = data.get(treatment, ArmData(ArmStats.empty())).window_served
+    needed = stage_rows_needed(state)
+    stats["canary"]["stage_rows_needed"] = needed
+    seen = data.get(treatment, empty).served_since
     held = now - state.stage_started_at
     if held < state.stage_hold_s or seen < needed:
         rec = (
@@ -352,16 +531,42 @@ def _bandit(
     stats: dict[str, Any],
     rng: np.random.Generator,
 ) -> Decision:
+    """Thompson re-weighting, and a verdict only from a test: every arm against control within
+    each split (the split is fixed inside one, whatever chose it) and combined, Holm-adjusted.
+    The arm with the best raw mean is only "the leader": a bandit's allocation follows the
+    data, so its pooled means are not a test, and nothing untested is named the winner."""
     arms = {a.name: data.get(a.name, ArmData(ArmStats.empty())).metric for a in state.arms}
+    alpha = 1.0 - state.confidence
+    results, adjusted = _compare(state, data)
+    stats["tests"] = {k: _result_json(r, adjusted[k]) for k, r in results.items()}
+    tested = [
+        k
+        for k, r in results.items()
+        if adjusted[k] <= alpha and r.effect > 0 and r.effect >= state.min_effect
+    ]
+    winner = max(tested, key=lambda k: results[k].effect) if tested else None
+    leader = max(arms, key=lambda k: arms[k].mean)
+    best = winner or max(results, key=lambda k: results[k].effect)
+    verdict_p = adjusted[best]
+    if winner is not None:
+        said = (
+            f"{winner} beats {state.control.name} (stratified by split, p={verdict_p:.3g} "
+            f"≤ {alpha:g}): promote it with `abgate experiments promote`"
+        )
+    else:
+        said = f"leader {leader} is not tested better than {state.control.name} yet"
     since = now - state.stage_started_at
     total = sum(s.n for s in arms.values())
-    leader = max(arms, key=lambda k: arms[k].mean)
+
+    def verdict(rec: str) -> dict[str, Any]:
+        return _verdict(winner, results[best] if winner else None, verdict_p, rec)
+
     if since < state.bandit_interval_s or total < min(state.min_samples, GUARDRAIL_MIN_ROWS):
         rec = (
             f"continue: next re-weight after {state.bandit_interval_s:g}s "
-            f"(last {since:.0f}s ago), {total} samples"
+            f"(last {since:.0f}s ago), {total} samples; {said}"
         )
-        return Decision("continue", rec, None, _verdict(leader, None, 1.0, rec), stats)
+        return Decision("continue", rec, None, verdict(rec), stats)
     weights = thompson_weights(
         arms, floor=state.bandit_floor * 100.0, rng=rng, binary=state.primary_metric == "accuracy"
     )
@@ -369,9 +574,12 @@ def _bandit(
     current = state.weights
     change = max(abs(weights[k] - current[k]) for k in current)
     if change < BANDIT_MIN_CHANGE:
-        rec = f"continue: Thompson weights within {BANDIT_MIN_CHANGE:g} pp of the current split"
-        return Decision("continue", rec, None, _verdict(leader, None, 1.0, rec), stats)
+        rec = (
+            f"continue: Thompson weights within {BANDIT_MIN_CHANGE:g} pp of the current split; "
+            f"{said}"
+        )
+        return Decision("continue", rec, None, verdict(rec), stats)
     new = state.with_weights(weights, stage_started_at=now)
     split = ", ".join(f"{k} {v:.2f}%" for k, v in weights.items())
-    rec = f"reweight: Thompson sampling → {split} (floor {state.bandit_floor:.0%})"
-    return Decision("reweight", rec, new, _verdict(leader, None, 1.0, rec), stats)
+    rec = f"reweight: Thompson sampling → {split} (floor {state.bandit_floor:.0%}); {said}"
+    return Decision("reweight", rec, new, verdict(rec), stats)

@@ -1,25 +1,36 @@
-"""Pure statistics for the evaluator: sufficient statistics, the always-valid sequential test,
-Welch, SRM, Holm, Wilson and Thompson allocation. No I/O; the policy turns these into decisions."""
+"""Pure statistics for the evaluator: sufficient statistics, the always-valid sequential test
+(pooled and stratified by split), anytime-valid rate limits and sample-ratio checks, Welch,
+fixed-level SRM, Holm, Wilson and Thompson allocation. No I/O; the policy turns these into
+decisions."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special as _special
 from scipy import stats as _sp
 
 __all__ = [
     "ArmStats",
+    "RateLimitResult",
     "SequentialResult",
+    "SequentialSrmResult",
     "SrmResult",
     "fixed_horizon_t_test",
     "holm",
+    "rate_difference_test",
     "rate_exceeds",
+    "rate_limit_test",
+    "rate_rows_needed",
     "sequential_rho",
+    "sequential_srm",
     "sequential_test",
     "srm_test",
+    "stratified_sequential_test",
     "thompson_weights",
     "wilson_interval",
 ]
@@ -139,18 +150,54 @@ def sequential_test(
     s_t²/(n_t x̄_c²) + x̄_t² s_c²/(n_c x̄_c⁴). Either arm with n < 2 or σ² = 0 gives ci = (−∞, ∞),
     p = 1; a zero control mean gives lift nan; lift_ci is (−∞, ∞) unless v is positive and finite.
     """
+    return stratified_sequential_test([(control, treatment)], alpha, tuning_n)
+
+
+def stratified_sequential_test(
+    strata: Sequence[tuple[ArmStats, ArmStats]], alpha: float = 0.05, tuning_n: float = 5000.0
+) -> SequentialResult:
+    """``sequential_test`` of treatment − control within strata (control, treatment) — one per
+    split the experiment ran under — combined, so a trend over time cannot make an effect out
+    of a split that changed (Simpson's paradox): with h_s = n_cs·n_ts/(n_cs + n_ts) and
+    w_s = h_s/Σh,
+
+        d̂ = Σ w_s (x̄_ts − x̄_cs),    Var d̂ = Σ w_s² (s_ts²/n_ts + s_cs²/n_cs),
+
+    (the Cochran–Mantel–Haenszel weights) fed to the same normal-mixture boundary with N the
+    rows of the strata used and σ² = N·Var d̂. Within a stratum the split is fixed, so the
+    comparison is valid even when earlier data chose the split (a canary's ramp, a bandit's
+    re-weighting: Zhang, Janson & Murphy 2020, "Inference for batched bandits"). Strata where
+    either arm has n < 2 carry no variance estimate and are left out. One stratum is exactly
+    ``sequential_test``. The relative lift uses the weighted means x̄_c* = Σ w_s x̄_cs,
+    x̄_t* = Σ w_s x̄_ts and their variances Σ w_s² s²/n in the delta-method formula.
+    """
     rho = sequential_rho(alpha, tuning_n)
     rho2 = rho * rho
-    n = control.n + treatment.n
-    effect = treatment.mean - control.mean
-    mean_c, mean_t = control.mean, treatment.mean
+    used = [(c, t) for c, t in strata if c.n >= 2 and t.n >= 2]
+    if not used:
+        control = sum((c for c, _ in strata), ArmStats.empty())
+        treatment = sum((t for _, t in strata), ArmStats.empty())
+        effect = treatment.mean - control.mean
+        lift = effect / control.mean if control.mean != 0.0 else math.nan
+        return SequentialResult(
+            effect, _UNBOUNDED, lift, _UNBOUNDED, 1.0, False, control.n + treatment.n, alpha
+        )
+    h = [c.n * t.n / (c.n + t.n) for c, t in used]
+    h_sum = math.fsum(h)
+    w = [x / h_sum for x in h]
+    n = sum(c.n + t.n for c, t in used)
+    mean_c = math.fsum(ws * c.mean for ws, (c, _) in zip(w, used, strict=True))
+    mean_t = math.fsum(ws * t.mean for ws, (_, t) in zip(w, used, strict=True))
+    var_c = math.fsum(ws * ws * (c.variance / c.n) for ws, (c, _) in zip(w, used, strict=True))
+    var_t = math.fsum(ws * ws * (t.variance / t.n) for ws, (_, t) in zip(w, used, strict=True))
+    if len(used) == 1:
+        effect = used[0][1].mean - used[0][0].mean
+        sigma2 = n * (used[0][0].variance / used[0][0].n + used[0][1].variance / used[0][1].n)
+    else:
+        effect = math.fsum(ws * (t.mean - c.mean) for ws, (c, t) in zip(w, used, strict=True))
+        sigma2 = n * (var_c + var_t)
     lift = effect / mean_c if mean_c != 0.0 else math.nan
-
-    degenerate = control.n < 2 or treatment.n < 2
-    sigma2 = (
-        0.0 if degenerate else n * (control.variance / control.n + treatment.variance / treatment.n)
-    )
-    if degenerate or not sigma2 > 0.0:
+    if not sigma2 > 0.0:
         return SequentialResult(effect, _UNBOUNDED, lift, _UNBOUNDED, 1.0, False, n, alpha)
 
     r = _radius(sigma2, n, rho2, alpha)
@@ -163,10 +210,7 @@ def sequential_test(
     if mean_c != 0.0:
         # Divided step by step: mean_c**4 underflows to 0 long before mean_c does.
         ratio = mean_t / mean_c
-        v = (
-            treatment.variance / treatment.n / mean_c / mean_c
-            + ratio * ratio * control.variance / control.n / mean_c / mean_c
-        )
+        v = var_t / mean_c / mean_c + ratio * ratio * var_c / mean_c / mean_c
         if 0.0 < v < math.inf:
             r_lift = _radius(n * v, n, rho2, alpha)
             lift_ci = (lift - r_lift, lift + r_lift)
@@ -260,6 +304,248 @@ def srm_test(
     if len(live) < 2:
         return result(chi2, 1.0)
     return result(chi2, float(_sp.chi2.sf(chi2, len(live) - 1)))
+
+
+@dataclass(frozen=True)
+class SequentialSrmResult:
+    """The anytime-valid sample-ratio check over every split an experiment ran under."""
+
+    log_bayes_factor: float  # log of the product of the per-split Bayes factors
+    p_value: float  # min(1, 1/BF): valid at this look, and at every look up to it
+    mismatch: bool  # BF >= 1/alpha (p <= alpha)
+    alpha: float
+    observed: Mapping[str, int]  # rows per arm in the current split
+    expected: Mapping[str, float]  # what the current split's weights expect of them
+
+
+def sequential_srm(
+    splits: Sequence[tuple[Mapping[str, int], Mapping[str, float]]],
+    alpha: float = 0.01,
+    concentration: float = 10_000.0,
+) -> SequentialSrmResult:
+    """Sample-ratio mismatch as a test valid at every look: the Dirichlet-multinomial mixture
+    Bayes factor of Lindon & Malek (2022), "Anytime-valid inference for multinomial count data".
+
+    Each split is (rows per arm, weights in force). Within a split with null shares θ_i = w_i/Σw
+    (arms with w_i > 0) and a Dirichlet(A·θ) prior on the true shares, the counts x (n rows):
+
+        BF = Γ(A)/Γ(A + n) · Π_i Γ(Aθ_i + x_i)/Γ(Aθ_i) / Π_i θ_i^x_i,
+
+    a nonnegative martingale under "rows fall into arms with shares θ" that starts at 1. A new
+    split starts a new factor, and the product over splits is again a test martingale (each
+    factor is stopped at a stopping time), so P(sup BF ≥ 1/α) ≤ α over the whole experiment by
+    Ville's inequality, however often it is looked at and however many splits it had. A = 10⁴
+    tunes it to deviations of about 1 % of the share (a 50.5/49.5 split bug) around 10⁵ rows.
+    Rows in an arm of weight 0 are a mismatch outright (BF = ∞). No rows: BF = 1.
+    """
+    _check_alpha(alpha)
+    if not (math.isfinite(concentration) and concentration > 0.0):
+        raise ValueError(f"concentration must be finite and > 0, got {concentration!r}")
+    log_bf = 0.0
+    observed: dict[str, int] = {}
+    expected: dict[str, float] = {}
+    for counts, weights in splits:
+        for arm, w in weights.items():
+            if not (math.isfinite(w) and w >= 0.0):
+                raise ValueError(f"weight of arm {arm!r} must be finite and >= 0, got {w!r}")
+        for arm, o in counts.items():
+            if o < 0:
+                raise ValueError(f"observed count of arm {arm!r} must be >= 0, got {o!r}")
+        weight_sum = math.fsum(weights.values())
+        if not weight_sum > 0.0:
+            raise ValueError("each split's weights must have a positive sum")
+        arms = list(weights) + [a for a in counts if a not in weights]
+        x = {a: int(counts.get(a, 0)) for a in arms}
+        total = sum(x.values())
+        observed = x
+        expected = {a: total * weights.get(a, 0.0) / weight_sum for a in arms}
+        if any(x[a] > 0 and weights.get(a, 0.0) == 0.0 for a in arms):
+            log_bf = math.inf
+            continue
+        live = [a for a in arms if weights.get(a, 0.0) > 0.0]
+        if total == 0 or len(live) < 2:
+            continue
+        theta = np.array([weights[a] / weight_sum for a in live])
+        xs = np.array([x[a] for a in live], dtype=np.float64)
+        prior = concentration * theta
+        log_bf += float(
+            _special.gammaln(concentration)
+            - _special.gammaln(concentration + total)
+            + np.sum(_special.gammaln(prior + xs) - _special.gammaln(prior))
+            - np.sum(xs * np.log(theta))
+        )
+    p_value = math.exp(-log_bf) if log_bf > 0.0 else 1.0
+    return SequentialSrmResult(log_bf, p_value, p_value <= alpha, alpha, observed, expected)
+
+
+@dataclass(frozen=True)
+class RateLimitResult:
+    """The anytime-valid test of "this rate is at most ``limit``" (see ``rate_limit_test``)."""
+
+    failures: int
+    n: int
+    limit: float
+    log_e: float  # log of the mixture likelihood ratio (the e-value) at this look
+    p_value: float  # min(1, 1/e)
+    breach: bool  # p <= alpha: confidently above the limit
+    alpha: float
+
+
+def _rate_prior(limit: float) -> tuple[float, float]:
+    """Beta(a, b) with mean min(3·limit, (1 + limit)/2) and a + b = max(2, 1/limit): its mass
+    sits where a rate worth catching is (a few times the limit), which is where the mixture
+    test detects soonest."""
+    strength = max(2.0, 1.0 / limit)
+    mean = min(3.0 * limit, 0.5 * (1.0 + limit))
+    return mean * strength, (1.0 - mean) * strength
+
+
+@functools.lru_cache(maxsize=256)
+def _log_prior_mass(limit: float) -> float:
+    """log(B(a, b)·S(limit; a, b)) of ``_rate_prior(limit)``: the truncated prior's norm."""
+    a, b = _rate_prior(limit)
+    return float(_special.betaln(a, b)) + float(_sp.beta.logsf(limit, a, b))
+
+
+def rate_limit_test(failures: int, n: int, limit: float, alpha: float = 0.01) -> RateLimitResult:
+    """H0: the failure rate p is at most ``limit``, tested at every look with one level α.
+
+    The e-value is the likelihood ratio of the failures against p = limit, mixed over rates
+    θ > limit with a Beta(a, b) prior truncated to (limit, 1] (``_rate_prior``):
+
+        E = B(a + k, b + n − k)·S(limit; a + k, b + n − k) / (B(a, b)·S(limit; a, b))
+            / (limit^k (1 − limit)^(n − k)),
+
+    S the Beta survival function. For every θ > limit the ratio is a supermartingale under any
+    p ≤ limit (its one-step mean p·θ/limit + (1 − p)(1 − θ)/(1 − limit) is at most 1), so the
+    mixture is too, and P(sup E ≥ 1/α) ≤ α by Ville's inequality: exact at every n, no normal
+    approximation (the beta-binomial mixture of Howard, Ramdas, McAuliffe & Sekhon 2021,
+    "Time-uniform, nonparametric, nonasymptotic confidence sequences", one-sided). The p99
+    latency limit is this test on the share of rows slower than it (p99 ≤ L ⇔ P(X > L) ≤ 1 %):
+    a confidence sequence for the quantile. ``limit`` of 0 or 1 cannot be tested (p = 1).
+    """
+    _check_alpha(alpha)
+    if not (0 <= failures <= n):
+        raise ValueError(f"need 0 <= failures <= n, got failures={failures!r}, n={n!r}")
+    if not (0.0 <= limit <= 1.0):
+        raise ValueError(f"limit must be in [0, 1], got {limit!r}")
+    if n == 0 or not (0.0 < limit < 1.0):
+        return RateLimitResult(failures, n, limit, 0.0, 1.0, False, alpha)
+    a, b = _rate_prior(limit)
+    k, m = float(failures), float(n - failures)
+    # S(limit; a', b') by the regularized incomplete beta itself (scipy.stats.beta.logsf costs
+    # 100x more); where the posterior's mass above the limit underflows to 0 the e-value is 0.
+    tail = float(_special.betaincc(a + k, b + m, limit))
+    if not tail > 0.0:
+        return RateLimitResult(failures, n, limit, -math.inf, 1.0, False, alpha)
+    log_e = (
+        float(_special.betaln(a + k, b + m))
+        + math.log(tail)
+        - _log_prior_mass(limit)
+        - k * math.log(limit)
+        - m * math.log1p(-limit)
+    )
+    p_value = math.exp(-log_e) if log_e > 0.0 else 1.0
+    return RateLimitResult(failures, n, limit, log_e, p_value, p_value <= alpha, alpha)
+
+
+def rate_difference_test(
+    strata: Sequence[tuple[tuple[int, int], tuple[int, int]]],
+    alpha: float = 0.01,
+    tuning_n: float = 5000.0,
+) -> SequentialResult:
+    """Always-valid test of the difference of two failure rates, treatment − control, within
+    strata ((k_c, n_c), (k_t, n_t)) — one per split — combined with the weights of
+    ``stratified_sequential_test`` and the same normal-mixture boundary. Each rate's variance
+    is p̃(1 − p̃)/n with p̃ = (k + 1)/(n + 2) (Agresti & Caffo 2000, "Simple and effective
+    confidence intervals for proportions and differences of proportions result from adding two
+    successes and two failures"): with no failures in one arm and only failures in the other,
+    the plug-in variance is 0 and says nothing; this one stays honest at small counts. The
+    effect is the plain difference of the rates. Strata where either arm has no rows are left
+    out; relative lift is not computed (nan, unbounded).
+    """
+    rho = sequential_rho(alpha, tuning_n)
+    used = [(c, t) for c, t in strata if c[1] > 0 and t[1] > 0]
+    for (kc, nc), (kt, nt) in used:
+        if not (0 <= kc <= nc and 0 <= kt <= nt):
+            raise ValueError(f"need 0 <= k <= n in every stratum, got {(kc, nc)}, {(kt, nt)}")
+    n = sum(c[1] + t[1] for c, t in used)
+    if not used:
+        return SequentialResult(0.0, _UNBOUNDED, math.nan, _UNBOUNDED, 1.0, False, 0, alpha)
+    h = [c[1] * t[1] / (c[1] + t[1]) for c, t in used]
+    h_sum = math.fsum(h)
+    effect = 0.0
+    var = 0.0
+    for hs, ((kc, nc), (kt, nt)) in zip(h, used, strict=True):
+        w = hs / h_sum
+        effect += w * (kt / nt - kc / nc)
+        pc, pt = (kc + 1.0) / (nc + 2.0), (kt + 1.0) / (nt + 2.0)
+        var += w * w * (pc * (1.0 - pc) / nc + pt * (1.0 - pt) / nt)
+    sigma2 = n * var
+    rho2 = rho * rho
+    r = _radius(sigma2, n, rho2, alpha)
+    x = n * rho2
+    log_m = n * n * rho2 * effect * effect / (2.0 * sigma2 * (x + 1.0)) - 0.5 * math.log1p(x)
+    p_value = math.exp(-log_m) if log_m > 0.0 else 1.0
+    return SequentialResult(
+        effect=effect,
+        ci=(effect - r, effect + r),
+        relative_lift=math.nan,
+        lift_ci=_UNBOUNDED,
+        p_value=p_value,
+        significant=p_value <= alpha,
+        n=n,
+        alpha=alpha,
+    )
+
+
+def rate_rows_needed(
+    limit: float, alpha: float = 0.01, times: float = 3.0, power: float = 0.9
+) -> int:
+    """Rows after which ``rate_limit_test`` catches a rate ``times`` × ``limit`` with
+    probability at least ``power`` at that one look (a lower bound on catching it at some look
+    before): the smallest n (to 2 significant digits) with P(Bin(n, times·limit) ≥ k*(n)) ≥
+    power, k*(n) the fewest failures that breach at n. A canary stage collects this many
+    treatment rows before it advances."""
+    _check_alpha(alpha)
+    if not (0.0 < limit < 1.0 and times * limit < 1.0):
+        raise ValueError(f"need 0 < limit and times * limit < 1, got {limit!r}, {times!r}")
+    return _rows_needed(limit, alpha, times, power)
+
+
+def _first_breach(n: int, limit: float, alpha: float) -> int | None:
+    """The fewest failures in n rows that breach (None: not even n of n)."""
+    if not rate_limit_test(n, n, limit, alpha).breach:
+        return None
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if rate_limit_test(mid, n, limit, alpha).breach:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@functools.lru_cache(maxsize=64)
+def _rows_needed(limit: float, alpha: float, times: float, power: float) -> int:
+    def enough(n: int) -> bool:
+        k = _first_breach(n, limit, alpha)
+        return k is not None and float(_sp.binom.sf(k - 1, n, times * limit)) >= power
+
+    hi = 16
+    while not enough(hi):
+        hi *= 2
+        if hi > 1 << 40:
+            raise ValueError(f"no sample size reaches power {power} for limit {limit!r}")
+    lo = hi // 2
+    while hi - lo > max(1, hi // 100):
+        mid = (lo + hi) // 2
+        if enough(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def holm(p_values: Mapping[str, float]) -> dict[str, float]:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61\x62gate/v1/control.proto\x12\tabgate.v1\")\n\x0b\x42ucketRange\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x05\"`\n\tArmConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12&\n\x06ranges\x18\x04 \x03(\x0b\x32\x16.abgate.v1.BucketRange\"@\n\x0cShadowConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x01\"|\n\x10\x45xperimentConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04salt\x18\x02 \x01(\t\x12\"\n\x04\x61rms\x18\x03 \x03(\x0b\x32\x14.abgate.v1.ArmConfig\x12(\n\x07shadows\x18\x04 \x03(\x0b\x32\x17.abgate.v1.ShadowConfig\"b\n\x0e\x43onfigSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x30\n\x0b\x65xperiments\x18\x03 \x03(\x0b\x32\x1b.abgate.v1.ExperimentConfig\",\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"w\n\rConfigRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x16\n\x0eresponse_nonce\x18\x03 \x01(\t\x12,\n\x0c\x65rror_detail\x18\x04 \x01(\x0b\x32\x16.abgate.v1.ErrorDetail\"\\\n\nGuardrails\x12\x16\n\x0emax_error_rate\x18\x01 \x01(\x01\x12\x1a\n\x12max_p99_latency_ms\x18\x02 \x01(\x01\x12\x1a\n\x12rollback_threshold\x18\x03 \x01(\x01\"\xcf\x03\n\x14\x45xperimentDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04salt\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.abgate.v1.ExperimentKind\x12\"\n\x04\x61rms\x18\x04 \x03(\x0b\x32\x14.abgate.v1.ArmConfig\x12\x16\n\x0eprimary_metric\x18\x05 \x01(\t\x12\x12\n\nmin_effect\x18\x06 \x01(\x01\x12\x12\n\nconfidence\x18\x07 \x01(\x01\x12\x13\n\x0bmin_samples\x18\x08 \x01(\x03\x12\x16\n\x0emax_duration_s\x18\t \x01(\x01\x12)\n\nguardrails\x18\n \x01(\x0b\x32\x15.abgate.v1.Guardrails\x12\x19\n\x0cstage_hold_s\x18\x0b \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0c\x62\x61ndit_floor\x18\x0c \x01(\x01H\x01\x88\x01\x01\x12\x1e\n\x11\x62\x61ndit_interval_s\x18\r \x01(\x01H\x02\x88\x01\x01\x12(\n\x07shadows\x18\x0e \x03(\x0b\x32\x17.abgate.v1.ShadowConfigB\x0f\n\r_stage_hold_sB\x0f\n\r_bandit_floorB\x14\n\x12_bandit_interval_s\"c\n\x07Verdict\x12\x0e\n\x06winner\x18\x01 \x01(\t\x12\x0f\n\x07p_value\x18\x02 \x01(\x01\x12\x13\n\x0b\x65\x66\x66\x65\x63t_size\x18\x03 \x01(\x01\x12\n\n\x02\x63i\x18\x04 \x03(\x01\x12\x16\n\x0erecommendation\x18\x05 \x01(\t\"\xa4\x02\n\x0e\x45xperimentView\x12\x33\n\ndefinition\x18\x01 \x01(\x0b\x32\x1f.abgate.v1.ExperimentDefinition\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x18\n\x10snapshot_version\x18\x04 \x01(\x03\x12\x37\n\x07weights\x18\x05 \x03(\x0b\x32&.abgate.v1.ExperimentView.WeightsEntry\x12#\n\x07verdict\x18\x06 \x01(\x0b\x32\x12.abgate.v1.Verdict\x12\x14\n\x0c\x64\x65tails_json\x18\x07 \x01(\t\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"N\n\x17\x43reateExperimentRequest\x12\x33\n\ndefinition\x18\x01 \x01(\x0b\x32\x1f.abgate.v1.ExperimentDefinition\"2\n\x16ListExperimentsRequest\x12\x18\n\x10include_archived\x18\x01 \x01(\x08\"I\n\x17ListExperimentsResponse\x12.\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x19.abgate.v1.ExperimentView\"M\n\x11\x45xperimentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x61rm\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\"W\n\x0cGatewayState\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x12\n\nlast_error\x18\x04 \x01(\t\"\x11\n\x0fGatewaysRequest\"W\n\x10GatewaysResponse\x12\x18\n\x10snapshot_version\x18\x01 \x01(\x03\x12)\n\x08gateways\x18\x02 \x03(\x0b\x32\x17.abgate.v1.GatewayState*Q\n\x0e\x45xperimentKind\x12\x1f\n\x1b\x45XPERIMENT_KIND_UNSPECIFIED\x10\x00\x12\x06\n\x02\x41\x42\x10\x01\x12\n\n\x06\x43\x41NARY\x10\x02\x12\n\n\x06\x42\x41NDIT\x10\x03\x32W\n\x0c\x43onfigStream\x12G\n\x0cStreamConfig\x12\x18.abgate.v1.ConfigRequest\x1a\x19.abgate.v1.ConfigSnapshot(\x01\x30\x01\x32\xe4\x05\n\x0e\x45valuatorAdmin\x12Q\n\x10\x43reateExperiment\x12\".abgate.v1.CreateExperimentRequest\x1a\x19.abgate.v1.ExperimentView\x12X\n\x0fListExperiments\x12!.abgate.v1.ListExperimentsRequest\x1a\".abgate.v1.ListExperimentsResponse\x12H\n\rGetExperiment\x12\x1c.abgate.v1.ExperimentRequest\x1a\x19.abgate.v1.ExperimentView\x12\x42\n\x07Promote\x12\x1c.abgate.v1.ExperimentRequest\x1a\x19.abgate.v1.ExperimentView\x12\x43\n\x08Rollback\x12\x1c.abgate.v1.ExperimentRequest\x1a\x19.abgate.v1.ExperimentView\x12@\n\x05Pause\x12\x1c.abgate.v1.ExperimentRequest\x1a\x19.abgate.v1.ExperimentView\x12\x41\n\x06Resume\x12\x1c.abgate.v1.ExperimentRequest\x1a\x19.abgate.v1.ExperimentView\x12\x42\n\x07\x41rchive\x12\x1c.abgate.v1.ExperimentRequest\x1a\x19.abgate.v1.ExperimentView\x12\x44\n\tUnarchive\x12\x1c.abgate.v1.ExperimentRequest\x1a\x19.abgate.v1.ExperimentView\x12\x43\n\x08Gateways\x12\x1a.abgate.v1.GatewaysRequest\x1a\x1b.abgate.v1.GatewaysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61\x62gate/v1/control.proto\x12\tabgate.v1\")\n\x0b\x42ucketRange\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x05\"`\n\tArmConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12&\n\x06ranges\x18\x04 \x03(\x0b\x32\x16.abgate.v1.BucketRange\"@\n\x0cShadowConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x01\"|\n\x10\x45xperimentConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04salt\x18\x02 \x01(\t\x12\"\n\x04\x61rms\x18\x03 \x03(\x0b\x32\x14.abgate.v1.ArmConfig\x12(\n\x07shadows\x18\x04 \x03(\x0b\x32\x17.abgate.v1.ShadowConfig\"b\n\x0e\x43onfigSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x30\n\x0b\x65xperiments\x18\x03 \x03(\x0b\x32\x1b.abgate.v1.ExperimentConfig\",\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"w\n\rConfigRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x16\n\x0eresponse_nonce\x18\x03 \x01(\t\x12,\n\x0c\x65rror_detail\x18\x04 \x01(\x0b\x32\x16.abgate.v1.ErrorDetail\"w\n\nGuardrails\x12\x16\n\x0emax_error_rate\x18\x01 \x01(\x01\x12\x1a\n\x12max_p99_latency_ms\x18\x02 \x01(\x01\x12\x1a\n\x12rollback_threshold\x18\x03 \x01(\x01\x12\x19\n\x11max_rate_increase\x18\x04 \x01(\x01\"\xff\x03\n\x14\x45xperimentDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04salt\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.abgate.v1.ExperimentKind\x12\"\n\x04\x61rms\x18\x04 \x03(\x0b\x32\x14.abgate.v1.ArmConfig\x12\x16\n\x0eprimary_metric\x18\x05 \x01(\t\x12\x12\n\nmin_effect\x18\x06 \x01(\x01\x12\x12\n\nconfidence\x18\x07 \x01(\x01\x12\x13\n\x0bmin_samples\x18\x08 \x01(\x03\x12\x16\n\x0emax_duration_s\x18\t \x01(\x01\x12)\n\nguardrails\x18\n \x01(\x0b\x32\x15.abgate.v1.Guardrails\x12\x19\n\x0cstage_hold_s\x18\x0b \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0c\x62\x61ndit_floor\x18\x0c \x01(\x01H\x01\x88\x01\x01\x12\x1e\n\x11\x62\x61ndit_interval_s\x18\r \x01(\x01H\x02\x88\x01\x01\x12(\n\x07shadows\x18\x0e \x03(\x0b\x32\x17.abgate.v1.ShadowConfig\x12\x1b\n\x0estage_min_rows\x18\x0f \x01(\x03H\x03\x88\x01\x01\x42\x0f\n\r_stage_hold_sB\x0f\n\r_bandit_floorB\x14\n\x12_bandit_interval_sB\x11\n\x0f_stage_min_rows\"c\n\x07Verdict\x12\x0e\n\x06winner\x18\x01 \x01(\t\x12\x0f\n\x07p_value\x18\x02 \x01(\x01\x12\x13\n\x0b\x65\x66\x66\x65\x63t_size\x18\x03 \x01(\x01\x12\n\n\x02\x63i\x18\x04 \x03(\x01\x12\x16\n\x0erecommendation\x18\x05 \x01(\t\"\xa4\x02\n\x0e\x45xperimentView\x12\x33\n\ndefinition\x18\x01 \x01(\x0b\x32\x1f.abgate.v1.ExperimentDefinition\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x18\n\x10snapshot_version\x18\x04 \x01(\x03\x12\x37\n\x07weights\x18\x05 \x03(\x0b\x32&.abgate.v1.ExperimentView.WeightsEntry\x12#\n\x07verdict\x18\x06 \x01(\x0b\x32\x12.abgate.v1.Verdict\x12\x14\n\x0c\x64\x65tails_json\x18\x07 \x01(\t\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"N\n\x17\x43reateExperimentRequest\x12\x33\n\ndefinition\x18\x01 \x01(\x0b\x32\x1f.abgate.v1.ExperimentDefinition\"2\n\x16ListExperimentsRequest\x12\x18\n\x10include_archived\x18\x01 \x01(\x08\"I\n\x17ListExperimentsResponse\x12.\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x19.abgate.v1.ExperimentView\"M\n\x11\x45xperimentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x61rm\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\"W\n\x0cGatewayState\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x12\n\nlast_error\x18\x04 \x01(\t\"\x11\n\x0fGatewaysRequest\"W\n\x10GatewaysResponse\x12\x18\n\x10snapshot_version\x18\x01 \x01(\x03\x12)\n\x08gateways\x18\x02 \x03(\x0b\x32\x17.abgate.v1.GatewayState*Q\n\x0e\x45xperimentKind\x12\x1f\n\x1b\x45XPERIMENT_KIND_UNSPECIFIED\x10\x00\x12\x06\n\x02\x41\x42\x10\x01\x12\n\n\x06\x43\x41NARY\x10\x02\x12\n\n\x06\x42\x41NDIT\x10\x03\x32W\n\x0c\x43onfigStream\x12G\n\x0cStreamConfig\x12\x18.abgate.v1.ConfigRequest\x1a\x19.abgate.v1.ConfigSnapshot(\x01\x30\x01\x32\xe4\x05\n\x0e\x45valuatorAdmin\x12Q\n\x10\x43reateExperiment\x12\".abgate.v1.CreateExperimentRequest\x1a\x19.abgate.v1.ExperimentView\x12X\n\x0fListExperiments\x12!.abgate.v1.ListExperimentsRequest\x1a\".abgate.v1.ListExperimentsResponse\x12H\n\rGetExperiment\x12\x1c.abgate.v1.ExperimentRequest\x1a\x19.abgate.v1.ExperimentView\x12\x42\n\x07Promote\x12\x1c.abgate.v1.ExperimentRequest\x1a\x19.abgate.v1.ExperimentView\x12\x43\n\x08Rollback\x12\x1c.abgate.v1.ExperimentRequest\x1a\x19.abgate.v1.ExperimentView\x12@\n\x05Pause\x12\x1c.abgate.v1.ExperimentRequest\x1a\x19.abgate.v1.ExperimentView\x12\x41\n\x06Resume\x12\x1c.abgate.v1.ExperimentRequest\x1a\x19.abgate.v1.ExperimentView\x12\x42\n\x07\x41rchive\x12\x1c.abgate.v1.ExperimentRequest\x1a\x19.abgate.v1.ExperimentView\x12\x44\n\tUnarchive\x12\x1c.abgate.v1.ExperimentRequest\x1a\x19.abgate.v1.ExperimentView\x12\x43\n\x08Gateways\x12\x1a.abgate.v1.GatewaysRequest\x1a\x1b.abgate.v1.GatewaysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EXPERIMENTVIEW_WEIGHTSENTRY']._loaded_options = None
   _globals['_EXPERIMENTVIEW_WEIGHTSENTRY']._serialized_options = b'8\001'
-  _globals['_EXPERIMENTKIND']._serialized_start=2077
-  _globals['_EXPERIMENTKIND']._serialized_end=2158
+  _globals['_EXPERIMENTKIND']._serialized_start=2152
+  _globals['_EXPERIMENTKIND']._serialized_end=2233
   _globals['_BUCKETRANGE']._serialized_start=38
   _globals['_BUCKETRANGE']._serialized_end=79
   _globals['_ARMCONFIG']._serialized_start=81
@@ -50,31 +50,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONFIGREQUEST']._serialized_start=517
   _globals['_CONFIGREQUEST']._serialized_end=636
   _globals['_GUARDRAILS']._serialized_start=638
-  _globals['_GUARDRAILS']._serialized_end=730
-  _globals['_EXPERIMENTDEFINITION']._serialized_start=733
-  _globals['_EXPERIMENTDEFINITION']._serialized_end=1196
-  _globals['_VERDICT']._serialized_start=1198
-  _globals['_VERDICT']._serialized_end=1297
-  _globals['_EXPERIMENTVIEW']._serialized_start=1300
-  _globals['_EXPERIMENTVIEW']._serialized_end=1592
-  _globals['_EXPERIMENTVIEW_WEIGHTSENTRY']._serialized_start=1546
-  _globals['_EXPERIMENTVIEW_WEIGHTSENTRY']._serialized_end=1592
-  _globals['_CREATEEXPERIMENTREQUEST']._serialized_start=1594
-  _globals['_CREATEEXPERIMENTREQUEST']._serialized_end=1672
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=1674
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=1724
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=1726
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=1799
-  _globals['_EXPERIMENTREQUEST']._serialized_start=1801
-  _globals['_EXPERIMENTREQUEST']._serialized_end=1878
-  _globals['_GATEWAYSTATE']._serialized_start=1880
-  _globals['_GATEWAYSTATE']._serialized_end=1967
-  _globals['_GATEWAYSREQUEST']._serialized_start=1969
-  _globals['_GATEWAYSREQUEST']._serialized_end=1986
-  _globals['_GATEWAYSRESPONSE']._serialized_start=1988
-  _globals['_GATEWAYSRESPONSE']._serialized_end=2075
-  _globals['_CONFIGSTREAM']._serialized_start=2160
-  _globals['_CONFIGSTREAM']._serialized_end=2247
-  _globals['_EVALUATORADMIN']._serialized_start=2250
-  _globals['_EVALUATORADMIN']._serialized_end=2990
+  _globals['_GUARDRAILS']._serialized_end=757
+  _globals['_EXPERIMENTDEFINITION']._serialized_start=760
+  _globals['_EXPERIMENTDEFINITION']._serialized_end=1271
+  _globals['_VERDICT']._serialized_start=1273
+  _globals['_VERDICT']._serialized_end=1372
+  _globals['_EXPERIMENTVIEW']._serialized_start=1375
+  _globals['_EXPERIMENTVIEW']._serialized_end=1667
+  _globals['_EXPERIMENTVIEW_WEIGHTSENTRY']._serialized_start=1621
+  _globals['_EXPERIMENTVIEW_WEIGHTSENTRY']._serialized_end=1667
+  _globals['_CREATEEXPERIMENTREQUEST']._serialized_start=1669
+  _globals['_CREATEEXPERIMENTREQUEST']._serialized_end=1747
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=1749
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=1799
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=1801
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=1874
+  _globals['_EXPERIMENTREQUEST']._serialized_start=1876
+  _globals['_EXPERIMENTREQUEST']._serialized_end=1953
+  _globals['_GATEWAYSTATE']._serialized_start=1955
+  _globals['_GATEWAYSTATE']._serialized_end=2042
+  _globals['_GATEWAYSREQUEST']._serialized_start=2044
+  _globals['_GATEWAYSREQUEST']._serialized_end=2061
+  _globals['_GATEWAYSRESPONSE']._serialized_start=2063
+  _globals['_GATEWAYSRESPONSE']._serialized_end=2150
+  _globals['_CONFIGSTREAM']._serialized_start=2235
+  _globals['_CONFIGSTREAM']._serialized_end=2322
+  _globals['_EVALUATORADMIN']._serialized_start=2325
+  _globals['_EVALUATORADMIN']._serialized_end=3065
 # @@protoc_insertion_point(module_scope)

@@ -91,17 +91,19 @@ class ConfigRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., version: _Optional[int] = ..., response_nonce: _Optional[str] = ..., error_detail: _Optional[_Union[ErrorDetail, _Mapping]] = ...) -> None: ...
 
 class Guardrails(_message.Message):
-    __slots__ = ("max_error_rate", "max_p99_latency_ms", "rollback_threshold")
+    __slots__ = ("max_error_rate", "max_p99_latency_ms", "rollback_threshold", "max_rate_increase")
     MAX_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
     MAX_P99_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MAX_RATE_INCREASE_FIELD_NUMBER: _ClassVar[int]
     max_error_rate: float
     max_p99_latency_ms: float
     rollback_threshold: float
-    def __init__(self, max_error_rate: _Optional[float] = ..., max_p99_latency_ms: _Optional[float] = ..., rollback_threshold: _Optional[float] = ...) -> None: ...
+    max_rate_increase: float
+    def __init__(self, max_error_rate: _Optional[float] = ..., max_p99_latency_ms: _Optional[float] = ..., rollback_threshold: _Optional[float] = ..., max_rate_increase: _Optional[float] = ...) -> None: ...
 
 class ExperimentDefinition(_message.Message):
-    __slots__ = ("name", "salt", "kind", "arms", "primary_metric", "min_effect", "confidence", "min_samples", "max_duration_s", "guardrails", "stage_hold_s", "bandit_floor", "bandit_interval_s", "shadows")
+    __slots__ = ("name", "salt", "kind", "arms", "primary_metric", "min_effect", "confidence", "min_samples", "max_duration_s", "guardrails", "stage_hold_s", "bandit_floor", "bandit_interval_s", "shadows", "stage_min_rows")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SALT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +118,7 @@ class ExperimentDefinition(_message.Message):
     BANDIT_FLOOR_FIELD_NUMBER: _ClassVar[int]
     BANDIT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     SHADOWS_FIELD_NUMBER: _ClassVar[int]
+    STAGE_MIN_ROWS_FIELD_NUMBER: _ClassVar[int]
     name: str
     salt: str
     kind: ExperimentKind
@@ -130,7 +133,8 @@ class ExperimentDefinition(_message.Message):
     bandit_floor: float
     bandit_interval_s: float
     shadows: _containers.RepeatedCompositeFieldContainer[ShadowConfig]
-    def __init__(self, name: _Optional[str] = ..., salt: _Optional[str] = ..., kind: _Optional[_Union[ExperimentKind, str]] = ..., arms: _Optional[_Iterable[_Union[ArmConfig, _Mapping]]] = ..., primary_metric: _Optional[str] = ..., min_effect: _Optional[float] = ..., confidence: _Optional[float] = ..., min_samples: _Optional[int] = ..., max_duration_s: _Optional[float] = ..., guardrails: _Optional[_Union[Guardrails, _Mapping]] = ..., stage_hold_s: _Optional[float] = ..., bandit_floor: _Optional[float] = ..., bandit_interval_s: _Optional[float] = ..., shadows: _Optional[_Iterable[_Union[ShadowConfig, _Mapping]]] = ...) -> None: ...
+    stage_min_rows: int
+    def __init__(self, name: _Optional[str] = ..., salt: _Optional[str] = ..., kind: _Optional[_Union[ExperimentKind, str]] = ..., arms: _Optional[_Iterable[_Union[ArmConfig, _Mapping]]] = ..., primary_metric: _Optional[str] = ..., min_effect: _Optional[float] = ..., confidence: _Optional[float] = ..., min_samples: _Optional[int] = ..., max_duration_s: _Optional[float] = ..., guardrails: _Optional[_Union[Guardrails, _Mapping]] = ..., stage_hold_s: _Optional[float] = ..., bandit_floor: _Optional[float] = ..., bandit_interval_s: _Optional[float] = ..., shadows: _Optional[_Iterable[_Union[ShadowConfig, _Mapping]]] = ..., stage_min_rows: _Optional[int] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("winner", "p_value", "effect_size", "ci", "recommendation")

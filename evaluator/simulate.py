@@ -1,0 +1,159 @@
+"""Seeded simulations of whole experiments through ``evaluator.policy.decide``, driven exactly as
+the evaluator's tick drives it: each tick, rows arrive and are split across arms by the
+experiment's current weights (or by a buggy split); their sums land in per-config-version
+totals as ``evaluator.aggregate`` stores them; ``build_arm_data`` turns them into what the
+policy reads; a decision that changes the config becomes a new version with a new snapshot
+seq and SRM window, as ``EvaluatorServer._write`` does it. Used by the tests (a few hundred
+experiments) and by ``benchmarks/bench_decisions.py`` (thousands, with Clopper–Pearson
+intervals).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from scipy import stats as _sp
+
+from evaluator.aggregate import ArmTotals, build_arm_data, latency_bucket_floor_us
+from evaluator.experiments import Arm, ExperimentState, Guardrails
+from evaluator.policy import Decision, decide
+from gateway.allocation import Allocation
+
+FAST_BUCKET = 40  # 2^10 µs ≈ 1 ms
+
+
+@dataclass(frozen=True)
+class ArmTruth:
+    """How one arm really behaves."""
+
+    accuracy: float = 0.8  # P(outcome equals the predicted label), successful rows
+    error_rate: float = 0.0
+    slow_rate: float = 0.0  # share of rows slower than the p99 limit
+
+
+@dataclass(frozen=True)
+class Scenario:
+    kind: str  # ab | canary | bandit
+    truths: Mapping[str, ArmTruth]  # first is control
+    weights: Mapping[str, float] | None = None  # starting split (canary: the ramp's)
+    rows_per_tick: int = 100
+    ticks: int = 3600
+    # The gateway's true shares, when they differ from the configured split (an SRM bug):
+    # arm -> multiplier of its configured weight.
+    skew: Mapping[str, float] = field(default_factory=dict)
+    min_samples: int = 1000
+    min_effect: float = 0.0
+    max_error_rate: float = 0.0
+    max_p99_latency_ms: float = 0.0
+    rollback_threshold: float = 0.0
+    stage_hold_s: float = 60.0
+    stage_min_rows: int = 0
+    bandit_interval_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: str  # the first decision that ended it, or "running"
+    recommendation: str
+    tick: int  # when (-1: never)
+    stage: int  # canary stage at the end
+
+
+def _state(s: Scenario) -> ExperimentState:
+    names = list(s.truths)
+    if s.kind == "canary":
+        weights = {names[0]: 99.0, names[1]: 1.0}
+    else:
+        weights = dict(s.weights or {n: 100.0 / len(names) for n in names})
+    allocation = Allocation.initial(weights).to_dict()
+    arms = tuple(Arm(n, f"model-{n}", float(weights[n])) for n in names)
+    return ExperimentState(
+        name="sim",
+        salt="sim",
+        kind=s.kind,
+        arms=arms,
+        min_samples=s.min_samples,
+        min_effect=s.min_effect,
+        guardrails=Guardrails(s.max_error_rate, s.max_p99_latency_ms, s.rollback_threshold),
+        stage_hold_s=s.stage_hold_s,
+        stage_min_rows=s.stage_min_rows,
+        bandit_interval_s=s.bandit_interval_s,
+        allocation=allocation,
+        created_at=0.0,
+        stage_started_at=0.0,
+    )
+
+
+def run(s: Scenario, rng: np.random.Generator) -> Outcome:
+    """One experiment to its first terminal decision (pause, rollback, promote, keep, stop),
+    or to the end of its ticks."""
+    state = _state(s)
+    seq = 1
+    history: list[tuple[int, ExperimentState]] = [(seq, state)]
+    since = seq
+    by_version: dict[int, dict[str, ArmTotals]] = {}
+    slow_bucket = FAST_BUCKET
+    if s.max_p99_latency_ms > 0:
+        limit_us = s.max_p99_latency_ms * 1000.0
+        slow_bucket = 4 * math.ceil(math.log2(limit_us)) + 4
+        assert latency_bucket_floor_us(slow_bucket) >= limit_us
+    names = list(s.truths)
+    for tick in range(1, s.ticks + 1):
+        w = np.array([state.weights[n] * s.skew.get(n, 1.0) for n in names])
+        counts = rng.multinomial(s.rows_per_tick, w / w.sum())
+        cell = by_version.setdefault(seq, {})
+        for n, c in zip(names, counts, strict=True):
+            if c == 0:
+                continue
+            t = s.truths[n]
+            errors = int(rng.binomial(c, t.error_rate))
+            ok = int(c) - errors
+            correct = int(rng.binomial(ok, t.accuracy))
+            slow = int(rng.binomial(c, t.slow_rate))
+            a = cell.setdefault(n, ArmTotals())
+            a.served += int(c)
+            a.errors += errors
+            a.outcome_n += ok
+            a.outcome_sum += correct
+            a.outcome_sumsq += correct
+            a.correct += correct
+            if slow:
+                a.latency[slow_bucket] = a.latency.get(slow_bucket, 0) + slow
+            if c - slow:
+                a.latency[FAST_BUCKET] = a.latency.get(FAST_BUCKET, 0) + int(c) - slow
+        data = build_arm_data(state, history, by_version, since)
+        d: Decision = decide(state, data, float(tick), rng)
+        if d.state is None:
+            continue
+        new = d.state
+        seq += 1
+        if new.allocation == state.allocation:
+            new = replace(new, since_version=since)
+        else:
+            new = replace(new, since_version=0)
+            since = seq
+        history.append((seq, new))
+        state = new
+        if new.status != "running":
+            return Outcome(d.action, d.recommendation, tick, new.canary_stage)
+    return Outcome("running", "", -1, state.canary_stage)
+
+
+def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact binomial interval for k successes in n trials."""
+    if n == 0:
+        return 0.0, 1.0
+    a = 1.0 - confidence
+    lo = 0.0 if k == 0 else float(_sp.beta.ppf(a / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(_sp.beta.ppf(1 - a / 2, k + 1, n - k))
+    return lo, hi
+
+
+def rate(outcomes: list[Outcome], *actions: str) -> tuple[float, float, float, int]:
+    """Share of ``outcomes`` that ended in one of ``actions``: (share, CP low, CP high, k)."""
+    k = sum(o.action in actions for o in outcomes)
+    lo, hi = clopper_pearson(k, len(outcomes))
+    return k / len(outcomes), lo, hi, k
