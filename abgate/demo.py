@@ -243,7 +243,14 @@ def _experiment(
             "--min-effect", "0.02", "--max-error-rate", "0.05", "--max-p99-ms", "250",
             "--model-store", str(store_dir), "--json"]  # fmt: skip
     if canary:
-        args += ["--stage-hold", "2" if quick else "5"]
+        # A demo's few minutes of traffic: far fewer treatment rows per stage than the ~1,000
+        # that let the guardrails catch 3x their limit at the 1 % stage.
+        args += [
+            "--stage-hold",
+            "2" if quick else "5",
+            "--stage-min-rows",
+            "30" if quick else "100",
+        ]
     created = json.loads(_cli(*args))
     print(f"   created: weights {created['weights']}, snapshot version "
           f"{created['snapshot_version']}")  # fmt: skip

@@ -39,8 +39,9 @@ GUARDRAIL_ALPHA = 0.01
 # Guardrails and a canary's metric rollback judge an arm on at least this many of its rows
 # (or min_samples if smaller), and the control arm likewise before it is compared with.
 GUARDRAIL_MIN_ROWS = 100
-# A canary stage collects enough treatment rows to catch a rate this many times a guardrail's
-# limit (with GUARDRAIL_POWER at that one look) before it advances, unless stage_min_rows says.
+# A canary stage collects enough treatment rows for the absolute test (at GUARDRAIL_ALPHA/2) to
+# catch a rate this many times a guardrail's limit (with GUARDRAIL_POWER at that one look)
+# before it advances, unless stage_min_rows says.
 GUARDRAIL_CATCH_TIMES = 3.0
 GUARDRAIL_POWER = 0.9
 # A bandit moves weights only when some arm changes by at least this much (percentage points).
@@ -190,7 +191,8 @@ def check_srm(state: ExperimentState, data: Mapping[str, ArmData]) -> dict[str, 
     }
 
 
-def _min_rows(state: ExperimentState) -> int:
+def guardrail_min_rows(state: ExperimentState) -> int:
+    """Rows an arm needs before its guardrails (and a canary's metric rollback) judge it."""
     return max(2, min(state.min_samples, GUARDRAIL_MIN_ROWS))
 
 
@@ -202,11 +204,11 @@ def stage_rows_needed(state: ExperimentState) -> int:
     g = state.guardrails
     limits = [r for r in (g.max_error_rate, P99_SHARE if g.max_p99_latency_ms > 0 else 0) if r]
     needed = [
-        rate_rows_needed(r, GUARDRAIL_ALPHA, GUARDRAIL_CATCH_TIMES, GUARDRAIL_POWER)
+        rate_rows_needed(r, GUARDRAIL_ALPHA / 2.0, GUARDRAIL_CATCH_TIMES, GUARDRAIL_POWER)
         for r in limits
         if 0.0 < r * GUARDRAIL_CATCH_TIMES < 1.0
     ]
-    return max([_min_rows(state), *needed])
+    return max([guardrail_min_rows(state), *needed])
 
 
 def _rate_check(
@@ -264,7 +266,7 @@ def check_guardrails(state: ExperimentState, data: Mapping[str, ArmData]) -> dic
     splits = _splits(state, data) if any(d.splits for d in data.values()) else None
     empty = ArmData(ArmStats.empty())
     d_c = data.get(control, empty)
-    min_rows = _min_rows(state)
+    min_rows = guardrail_min_rows(state)
     breaches: list[str] = []
     checks: list[dict[str, Any]] = []
     for arm in state.arms[1:]:
@@ -472,7 +474,7 @@ def _canary(
         "hold_s": state.stage_hold_s,
     }
     threshold = state.guardrails.rollback_threshold
-    min_rows = _min_rows(state)
+    min_rows = guardrail_min_rows(state)
     empty = ArmData(ArmStats.empty())
     n_t = data.get(treatment, empty).metric.n
     n_c = data.get(control, empty).metric.n

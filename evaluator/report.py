@@ -501,19 +501,31 @@ def _model(data: ReportData, sha: str) -> str:
 
 
 def _guardrails(state: ExperimentState) -> str:
+    """The limits and what is tested of them, at what level (``evaluator.policy``)."""
+    from evaluator.policy import GUARDRAIL_ALPHA, P99_SHARE, guardrail_min_rows
+
     g = state.guardrails
     parts = []
     if g.max_error_rate:
         parts.append(f"error rate ≤ {g.max_error_rate:.3g}")
     if g.max_p99_latency_ms:
-        parts.append(f"p99 ≤ {g.max_p99_latency_ms:g} ms")
+        parts.append(f"p99 ≤ {g.max_p99_latency_ms:g} ms (≤ {P99_SHARE:.0%} of rows slower)")
+    tested = ""
+    if parts:
+        tested = (
+            f" — each a test valid at every look at α = {GUARDRAIL_ALPHA:g} per arm: the "
+            "treatment's rate confidently above the limit, or above control's by more than "
+            f"{g.max_rate_increase:g}, over at least {guardrail_min_rows(state)} rows"
+        )
     if g.rollback_threshold:
-        parts.append(f"rollback if worse by > {g.rollback_threshold:g}")
-    return ", ".join(parts) or "none"
+        parts.append(f"canary rolls back if worse by > {g.rollback_threshold:g}")
+    return (", ".join(parts) + tested) if parts else "none"
 
 
 def definition_rows(data: ReportData) -> list[tuple[str, str]]:
     """The experiment's latest definition as (field, value) rows."""
+    from evaluator.policy import SRM_ALPHA
+
     s, v = data.state, data.versions[-1]
     rows = [
         ("status", s.status),
@@ -528,6 +540,11 @@ def definition_rows(data: ReportData) -> list[tuple[str, str]]:
         ("min samples per arm", f"{s.min_samples:,}"),
         ("max duration", _duration(s.max_duration_s) if s.max_duration_s else "none"),
         ("guardrails", _guardrails(s)),
+        (
+            "sample-ratio check",
+            f"Dirichlet-multinomial sequential test over every split, α = {SRM_ALPHA:g} for the"
+            " whole experiment",
+        ),
     ]
     if s.shadows:
         rows.append(

@@ -60,6 +60,7 @@ class Outcome:
     recommendation: str
     tick: int  # when (-1: never)
     stage: int  # canary stage at the end
+    winner: str | None = None  # the last decision's verdict
 
 
 def _state(s: Scenario) -> ExperimentState:
@@ -101,6 +102,7 @@ def run(s: Scenario, rng: np.random.Generator) -> Outcome:
         slow_bucket = 4 * math.ceil(math.log2(limit_us)) + 4
         assert latency_bucket_floor_us(slow_bucket) >= limit_us
     names = list(s.truths)
+    last: Decision | None = None
     for tick in range(1, s.ticks + 1):
         w = np.array([state.weights[n] * s.skew.get(n, 1.0) for n in names])
         counts = rng.multinomial(s.rows_per_tick, w / w.sum())
@@ -126,6 +128,7 @@ def run(s: Scenario, rng: np.random.Generator) -> Outcome:
                 a.latency[FAST_BUCKET] = a.latency.get(FAST_BUCKET, 0) + int(c) - slow
         data = build_arm_data(state, history, by_version, since)
         d: Decision = decide(state, data, float(tick), rng)
+        last = d
         if d.state is None:
             continue
         new = d.state
@@ -138,8 +141,11 @@ def run(s: Scenario, rng: np.random.Generator) -> Outcome:
         history.append((seq, new))
         state = new
         if new.status != "running":
-            return Outcome(d.action, d.recommendation, tick, new.canary_stage)
-    return Outcome("running", "", -1, state.canary_stage)
+            return Outcome(
+                d.action, d.recommendation, tick, new.canary_stage, d.verdict.get("winner")
+            )
+    winner = last.verdict.get("winner") if last is not None else None
+    return Outcome("running", "", -1, state.canary_stage, winner)
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -465,10 +465,10 @@ def rate_difference_test(
     out; relative lift is not computed (nan, unbounded).
     """
     rho = sequential_rho(alpha, tuning_n)
-    used = [(c, t) for c, t in strata if c[1] > 0 and t[1] > 0]
-    for (kc, nc), (kt, nt) in used:
+    for (kc, nc), (kt, nt) in strata:
         if not (0 <= kc <= nc and 0 <= kt <= nt):
             raise ValueError(f"need 0 <= k <= n in every stratum, got {(kc, nc)}, {(kt, nt)}")
+    used = [(c, t) for c, t in strata if c[1] > 0 and t[1] > 0]
     n = sum(c[1] + t[1] for c, t in used)
     if not used:
         return SequentialResult(0.0, _UNBOUNDED, math.nan, _UNBOUNDED, 1.0, False, 0, alpha)
@@ -504,12 +504,18 @@ def rate_rows_needed(
 ) -> int:
     """Rows after which ``rate_limit_test`` catches a rate ``times`` × ``limit`` with
     probability at least ``power`` at that one look (a lower bound on catching it at some look
-    before): the smallest n (to 2 significant digits) with P(Bin(n, times·limit) ≥ k*(n)) ≥
-    power, k*(n) the fewest failures that breach at n. A canary stage collects this many
-    treatment rows before it advances."""
+    before): an n with P(Bin(n, times·limit) ≥ k*(n)) ≥ power, k*(n) the fewest failures that
+    breach at n, found by doubling and then bisection to about 1 %. That power is a sawtooth in
+    n (it drops where k* steps up), so a somewhat smaller n can reach it too (up to ~8 % smaller
+    for a 0.1 % limit): this is a sample size that works, not the least one. A canary stage
+    collects this many treatment rows before it advances."""
     _check_alpha(alpha)
-    if not (0.0 < limit < 1.0 and times * limit < 1.0):
-        raise ValueError(f"need 0 < limit and times * limit < 1, got {limit!r}, {times!r}")
+    if not (0.0 < limit < 1.0 and times > 1.0 and times * limit < 1.0):
+        raise ValueError(
+            f"need 0 < limit, times > 1 and times * limit < 1, got {limit!r}, {times!r}"
+        )
+    if not (0.0 < power < 1.0):
+        raise ValueError(f"power must be in (0, 1), got {power!r}")
     return _rows_needed(limit, alpha, times, power)
 
 

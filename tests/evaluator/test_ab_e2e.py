@@ -12,8 +12,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnxruntime as ort
+import pytest
 
 from abgate.client import GatewayClient
 from abgate.v1 import control_pb2 as cpb
@@ -206,6 +208,45 @@ def test_bandit_reweights_through_the_stream_and_keeps_users_sticky(
         assert 0 < moved < len(users)
         audit = ev.call(ev.server.store.decisions("exp"))
         assert any(d["action"] == "reweight" and d["source"] == "policy" for d in audit)
+    finally:
+        if gw is not None:
+            gw.close()
+        ev.close()
+
+
+def test_a_bandit_between_equal_models_names_no_winner_and_promote_refuses(
+    demo_store: DemoStore, tmp_path: Path, fresh_db: str
+) -> None:
+    """Two arms serving the same model: however the bandit re-weights, its verdict names no
+    tested winner, so `promote` without an arm refuses (it used to promote the best raw mean)."""
+    gbdt = demo_store.metas["demo-gbdt"].sha256
+    ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0, seed=5))
+    gw: InProcessGateway | None = None
+    try:
+        definition = ab_definition(
+            "exp", gbdt, gbdt, kind=cpb.BANDIT, min_samples=50, bandit_interval_s=0.0
+        )
+        created = ev.admin.call(
+            "CreateExperiment", cpb.CreateExperimentRequest(definition=definition)
+        )
+        settings = gateway_settings(
+            demo_store, tmp_path / "gw", fresh_db, config=None, evaluator=ev.target,
+            evaluator_token=TOKEN, gateway_id="gw-bandit-same",
+        )  # fmt: skip
+        gw = InProcessGateway(settings)
+        assert ev.call(ev.server.publisher.wait_acked(created.snapshot_version))
+        rng = np.random.default_rng(6)
+        for _ in range(4):
+            traffic(gw, demo_store.X, demo_store.y, 100, rng)
+            settle([gw])
+            ev.call(ev.server.tick())
+        view = ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="exp"))
+        assert view.status == "running" and view.verdict.winner == ""
+        assert "is not tested better" in view.verdict.recommendation
+        with pytest.raises(grpc.RpcError) as info:
+            ev.admin.call("Promote", cpb.ExperimentRequest(name="exp"))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "has no winner yet" in (info.value.details() or "")
     finally:
         if gw is not None:
             gw.close()

@@ -52,8 +52,15 @@ def run_until(ev: InProcessEvaluator, gw: InProcessGateway, X: np.ndarray, statu
 
 
 def canary_stack(
-    demo_store: DemoStore, tmp_path: Path, fresh_db: str, treatment: str, **guardrails: float
+    demo_store: DemoStore,
+    tmp_path: Path,
+    fresh_db: str,
+    treatment: str,
+    min_samples: int = 20,
+    **guardrails: float,
 ) -> tuple[InProcessEvaluator, InProcessGateway]:
+    """An evaluator and a gateway running one canary; guardrails and the canary's metric
+    rollback judge an arm after min(``min_samples``, 100) of its rows."""
     shas = {m.id: m.sha256 for m in demo_store.metas.values()}
     ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0, evaluate=True))
     definition = ab_definition(
@@ -61,9 +68,9 @@ def canary_stack(
         shas["demo-logreg"],
         treatment,
         kind=cpb.CANARY,
-        min_samples=20,
+        min_samples=min_samples,
         stage_hold_s=0.0,
-        # Enough rows to catch 3x a guardrail's limit would be 936 treatment rows per stage
+        # Enough rows to catch 3x a guardrail's limit would be 1,016 treatment rows per stage
         # for a 1 % limit: far more traffic than a test drives.
         stage_min_rows=20,
         guardrails=cpb.Guardrails(**guardrails),
@@ -87,7 +94,8 @@ def test_canary_whose_treatment_errors_is_rolled_back(
     demo_store: DemoStore, tmp_path: Path, fresh_db: str
 ) -> None:
     faulty = register(demo_store.root, tmp_path, "faulty", faulty_model(demo_store.X.shape[1]))
-    ev, gw = canary_stack(demo_store, tmp_path, fresh_db, faulty, max_error_rate=0.05)
+    # Judged after 5 treatment rows: at the 1 % stage that is about 500 requests.
+    ev, gw = canary_stack(demo_store, tmp_path, fresh_db, faulty, 5, max_error_rate=0.05)
     try:
         run_until(ev, gw, demo_store.X, "rolled_back")
         view = ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="canary"))
@@ -117,6 +125,7 @@ def test_canary_slower_than_its_latency_guardrail_is_rolled_back(
         tmp_path,
         fresh_db,
         demo_store.metas["demo-forest"].sha256,
+        5,
         max_p99_latency_ms=0.001,
     )
     try:
