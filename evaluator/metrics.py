@@ -80,7 +80,8 @@ class EvaluatorCollector(Collector):
         )
         srm = GaugeMetricFamily(
             "abgate_experiment_srm_p_value",
-            "Sample-ratio-mismatch p-value (low: the split is not what was configured)",
+            "Sequential sample-ratio-mismatch p-value, valid at every look (the evaluator pauses"
+            " the experiment at <= 0.01: the split is not what was configured)",
             labels=["experiment"],
         )
         running = GaugeMetricFamily(

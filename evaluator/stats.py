@@ -1,7 +1,7 @@
 """Pure statistics for the evaluator: sufficient statistics, the always-valid sequential test
-(pooled and stratified by split), anytime-valid rate limits and sample-ratio checks, Welch,
-fixed-level SRM, Holm, Wilson and Thompson allocation. No I/O; the policy turns these into
-decisions."""
+(pooled and stratified by split), anytime-valid rate limits and sample-ratio checks, Holm,
+Wilson and Thompson allocation; Welch and the fixed-level χ² SRM as one-look references. No
+I/O; the policy turns these into decisions."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ __all__ = [
     "fixed_horizon_t_test",
     "holm",
     "rate_difference_test",
-    "rate_exceeds",
     "rate_limit_test",
     "rate_rows_needed",
     "sequential_rho",
@@ -266,10 +265,32 @@ class SrmResult:
     expected: Mapping[str, float]
 
 
+def _counts_and_expected(
+    observed: Mapping[str, int], weights: Mapping[str, float], what: str
+) -> tuple[list[str], dict[str, int], int, dict[str, float]]:
+    """Validated (arms, counts, total, expected counts) of rows per arm against a split: every
+    weighted arm, then arms with rows but no weight."""
+    for arm, w in weights.items():
+        if not (math.isfinite(w) and w >= 0.0):
+            raise ValueError(f"weight of arm {arm!r} must be finite and >= 0, got {w!r}")
+    for arm, o in observed.items():
+        if o < 0:
+            raise ValueError(f"observed count of arm {arm!r} must be >= 0, got {o!r}")
+    weight_sum = math.fsum(weights.values())
+    if not weight_sum > 0.0:
+        raise ValueError(f"{what} must have a positive sum")
+    arms = list(weights) + [a for a in observed if a not in weights]
+    counts = {a: int(observed.get(a, 0)) for a in arms}
+    total = sum(counts.values())
+    return arms, counts, total, {a: total * weights.get(a, 0.0) / weight_sum for a in arms}
+
+
 def srm_test(
     observed: Mapping[str, int], expected_weights: Mapping[str, float], threshold: float = 0.001
 ) -> SrmResult:
     """Pearson χ² goodness of fit of arm counts to the configured split (as scipy.stats.chisquare).
+    Valid at ONE planned look, like ``fixed_horizon_t_test``: the policy uses ``sequential_srm``;
+    this stays as the fixed-level reference one look is compared with.
 
     E_i = T·w_i/Σw, χ² = Σ (O_i − E_i)²/E_i over arms with w_i > 0, df = (#those arms) − 1,
     p = P(χ²_df ≥ χ²); mismatch when p < threshold. An arm with w = 0 (or missing from the
@@ -277,20 +298,9 @@ def srm_test(
     """
     if not (0.0 < threshold < 1.0):
         raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
-    for arm, w in expected_weights.items():
-        if not (math.isfinite(w) and w >= 0.0):
-            raise ValueError(f"weight of arm {arm!r} must be finite and >= 0, got {w!r}")
-    for arm, o in observed.items():
-        if o < 0:
-            raise ValueError(f"observed count of arm {arm!r} must be >= 0, got {o!r}")
-    weight_sum = math.fsum(expected_weights.values())
-    if not weight_sum > 0.0:
-        raise ValueError("expected_weights must have a positive sum")
-
-    arms = list(expected_weights) + [a for a in observed if a not in expected_weights]
-    counts = {a: int(observed.get(a, 0)) for a in arms}
-    total = sum(counts.values())
-    expected = {a: total * expected_weights.get(a, 0.0) / weight_sum for a in arms}
+    arms, counts, total, expected = _counts_and_expected(
+        observed, expected_weights, "expected_weights"
+    )
 
     def result(chi2: float, p: float) -> SrmResult:
         return SrmResult(chi2, p, p < threshold, counts, expected)
@@ -345,20 +355,9 @@ def sequential_srm(
     observed: dict[str, int] = {}
     expected: dict[str, float] = {}
     for counts, weights in splits:
-        for arm, w in weights.items():
-            if not (math.isfinite(w) and w >= 0.0):
-                raise ValueError(f"weight of arm {arm!r} must be finite and >= 0, got {w!r}")
-        for arm, o in counts.items():
-            if o < 0:
-                raise ValueError(f"observed count of arm {arm!r} must be >= 0, got {o!r}")
+        arms, x, total, expected = _counts_and_expected(counts, weights, "each split's weights")
         weight_sum = math.fsum(weights.values())
-        if not weight_sum > 0.0:
-            raise ValueError("each split's weights must have a positive sum")
-        arms = list(weights) + [a for a in counts if a not in weights]
-        x = {a: int(counts.get(a, 0)) for a in arms}
-        total = sum(x.values())
         observed = x
-        expected = {a: total * weights.get(a, 0.0) / weight_sum for a in arms}
         if any(x[a] > 0 and weights.get(a, 0.0) == 0.0 for a in arms):
             log_bf = math.inf
             continue
@@ -591,14 +590,6 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     lo = 0.0 if successes == 0 else max(0.0, center - half)
     hi = 1.0 if successes == n else min(1.0, center + half)
     return lo, hi
-
-
-def rate_exceeds(failures: int, n: int, max_rate: float, confidence: float = 0.95) -> bool:
-    """Guardrail breach: the Wilson lower bound (wilson_interval at ``confidence``, so one-sided
-    level (1 + confidence)/2) of failures/n is above max_rate. Few samples never breach."""
-    if not (0.0 <= max_rate <= 1.0):
-        raise ValueError(f"max_rate must be in [0, 1], got {max_rate!r}")
-    return wilson_interval(failures, n, confidence)[0] > max_rate
 
 
 def thompson_weights(

@@ -31,6 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from abgate.cli import build_parser
 from abgate.settings import EvaluatorSettings, GatewaySettings, load_settings
 from abgate.v1 import gateway_pb2
+from evaluator.policy import SRM_ALPHA
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -743,7 +744,8 @@ def test_alert_rules_parse_and_cover_the_guardrails() -> None:
     uses("AbgateLogLagHigh", "abgate_log_lag_seconds")
     uses("AbgateLogSpoolGrowing", "abgate_log_spool_bytes")
     uses("AbgateExperimentSRM", "abgate_experiment_srm_p_value")
-    assert "< 0.001" in rules["AbgateExperimentSRM"]["expr"]
+    # The alert fires where the evaluator pauses.
+    assert f"<= {SRM_ALPHA:g}" in rules["AbgateExperimentSRM"]["expr"]
     uses(
         "AbgateGatewayConfigStale",
         "abgate_gateway_config_version",

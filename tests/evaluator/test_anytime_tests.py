@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
-from scipy import integrate
 from scipy import stats as sps
 
 from evaluator.stats import (
@@ -27,6 +26,12 @@ from evaluator.stats import (
     sequential_srm,
     sequential_test,
     stratified_sequential_test,
+)
+from tests.vectors.generate_anytime import (
+    agresti_caffo_sigma2,
+    lgamma_terms,
+    log_e_quad,
+    rising_factorial_log_bf,
 )
 
 # Float statistics throughout: `make test-numeric` reruns them on other numpy/OpenBLAS kernels.
@@ -87,47 +92,10 @@ def mixture_p(
 # --- rate_limit_test --------------------------------------------------------------------------
 
 
-def reference_log_e(k: int, n: int, limit: float) -> float:
-    """log ∫_limit^1 θ^k (1−θ)^(n−k) π(θ) dθ / (limit^k (1−limit)^(n−k)), π the Beta(a, b)
-    density of ``_rate_prior`` truncated to (limit, 1] and renormalised, both integrals by
-    quadrature; the integrand is scaled by its maximum (the posterior mode) so that nothing
-    underflows."""
-    a, b = _rate_prior(limit)
-
-    def log_integrand(t: float) -> float:
-        return (
-            k * math.log(t)
-            + (n - k) * math.log1p(-t)
-            + float(sps.beta.logpdf(t, a, b))
-            - k * math.log(limit)
-            - (n - k) * math.log1p(-limit)
-        )
-
-    mode = min(max((a + k - 1.0) / (a + b + n - 2.0), limit), 1.0 - 1e-12)
-    top = log_integrand(mode)
-    sd = math.sqrt((a + k) * (b + n - k) / ((a + b + n) ** 2 * (a + b + n + 1.0)))
-    points = sorted(
-        {p for p in (mode, mode - 5 * sd, mode + 5 * sd, mode + 20 * sd) if limit < p < 1}
-    )
-    scaled, _ = integrate.quad(
-        lambda t: math.exp(log_integrand(t) - top),
-        limit,
-        1.0,
-        points=points or None,
-        epsabs=0.0,
-        epsrel=1e-12,
-        limit=500,
-    )
-    norm, _ = integrate.quad(
-        lambda t: float(sps.beta.pdf(t, a, b)), limit, 1.0, epsabs=0.0, epsrel=1e-13, limit=500
-    )
-    return top + math.log(scaled) - math.log(norm)
-
-
 @pytest.mark.parametrize("limit", [0.001, 0.01, 0.05, 0.2, 0.3, 0.9])
 def test_rate_prior_is_the_documented_beta(limit: float) -> None:
-    """The reference above integrates against ``_rate_prior`` itself: pin it to its docstring,
-    mean min(3·limit, (1 + limit)/2) and a + b = max(2, 1/limit)."""
+    """The reference (generate_anytime.log_e_quad) restates the prior: pin ``_rate_prior`` to
+    that formula, its docstring's: mean min(3·limit, (1 + limit)/2) and a + b = max(2, 1/limit)."""
     a, b = _rate_prior(limit)
     assert math.isclose(a + b, max(2.0, 1.0 / limit), rel_tol=1e-12)
     assert math.isclose(a / (a + b), min(3.0 * limit, 0.5 * (1.0 + limit)), rel_tol=1e-12)
@@ -149,7 +117,7 @@ RATE_CASES = [
 
 @pytest.mark.parametrize(("k", "n", "limit"), RATE_CASES)
 def test_rate_limit_e_value_matches_the_integrated_mixture(k: int, n: int, limit: float) -> None:
-    want = reference_log_e(k, n, limit)
+    want = log_e_quad(k, n, limit)
     for alpha in (0.001, 0.01, 0.05, 0.2):
         res = rate_limit_test(k, n, limit, alpha)
         assert math.isclose(res.log_e, want, rel_tol=QUAD_REL, abs_tol=1e-10), (res.log_e, want)
@@ -167,17 +135,12 @@ def test_rate_limit_cases_cover_both_outcomes() -> None:
 
 
 def first_breach(n: int, limit: float, alpha: float) -> int:
-    """The fewest failures in n rows that breach, by bisection (n + 1: not even n of n)."""
-    if not rate_limit_test(n, n, limit, alpha).breach:
-        return n + 1
-    lo, hi = 0, n
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if rate_limit_test(mid, n, limit, alpha).breach:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    """The fewest failures in n rows that breach, by a plain scan up from 0 (n + 1: not even
+    n of n) — not the bisection evaluator.stats uses."""
+    k = 0
+    while k <= n and not rate_limit_test(k, n, limit, alpha).breach:
+        k += 1
+    return k
 
 
 @functools.lru_cache(maxsize=8)
@@ -344,28 +307,6 @@ def test_rows_needed_refuses_a_rate_it_cannot_catch() -> None:
 
 
 # --- sequential_srm ---------------------------------------------------------------------------
-
-
-def lgamma_terms(counts: Mapping[str, int], weights: Mapping[str, float], a: float) -> list[float]:
-    """The terms of log[Γ(A)/Γ(A+n) Π Γ(Aθ_i+x_i)/Γ(Aθ_i)] − Σ x_i log θ_i, by math.lgamma."""
-    s = math.fsum(weights.values())
-    n = sum(counts.values())
-    terms = [math.lgamma(a), -math.lgamma(a + n)]
-    for arm, w in weights.items():
-        t, x = w / s, counts.get(arm, 0)
-        terms += [math.lgamma(a * t + x), -math.lgamma(a * t), -x * math.log(t)]
-    return terms
-
-
-def rising_factorial_log_bf(
-    counts: Mapping[str, int], weights: Mapping[str, float], a: float
-) -> float:
-    """The same log BF without cancellation: Γ(c + x)/Γ(c) = Π_{j<x} (c + j), so
-    log BF = Σ_i Σ_{j<x_i} log1p(j/(Aθ_i)) − Σ_{j<n} log1p(j/A) (the log A terms cancel)."""
-    s = math.fsum(weights.values())
-    terms = [math.log1p(j / (a * w / s)) for arm, w in weights.items() for j in range(counts[arm])]
-    terms += [-math.log1p(j / a) for j in range(sum(counts.values()))]
-    return math.fsum(terms)
 
 
 HALF = {"a": 50.0, "b": 50.0}
@@ -562,16 +503,6 @@ def test_srm_rejects_bad_input(
 
 
 # --- rate_difference_test ---------------------------------------------------------------------
-
-
-def agresti_caffo_sigma2(strata: Sequence[tuple[tuple[int, int], tuple[int, int]]]) -> float:
-    """σ² = N·Σ w_s² (p̃c(1−p̃c)/n_c + p̃t(1−p̃t)/n_t), p̃ = (k+1)/(n+2), CMH weights."""
-    h = [nc * nt / (nc + nt) for (_, nc), (_, nt) in strata]
-    var = 0.0
-    for hs, ((kc, nc), (kt, nt)) in zip(h, strata, strict=True):
-        pc, pt = (kc + 1) / (nc + 2), (kt + 1) / (nt + 2)
-        var += (hs / sum(h)) ** 2 * (pc * (1 - pc) / nc + pt * (1 - pt) / nt)
-    return sum(nc + nt for (_, nc), (_, nt) in strata) * var
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,6 @@ from evaluator.stats import (
     SequentialResult,
     fixed_horizon_t_test,
     holm,
-    rate_exceeds,
     sequential_rho,
     sequential_test,
     srm_test,
@@ -499,23 +498,6 @@ def test_wilson_edges_and_validation() -> None:
     for confidence in (0.0, 1.0):
         with pytest.raises(ValueError, match="confidence"):
             wilson_interval(1, 2, confidence)
-
-
-def test_rate_exceeds_only_when_confident() -> None:
-    assert not rate_exceeds(0, 0, 0.01)
-    assert not rate_exceeds(1, 1, 0.5)  # 100 % of one request: could be bad luck
-    assert rate_exceeds(60, 100, 0.4)
-    assert not rate_exceeds(45, 100, 0.4)  # above the limit, but not confidently
-    assert rate_exceeds(300, 10_000, 0.02)
-    assert not rate_exceeds(210, 10_000, 0.02)
-    # Exactly the Wilson lower bound, strictly above the limit.
-    lo, _ = wilson_interval(45, 100, 0.95)
-    assert rate_exceeds(45, 100, lo - 1e-12) and not rate_exceeds(45, 100, lo)
-    # More failures never un-breach.
-    flags = [rate_exceeds(k, 1000, 0.05) for k in range(1001)]
-    assert flags == sorted(flags)
-    with pytest.raises(ValueError, match="max_rate"):
-        rate_exceeds(1, 10, 1.5)
 
 
 # --- Thompson -----------------------------------------------------------------------------------
