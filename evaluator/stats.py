@@ -433,7 +433,10 @@ def rate_limit_test(failures: int, n: int, limit: float, alpha: float = 0.01) ->
     a, b = _rate_prior(limit)
     k, m = float(failures), float(n - failures)
     # S(limit; a', b') by the regularized incomplete beta itself (scipy.stats.beta.logsf costs
-    # 100x more); where the posterior's mass above the limit underflows to 0 the e-value is 0.
+    # 100x more). Where the posterior's mass above the limit underflows float64 (k/n far below
+    # the limit: every θ > limit then explains the data worse than the limit does, so the
+    # e-value is below 1, e.g. 1.9e-5 for 0 failures in 10⁶ rows at 1 %), log_e is reported as
+    # −inf: p = 1 and no breach, as the exact value would give.
     tail = float(_special.betaincc(a + k, b + m, limit))
     if not tail > 0.0:
         return RateLimitResult(failures, n, limit, -math.inf, 1.0, False, alpha)
