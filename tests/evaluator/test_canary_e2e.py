@@ -72,7 +72,7 @@ def canary_stack(
         stage_hold_s=0.0,
         # Enough rows to catch 3x a guardrail's limit would be 1,016 treatment rows per stage
         # for a 1 % limit: far more traffic than a test drives.
-        stage_min_rows=20,
+        stage_min_rows=5,
         guardrails=cpb.Guardrails(**guardrails),
     )
     ev.admin.call("CreateExperiment", cpb.CreateExperimentRequest(definition=definition))
