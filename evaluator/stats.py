@@ -128,6 +128,18 @@ def _radius(sigma2: float, n: int, rho2: float, alpha: float) -> float:
     )
 
 
+def _boundary(
+    effect: float, sigma2: float, n: int, rho2: float, alpha: float
+) -> tuple[float, float]:
+    """(radius r, p = min(1, 1/M)) of the normal-mixture sequence at this look; see
+    ``sequential_test`` for both formulas. σ² must be > 0."""
+    r = _radius(sigma2, n, rho2, alpha)
+    x = n * rho2
+    # log M rather than M: strong effects on large N overflow exp().
+    log_m = n * n * rho2 * effect * effect / (2.0 * sigma2 * (x + 1.0)) - 0.5 * math.log1p(x)
+    return r, (math.exp(-log_m) if log_m > 0.0 else 1.0)
+
+
 def sequential_test(
     control: ArmStats, treatment: ArmStats, alpha: float = 0.05, tuning_n: float = 5000.0
 ) -> SequentialResult:
@@ -199,11 +211,7 @@ def stratified_sequential_test(
     if not sigma2 > 0.0:
         return SequentialResult(effect, _UNBOUNDED, lift, _UNBOUNDED, 1.0, False, n, alpha)
 
-    r = _radius(sigma2, n, rho2, alpha)
-    x = n * rho2
-    # log M rather than M: strong effects on large N overflow exp().
-    log_m = n * n * rho2 * effect * effect / (2.0 * sigma2 * (x + 1.0)) - 0.5 * math.log1p(x)
-    p_value = math.exp(-log_m) if log_m > 0.0 else 1.0
+    r, p_value = _boundary(effect, sigma2, n, rho2, alpha)
 
     lift_ci = _UNBOUNDED
     if mean_c != 0.0:
@@ -485,10 +493,7 @@ def rate_difference_test(
         var += w * w * (pc * (1.0 - pc) / nc + pt * (1.0 - pt) / nt)
     sigma2 = n * var
     rho2 = rho * rho
-    r = _radius(sigma2, n, rho2, alpha)
-    x = n * rho2
-    log_m = n * n * rho2 * effect * effect / (2.0 * sigma2 * (x + 1.0)) - 0.5 * math.log1p(x)
-    p_value = math.exp(-log_m) if log_m > 0.0 else 1.0
+    r, p_value = _boundary(effect, sigma2, n, rho2, alpha)
     return SequentialResult(
         effect=effect,
         ci=(effect - r, effect + r),

@@ -162,6 +162,25 @@ def test_policy_promotes_the_better_model_from_real_outcomes(
         ev.close()
 
 
+def create_and_subscribe(
+    ev: InProcessEvaluator,
+    definition: cpb.ExperimentDefinition,
+    demo_store: DemoStore,
+    tmp_path: Path,
+    fresh_db: str,
+) -> tuple[cpb.ExperimentView, InProcessGateway]:
+    """Create the experiment on ``ev`` and start a gateway subscribed to it that has
+    acknowledged the new version."""
+    created = ev.admin.call("CreateExperiment", cpb.CreateExperimentRequest(definition=definition))
+    settings = gateway_settings(
+        demo_store, tmp_path / "gw", fresh_db, config=None, evaluator=ev.target,
+        evaluator_token=TOKEN, gateway_id=f"gw-{definition.name}",
+    )  # fmt: skip
+    gw = InProcessGateway(settings)
+    assert ev.call(ev.server.publisher.wait_acked(created.snapshot_version))
+    return created, gw
+
+
 def test_bandit_reweights_through_the_stream_and_keeps_users_sticky(
     demo_store: DemoStore, tmp_path: Path, fresh_db: str
 ) -> None:
@@ -176,15 +195,7 @@ def test_bandit_reweights_through_the_stream_and_keeps_users_sticky(
             "exp", constant, gbdt, kind=cpb.BANDIT, min_samples=50, bandit_floor=0.1,
             bandit_interval_s=0.0,
         )  # fmt: skip
-        created = ev.admin.call(
-            "CreateExperiment", cpb.CreateExperimentRequest(definition=definition)
-        )
-        settings = gateway_settings(
-            demo_store, tmp_path / "gw", fresh_db, config=None, evaluator=ev.target,
-            evaluator_token=TOKEN, gateway_id="gw-bandit",
-        )  # fmt: skip
-        gw = InProcessGateway(settings)
-        assert ev.call(ev.server.publisher.wait_acked(created.snapshot_version))
+        created, gw = create_and_subscribe(ev, definition, demo_store, tmp_path, fresh_db)
         users = [f"sticky-{i}" for i in range(400)]
         with GatewayClient(gw.target) as client:
             before = {u: client.predict("exp", u, demo_store.X[0])["arm"] for u in users}
@@ -226,15 +237,7 @@ def test_a_bandit_between_equal_models_names_no_winner_and_promote_refuses(
         definition = ab_definition(
             "exp", gbdt, gbdt, kind=cpb.BANDIT, min_samples=50, bandit_interval_s=0.0
         )
-        created = ev.admin.call(
-            "CreateExperiment", cpb.CreateExperimentRequest(definition=definition)
-        )
-        settings = gateway_settings(
-            demo_store, tmp_path / "gw", fresh_db, config=None, evaluator=ev.target,
-            evaluator_token=TOKEN, gateway_id="gw-bandit-same",
-        )  # fmt: skip
-        gw = InProcessGateway(settings)
-        assert ev.call(ev.server.publisher.wait_acked(created.snapshot_version))
+        _, gw = create_and_subscribe(ev, definition, demo_store, tmp_path, fresh_db)
         rng = np.random.default_rng(6)
         for _ in range(4):
             traffic(gw, demo_store.X, demo_store.y, 100, rng)

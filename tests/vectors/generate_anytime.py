@@ -18,7 +18,6 @@ exactly, an arm's sums within their summation bound, other floats within ROUNDED
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -37,14 +36,16 @@ from tests.vectors.generate_stats import (
     agree,
     arm,
     bernoulli,
-    differences,
+    build_vectors,
     log_mixture_closed,
     log_mixture_numeric,
     mean_var,
     num,
     radius_closed,
     radius_numeric,
+    render_vectors,
     rho2_for,
+    write_or_check,
 )
 
 OUT = Path(__file__).with_name("anytime_v1.json")
@@ -657,42 +658,15 @@ BUILDERS: dict[str, Callable[[], list[dict[str, Any]]]] = {
 
 
 def build() -> dict[str, Any]:
-    data: dict[str, Any] = {"spec": SPEC, "spec_version": 1}
-    for section in SECTIONS:
-        data[section] = BUILDERS[section]()
-    return data
+    return build_vectors(SPEC, SECTIONS, BUILDERS)
 
 
 def render() -> str:
-    """The file's exact text: one case per line, so a diff shows which vector changed."""
-    data = build()
-    lines = ["{"]
-    lines.append(f' "spec": {json.dumps(data["spec"], ensure_ascii=False)},')
-    lines.append(f' "spec_version": {data["spec_version"]},')
-    for i, section in enumerate(SECTIONS):
-        rows = [json.dumps(case, ensure_ascii=False, allow_nan=False) for case in data[section]]
-        lines.append(f' "{section}": [')
-        lines.append(",\n".join(f"  {row}" for row in rows))
-        lines.append(" ]," if i < len(SECTIONS) - 1 else " ]")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    return render_vectors(build(), SECTIONS)
 
 
 def main(argv: list[str]) -> int:
-    text = render()
-    if "--check" in argv:
-        if not OUT.exists():
-            print(f"{OUT} is missing: run python -m tests.vectors.generate_anytime")
-            return 1
-        found = differences(json.loads(OUT.read_text(encoding="utf-8")), json.loads(text))
-        if found:
-            print(f"{OUT} is out of date: run python -m tests.vectors.generate_anytime")
-            print("\n".join(found[:20]))
-            return 1
-        return 0
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT}", file=sys.stderr)
-    return 0
+    return write_or_check(OUT, render(), "tests.vectors.generate_anytime", argv)
 
 
 if __name__ == "__main__":

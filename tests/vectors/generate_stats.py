@@ -18,7 +18,7 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -408,26 +408,36 @@ BUILDERS: dict[str, Callable[[], list[dict[str, Any]]]] = {
 }
 
 
-def build() -> dict[str, Any]:
-    data: dict[str, Any] = {"spec": SPEC, "spec_version": 1}
-    for section in SECTIONS:
-        data[section] = BUILDERS[section]()
+def build_vectors(
+    spec: str, sections: Sequence[str], builders: Mapping[str, Callable[[], list[dict[str, Any]]]]
+) -> dict[str, Any]:
+    """A vector file's content: its spec, spec_version 1, and every section's cases."""
+    data: dict[str, Any] = {"spec": spec, "spec_version": 1}
+    for section in sections:
+        data[section] = builders[section]()
     return data
 
 
-def render() -> str:
-    """The file's exact text: one case per line, so a diff shows which vector changed."""
-    data = build()
+def render_vectors(data: Mapping[str, Any], sections: Sequence[str]) -> str:
+    """A vector file's exact text: one case per line, so a diff shows which vector changed."""
     lines = ["{"]
     lines.append(f' "spec": {json.dumps(data["spec"], ensure_ascii=False)},')
     lines.append(f' "spec_version": {data["spec_version"]},')
-    for i, section in enumerate(SECTIONS):
+    for i, section in enumerate(sections):
         rows = [json.dumps(case, ensure_ascii=False, allow_nan=False) for case in data[section]]
         lines.append(f' "{section}": [')
         lines.append(",\n".join(f"  {row}" for row in rows))
-        lines.append(" ]," if i < len(SECTIONS) - 1 else " ]")
+        lines.append(" ]," if i < len(sections) - 1 else " ]")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def build() -> dict[str, Any]:
+    return build_vectors(SPEC, SECTIONS, BUILDERS)
+
+
+def render() -> str:
+    return render_vectors(build(), SECTIONS)
 
 
 def _sums_differ(path: str, frozen: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
@@ -474,21 +484,26 @@ def differences(frozen: Any, fresh: Any, path: str = "") -> list[str]:
     return []
 
 
-def main(argv: list[str]) -> int:
-    text = render()
+def write_or_check(out: Path, text: str, module: str, argv: Sequence[str]) -> int:
+    """Write ``text`` to ``out``, or with ``--check`` compare it with the frozen file within
+    what the computation allows (``differences``): 0 when it matches, else 1."""
     if "--check" in argv:
-        if not OUT.exists():
-            print(f"{OUT} is missing: run python -m tests.vectors.generate_stats")
+        if not out.exists():
+            print(f"{out} is missing: run python -m {module}")
             return 1
-        found = differences(json.loads(OUT.read_text(encoding="utf-8")), json.loads(text))
+        found = differences(json.loads(out.read_text(encoding="utf-8")), json.loads(text))
         if found:
-            print(f"{OUT} is out of date: run python -m tests.vectors.generate_stats")
+            print(f"{out} is out of date: run python -m {module}")
             print("\n".join(found[:20]))
             return 1
         return 0
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT}", file=sys.stderr)
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return write_or_check(OUT, render(), "tests.vectors.generate_stats", argv)
 
 
 if __name__ == "__main__":
