@@ -5,23 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from abgate.cli import UsageError, readable_file, writable_dir
+from abgate.cli_common import EXIT_FAILURE, EXIT_OK, UsageError, error, readable_file, writable_dir
 from gateway.modelstore import ModelMetadata, ModelStore, ModelStoreError
 
 if TYPE_CHECKING:
     from gateway.variants import SessionOptions
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-def _err(message: str) -> None:
-    print(f"abgate: error: {message}", file=sys.stderr)
 
 
 def _store(args: argparse.Namespace, *, writing: bool = True) -> ModelStore:
@@ -103,7 +96,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             model, X, store, id=args.id, version=args.version, session_options=_session_options()
         )
     except (ConversionError, ParityError, ModelStoreError) as exc:
-        _err(str(exc))
+        error(str(exc))
         return EXIT_FAILURE
     _print([meta], args.json)
     return EXIT_OK
@@ -155,7 +148,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     try:
         stored = _store(args).put(data, meta)
     except ModelStoreError as exc:
-        _err(str(exc))
+        error(str(exc))
         return EXIT_FAILURE
     _print([stored], args.json)
     if not args.json:

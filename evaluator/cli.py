@@ -6,7 +6,6 @@ import argparse
 import getpass
 import json
 import os
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -14,28 +13,22 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from abgate import cli_common as cli
 from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 _KINDS = {"ab": cpb.AB, "canary": cpb.CANARY, "bandit": cpb.BANDIT}
-
-
-def _err(message: str) -> None:
-    print(f"abgate: error: {message}", file=sys.stderr)
 
 
 # -- evaluator ------------------------------------------------------------------------------
 def cmd_evaluator(args: argparse.Namespace) -> int:
-    from abgate import cli
-    from abgate.cli import UsageError, _settings_from_args
     from abgate.errors import InvalidArgument
     from abgate.settings import EvaluatorSettings
     from evaluator.server import run, server_credentials
 
-    settings: EvaluatorSettings = _settings_from_args(EvaluatorSettings, args)
+    settings: EvaluatorSettings = cli.settings_from_args(EvaluatorSettings, args)
     if not settings.token:
-        raise UsageError(
+        raise cli.UsageError(
             "the evaluator needs --token (or ABGATE_TOKEN): the control plane is "
             "never open without credentials"
         )
@@ -55,7 +48,7 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
         server_credentials(settings)
     except InvalidArgument as exc:  # "tls_cert: give both ..." -> "--tls-cert: give both ..."
         flag = "--" + (exc.field or "").replace("_", "-")
-        raise UsageError(flag + exc.message[len(exc.field or "") :]) from None
+        raise cli.UsageError(flag + exc.message[len(exc.field or "") :]) from None
     cli.database_url_arg(settings.database_url)
     if not settings.database_url:
         cli.writable_dir(settings.pg_data, "--pg-data")
@@ -96,11 +89,6 @@ def _login() -> str:
         return ""
 
 
-def _usage(message: str) -> int:
-    _err(message)
-    return EXIT_USAGE
-
-
 def _resolve_model(ref: str, store_root: str | None) -> str:
     """Pin "id"/"id:version" to the sha256 of the local store, when one is known, so every
     gateway loads the same bytes; a sha256 or an unknown store passes through unchanged."""
@@ -124,9 +112,8 @@ def _number(text: str, what: str) -> float:
 def _definition_file(path: Path) -> cpb.ExperimentDefinition:
     """``--file``: an ExperimentDefinition as TOML (``.toml``) or JSON; every problem is one
     line that names the file."""
-    from abgate.cli import readable_file
 
-    readable_file(path, "--file")
+    cli.readable_file(path, "--file")
     kind = "TOML" if path.suffix == ".toml" else "JSON"
     try:
         text = path.read_text(encoding="utf-8")
@@ -232,11 +219,9 @@ def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
-    from abgate import cli
-
     token = args.token or os.environ.get("ABGATE_TOKEN", "")
     if not token:
-        return _usage("give --token (or ABGATE_TOKEN)")
+        raise cli.UsageError("give --token (or ABGATE_TOKEN)")
     cli.peer_target(args.evaluator, "--evaluator")
     cli.pem_files((None, "--cert"), (None, "--key"), (args.ca, "--ca"))
     action = args.exp_command
@@ -256,7 +241,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
                 actor=getattr(args, "by", "") or "",
             )
     except (ValueError, json_format.ParseError) as exc:
-        return _usage(str(exc))
+        raise cli.UsageError(str(exc)) from None
     method = {
         "create": "CreateExperiment",
         "list": "ListExperiments",
@@ -273,8 +258,8 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     try:
         response = client.call(method, request)
     except grpc.RpcError as exc:
-        _err(f"{exc.code().name}: {exc.details()}")
-        return EXIT_FAILURE
+        cli.error(f"{exc.code().name}: {exc.details()}")
+        return cli.EXIT_FAILURE
     finally:
         client.close()
     if action == "list":
@@ -309,15 +294,14 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         )
     else:
         _print_view(response, args.json)
-    return EXIT_OK
+    return cli.EXIT_OK
 
 
 def add_evaluator_parsers(subparsers: Any) -> None:
-    from abgate.cli import _add_settings_flags
     from abgate.settings import EvaluatorSettings
 
     p = subparsers.add_parser("evaluator", help="run the evaluator (config stream + admin API)")
-    _add_settings_flags(p, EvaluatorSettings)
+    cli.add_settings_flags(p, EvaluatorSettings)
     p.set_defaults(func=cmd_evaluator)
 
     exp = subparsers.add_parser("experiments", help="create, list, show, promote, roll back …")
@@ -411,3 +395,7 @@ def add_evaluator_parsers(subparsers: Any) -> None:
             q.add_argument("--arm", default="", help="arm to promote")
         if name == "show":
             q.add_argument("--full", action="store_true", help="with --json: everything")
+
+    from evaluator.report import add_report_parser
+
+    add_report_parser(subparsers)

@@ -1305,7 +1305,7 @@ def write_report(data: ReportData, out: Path) -> tuple[Path, Path]:
 
 # -- CLI ----------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
-    from abgate.cli import EXIT_OK, UsageError, local_database, writable_dir
+    from abgate.cli_common import EXIT_OK, UsageError, local_database, writable_dir
     from abgate.db.embedded import database_url
 
     try:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from abgate.cli import EXIT_FAILURE, EXIT_OK, UsageError, error
+from abgate.cli_common import EXIT_FAILURE, EXIT_OK, UsageError, error
 from loadtest.settings import MODES, LoadTestSettings
 
 DEFAULTS = LoadTestSettings()

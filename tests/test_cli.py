@@ -302,7 +302,7 @@ def pem(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_valid_pem_passes_and_a_key_of_another_certificate_does_not(pem: Path) -> None:
-    from abgate.cli import UsageError, pem_files
+    from abgate.cli_common import UsageError, pem_files
 
     pem_files((pem / "a.pem", "--tls-cert"), (pem / "a.key", "--tls-key"), (pem / "b.pem", "--ca"))
     with pytest.raises(UsageError, match="not a PEM certificate and its"):
@@ -373,8 +373,9 @@ def test_junk_tls_files_give_one_line_not_c_core_logs(tmp_path: Path) -> None:
 def test_a_saved_snapshot_lets_serve_start_without_its_config_file(tmp_path: Path) -> None:
     """README "Experiments config file": with a snapshot under --state-dir a missing or bad
     file is the server's to handle (it serves the snapshot), not a usage error."""
-    from abgate.cli import UsageError, _check_config_file
+    from abgate.cli_common import UsageError
     from abgate.settings import GatewaySettings
+    from gateway.cli import _check_config_file
     from gateway.control import SNAPSHOT_FILE
 
     state = tmp_path / "state"

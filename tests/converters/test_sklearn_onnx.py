@@ -113,7 +113,7 @@ def test_demo_models_are_deterministic(tmp_path: Path) -> None:
 def test_the_cli_checks_parity_with_the_gateways_onnxruntime_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from abgate.cli import UsageError
+    from abgate.cli_common import UsageError
     from converters.cli import _session_options
 
     monkeypatch.setenv("ABGATE_ORT_INTRA_OP_THREADS", "3")
