@@ -1,22 +1,47 @@
 """Prometheus metrics of the evaluator, read from its live state at scrape time (beside its gRPC
-call metrics and the process collectors, see ``gateway.metrics.serve_collectors``)."""
+call metrics and the process collectors, see ``abgate.metrics_endpoint``). It reads the server
+through ``EvaluatorView`` and imports no server."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from gateway.metrics import serve_collectors
-
 if TYPE_CHECKING:
-    from evaluator.server import EvaluatorServer
+    from evaluator.aggregate import TickResult
+    from evaluator.service import Publisher
+    from evaluator.store import VersionRow
+
+
+class EvaluatorView(Protocol):
+    """What the collector reads at scrape time; ``evaluator.server.EvaluatorServer`` is one,
+    and hands itself in when it starts its /metrics endpoint."""
+
+    @property
+    def publisher(self) -> Publisher: ...
+    @property
+    def latest(self) -> Mapping[str, VersionRow]: ...
+    @property
+    def verdicts(self) -> Mapping[str, tuple[dict[str, Any], dict[str, Any]]]: ...
+    @property
+    def last_tick(self) -> TickResult | None: ...
+    @property
+    def last_tick_at(self) -> float | None: ...
+    @property
+    def shadow_sums(self) -> Mapping[tuple[str, str], Mapping[str, float]]: ...
+    @property
+    def rows_aggregated(self) -> Mapping[str, int]: ...
+    @property
+    def decision_counts(self) -> Mapping[str, int]: ...
+    @property
+    def leader(self) -> bool: ...
 
 
 class EvaluatorCollector(Collector):
-    def __init__(self, server: EvaluatorServer) -> None:
+    def __init__(self, server: EvaluatorView) -> None:
         self.server = server
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
@@ -125,10 +150,3 @@ class EvaluatorCollector(Collector):
             agreements.add_metric([exp, shadow], sums["agree"])
         yield pairs
         yield agreements
-
-
-def start_metrics(server: EvaluatorServer, host: str, port: int) -> int:
-    """Serve the evaluator's /metrics; returns the bound port."""
-    collectors = (EvaluatorCollector(server), server.surface.metrics)
-    server.metrics_httpd = serve_collectors(collectors, host, port)
-    return int(server.metrics_httpd.server_port)

@@ -24,6 +24,7 @@ from abgate.db.embedded import EmbeddedPostgres
 from abgate.db.migrate import migrate
 from abgate.db.partitions import drop_partitions_before, ensure_partitions
 from abgate.errors import FailedPrecondition, InvalidArgument, Unavailable
+from abgate.metrics_endpoint import serve_collectors
 from abgate.settings import EvaluatorSettings, split_listen
 from abgate.surface import Surface
 from abgate.v1 import control_pb2 as cpb
@@ -42,6 +43,7 @@ from evaluator.experiments import (
     snapshot_message,
     validate_definition,
 )
+from evaluator.metrics import EvaluatorCollector
 from evaluator.policy import Decision, decide
 from evaluator.service import AdminServicer, ConfigStreamServicer, Publisher, TokenAuth
 from evaluator.shadows import compare
@@ -504,10 +506,10 @@ class EvaluatorServer:
         await self.surface.set_serving(True)
         self._spawn(self._tick_loop())
         if s.metrics_listen:
-            from evaluator.metrics import start_metrics
-
             mhost, mport = split_listen(s.metrics_listen)
-            self.metrics_port = start_metrics(self, mhost, mport)
+            collectors = (EvaluatorCollector(self), self.surface.metrics)
+            self.metrics_httpd = serve_collectors(collectors, mhost, mport)
+            self.metrics_port = int(self.metrics_httpd.server_port)
         log.info(
             "evaluator listening on %s:%d (config version %d)",
             host,

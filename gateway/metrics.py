@@ -1,27 +1,27 @@
 """Prometheus metrics of one gateway process, read from live counters at scrape time (so the
 request path pays nothing for them), beside the gRPC call metrics (``abgate.surface``) and the
-standard process, platform and GC collectors of the process that serves them."""
+standard process, platform and GC collectors of the process that serves them
+(``abgate.metrics_endpoint``). It reads the server through ``GatewayView`` and imports no
+server."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 import numpy as np
-from prometheus_client import (
-    CollectorRegistry,
-    GCCollector,
-    PlatformCollector,
-    ProcessCollector,
-    start_http_server,
-)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from abgate.errors import Unavailable
 from gateway.logwriter import SCORES_DTYPE
+
+if TYPE_CHECKING:
+    from gateway.dataplane import DataPlane
+    from gateway.logwriter import LogWriter
+    from gateway.shadow import ShadowMirror
+    from gateway.subscriber import ConfigSubscriber
 
 # Latency histogram bounds, seconds (served predictions, from the log rows).
 LATENCY_BOUNDS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -126,12 +126,28 @@ def _buckets(bounds: Sequence[float], hist: list[float]) -> list[tuple[str, floa
     return buckets
 
 
-if TYPE_CHECKING:
-    from gateway.server import GatewayServer
+class GatewayView(Protocol):
+    """What the collector reads at scrape time; ``gateway.server.GatewayServer`` is one, and
+    hands itself in when it starts its /metrics endpoint."""
+
+    @property
+    def gateway_id(self) -> str: ...
+    @property
+    def dataplane(self) -> DataPlane: ...
+    @property
+    def mirror(self) -> ShadowMirror | None: ...
+    @property
+    def subscriber(self) -> ConfigSubscriber | None: ...
+    @property
+    def logwriter(self) -> LogWriter | None: ...
+    @property
+    def outcome_writer(self) -> LogWriter | None: ...
+    @property
+    def prediction_stats(self) -> PredictionStats: ...
 
 
 class GatewayCollector(Collector):
-    def __init__(self, server: GatewayServer) -> None:
+    def __init__(self, server: GatewayView) -> None:
         self.server = server
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
@@ -258,30 +274,3 @@ class GatewayCollector(Collector):
                 [gid, exp, arm, str(is_shadow).lower()], _buckets(CONFIDENCE_BOUNDS, hist), hist[-1]
             )
         yield confidence
-
-
-def serve_collectors(collectors: Iterable[Collector], host: str, port: int) -> Any:
-    """Serve ``collectors`` on /metrics at host:port from a background thread, with this
-    process's ``process_*`` (CPU, memory, open fds, start time: each worker of ``--workers``
-    reports itself), ``python_info`` and ``python_gc_*``; the HTTP server (``server_port``,
-    ``shutdown()``)."""
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-    for collector in collectors:
-        registry.register(collector)
-    try:
-        httpd, _thread = start_http_server(port, addr=host, registry=registry)
-    except OSError as exc:  # the CLI checks first; this is a port taken since
-        raise Unavailable(
-            f"--metrics-listen {host}:{port}: cannot listen: {exc.strerror}"
-        ) from None
-    return httpd
-
-
-def start_metrics(server: GatewayServer, host: str, port: int) -> int:
-    """Serve this gateway's /metrics; returns the bound port."""
-    collectors = (GatewayCollector(server), server.surface.metrics)
-    server.metrics_httpd = serve_collectors(collectors, host, port)
-    return int(server.metrics_httpd.server_port)

@@ -26,6 +26,7 @@ import grpc
 from abgate.db.embedded import EmbeddedPostgres
 from abgate.db.partitions import prepare
 from abgate.errors import AbgateError, Unavailable
+from abgate.metrics_endpoint import serve_collectors
 from abgate.settings import GatewaySettings, split_listen
 from abgate.surface import Surface
 from gateway import oip
@@ -33,7 +34,7 @@ from gateway.config import ConfigFileError, ExperimentsConfig, load_config_file
 from gateway.control import ControlPlane
 from gateway.dataplane import DataPlane
 from gateway.logwriter import COLUMNS, OUTCOME_COLUMNS, LogWriter
-from gateway.metrics import PredictionStats, start_metrics
+from gateway.metrics import GatewayCollector, PredictionStats
 from gateway.modelstore import ModelStore
 from gateway.servicer import SERVICE_NAME, GatewayServicer
 from gateway.shadow import ShadowMirror
@@ -222,7 +223,9 @@ class GatewayServer:
         self._server = server
         if s.metrics_listen:
             mhost, mport = split_listen(s.metrics_listen)
-            self.metrics_port = start_metrics(self, mhost, mport)
+            collectors = (GatewayCollector(self), self.surface.metrics)
+            self.metrics_httpd = serve_collectors(collectors, mhost, mport)
+            self.metrics_port = int(self.metrics_httpd.server_port)
         if s.evaluator:
             self.subscriber = ConfigSubscriber(
                 s.evaluator,

@@ -608,7 +608,7 @@ def exported_metrics() -> dict[str, set[str]]:
 
 
 def runtime_metrics() -> dict[str, set[str]]:
-    """What the standard collectors every /metrics serves (gateway.metrics.serve_collectors)
+    """What the standard collectors every /metrics serves (abgate.metrics_endpoint.serve_collectors)
     expose: process_*, python_info, python_gc_*, read from the collectors themselves."""
     from prometheus_client import (
         CollectorRegistry,
