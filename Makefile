@@ -47,6 +47,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-logo
 
 # Re-resolve pyproject.toml into uv.lock (keeping current pins where they still fit; add
 # UPGRADE=1 to move everything to the newest releases), and the two small hashed locks beside it.
