@@ -26,7 +26,7 @@ from abgate.oip.v2 import grpc_predict_v2_pb2_grpc as oip_grpc
 from abgate.v1 import gateway_pb2 as pb
 from abgate.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.dataplane import BatchResult
-from gateway.oip import (
+from gateway.oip_codec import (
     KNOWN_OUTPUTS,
     OIP_SERVICE_NAME,
     decode_bytes_tensor,
