@@ -28,7 +28,7 @@ from abgate.db.partitions import prepare
 from abgate.errors import AbgateError, Unavailable
 from abgate.settings import GatewaySettings, split_listen
 from abgate.surface import Surface
-from gateway import oip_codec as oip
+from gateway import oip
 from gateway.config import ConfigFileError, ExperimentsConfig, load_config_file
 from gateway.control import ControlPlane
 from gateway.dataplane import DataPlane

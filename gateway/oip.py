@@ -1,0 +1,276 @@
+"""Open Inference Protocol V2 (``inference.GRPCInferenceService``): the thin servicer (its codec is
+``gateway.oip_codec``), so KServe, Triton and MLServer clients call the gateway unchanged.
+
+Semantics (the OIP view of an experiment):
+
+- **Model = experiment.** ``model_name`` is the experiment name; the arm is chosen by routing the
+  user, as in the native API, so a client cannot pick a version: a non-empty ``model_version`` in
+  a request is INVALID_ARGUMENT (``model_version``), and ModelMetadata lists ``versions: []``.
+- **model_version in answers** is ``"<arm>@<config_version>"`` (``control@3``): the arm that
+  answered and the config version that routed. Arm names never contain ``*``, so a request with
+  per-row user ids whose rows went to different arms answers ``"*@<config_version>"``.
+- **Health.** ServerLive: always true. ServerReady: true once a config is loaded and while not
+  draining. ModelReady: true when the experiment is in the current snapshot; false (status OK,
+  as Triton and MLServer answer) for an unknown model, a non-empty version, or before a config
+  is loaded. ServerMetadata: ``abgate``, ``abgate.__version__``, ``extensions: []``.
+- **ModelMetadata**: platform ``onnxruntime_onnx``; input ``features`` FP32 ``[-1, n_features]``;
+  outputs ``label`` INT64 ``[-1]`` and ``probabilities`` FP32 ``[-1, n_classes]``. Unknown model:
+  NOT_FOUND (``model_name``).
+- **ModelInfer input**: one FP32 tensor of shape ``[n, n_features]`` (or ``[n_features]``: one
+  row), whatever its name, with at most ``--max-batch-rows`` rows; its data either in
+  ``raw_input_contents`` (little-endian float32; then every input is raw and no input sets
+  ``contents``) or in ``contents.fp32_contents``. NaN/Inf, the wrong byte or value count, another
+  datatype are rejected exactly as in the native API (field ``features``/``features.shape``).
+- **User**: the string request parameter ``user_id``, else the gRPC metadata header
+  ``x-user-id``; every row belongs to that user (one bucket, one arm). Or per row: an extra
+  BYTES input named ``user_id`` of shape ``[n]`` routes each row by its own user, vectorised like
+  ``PredictBatch`` (then the parameter must not be given as well; the header is ignored).
+  Missing or empty: INVALID_ARGUMENT ``user_id`` (``user_id[i]`` per row).
+- **Request id**: the request's ``id`` (≤ 128 bytes, field ``id``) or a generated one; it is the
+  answer's ``id``. A one-row request is logged under that id (the idempotency key, as
+  ``Predict``); row *i* of a multi-row request is logged as ``"<id>:<i>"``.
+- **Outputs**: ``label`` (INT64 ``[n]``) and ``probabilities`` (FP32 ``[n, n_classes]``) by
+  default; a request naming ``outputs`` gets those, in its order, and may also ask for the
+  per-row ``arm`` (BYTES), ``bucket`` (INT64) and ``request_id`` (BYTES), all ``[n]``. An
+  unknown name is INVALID_ARGUMENT (``outputs[i].name``). A request sent with
+  ``raw_input_contents`` is answered with ``raw_output_contents`` (in the order of ``outputs``),
+  otherwise with typed ``contents``.
+- **Answer parameters**: ``request_id`` (string), ``config_version`` and ``hash_version``
+  (int64); when every row went to one arm also ``arm``, ``model_id``, ``model_sha256`` (string);
+  with a single user also ``bucket`` (int64).
+- **Logging and shadows**: each row of an answer is one ``predictions`` row shaped exactly like a
+  native ``Predict``'s, and is mirrored to the experiment's shadows; a model failure logs one
+  failure row per row (status INTERNAL). Errors map through ``gateway.servicer.status_of``, the
+  same statuses as the native API.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Executor
+from typing import Any
+
+import grpc
+import numpy as np
+
+import abgate
+from abgate.errors import AbgateError, InvalidArgument, NotFound
+from abgate.oip.v2 import grpc_predict_v2_pb2 as oip
+from gateway import oip_codec
+from gateway.dataplane import ArmRuntime, BatchResult, DataPlane, ExperimentRuntime
+from gateway.servicer import status_of
+
+OIP_SERVICE_NAME = "inference.GRPCInferenceService"
+SERVER_NAME = "abgate"
+
+
+def experiment_of(dp: DataPlane, name: str) -> ExperimentRuntime:
+    """The experiment serving model ``name``; errors name the OIP field ``model_name``."""
+    try:
+        return dp.experiment(name)
+    except NotFound:
+        raise NotFound(f"unknown model {name!r}", field="model_name") from None
+    except InvalidArgument:
+        raise InvalidArgument("must not be empty", field="model_name") from None
+
+
+def _fail(context: grpc.aio.ServicerContext, exc: BaseException, empty: Any) -> Any:
+    code, message = status_of(exc)  # the one error -> status mapping, shared with the native API
+    context.set_code(code)
+    context.set_details(message)
+    return empty
+
+
+class OipServicer:
+    """Decode, call the data plane, encode; the same steps as ``GatewayServicer``."""
+
+    def __init__(
+        self, dataplane: DataPlane, executor: Executor, *, max_batch_rows: int, offload_rows: int
+    ) -> None:
+        self._dp = dataplane
+        self._executor = executor
+        self._max_rows = max_batch_rows
+        self._offload_rows = offload_rows
+        # (experiment, arm index) -> (the experiment it was built for, response_prefix); emptied
+        # when the snapshot changes so old models are not kept alive.
+        self._prefixes: dict[tuple[str, int], tuple[ExperimentRuntime, bytes]] = {}
+        self._prefix_snapshot: object = None
+
+    def _prefix(self, exp: ExperimentRuntime, arm: ArmRuntime | None) -> bytes:
+        snap = self._dp.snapshot
+        if snap is not self._prefix_snapshot:
+            self._prefixes = {}
+            self._prefix_snapshot = snap
+        key = (exp.name, arm.index if arm is not None else -1)
+        hit = self._prefixes.get(key)
+        if hit is not None and hit[0] is exp:
+            return hit[1]
+        prefix = oip_codec.response_prefix(exp, arm)
+        self._prefixes[key] = (exp, prefix)
+        return prefix
+
+    async def ServerLive(
+        self, request: oip.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ServerLiveResponse:
+        return oip.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: oip.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ServerReadyResponse:
+        dp = self._dp
+        return oip.ServerReadyResponse(ready=dp.snapshot is not None and not dp.draining)
+
+    async def ModelReady(
+        self, request: oip.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ModelReadyResponse:
+        dp = self._dp
+        snap = dp.snapshot
+        ready = (
+            snap is not None
+            and not dp.draining
+            and not request.version
+            and request.name in snap.experiments
+        )
+        return oip.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(
+        self, request: oip.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ServerMetadataResponse:
+        return oip.ServerMetadataResponse(
+            name=SERVER_NAME, version=abgate.__version__, extensions=[]
+        )
+
+    async def ModelMetadata(
+        self, request: oip.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ModelMetadataResponse:
+        try:
+            exp = experiment_of(self._dp, request.name)
+            oip_codec.check_version(request.version)
+            return oip_codec.model_metadata(exp)
+        except Exception as exc:
+            return _fail(context, exc, oip.ModelMetadataResponse())
+
+    async def ModelInfer(
+        self, request: oip.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> bytes | oip.ModelInferResponse:
+        try:
+            return await self._infer(request, context)
+        except Exception as exc:
+            return _fail(context, exc, oip.ModelInferResponse())
+
+    async def _infer(
+        self, request: oip.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> bytes | oip.ModelInferResponse:
+        started = time.time()
+        dp = self._dp
+        exp = experiment_of(dp, request.model_name)
+        call = oip_codec.decode_infer(request, exp, self._max_rows, context.invocation_metadata)
+        matrix = call.matrix
+        n = len(matrix)
+        request_id = call.request_id or dp.next_request_id()
+        rids = oip_codec.row_request_ids(request_id, n)
+        arm: ArmRuntime | None
+        bucket: int | None
+        if call.user_ids is None:
+            bucket, arm = dp.route(exp, call.user_id)
+            buckets = np.full(n, bucket, dtype=np.intp)
+        else:
+            bucket, arm = None, None
+            buckets = dp.route_batch(exp, call.user_ids)
+        try:
+            if n >= self._offload_rows:
+                # Big calls would stall every other call on the event loop (see servicer).
+                result = await dp.offload(
+                    self._executor, self._run, exp, arm, buckets, matrix, rids
+                )
+            else:
+                result = self._run(exp, arm, buckets, matrix, rids)
+        except Exception as exc:
+            code = exc.code if isinstance(exc, AbgateError) else grpc.StatusCode.INTERNAL
+            arms = exp.arms
+            for rid, b, ai in zip(
+                rids, buckets.tolist(), exp.table_np[buckets].tolist(), strict=True
+            ):
+                dp.log_failure(exp, arms[ai], b, rid, code.value[0], started)
+            raise
+        if n == 1 and arm is not None and bucket is not None:
+            # Exactly the log row of a native Predict.
+            dp.log_prediction(
+                exp, arm, bucket, rids[0], int(result.labels[0]), result.scores[0], started
+            )
+        else:
+            dp.log_batch(result, started)
+        if exp.shadows and dp.mirror is not None:
+            dp.mirror.submit(exp, matrix, rids, result.buckets.tolist())
+        if arm is None and len(set(result.arm_index.tolist())) == 1:
+            arm = exp.arms[int(result.arm_index[0])]
+        if call.raw:
+            prefix = self._prefix(exp, arm)
+            return oip_codec.encode_infer_raw(prefix, result, request_id, call.outputs, bucket)
+        return oip_codec.encode_infer(exp, result, request_id, call.outputs, False, arm, bucket)
+
+    def _run(
+        self,
+        exp: ExperimentRuntime,
+        arm: ArmRuntime | None,
+        buckets: np.ndarray,
+        matrix: np.ndarray,
+        rids: list[str],
+    ) -> BatchResult:
+        if arm is None:
+            return self._dp.predict_batch(exp, buckets, matrix, rids)
+        # One user: one arm, one onnxruntime call, no per-arm grouping.
+        labels, scores = arm.variant.run(matrix)
+        n = len(matrix)
+        return BatchResult(
+            exp.name,
+            exp.config_version,
+            exp.hash_version,
+            exp.arms,
+            np.full(n, arm.index, dtype=np.intp),
+            buckets,
+            labels,
+            scores,
+            rids,
+        )
+
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """The generated registration, except that ModelInfer may answer pre-serialized bytes."""
+
+        def unary(method: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                method, request_deserializer=request.FromString, response_serializer=response
+            )
+
+        return {
+            "ServerLive": unary(
+                self.ServerLive, oip.ServerLiveRequest, oip.ServerLiveResponse.SerializeToString
+            ),
+            "ServerReady": unary(
+                self.ServerReady, oip.ServerReadyRequest, oip.ServerReadyResponse.SerializeToString
+            ),
+            "ModelReady": unary(
+                self.ModelReady, oip.ModelReadyRequest, oip.ModelReadyResponse.SerializeToString
+            ),
+            "ServerMetadata": unary(
+                self.ServerMetadata,
+                oip.ServerMetadataRequest,
+                oip.ServerMetadataResponse.SerializeToString,
+            ),
+            "ModelMetadata": unary(
+                self.ModelMetadata,
+                oip.ModelMetadataRequest,
+                oip.ModelMetadataResponse.SerializeToString,
+            ),
+            "ModelInfer": unary(self.ModelInfer, oip.ModelInferRequest, oip_codec.serialize_infer),
+        }
+
+
+def method_handlers(
+    dataplane: DataPlane, executor: Executor, *, max_batch_rows: int, offload_rows: int
+) -> dict[str, grpc.RpcMethodHandler]:
+    """The handlers of ``inference.GRPCInferenceService`` (OIP_SERVICE_NAME), by method."""
+    servicer = OipServicer(
+        dataplane, executor, max_batch_rows=max_batch_rows, offload_rows=offload_rows
+    )
+    return servicer.method_handlers()
