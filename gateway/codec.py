@@ -1,4 +1,5 @@
-"""The one module (besides the servicer) that touches protobuf messages: tensors in, answers out.
+"""The native API's conversion, the one module besides its servicer that touches its protobuf
+messages: tensors in, answers out (``gateway.oip_codec`` is the same for the OIP V2 API).
 
 Decoding validates shape, dtype and finiteness and names the offending field, so a rejected
 request never reaches onnxruntime.
