@@ -39,7 +39,9 @@ import numpy as np
 from abgate.db.embedded import EmbeddedPostgres
 from abgate.v1 import gateway_pb2 as pb
 from abgate.v1 import gateway_pb2_grpc as pb_grpc
-from benchmarks.e2e_compare import free_port
+from benchmarks.e2e.h2load import h2load_command, parse_h2load, parse_h2load_log, percentiles
+from benchmarks.e2e.processes import free_port
+from benchmarks.e2e.wire import build_request, call_raw, check_answer, grpc_frame
 
 TARGETS = {
     "unloaded_p50_ms": 0.5,
@@ -101,33 +103,29 @@ def h2load(
     gw: Gateway, body: Path, duration: float, connections: int, streams: int, rps: float = 0
 ) -> dict[str, Any]:
     """One h2load run (after a 2 s warm-up run): req/s, latency percentiles in ms."""
-    from benchmarks import e2e_compare as e2e
-
     log = body.with_suffix(".log")
     for seconds, log_file in ((2, None), (int(duration), log)):
-        cmd = e2e.h2load_command(
+        cmd = h2load_command(
             "h2load", gw.port, body, duration=seconds, warmup=0, connections=connections,
             streams=streams, log_file=log_file,
         )  # fmt: skip
         if rps:
             cmd.insert(1, f"--rps={rps / connections:.1f}")
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    res = e2e.parse_h2load(out)
-    times = e2e.parse_h2load_log(log.read_text())
+    res = parse_h2load(out)
+    times = parse_h2load_log(log.read_text())
     log.unlink()
-    pct = e2e.percentiles(times)
+    pct = percentiles(times)
     if res.failed or res.errored or res.data_bytes < 100 * res.done:
         raise RuntimeError(f"h2load saw failures or empty answers: {out[-1500:]}")
     return {"req_per_s": res.req_per_s, **{k: v / 1000.0 for k, v in pct.items()}}
 
 
 def request_body(target: str, X: np.ndarray, workdir: Path) -> Path:
-    from benchmarks import e2e_compare as e2e
-
-    message = e2e.build_request(X[0], "bench-user-1").SerializeToString()
-    e2e.check_answer(e2e.call_raw(target, message))
+    message = build_request(X[0], "bench-user-1").SerializeToString()
+    check_answer(call_raw(target, message))
     body = workdir / "request.bin"
-    body.write_bytes(e2e.grpc_frame(message))
+    body.write_bytes(grpc_frame(message))
     return body
 
 

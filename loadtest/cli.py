@@ -89,7 +89,7 @@ def settings_from_args(args: argparse.Namespace) -> LoadTestSettings:
     store: Path | None = None
     if not args.features:
         store = args.model_store or Path(os.environ.get("ABGATE_MODEL_STORE", "var/models"))
-        from loadtest.runner import HOLDOUT_FILE
+        from loadtest.features import HOLDOUT_FILE
 
         if not (store / HOLDOUT_FILE).is_file():
             raise UsageError(

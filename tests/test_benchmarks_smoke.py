@@ -1,5 +1,6 @@
-"""benchmarks/e2e_compare without a load generator: the request body it hands h2load, the
-parsing of h2load's report and per-request log, the py-spy summary and the report rendering."""
+"""benchmarks/e2e_compare (its parts in benchmarks/e2e/) without a load generator: the request
+body it hands h2load, the parsing of h2load's report and per-request log, the py-spy summary and
+the report rendering."""
 
 from __future__ import annotations
 
@@ -10,8 +11,19 @@ import numpy as np
 import pytest
 
 from abgate.v1 import gateway_pb2 as pb
-from benchmarks import e2e_compare as e2e
+from benchmarks import e2e_compare
 from benchmarks.bare_server import typical_response
+from benchmarks.e2e.h2load import (
+    duration_us,
+    h2load_command,
+    parse_h2load,
+    parse_h2load_log,
+    percentiles,
+)
+from benchmarks.e2e.measure import RunResult, summarise
+from benchmarks.e2e.profile import profile_summary
+from benchmarks.e2e.report import markdown
+from benchmarks.e2e.wire import bare_response, build_request, check_answer, grpc_frame, grpc_unframe
 
 # h2load 1.52 (nghttp2-client in Debian 12), timing-based run against the bare server.
 H2LOAD_OUTPUT = """\
@@ -54,13 +66,13 @@ thread (12): Thread-1 (_poll_wrapper);Thread.run (threading.py:971) 2
 
 def test_grpc_frame_has_the_5_byte_prefix() -> None:
     message = b"\x0a\x04demo"
-    frame = e2e.grpc_frame(message)
+    frame = grpc_frame(message)
     assert frame[:1] == b"\x00"  # not compressed
     assert frame[1:5] == struct.pack(">I", len(message)) == b"\x00\x00\x00\x06"
     assert frame[5:] == message
-    assert e2e.grpc_unframe(frame) == message
+    assert grpc_unframe(frame) == message
     big = bytes(70_000)
-    assert e2e.grpc_frame(big)[1:5] == b"\x00\x01\x11\x70"  # big-endian 70,000
+    assert grpc_frame(big)[1:5] == b"\x00\x01\x11\x70"  # big-endian 70,000
 
 
 @pytest.mark.parametrize(
@@ -68,14 +80,14 @@ def test_grpc_frame_has_the_5_byte_prefix() -> None:
 )
 def test_grpc_unframe_rejects_what_is_not_one_uncompressed_frame(bad: bytes) -> None:
     with pytest.raises(ValueError):
-        e2e.grpc_unframe(bad)
+        grpc_unframe(bad)
 
 
 def test_request_body_is_a_real_predict_request() -> None:
     row = np.linspace(-1.0, 1.0, 30, dtype=np.float64)  # converted to float32 on the wire
-    request = e2e.build_request(row, "bench-user-7")
-    body = e2e.grpc_frame(request.SerializeToString())
-    parsed = pb.PredictRequest.FromString(e2e.grpc_unframe(body))
+    request = build_request(row, "bench-user-7")
+    body = grpc_frame(request.SerializeToString())
+    parsed = pb.PredictRequest.FromString(grpc_unframe(body))
     assert (parsed.experiment, parsed.user_id) == ("demo", "bench-user-7")
     assert list(parsed.features.shape) == [30] and parsed.features.datatype == "FP32"
     values = np.frombuffer(parsed.features.raw, dtype="<f4")
@@ -84,7 +96,7 @@ def test_request_body_is_a_real_predict_request() -> None:
 
 
 def test_h2load_command_sends_the_body_as_grpc(tmp_path: Path) -> None:
-    cmd = e2e.h2load_command(
+    cmd = h2load_command(
         "h2load", 5000, tmp_path / "b.grpc", duration=10, warmup=0, connections=4, streams=16,
         log_file=tmp_path / "log",
     )  # fmt: skip
@@ -97,7 +109,7 @@ def test_h2load_command_sends_the_body_as_grpc(tmp_path: Path) -> None:
 
 
 def test_parse_h2load_report() -> None:
-    r = e2e.parse_h2load(H2LOAD_OUTPUT)
+    r = parse_h2load(H2LOAD_OUTPUT)
     assert r.req_per_s == 5479.33
     assert (r.done, r.succeeded, r.failed, r.errored, r.timeout) == (54793, 54790, 3, 0, 0)
     assert r.status_2xx == 54790
@@ -112,46 +124,46 @@ def test_parse_h2load_report() -> None:
 
 def test_parse_h2load_rejects_other_output() -> None:
     with pytest.raises(ValueError, match="unrecognised h2load output"):
-        e2e.parse_h2load("connect: Connection refused\n")
+        parse_h2load("connect: Connection refused\n")
 
 
 @pytest.mark.parametrize(
     ("text", "us"), [("250us", 250.0), ("13.94ms", 13_940.0), ("1.5s", 1_500_000.0)]
 )
 def test_duration_units(text: str, us: float) -> None:
-    assert e2e.duration_us(text) == pytest.approx(us)
+    assert duration_us(text) == pytest.approx(us)
 
 
 def test_per_request_log_gives_percentiles_of_2xx_answers() -> None:
-    times = e2e.parse_h2load_log(H2LOAD_LOG + "\n\ngarbage line\n")
+    times = parse_h2load_log(H2LOAD_LOG + "\n\ngarbage line\n")
     assert times == [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]  # the 503 is left out
-    p = e2e.percentiles(times)
+    p = percentiles(times)
     assert p["p50"] == 500 and p["p90"] == 900 and p["p99"] == 1000 and p["p99.9"] == 1000
     assert list(p) == ["p50", "p75", "p90", "p95", "p99", "p99.9"]
-    assert e2e.percentiles([]) == {}
+    assert percentiles([]) == {}
 
 
 def test_bare_response_matches_the_gateway_answer_under_load() -> None:
     answer = typical_response()
     answer.request_id = "0123456789abcdef-3"
-    bare = e2e.bare_response(answer)
+    bare = bare_response(answer)
     assert bare.request_id == "0123456789abcdef-10000"
     assert bare.ByteSize() - answer.ByteSize() == 4
-    assert e2e.check_answer(bare.SerializeToString(), arm="treatment").model.id == "demo-gbdt"
+    assert check_answer(bare.SerializeToString(), arm="treatment").model.id == "demo-gbdt"
 
 
 def test_check_answer_refuses_something_else() -> None:
     wrong = typical_response()
     wrong.experiment = "other"
     with pytest.raises(AssertionError, match="experiment"):
-        e2e.check_answer(wrong.SerializeToString())
+        check_answer(wrong.SerializeToString())
     with pytest.raises(AssertionError, match="arm"):
-        e2e.check_answer(typical_response().SerializeToString(), arm="control")
+        check_answer(typical_response().SerializeToString(), arm="control")
 
 
 def test_profile_summary_in_us_per_request() -> None:
     # 100 samples at 200 Hz = 0.5 s of GIL time over 1,000 requests = 500 µs/request.
-    s = e2e.profile_summary(PY_SPY_RAW, requests=1000)
+    s = profile_summary(PY_SPY_RAW, requests=1000)
     assert s["samples"] == 100 and s["gil_us_per_req"] == 500.0
     assert s["threads_us_per_req"] == {"MainThread": 490.0, "Thread-1 (_poll_wrapper)": 10.0}
     top = dict(s["top_self_us_per_req"])
@@ -164,17 +176,17 @@ def test_profile_summary_in_us_per_request() -> None:
     }  # the entry point frames under every sample are left out
 
 
-def _run(rate: float, p50: float) -> e2e.RunResult:
-    h = e2e.parse_h2load(H2LOAD_OUTPUT)
+def _run(rate: float, p50: float) -> RunResult:
+    h = parse_h2load(H2LOAD_OUTPUT)
     h.req_per_s = rate
     h.percentiles_us = {"p50": p50, "p90": 2 * p50, "p99": 3 * p50}
-    return e2e.RunResult(h, 250.0, 0.0, 40.0, 0.0, {"main": (150.0, 40.0)})
+    return RunResult(h, 250.0, 0.0, 40.0, 0.0, {"main": (150.0, 40.0)})
 
 
 def test_summary_takes_medians_and_renders() -> None:
     results = {
-        "bare": e2e.summarise([_run(5000, 9000), _run(5200, 8000), _run(4000, 11000)]),
-        "gateway": e2e.summarise([_run(4100, 12000), _run(4300, 11000), _run(3900, 14000)]),
+        "bare": summarise([_run(5000, 9000), _run(5200, 8000), _run(4000, 11000)]),
+        "gateway": summarise([_run(4100, 12000), _run(4300, 11000), _run(3900, 14000)]),
     }
     assert results["bare"]["req_per_s"] == 5000
     assert results["bare"]["latency_us"]["p50"] == 9000
@@ -196,18 +208,18 @@ def test_summary_takes_medians_and_renders() -> None:
             "gateway": {
                 "raw": "profile-gateway.txt",
                 "req_per_s_while_profiled": 4000.0,
-                **e2e.profile_summary(PY_SPY_RAW, requests=1000),
+                **profile_summary(PY_SPY_RAW, requests=1000),
             },
         },
     }  # fmt: skip
-    md = e2e.markdown(report)
+    md = markdown(report)
     assert "| gateway | 4100 | 0.82 | 11.53 | 12.00 | 24.00 | 36.00 | 23.73 | 250 |" in md
     assert "gateway/bare req/s ratio: 0.82" in md and "round 1 gateway: something" in md
     assert "| `Handle._run (asyncio/events.py:78)` | 300.0 |" in md
 
 
 def test_missing_h2load_exits_2_with_a_clear_message(capsys: pytest.CaptureFixture[str]) -> None:
-    assert e2e.main(["--h2load", "/nonexistent/h2load", "--out", "/nonexistent/out"]) == 2
+    assert e2e_compare.main(["--h2load", "/nonexistent/h2load", "--out", "/nonexistent/out"]) == 2
     err = capsys.readouterr().err
     assert "not found" in err and "nghttp2-client" in err
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtest.runner import HOLDOUT_FILE
+from loadtest.features import HOLDOUT_FILE
 from tests.loadtest.fakes import FakeServer
 
 

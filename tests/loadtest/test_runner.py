@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from abgate.v1 import gateway_pb2 as pb
-from loadtest.runner import RunResult, decode_histogram, run_load
+from loadtest.results import RunResult, decode_histogram
+from loadtest.runner import run_load
 from loadtest.settings import LoadTestSettings
 from tests.loadtest.fakes import FakeServer
 

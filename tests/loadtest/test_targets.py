@@ -7,9 +7,7 @@ import pytest
 
 from abgate.oip.v2 import grpc_predict_v2_pb2 as oip
 from abgate.v1 import gateway_pb2 as pb
-from loadtest.runner import load_holdout
 from loadtest.targets import RequestBuilder
-from tests.conftest import DemoStore
 
 ROWS = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
 
@@ -43,14 +41,3 @@ def test_bad_builder_arguments() -> None:
         RequestBuilder("rest", "demo", ROWS)
     with pytest.raises(ValueError):
         RequestBuilder("native", "demo", ROWS[0])
-
-
-def test_holdout_reader_matches_converters(demo_store: DemoStore) -> None:
-    from converters.demo import HOLDOUT_FILE, load_demo_holdout
-    from loadtest import runner
-
-    assert runner.HOLDOUT_FILE == HOLDOUT_FILE
-    X, y = load_holdout(demo_store.root)
-    X2, y2 = load_demo_holdout(demo_store.root)
-    assert X.dtype == X2.dtype and y.dtype == y2.dtype
-    assert np.array_equal(X, X2) and np.array_equal(y, y2)
