@@ -118,3 +118,11 @@ def check_bindable(host: str, port: int, flag: str, *, reuse_port: bool = False)
     if failure is not None and failure.errno == errno.EADDRINUSE:
         reason = "address already in use (another process listens on this port)"
     raise Unavailable(f"{flag} {shown}: cannot listen: {reason}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on ``host`` that nothing listens on now (the demo, the benchmarks and the tests
+    start their servers on one; another process may still take it before they bind)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

@@ -36,11 +36,11 @@ from typing import Any
 import grpc
 import numpy as np
 
+from abgate.addresses import free_port
 from abgate.db.embedded import EmbeddedPostgres
 from abgate.v1 import gateway_pb2 as pb
 from abgate.v1 import gateway_pb2_grpc as pb_grpc
 from benchmarks.e2e.h2load import h2load_command, parse_h2load, parse_h2load_log, percentiles
-from benchmarks.e2e.processes import free_port
 from benchmarks.e2e.wire import build_request, call_raw, check_answer, grpc_frame
 
 TARGETS = {

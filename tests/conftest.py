@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,16 +18,11 @@ import grpc
 import numpy as np
 import pytest
 
+from abgate.addresses import free_port
 from abgate.settings import GatewaySettings, load_settings
 from abgate.v1 import gateway_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

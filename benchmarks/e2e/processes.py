@@ -1,4 +1,4 @@
-"""The processes under test: a free port, a server subprocess (up once its health service says
+"""The processes under test: a server subprocess (up once its health service says
 SERVING), the gateways (one per set of `abgate serve` flags) and the bare servers, and the
 embedded PostgreSQL's postmaster."""
 
@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from abgate.addresses import free_port
+
 # The reference servers: a plain grpc.aio server on asyncio's default loop, and on uvloop.
 BARE_SERVERS = {"bare": "asyncio", "bare-uvloop": "uvloop"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:
