@@ -1,4 +1,6 @@
-"""``abgate evaluator`` (run the service) and ``abgate experiments …`` (its admin API)."""
+"""``abgate evaluator`` (run the service), ``abgate experiments …`` (its admin API) and
+``abgate report`` (an experiment's report from the logs: ``evaluator.results`` loads,
+``evaluator.report`` draws and writes)."""
 
 from __future__ import annotations
 
@@ -297,6 +299,31 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     return cli.EXIT_OK
 
 
+# -- report -------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    """``abgate report``: load one experiment's results, write its HTML page and PDF."""
+    import asyncio
+
+    from abgate.db.embedded import database_url
+    from evaluator.report import write_report
+    from evaluator.results import load_results, parse_bucket_seconds
+
+    try:
+        bucket = parse_bucket_seconds(args.bucket_seconds)
+    except ValueError as exc:
+        raise cli.UsageError(str(exc)) from None
+    if not args.experiment:
+        raise cli.UsageError("--experiment must name an experiment")
+    cli.writable_dir(args.out, "--out")
+    cli.local_database(args.database_url, args.pg_data)
+    with database_url(args.database_url, args.pg_data) as url:
+        data = asyncio.run(load_results(url, args.experiment, bucket))
+    html_path, pdf_path = write_report(data, args.out)
+    print(html_path)
+    print(pdf_path)
+    return cli.EXIT_OK
+
+
 def add_evaluator_parsers(subparsers: Any) -> None:
     from abgate.settings import EvaluatorSettings
 
@@ -396,6 +423,24 @@ def add_evaluator_parsers(subparsers: Any) -> None:
         if name == "show":
             q.add_argument("--full", action="store_true", help="with --json: everything")
 
-    from evaluator.report import add_report_parser
+    _add_report_parser(subparsers)
 
-    add_report_parser(subparsers)
+
+def _add_report_parser(subparsers: Any) -> None:
+    from evaluator.results import AUTO_BUCKETS
+
+    p = subparsers.add_parser(
+        "report", help="an experiment's report from the logs: self-contained HTML and a PDF"
+    )
+    p.add_argument("--experiment", required=True, help="experiment name")
+    p.add_argument(
+        "--out", type=Path, required=True, help="directory for EXPERIMENT.html and EXPERIMENT.pdf"
+    )
+    cli.add_database_flags(p)
+    p.add_argument(
+        "--bucket-seconds",
+        default="auto",
+        help=f"time bucket width in seconds, or 'auto' (about {AUTO_BUCKETS} buckets over the "
+        "experiment; default)",
+    )
+    p.set_defaults(func=cmd_report)
