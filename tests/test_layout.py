@@ -79,6 +79,10 @@ def tree_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("gateway/hashing.py", "import evaluator.policy", "gateway-not-evaluator"),
         # The statistics importing the project.
         ("evaluator/stats.py", "import abgate.errors", "stats-pure"),
+        # The results model drawing (even lazily: the graph has every import).
+        ("evaluator/results.py", "def f():\n    import matplotlib.dates", "results-draw-nothing"),
+        # A wire codec reaching for grpc.
+        ("gateway/oip_codec.py", "import grpc", "codecs-no-grpc"),
     ],
 )
 def test_each_contract_fails_on_the_import_it_forbids(
