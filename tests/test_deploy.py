@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from abgate.cli import build_parser
+from abgate.oip.v2 import grpc_predict_v2_pb2
 from abgate.settings import EvaluatorSettings, GatewaySettings, load_settings
 from abgate.v1 import gateway_pb2
 from evaluator.policy import SRM_ALPHA
@@ -76,6 +78,15 @@ EXTERNAL_METRICS = {
 }
 EXTERNAL_LABELS = {"job", "instance", "le", "alertname", "alertstate", "envoy_cluster_name"}
 
+# The secrets the compose file takes from the environment, with no default (each one, unset,
+# stops every compose command), and a value for each in these tests. The database password
+# goes into a URL, hence hex.
+SECRETS = {
+    "ABGATE_TOKEN": "t0ken-from-env",
+    "POSTGRES_PASSWORD": "0123456789abcdef",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-from-env",
+}
+
 
 # -- YAML ------------------------------------------------------------------------------------
 def load_yaml(source: Path | str) -> Any:
@@ -117,6 +128,37 @@ def host_port(value: str) -> tuple[str, int]:
 
 
 # -- the compose file ------------------------------------------------------------------------
+# ${VAR}, ${VAR-default}, ${VAR:-default}, ${VAR?message}, ${VAR:?message}; $$ escapes a $.
+_VARIABLE = re.compile(r"(?<!\$)\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """``value`` with its variables replaced as Compose does; AssertionError with the
+    message of a required variable that ``env`` lacks."""
+
+    def one(m: re.Match[str]) -> str:
+        name, op, arg = m.groups()
+        have = env.get(name)
+        if op is None:
+            return have or ""
+        missing = have is None or (op.startswith(":") and have == "")
+        if op.endswith("?"):
+            assert not missing, f"{name}: {arg}"
+            return str(have)
+        return arg if missing else str(have)
+
+    return _VARIABLE.sub(one, value).replace("$$", "$")
+
+
+def test_interpolate_reader() -> None:
+    env = {"A": "a", "E": ""}
+    assert interpolate("x${A}y${B:-b}${E:-e}${E-f}$$z", env) == "xaybe$z"
+    assert interpolate("${A:?need A}", env) == "a"
+    for value in ("${B:?need B}", "${E:?need E}"):
+        with pytest.raises(AssertionError, match="need"):
+            interpolate(value, env)
+
+
 @functools.cache
 def compose_source() -> dict[str, Any]:
     data = load_yaml(COMPOSE)
@@ -175,19 +217,66 @@ def test_compose_settings_build_with_flags_and_environment() -> None:
             assert var.startswith("ABGATE_"), f"{name}: {var}"
             setting = var.removeprefix("ABGATE_").lower()
             assert setting in fields or setting == "log_level", f"{name}: no setting for {var}"
-        # Compose would interpolate ${VAR:-default}; resolve the defaults the same way here.
-        env = {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", v) for k, v in env.items()}
+        # What Compose passes once it has interpolated the secrets.
+        env = {k: interpolate(v, SECRETS) for k, v in env.items()}
         overrides = {k: v for k, v in vars(args[name]).items() if k in fields}
         settings: Any = load_settings(cls, overrides, env=env)
         assert settings.database_url.startswith("postgresql://"), name
         assert "@postgres:5432/" in settings.database_url, name
         host_port(settings.listen)
         host_port(settings.metrics_listen)
+        assert f":{SECRETS['POSTGRES_PASSWORD']}@postgres:" in settings.database_url, name
         if cls is GatewaySettings:
-            assert settings.evaluator and settings.evaluator_token, name
+            assert settings.evaluator and settings.evaluator_token == SECRETS["ABGATE_TOKEN"]
             assert settings.resolved_gateway_id() == name
         else:
-            assert settings.token, "the evaluator refuses to start without a token"
+            assert settings.token == SECRETS["ABGATE_TOKEN"], "the gateways' token"
+
+
+def _variables(node: Any) -> list[tuple[str, str | None, str]]:
+    """Every ``${…}`` in the values of a parsed YAML tree: (name, operator, argument)."""
+    if isinstance(node, dict):
+        return [v for value in node.values() for v in _variables(value)]
+    if isinstance(node, list):
+        return [v for value in node for v in _variables(value)]
+    return [m.groups() for m in _VARIABLE.finditer(node)] if isinstance(node, str) else []
+
+
+def test_secrets_have_no_default() -> None:
+    """A shared default secret is a known secret: every secret is required, and its message
+    names it and says where to read on."""
+    found = _variables(compose_source())
+    assert found, "the compose file takes its secrets from the environment"
+    names = {name for name, _, _ in found}
+    assert names == set(SECRETS), f"variables {sorted(names)}; SECRETS lists {sorted(SECRETS)}"
+    for name, op, arg in found:
+        assert op == ":?", f"${{{name}{op or ''}{arg}}}: give no default, fail when unset or empty"
+        assert name in arg and "deploy/README.md" in arg, f"{name}: message {arg!r}"
+    assert "abgate-local-only" not in COMPOSE.read_text()
+    # Who gets which: the token on every abgate service, the password where the database is.
+    services = compose_source()["services"]
+    token_vars = {"models": "ABGATE_TOKEN", "evaluator": "ABGATE_TOKEN"}
+    token_vars.update(dict.fromkeys(gateway_services(), "ABGATE_EVALUATOR_TOKEN"))
+    for name, var in token_vars.items():
+        assert interpolate(services[name]["environment"][var], SECRETS) == SECRETS["ABGATE_TOKEN"]
+    pg = interpolate(services["postgres"]["environment"]["POSTGRES_PASSWORD"], SECRETS)
+    assert pg == SECRETS["POSTGRES_PASSWORD"]
+    # Both READMEs show how to set every one of them.
+    for doc in (REPO / "README.md", DEPLOY / "README.md"):
+        text = doc.read_text()
+        for name in SECRETS:
+            assert re.search(rf"\b{name}=", text), f"{doc.name} does not show how to set {name}"
+
+
+def test_grafana_requires_sign_in() -> None:
+    env = compose_source()["services"]["grafana"]["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false", "no anonymous viewers"
+    assert not any(k.startswith("GF_AUTH_ANONYMOUS_") and k != "GF_AUTH_ANONYMOUS_ENABLED"
+                   for k in env)  # fmt: skip
+    assert str(env.get("GF_AUTH_DISABLE_LOGIN_FORM", "false")).lower() == "false"
+    assert env["GF_SECURITY_ADMIN_USER"] == "admin"
+    password = interpolate(env["GF_SECURITY_ADMIN_PASSWORD"], SECRETS)
+    assert password == SECRETS["GRAFANA_ADMIN_PASSWORD"]
 
 
 def test_compose_wiring_between_services() -> None:
@@ -376,20 +465,29 @@ def test_envoy_healthcheck_command_against_a_fake_admin_endpoint() -> None:
     assert run(free_port()) != 0, "nothing listening must be unhealthy"
 
 
-def _compose(*extra: str, env: dict[str, str] | None = None) -> str:
+def _run_compose(*extra: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``docker-compose config`` with exactly the secrets in ``env``: none from the caller's
+    environment, and an empty env file instead of an ``.env`` beside the compose file."""
     exe = shutil.which("docker-compose")
     if exe is None:
         pytest.skip("docker-compose is not installed")
-    run_env = {**os.environ, **(env or {})}
-    out = subprocess.run(
-        [exe, "-f", str(COMPOSE), "config", *extra],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=run_env,
-        timeout=120,
-        check=False,
-    )
+    run_env = {k: v for k, v in os.environ.items() if k not in SECRETS} | env
+    with tempfile.TemporaryDirectory() as tmp:
+        env_file = Path(tmp) / "empty.env"
+        env_file.write_text("")
+        return subprocess.run(
+            [exe, "--env-file", str(env_file), "-f", str(COMPOSE), "config", *extra],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=run_env,
+            timeout=120,
+            check=False,
+        )
+
+
+def _compose(*extra: str, env: dict[str, str] | None = None) -> str:
+    out = _run_compose(*extra, env=SECRETS if env is None else env)
     assert out.returncode == 0, f"docker-compose config failed:\n{out.stderr}"
     return out.stdout
 
@@ -399,15 +497,29 @@ def test_docker_compose_config_validates() -> None:
     assert set(_compose("--services").split()) >= SERVICES
 
 
-def _published(service: dict[str, Any]) -> dict[int, int]:
-    """container port -> published host port, from either form docker-compose prints."""
-    ports: dict[int, int] = {}
+def test_docker_compose_refuses_to_run_without_each_secret() -> None:
+    """Unset or empty, a secret stops compose with its own message (and no stack comes up
+    with a password someone else knows)."""
+    messages = {name: arg for name, _, arg in _variables(compose_source())}
+    cases = [(name, {k: v for k, v in SECRETS.items() if k != name}) for name in SECRETS]
+    cases.append(("ABGATE_TOKEN", {**SECRETS, "ABGATE_TOKEN": ""}))
+    for missing, env in cases:
+        out = _run_compose("--quiet", env=env)
+        assert out.returncode != 0, f"docker-compose config passes without {missing}"
+        assert messages[missing] in out.stderr, f"without {missing}:\n{out.stderr}"
+
+
+def _published(service: dict[str, Any]) -> dict[int, tuple[str, int]]:
+    """container port -> (host address, "" for all; host port), from either form
+    docker-compose prints."""
+    ports: dict[int, tuple[str, int]] = {}
     for entry in service.get("ports", []):
         if isinstance(entry, dict):
-            ports[int(entry["target"])] = int(entry["published"])
+            ports[int(entry["target"])] = (entry.get("host_ip", ""), int(entry["published"]))
         else:
             parts = str(entry).split("/")[0].split(":")
-            ports[int(parts[-1])] = int(parts[-2])
+            host = parts[-3] if len(parts) == 3 else ""
+            ports[int(parts[-1])] = (host, int(parts[-2]))
     return ports
 
 
@@ -424,29 +536,29 @@ def _mounts(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_docker_compose_resolved_config() -> None:
-    secrets = {"ABGATE_TOKEN": "t0ken-from-env", "POSTGRES_PASSWORD": "pw-from-env"}
-    resolved = load_yaml(_compose(env=secrets))
+    resolved = load_yaml(_compose(env=SECRETS))
     services = resolved["services"]
     assert set(services) >= SERVICES
 
     pg = services["postgres"]
     assert pg["image"].startswith("postgres:16")
     assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
-    assert pg["environment"]["POSTGRES_PASSWORD"] == "pw-from-env"
+    assert pg["environment"]["POSTGRES_PASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
     assert _mounts(pg)["/var/lib/postgresql/data"] == "pgdata"
     assert "pgdata" in resolved["volumes"]
 
     ev = services["evaluator"]
     assert ev["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert ev["environment"]["ABGATE_TOKEN"] == "t0ken-from-env"
-    assert "pw-from-env@postgres" in ev["environment"]["ABGATE_DATABASE_URL"]
+    assert ev["environment"]["ABGATE_TOKEN"] == SECRETS["ABGATE_TOKEN"]
+    assert services["models"]["environment"]["ABGATE_TOKEN"] == SECRETS["ABGATE_TOKEN"]
+    assert f"{SECRETS['POSTGRES_PASSWORD']}@postgres" in ev["environment"]["ABGATE_DATABASE_URL"]
     for name in gateway_services():
         gw = services[name]
         deps = gw["depends_on"]
         assert deps["evaluator"]["condition"] == "service_healthy"
         assert deps["models"]["condition"] == "service_completed_successfully"
         assert deps["postgres"]["condition"] == "service_healthy"
-        assert gw["environment"]["ABGATE_EVALUATOR_TOKEN"] == "t0ken-from-env"
+        assert gw["environment"]["ABGATE_EVALUATOR_TOKEN"] == SECRETS["ABGATE_TOKEN"]
         assert gw["environment"]["ABGATE_DATABASE_URL"] == ev["environment"]["ABGATE_DATABASE_URL"]
         assert gw["healthcheck"]["test"][:2] == ["CMD", "abgate-health"]
     assert set(services["envoy"]["depends_on"]) == set(gateway_services())
@@ -458,11 +570,21 @@ def test_docker_compose_resolved_config() -> None:
         for dep, spec in svc.get("depends_on", {}).items():
             assert spec["condition"] in {"service_healthy", "service_completed_successfully"}, dep
 
-    # What a user reaches from the host.
-    assert _published(services["envoy"])[8080] == 8080
-    assert _published(services["evaluator"])[50061] == 50061
-    assert _published(services["prometheus"])[9090] == 9090
-    assert _published(services["grafana"])[3000] == 3000
+    gf = services["grafana"]["environment"]
+    assert gf["GF_SECURITY_ADMIN_PASSWORD"] == SECRETS["GRAFANA_ADMIN_PASSWORD"]
+    assert gf["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "abgate-local-only" not in json.dumps(resolved)
+
+    # What a user reaches from the host: the gRPC entry point from anywhere, the rest on the
+    # host's loopback only, and never Envoy's admin.
+    metrics = envoy_listener("metrics")["address"]["socket_address"]["port_value"]
+    assert _published(services["envoy"]) == {8080: ("", 8080), metrics: ("127.0.0.1", metrics)}
+    assert _published(services["evaluator"])[50061] == ("127.0.0.1", 50061)
+    assert _published(services["prometheus"])[9090] == ("127.0.0.1", 9090)
+    assert _published(services["grafana"])[3000] == ("127.0.0.1", 3000)
+    for name, svc in services.items():
+        for target, (host, _) in _published(svc).items():
+            assert host == "127.0.0.1" or (name, target) == ("envoy", 8080), (name, target)
 
 
 # -- Dockerfile ------------------------------------------------------------------------------
@@ -805,8 +927,10 @@ def test_prometheus_scrapes_every_service_where_it_listens() -> None:
     assert targets("abgate-evaluator") == {
         f"evaluator:{host_port(args['evaluator'].metrics_listen)[1]}"
     }
-    envoy_admin = load_yaml(ENVOY)["admin"]["address"]["socket_address"]["port_value"]
-    assert targets("envoy") == {f"envoy:{envoy_admin}"}
+    # Envoy's metrics listener, which hands the admin's /stats/prometheus on (the admin
+    # itself is not reachable from another container).
+    envoy_metrics = envoy_listener("metrics")["address"]["socket_address"]["port_value"]
+    assert targets("envoy") == {f"envoy:{envoy_metrics}"}
     assert jobs["envoy"]["metrics_path"] == "/stats/prometheus"
     # The compose file mounts this directory where the config expects it.
     prom = compose_source()["services"]["prometheus"]
@@ -815,17 +939,84 @@ def test_prometheus_scrapes_every_service_where_it_listens() -> None:
 
 
 # -- Envoy -----------------------------------------------------------------------------------
+def _envoy_named(kind: str, name: str) -> dict[str, Any]:
+    found = [x for x in load_yaml(ENVOY)["static_resources"][kind] if x["name"] == name]
+    assert len(found) == 1, f"envoy.yaml has {len(found)} {kind} named {name!r}"
+    return dict(found[0])
+
+
+def envoy_listener(name: str) -> dict[str, Any]:
+    return _envoy_named("listeners", name)
+
+
+def envoy_cluster(name: str) -> dict[str, Any]:
+    return _envoy_named("clusters", name)
+
+
+def _hcm(listener: dict[str, Any]) -> dict[str, Any]:
+    (chain,) = listener["filter_chains"]
+    (hcm,) = chain["filters"]
+    assert hcm["name"] == "envoy.filters.network.http_connection_manager"
+    assert hcm["typed_config"]["http_filters"][-1]["name"] == "envoy.filters.http.router"
+    return dict(hcm["typed_config"])
+
+
+def _routes(listener: dict[str, Any]) -> list[dict[str, Any]]:
+    (vhost,) = _hcm(listener)["route_config"]["virtual_hosts"]
+    assert vhost["domains"] == ["*"]
+    return list(vhost["routes"])
+
+
+def envoy_route(listener: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The route Envoy picks for a request to ``path``: the first that matches, by ``prefix``,
+    exact ``path`` or ``safe_regex`` (RE2, matched against the whole path)."""
+    for route in _routes(listener):
+        match = route["match"]
+        assert len(match) == 1, f"one matcher per route: {match}"
+        if "prefix" in match and path.startswith(match["prefix"]):
+            return route
+        if "path" in match and path == match["path"]:
+            return route
+        if "safe_regex" in match and re.fullmatch(match["safe_regex"]["regex"], path):
+            return route
+    return None
+
+
+def test_envoy_route_reader() -> None:
+    listener = {"filter_chains": [{"filters": [{
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "http_filters": [{"name": "envoy.filters.http.router"}],
+            "route_config": {"virtual_hosts": [{"domains": ["*"], "routes": [
+                {"match": {"safe_regex": {"regex": "/s/(A|B)"}}, "n": 1},
+                {"match": {"path": "/exact"}, "n": 2},
+                {"match": {"prefix": "/s/"}, "n": 3},
+            ]}]},
+        },
+    }]}]}  # fmt: skip
+
+    def n(path: str) -> int | None:
+        route = envoy_route(listener, path)
+        return None if route is None else int(route["n"])
+
+    assert [n("/s/A"), n("/s/B"), n("/s/AB"), n("/s/Ab"), n("/exact"), n("/exact/"), n("/x")] == [
+        1, 1, 3, 3, 2, None, None
+    ]  # fmt: skip
+
+
+def _duration(value: str) -> float:
+    assert re.fullmatch(r"\d+(\.\d+)?s", value), f"{value!r} is not an Envoy duration"
+    return float(value[:-1])
+
+
 def test_envoy_balances_grpc_over_both_gateways_with_health_checks() -> None:
-    config = load_yaml(ENVOY)
-    (listener,) = config["static_resources"]["listeners"]
-    assert listener["address"]["socket_address"]["port_value"] == 8080
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    (vhost,) = hcm["route_config"]["virtual_hosts"]
-    (route,) = vhost["routes"]
-    assert route["route"]["timeout"] == "0s", "PredictStream must not be cut by a route timeout"
-    assert hcm["http_filters"][-1]["name"] == "envoy.filters.http.router"
-    (cluster,) = config["static_resources"]["clusters"]
-    assert route["route"]["cluster"] == cluster["name"] == "abgate_gateways"
+    listener = envoy_listener("grpc_ingress")
+    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 8080}
+    cluster = envoy_cluster("abgate_gateways")
+    for route in _routes(listener):
+        assert route["route"]["cluster"] == cluster["name"], route["match"]
+        assert route["route"]["timeout"] == "0s", "PredictStream must not be cut by a timeout"
+    assert envoy_route(listener, "/any.Service/Method") is not None, "every call is routed"
     options = cluster["typed_extension_protocol_options"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     ]
@@ -838,11 +1029,116 @@ def test_envoy_balances_grpc_over_both_gateways_with_health_checks() -> None:
         for e in group["lb_endpoints"]
     }  # fmt: skip
     assert endpoints == {(n, host_port(args[n].listen)[1]) for n in gateway_services()}
+    # Active checks: the gateway serves grpc.health.v1 for the native API's name.
     (check,) = cluster["health_checks"]
     service = gateway_pb2.DESCRIPTOR.services_by_name["InferenceGateway"].full_name
     assert check["grpc_health_check"]["service_name"] == service
+    assert _duration(check["timeout"]) < _duration(check["interval"]) <= 5
+    assert 1 <= check["unhealthy_threshold"] <= 3 and check["healthy_threshold"] >= 1
     envoy = compose_source()["services"]["envoy"]
     assert "./deploy/envoy/envoy.yaml:/etc/envoy/envoy.yaml:ro" in envoy["volumes"]
+
+
+def _served_methods() -> list[tuple[str, bool]]:
+    """(gRPC path, streaming?) of every inference method a gateway serves through Envoy."""
+    services = [
+        gateway_pb2.DESCRIPTOR.services_by_name["InferenceGateway"],
+        grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+    ]
+    return [
+        (f"/{svc.full_name}/{m.name}", m.client_streaming or m.server_streaming)
+        for svc in services
+        for m in svc.methods
+    ]
+
+
+# Conditions under which the gateway has not seen the call, safe for any method.
+_NEVER_SEEN = {"connect-failure", "refused-stream"}
+
+
+def test_envoy_retries_unavailable_only_where_a_retry_is_safe() -> None:
+    """A gateway answers UNAVAILABLE (draining, no config yet, log full) with nothing queued, so
+    a unary call is retried on another gateway; a stream a gateway has seen never is."""
+    listener = envoy_listener("grpc_ingress")
+    methods = _served_methods()
+    assert ("/abgate.v1.InferenceGateway/PredictStream", True) in methods
+    assert ("/abgate.v1.InferenceGateway/RecordOutcome", False) in methods
+    # Served too but not checked for side effects, or not written yet: not retried either.
+    others = [
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/abgate.v1.InferenceGateway/NotYetWritten",
+    ]
+    cases = [(path, not streaming) for path, streaming in methods] + [(p, False) for p in others]
+    for path, unary in cases:
+        route = envoy_route(listener, path)
+        assert route is not None, path
+        policy = route["route"]["retry_policy"]
+        on = set(policy["retry_on"].split(","))
+        assert 1 <= policy["num_retries"] <= 2, path
+        if not unary:
+            assert on == _NEVER_SEEN, f"{path}: retried on {sorted(on)}"
+            continue
+        assert on == _NEVER_SEEN | {"unavailable"}, f"{path}: retried on {sorted(on)}"
+        (predicate,) = policy["retry_host_predicate"]
+        assert predicate["name"] == "envoy.retry_host_predicates.previous_hosts", "elsewhere"
+        assert policy["host_selection_retry_max_attempts"] >= len(gateway_services())
+
+
+def test_envoy_ejects_a_gateway_that_keeps_failing() -> None:
+    outlier = envoy_cluster("abgate_gateways")["outlier_detection"]
+    # UNAVAILABLE (503) and connection failures: enforced (Envoy's default only counts them).
+    assert 1 <= outlier["consecutive_gateway_failure"] <= 5
+    assert outlier["enforcing_consecutive_gateway_failure"] == 100
+    assert outlier["consecutive_gateway_failure"] < outlier["consecutive_5xx"] <= 10
+    assert outlier.get("enforcing_consecutive_5xx", 100) == 100
+    assert 1 <= _duration(outlier["interval"]) <= 10
+    assert 5 <= _duration(outlier["base_ejection_time"]) <= 60
+    assert _duration(outlier["base_ejection_time"]) <= _duration(outlier["max_ejection_time"])
+    # Never every gateway at once: with N of them, at most N - 1 out.
+    n = len(gateway_services())
+    assert outlier["max_ejection_percent"] * n // 100 <= n - 1
+
+
+def test_envoy_admin_is_reachable_from_its_container_only() -> None:
+    """The admin can stop Envoy and fail its health checks: loopback only. Prometheus reads
+    /stats/prometheus through a listener that forwards that one path."""
+    admin = load_yaml(ENVOY)["admin"]["address"]["socket_address"]
+    assert admin["address"] == "127.0.0.1"
+    admin_cluster = envoy_cluster("envoy_admin")
+    ((endpoint,),) = [g["lb_endpoints"] for g in admin_cluster["load_assignment"]["endpoints"]]
+    assert endpoint["endpoint"]["address"]["socket_address"] == admin
+    listeners = load_yaml(ENVOY)["static_resources"]["listeners"]
+    assert {x["name"] for x in listeners} == {"grpc_ingress", "metrics"}
+    for listener in listeners:
+        assert listener["address"]["socket_address"]["port_value"] != admin["port_value"]
+        for route in _routes(listener):
+            if route["route"]["cluster"] != admin_cluster["name"]:
+                continue
+            assert listener["name"] == "metrics", f"{listener['name']} reaches the admin"
+            assert route["match"] == {"path": "/stats/prometheus"}, route["match"]
+    metrics = envoy_listener("metrics")
+    assert envoy_route(metrics, "/stats/prometheus") is not None
+    for path in ("/quitquitquit", "/healthcheck/fail", "/runtime_modify", "/logging", "/"):
+        assert envoy_route(metrics, path) is None, f"{path} reaches the admin"
+    envoy = compose_source()["services"]["envoy"]
+    assert not any(str(admin["port_value"]) in str(p) for p in envoy["ports"])
+
+
+envoy_binary = shutil.which("envoy")
+
+
+@pytest.mark.skipif(envoy_binary is None, reason="envoy not installed")
+def test_envoy_validates_its_config() -> None:
+    assert envoy_binary is not None
+    out = subprocess.run(
+        [envoy_binary, "--mode", "validate", "-c", str(ENVOY)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, f"envoy --mode validate:\n{out.stdout}\n{out.stderr}"
 
 
 # -- Grafana ---------------------------------------------------------------------------------
