@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -239,6 +240,37 @@ def test_unarchive_brings_back_its_salt_and_buckets(ev: InProcessEvaluator) -> N
         assert {a.name: [[r.start, r.end] for r in a.ranges] for a in served.arms} == ranges
     resumed = ev.admin.call("Resume", cpb.ExperimentRequest(name="gone"))
     assert resumed.status == "running"
+
+
+def test_unarchive_refuses_an_experiment_whose_model_left_the_store(
+    fresh_db: str, demo_store: DemoStore, tmp_path: Path, models: tuple[str, str]
+) -> None:
+    """The evaluator's own store copy (hard links: the same bytes) loses a model while the
+    experiment is archived: unarchive fails NOT_FOUND naming the field and changes nothing."""
+    store = tmp_path / "store"
+    for sub in ("meta", "objects"):
+        (store / sub).mkdir(parents=True)
+        for f in (demo_store.root / sub).iterdir():
+            os.link(f, store / sub / f.name)
+    e = InProcessEvaluator(evaluator_settings(fresh_db, store, tick_interval=3600))
+    try:
+        e.admin.call(
+            "CreateExperiment", cpb.CreateExperimentRequest(definition=ab_definition("x", *models))
+        )
+        e.admin.call("Archive", cpb.ExperimentRequest(name="x"))
+        version = e.server.publisher.version
+        (store / "meta" / f"{models[1]}.json").unlink()
+        with pytest.raises(grpc.RpcError) as info:
+            e.admin.call("Unarchive", cpb.ExperimentRequest(name="x"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert info.value.details() == (
+            f"definition.arms[1].model: no model {models[1]!r} in the store"
+        )
+        view = e.admin.call("GetExperiment", cpb.ExperimentRequest(name="x"))
+        assert (view.status, view.version) == ("archived", 2)
+        assert e.server.publisher.version == version
+    finally:
+        e.close()
 
 
 def test_the_audit_row_names_the_client_certificate_under_mtls(
