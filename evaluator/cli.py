@@ -57,9 +57,12 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
     if not settings.model_store.is_dir():
         # Refused, as Triton refuses a missing --model-repository: with no store the evaluator
         # could accept no experiment.
+        what = (
+            "is a file, not a directory" if settings.model_store.exists() else "no such directory"
+        )
         raise cli.UsageError(
-            f"--model-store {settings.model_store}: no such directory (experiments' models are "
-            "resolved there: give the gateways' model store)"
+            f"--model-store {settings.model_store}: {what} (experiments' models are resolved "
+            "there: give the gateways' model store)"
         )
     cli.free_listen_port(host, port, "--listen")
     if metrics is not None:
