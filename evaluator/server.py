@@ -141,6 +141,9 @@ class EvaluatorServer:
             self._spawn(store.gateway_seen(node_id, **kw))
 
     def _rejections_sink(self, node_id: str, rejections: Mapping[str, GatewayRejection]) -> None:
+        for key in [k for k in self._rejections_seen if k[0] == node_id]:
+            if key[1] not in rejections:  # served now: a later rejection is news again
+                del self._rejections_seen[key]
         for name, r in rejections.items():
             key, seen = (node_id, name), (r.version, r.error)
             if self._rejections_seen.get(key) == seen or self.store is None or self._stopped:

@@ -95,7 +95,8 @@ class StatusSink(Protocol):
 
 
 class RejectionSink(Protocol):
-    """Told the experiments each ACK refuses (the server pauses and audits them)."""
+    """Told the experiments each ACK refuses, none included (the server pauses and audits
+    them)."""
 
     def __call__(self, node_id: str, rejections: Mapping[str, GatewayRejection]) -> None: ...
 
@@ -196,7 +197,7 @@ class Publisher:
                 if s.HasField("error_detail")
             }
             self._emit(sub.node_id, version=req.version, connected=True, acked=True, error="")
-            if view.rejections and self._rejection_sink is not None:
+            if self._rejection_sink is not None:
                 self._rejection_sink(sub.node_id, view.rejections)
         async with self._acks:
             self._acks.notify_all()

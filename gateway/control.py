@@ -296,8 +296,8 @@ class ControlPlane:
                 experiments,
                 frozenset(name for name in rejected if name not in experiments),
             )
-            self._swap(snapshot, ExperimentsConfig(config.version, tuple(kept)), source,
-                       rejected, digest)  # fmt: skip
+            served = ExperimentsConfig(config.version, tuple(kept))
+            self._swap(snapshot, served, source, rejected, digest)
             return snapshot
 
     def statuses(self, names: Iterable[str]) -> list[ExperimentStatus]:

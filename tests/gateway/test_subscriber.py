@@ -32,8 +32,11 @@ class ScriptedEvaluator(cpb_grpc.ConfigStreamServicer):
 
     def StreamConfig(self, request_iterator: Any, context: Any) -> Iterator[cpb.ConfigSnapshot]:
         def read() -> None:
-            for req in request_iterator:
-                self.answers.put(req)
+            try:
+                for req in request_iterator:
+                    self.answers.put(req)
+            except grpc.RpcError:
+                pass  # the stream ends when the gateway stops
 
         threading.Thread(target=read, daemon=True).start()
         while context.is_active():
