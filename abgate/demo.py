@@ -106,11 +106,12 @@ def run_demo(
         print(f"== 3. starting the evaluator on {evaluator_target} (token in ABGATE_TOKEN)")
         evaluator = _start(
             _abgate("--log-level", "WARNING", "evaluator", "--listen", evaluator_target,
-                    "--database-url", database_url, "--tick-interval", "0.5", "--settle", "0.5"),
+                    "--database-url", database_url, "--model-store", str(store_dir),
+                    "--tick-interval", "0.5", "--settle", "0.5"),
             workdir / "evaluator.log",
         )  # fmt: skip
         wait_serving(evaluator_target, proc=evaluator)
-        _ensure_demo_experiments(evaluator_target, store_dir)
+        _ensure_demo_experiments(evaluator_target)
         print(f"== 4. starting the gateway: {workers} workers on {target}, subscribed to it")
         gateway = _start(
             _abgate("--log-level", "WARNING", "serve", "--listen", target,
@@ -179,7 +180,7 @@ DEMO_EXPERIMENTS = {
 }
 
 
-def _ensure_demo_experiments(evaluator: str, store_dir: Path) -> None:
+def _ensure_demo_experiments(evaluator: str) -> None:
     """The routing showcase's experiments, created on the evaluator once (a second run of the
     demo finds them there)."""
     listed = json.loads(_cli("experiments", "list", "--evaluator", evaluator, "--json"))
@@ -188,7 +189,7 @@ def _ensure_demo_experiments(evaluator: str, store_dir: Path) -> None:
         if name in have:
             continue
         args = ["experiments", "create", "--evaluator", evaluator, "--name", name,
-                "--model-store", str(store_dir), "--min-samples", "1000000"]  # fmt: skip
+                "--min-samples", "1000000"]  # fmt: skip
         for arm in arms:
             args += ["--arm", arm]
         _cli(*args)
@@ -235,7 +236,7 @@ def _experiment(
             "--arm", "control=demo-stump", "--arm", "treatment=demo-logreg",
             "--shadow", "gbdt=demo-gbdt@1.0", "--metric", "accuracy", "--min-samples", "200",
             "--min-effect", "0.02", "--max-error-rate", "0.05", "--max-p99-ms", "250",
-            "--model-store", str(store_dir), "--json"]  # fmt: skip
+            "--json"]  # fmt: skip
     if canary:
         # A demo's few minutes of traffic: far fewer treatment rows per stage than the ~1,000
         # that let the guardrails catch 3x their limit at the 1 % stage.

@@ -134,6 +134,10 @@ class EvaluatorSettings:
     token: str = doc("shared secret gateways and operators must send (required)", "")
     database_url: str = doc("PostgreSQL URL; empty starts an embedded server", "")
     pg_data: Path = doc("data directory of the embedded PostgreSQL", Path("var/pg"))
+    model_store: Path = doc(
+        "content-addressed model store (the gateways' one): experiments' models must be in it",
+        Path("var/models"),
+    )
     tick_interval: float = doc("seconds between evaluation ticks", 1.0)
     settle: float = doc("seconds a logged row waits before a tick reads it", 2.0)
     audit_interval: float = doc("seconds between audit rows of unchanged verdicts", 60.0)

@@ -54,6 +54,16 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
     cli.database_url_arg(settings.database_url)
     if not settings.database_url:
         cli.writable_dir(settings.pg_data, "--pg-data")
+    if not settings.model_store.is_dir():
+        # Refused, as Triton refuses a missing --model-repository: with no store the evaluator
+        # could accept no experiment.
+        what = (
+            "is a file, not a directory" if settings.model_store.exists() else "no such directory"
+        )
+        raise cli.UsageError(
+            f"--model-store {settings.model_store}: {what} (experiments' models are resolved "
+            "there: give the gateways' model store)"
+        )
     cli.free_listen_port(host, port, "--listen")
     if metrics is not None:
         cli.free_listen_port(*metrics, "--metrics-listen")
@@ -89,19 +99,6 @@ def _login() -> str:
         return getpass.getuser()
     except (OSError, KeyError):  # no login name in the environment or the user database
         return ""
-
-
-def _resolve_model(ref: str, store_root: str | None) -> str:
-    """Pin "id"/"id:version" to the sha256 of the local store, when one is known, so every
-    gateway loads the same bytes; a sha256 or an unknown store passes through unchanged."""
-    if store_root is None or not Path(store_root).is_dir():
-        return ref
-    from gateway.modelstore import ModelStore, ModelStoreError
-
-    try:
-        return ModelStore(Path(store_root)).resolve(ref).sha256
-    except ModelStoreError:
-        return ref  # the evaluator and gateways decide; their error names the arm
 
 
 def _number(text: str, what: str) -> float:
@@ -174,11 +171,7 @@ def _definition_from_args(args: argparse.Namespace) -> cpb.ExperimentDefinition:
             definition.bandit_floor = args.bandit_floor
         if args.bandit_interval is not None:
             definition.bandit_interval_s = args.bandit_interval
-    store = args.model_store or os.environ.get("ABGATE_MODEL_STORE") or "var/models"
-    for arm in definition.arms:
-        arm.model = _resolve_model(arm.model, store)
-    for shadow in definition.shadows:
-        shadow.model = _resolve_model(shadow.model, store)
+    # Model ids are resolved and pinned to their sha256 by the evaluator, in its own store.
     return definition
 
 
@@ -195,6 +188,9 @@ def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
         f"{d.name}: {view.status}, kind {cpb.ExperimentKind.Name(d.kind).lower()}, "
         f"version {view.version} (snapshot {view.snapshot_version}), {weights}"
     )
+    for r in view.rejections:
+        serving = f"serves version {r.serving_version}" if r.serving_version else "serves none"
+        print(f"  rejected by gateway {r.node_id} (version {r.version}; it {serving}): {r.error}")
     shadows = json.loads(view.details_json or "{}").get("shadows", {})
     for name, s in shadows.items():
         if not s.get("pairs"):
@@ -283,6 +279,12 @@ def cmd_experiments(args: argparse.Namespace) -> int:
                 state = "connected" if g.connected else "disconnected"
                 err = f"  last error: {g.last_error}" if g.last_error else ""
                 print(f"  {g.node_id}: version {g.version}, {state}{err}")
+                for r in g.rejections:
+                    serving = f"version {r.serving_version}" if r.serving_version else "none"
+                    print(
+                        f"    rejects {r.experiment} version {r.version} (serves {serving}): "
+                        f"{r.error}"
+                    )
     elif action == "show" and args.json:
         # The verdict alone, in the documented shape; --full adds everything else.
         from evaluator.service import verdict_json, view_json
@@ -391,7 +393,8 @@ def add_evaluator_parsers(subparsers: Any) -> None:
     q.add_argument(
         "--model-store",
         default=None,
-        help="pin model ids to sha256 from this store (env ABGATE_MODEL_STORE)",
+        help="ignored, kept for old scripts: the evaluator pins model ids to their sha256 in "
+        "its own --model-store",
     )
 
     q = sub.add_parser("list", help="all experiments but archived ones")

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from abgate.errors import InvalidArgument
+from abgate.errors import AbgateError, InvalidArgument
 from abgate.v1 import control_pb2 as cpb
 from gateway.allocation import WEIGHT_TOLERANCE, Allocation, AllocationError
 from gateway.config import NAME
@@ -234,6 +234,29 @@ def validate_definition(d: cpb.ExperimentDefinition, now: float | None = None) -
     )
 
 
+def pin_models(state: ExperimentState, resolve: Callable[[str], str]) -> ExperimentState:
+    """``state`` with every arm's and shadow's model pinned to the sha256 ``resolve`` finds for
+    it (the evaluator's model store), so every gateway loads the same bytes. ``resolve`` raises
+    a domain error (NotFound, InvalidArgument) for a model it cannot find; it is re-raised
+    naming the field (``definition.arms[1].model: no model 'x' in the store``)."""
+
+    def pin(ref: str, fld: str) -> str:
+        try:
+            return resolve(ref)
+        except AbgateError as exc:
+            raise type(exc)(exc.message, field=fld) from None
+
+    arms = tuple(
+        replace(a, model=pin(a.model, f"definition.arms[{i}].model"))
+        for i, a in enumerate(state.arms)
+    )
+    shadows = tuple(
+        replace(s, model=pin(s.model, f"definition.shadows[{k}].model"))
+        for k, s in enumerate(state.shadows)
+    )
+    return replace(state, arms=arms, shadows=shadows)
+
+
 def _stage_min_rows(d: cpb.ExperimentDefinition) -> int:
     rows = d.stage_min_rows if d.HasField("stage_min_rows") else 0
     if not 0 <= rows <= 10**12:
@@ -273,13 +296,15 @@ def _shadow_message(s: Shadow) -> cpb.ShadowConfig:
     return cpb.ShadowConfig(name=s.name, model=s.model, sample_rate=s.sample_rate)
 
 
-def experiment_config(state: ExperimentState) -> cpb.ExperimentConfig:
-    """What gateways get: salt, arms, models and the exact bucket ranges. Taken as stored, not
-    re-validated: validating is the gateways' job (they NACK what they cannot serve)."""
+def experiment_config(state: ExperimentState, version: int = 0) -> cpb.ExperimentConfig:
+    """What gateways get: salt, arms, models, the exact bucket ranges and the experiment's
+    ``version``. Taken as stored, not re-validated: a version written by other means (SQL) is
+    validated by the gateways, which reject what they cannot serve."""
     ranges: Mapping[str, Sequence[Sequence[int]]] = state.allocation.get("ranges", {})
     return cpb.ExperimentConfig(
         name=state.name,
         salt=state.salt,
+        version=version,
         arms=[
             cpb.ArmConfig(
                 name=a.name,
@@ -294,11 +319,18 @@ def experiment_config(state: ExperimentState) -> cpb.ExperimentConfig:
 
 
 def snapshot_message(
-    version: int, states: Sequence[ExperimentState], nonce: str = ""
+    version: int,
+    states: Sequence[ExperimentState],
+    nonce: str = "",
+    versions: Mapping[str, int] | None = None,
 ) -> cpb.ConfigSnapshot:
-    """The snapshot of ``states`` at ``version``; archived experiments are not in it (their
-    archiving still bumps ``version``, so gateways get a snapshot without them)."""
+    """The snapshot of ``states`` at ``version`` (with each experiment's own version from
+    ``versions``); archived experiments are not in it (their archiving still bumps
+    ``version``, so gateways get a snapshot without them)."""
     served = sorted((s for s in states if not s.archived), key=lambda s: s.name)
+    versions = versions or {}
     return cpb.ConfigSnapshot(
-        version=version, nonce=nonce, experiments=[experiment_config(s) for s in served]
+        version=version,
+        nonce=nonce,
+        experiments=[experiment_config(s, versions.get(s.name, 0)) for s in served],
     )

@@ -122,13 +122,21 @@ class EvaluatorCollector(Collector):
             srm_p = statistics.get("srm", {}).get("p_value")
             if srm_p is not None:
                 srm.add_metric([name], srm_p)
+        rejecting = GaugeMetricFamily(
+            "abgate_experiment_rejecting_gateways",
+            "Connected gateways whose latest ACK rejects the experiment (they cannot serve it;"
+            " the evaluator pauses it)",
+            labels=["experiment"],
+        )
         for name, row in sorted(srv.latest.items()):
             if name in archived:
                 continue
             running.add_metric([name], 1.0 if row.state.status == "running" else 0.0)
+            rejecting.add_metric([name], len(pub.rejections_of(name)))
         yield p_value
         yield srm
         yield running
+        yield rejecting
         leader = GaugeMetricFamily(
             "abgate_evaluator_leader",
             "1 while this evaluator holds the leader lock (aggregates and decides)",

@@ -13,6 +13,7 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 from abgate.db.embedded import EmbeddedPostgres
 from abgate.db.migrate import migrate
 from abgate.db.partitions import drop_partitions_before, ensure_partitions
-from abgate.errors import FailedPrecondition, InvalidArgument, Unavailable
+from abgate.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from abgate.metrics_endpoint import serve_collectors
 from abgate.settings import EvaluatorSettings, split_listen
 from abgate.surface import Surface
@@ -40,14 +41,22 @@ from evaluator.experiments import (
     ARCHIVED,
     ExperimentState,
     definition_message,
+    pin_models,
     snapshot_message,
     validate_definition,
 )
 from evaluator.metrics import EvaluatorCollector
 from evaluator.policy import Decision, decide
-from evaluator.service import AdminServicer, ConfigStreamServicer, Publisher, TokenAuth
+from evaluator.service import (
+    AdminServicer,
+    ConfigStreamServicer,
+    GatewayRejection,
+    Publisher,
+    TokenAuth,
+)
 from evaluator.shadows import compare
 from evaluator.store import EvaluatorStore, VersionRow
+from gateway.modelstore import InvalidModelRef, ModelNotFound, ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +89,12 @@ class EvaluatorServer:
             raise InvalidArgument("the evaluator needs a --token (ABGATE_TOKEN)", field="token")
         self.settings = settings
         self.store: EvaluatorStore | None = None
-        self.publisher = Publisher(self._status_sink)
+        # Where every experiment's models must be (the gateways' store): create pins them here.
+        self.models = ModelStore(settings.model_store)
+        self.publisher = Publisher(self._status_sink, self._rejections_sink)
+        # (gateway, experiment) -> (version, error) of the rejection last acted upon, so that a
+        # gateway repeating it in every ACK is paused and audited once.
+        self._rejections_seen: dict[tuple[str, str], tuple[int, str]] = {}
         self.latest: dict[str, VersionRow] = {}
         # Health, reflection, the token check and call metrics of the gRPC listener.
         self.surface = Surface(authorize=TokenAuth(settings.token))
@@ -126,6 +140,74 @@ class EvaluatorServer:
         if store is not None and not self._stopped:
             self._spawn(store.gateway_seen(node_id, **kw))
 
+    def _rejections_sink(self, node_id: str, rejections: Mapping[str, GatewayRejection]) -> None:
+        for key in [k for k in self._rejections_seen if k[0] == node_id]:
+            if key[1] not in rejections:  # served now: a later rejection is news again
+                del self._rejections_seen[key]
+        for name, r in rejections.items():
+            key, seen = (node_id, name), (r.version, r.error)
+            if self._rejections_seen.get(key) == seen or self.store is None or self._stopped:
+                continue
+            self._rejections_seen[key] = seen
+            self._spawn(self._rejected(node_id, r))
+
+    async def _rejected(self, node_id: str, r: GatewayRejection) -> None:
+        """A gateway refused version ``r.version`` of an experiment: audit it (which gateway,
+        what error) and, if that is the running version, pause the experiment so that nothing
+        is decided on the traffic of the gateways that do serve it."""
+        try:
+            async with self._lock:
+                try:
+                    row = await self._store().get(r.experiment)
+                except NotFound:
+                    return
+                state = row.state
+                pause = state.status == "running" and r.version == row.version
+                status = "paused" if pause else state.status
+                doc = {
+                    "action": "reject",
+                    "source": "gateway",
+                    "recommendation": f"gateway {node_id} rejected version {r.version}: "
+                    f"{r.error}" + ("; paused" if pause else ""),
+                    "inputs": {
+                        "gateway": node_id,
+                        "version": r.version,
+                        "error": r.error,
+                        "serving_version": r.serving_version,
+                        "status_before": state.status,
+                        "status": status,
+                    },
+                }
+                if pause:
+                    new = replace(state, status="paused")
+                    await self._write(new, row, f"rejected by gateway {node_id}", doc)
+                else:
+                    await self._store().record_decision(r.experiment, doc, row.version)
+        except Exception:
+            # Forget it, so that the gateway's next ACK tries again.
+            self._rejections_seen.pop((node_id, r.experiment), None)
+            raise
+        log.warning(
+            "gateway %s rejected experiment %s version %d (%s)%s",
+            node_id,
+            r.experiment,
+            r.version,
+            r.error,
+            "; paused it" if pause else "",
+        )
+
+    def _resolve_model(self, ref: str) -> str:
+        """The sha256 of ``ref`` (a sha256, "id" or "id:version") in the model store."""
+        try:
+            meta = self.models.resolve(ref)
+        except InvalidModelRef:
+            raise InvalidArgument(f"{ref!r} is not a sha256, 'id' or 'id:version'") from None
+        except ModelNotFound:
+            raise NotFound(f"no model {ref!r} in the store") from None
+        if not self.models.contains(meta.sha256):
+            raise NotFound(f"no model {ref!r} in the store (its metadata is, its bytes are not)")
+        return meta.sha256
+
     # -- state ------------------------------------------------------------------------------
     def _store(self) -> EvaluatorStore:
         if self.store is None:
@@ -143,7 +225,13 @@ class EvaluatorServer:
         version = max((r.seq for r in latest.values()), default=0)
         if version == self.publisher.version or version == 0:
             return False
-        self.publisher.publish(snapshot_message(version, [r.state for r in latest.values()]))
+        self.publisher.publish(
+            snapshot_message(
+                version,
+                [r.state for r in latest.values()],
+                versions={name: r.version for name, r in latest.items()},
+            )
+        )
         return True
 
     async def _tick_loop(self) -> None:
@@ -299,6 +387,9 @@ class EvaluatorServer:
 
     async def create(self, definition: cpb.ExperimentDefinition) -> cpb.ExperimentView:
         state = validate_definition(definition)
+        # Every model must be in the store (NOT_FOUND naming the field), and is pinned to its
+        # sha256 there: an experiment no gateway can serve is never accepted.
+        state = await asyncio.to_thread(pin_models, state, self._resolve_model)
         async with self._lock:
             try:
                 row = await self._write(
@@ -367,6 +458,8 @@ class EvaluatorServer:
                     raise FailedPrecondition(
                         f"experiment {req.name!r} is {state.status}, not archived"
                     )
+                # Its models must still be in the store, as at create.
+                await asyncio.to_thread(pin_models, state, self._resolve_model)
                 # Back with its salt and buckets. A running one comes back paused: its policy
                 # restarts only on an explicit resume (with a fresh SRM window), and a canary
                 # holds its stage again from now.
@@ -425,6 +518,10 @@ class EvaluatorServer:
         verdict, statistics = self.verdicts.get(s.name, ({}, {}))
         ci = [x if x is not None else float("nan") for x in verdict.get("ci", [])]
         return cpb.ExperimentView(
+            rejections=[
+                _rejection_message(node_id, r)
+                for node_id, r in self.publisher.rejections_of(s.name)
+            ],
             definition=definition_message(s),
             status=s.status,
             version=row.version,
@@ -458,6 +555,10 @@ class EvaluatorServer:
                     version=g.version,
                     connected=g.connected,
                     last_error=g.last_error,
+                    rejections=[
+                        _rejection_message(g.node_id, g.rejections[name])
+                        for name in sorted(g.rejections)
+                    ],
                 )
                 for g in sorted(self.publisher.gateways.values(), key=lambda g: g.node_id)
             ],
@@ -467,6 +568,13 @@ class EvaluatorServer:
     async def start(self) -> int:
         s = self.settings
         creds = server_credentials(s)
+        if not s.model_store.is_dir():
+            # As Triton refuses a --model-repository that is not there: without its store the
+            # evaluator could accept no experiment (or, worse, accept every one unchecked).
+            raise InvalidArgument(
+                f"{s.model_store} is not a directory; point it at the gateways' model store",
+                field="model_store",
+            )
         url = s.database_url
         if not url:
             self._embedded = EmbeddedPostgres(s.pg_data)
@@ -511,10 +619,11 @@ class EvaluatorServer:
             self.metrics_httpd = serve_collectors(collectors, mhost, mport)
             self.metrics_port = int(self.metrics_httpd.server_port)
         log.info(
-            "evaluator listening on %s:%d (config version %d)",
+            "evaluator listening on %s:%d (config version %d, model store %s)",
             host,
             self.port,
             self.publisher.version,
+            s.model_store,
         )
         return self.port
 
@@ -552,6 +661,16 @@ class EvaluatorServer:
         await self.start()
         await stop.wait()
         await self.stop()
+
+
+def _rejection_message(node_id: str, r: GatewayRejection) -> cpb.ExperimentRejection:
+    return cpb.ExperimentRejection(
+        node_id=node_id,
+        experiment=r.experiment,
+        version=r.version,
+        error=r.error,
+        serving_version=r.serving_version,
+    )
 
 
 def run(settings: EvaluatorSettings) -> int:

@@ -15,7 +15,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,6 +56,16 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 # -- publishing -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GatewayRejection:
+    """One experiment version a gateway refused (from its latest ACK)."""
+
+    experiment: str
+    version: int  # the experiment's own version it refused
+    error: str  # "STATUS_NAME: message"
+    serving_version: int  # the version of it the gateway serves instead (0: none)
+
+
 @dataclass
 class GatewayView:
     node_id: str
@@ -64,6 +74,8 @@ class GatewayView:
     acked_at: float = 0.0
     last_error: str = ""
     streams: int = 0
+    # The experiments its latest ACK refused, by name.
+    rejections: dict[str, GatewayRejection] = field(default_factory=dict)
 
 
 @dataclass(eq=False)  # identity: one per stream, kept in a set
@@ -82,10 +94,19 @@ class StatusSink(Protocol):
     ) -> None: ...
 
 
+class RejectionSink(Protocol):
+    """Told the experiments each ACK refuses, none included (the server pauses and audits
+    them)."""
+
+    def __call__(self, node_id: str, rejections: Mapping[str, GatewayRejection]) -> None: ...
+
+
 class Publisher:
     """The current snapshot, the streams waiting for the next one, and each gateway's state."""
 
-    def __init__(self, sink: StatusSink | None = None) -> None:
+    def __init__(
+        self, sink: StatusSink | None = None, rejections: RejectionSink | None = None
+    ) -> None:
         self.current: cpb.ConfigSnapshot | None = None
         self.published_at = 0.0
         self.gateways: dict[str, GatewayView] = {}
@@ -93,6 +114,7 @@ class Publisher:
         self._acks = asyncio.Condition()
         self._nonces = itertools.count(1)
         self._sink = sink
+        self._rejection_sink = rejections
         self.acks = 0
         self.nacks = 0
 
@@ -163,7 +185,20 @@ class Publisher:
             self.acks += 1
             view.acked_at = time.time()
             view.last_error = ""
+            # A NACK changed nothing on the gateway, so only an ACK replaces what it refuses.
+            view.rejections = {
+                s.name: GatewayRejection(
+                    s.name,
+                    s.rejected_version,
+                    f"{grpc.StatusCode(_code(s.error_detail.code)).name}: {s.error_detail.message}",
+                    s.version,
+                )
+                for s in req.experiments
+                if s.HasField("error_detail")
+            }
             self._emit(sub.node_id, version=req.version, connected=True, acked=True, error="")
+            if self._rejection_sink is not None:
+                self._rejection_sink(sub.node_id, view.rejections)
         async with self._acks:
             self._acks.notify_all()
 
@@ -173,6 +208,14 @@ class Publisher:
 
     def connected(self) -> list[GatewayView]:
         return [g for g in self.gateways.values() if g.connected]
+
+    def rejections_of(self, experiment: str) -> list[tuple[str, GatewayRejection]]:
+        """(node id, rejection) of every connected gateway whose latest ACK refuses it."""
+        return sorted(
+            ((g.node_id, g.rejections[experiment]) for g in self.connected()
+             if experiment in g.rejections),
+            key=lambda pair: pair[0],
+        )  # fmt: skip
 
     async def wait_acked(self, version: int, *, count: int = 1, timeout: float = 10.0) -> bool:
         """True once at least ``count`` connected gateways run ``version`` or newer."""

@@ -70,6 +70,8 @@ class ExperimentRuntime:
 class Snapshot:
     version: int
     experiments: Mapping[str, ExperimentRuntime]
+    # Experiments of the evaluator's snapshot this gateway refused and has no good version of.
+    rejected: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -160,6 +162,13 @@ class DataPlane:
         if exp is None:
             if not name:
                 raise InvalidArgument("must not be empty", field="experiment")
+            if name in snap.rejected:
+                # It exists, but not here: UNAVAILABLE, which clients and load balancers retry
+                # on another gateway (one that could load its models).
+                raise Unavailable(
+                    f"experiment {name!r} is not served by this gateway: it rejected its config",
+                    field="experiment",
+                )
             raise NotFound(f"unknown experiment {name!r}", field="experiment")
         return exp
 

@@ -191,6 +191,14 @@ class GatewayCollector(Collector):
             )
             connected.add_metric([gid], 1.0 if sub.connected else 0.0)
             yield connected
+            rejected = GaugeMetricFamily(
+                "abgate_config_rejected_experiments",
+                "Experiments of the latest ACKed snapshot this gateway refused (serving their "
+                "last good version, or none)",
+                labels=["gateway"],
+            )
+            rejected.add_metric([gid], sub.rejected)
+            yield rejected
         writers = {"predictions": self.server.logwriter, "outcomes": self.server.outcome_writer}
         specs = (
             ("abgate_log_rows_written", "Log rows inserted into PostgreSQL", "written"),

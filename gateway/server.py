@@ -30,8 +30,8 @@ from abgate.metrics_endpoint import serve_collectors
 from abgate.settings import GatewaySettings, split_listen
 from abgate.surface import Surface
 from gateway import oip
-from gateway.config import ConfigFileError, ExperimentsConfig, load_config_file
-from gateway.control import ControlPlane
+from gateway.config import ConfigFileError, ExperimentsConfig, ParsedSnapshot, load_config_file
+from gateway.control import ControlPlane, ExperimentStatus
 from gateway.dataplane import DataPlane
 from gateway.logwriter import COLUMNS, OUTCOME_COLUMNS, LogWriter
 from gateway.metrics import GatewayCollector, PredictionStats
@@ -102,8 +102,15 @@ class GatewayServer:
         await asyncio.to_thread(self.control.apply, config, source)
         await self._set_health()
 
-    async def _apply_from_evaluator(self, config: ExperimentsConfig) -> None:
-        await self._apply(config, "evaluator")
+    async def _apply_from_evaluator(
+        self, parsed: ParsedSnapshot, digest: str
+    ) -> list[ExperimentStatus]:
+        control = self.control
+        await asyncio.to_thread(
+            control.apply_each, parsed.config, parsed.invalid, parsed.names, digest
+        )
+        await self._set_health()
+        return control.statuses(parsed.names)
 
     def evaluator_version(self) -> int:
         """The evaluator-sourced version being served (0: none yet, or a file's config)."""
@@ -122,8 +129,11 @@ class GatewayServer:
             and self.control.persisted_source == "evaluator"
         ):
             # The evaluator's last good snapshot is newer truth than a bootstrap file, and it
-            # lets a restart serve while the evaluator is down.
-            await self._apply(persisted, "evaluator")
+            # lets a restart serve while the evaluator is down. Experiment by experiment, as it
+            # came: one whose model left this store meanwhile is left out, not the others.
+            names = [e.name for e in persisted.experiments]
+            await asyncio.to_thread(self.control.apply_each, persisted, {}, names, "")
+            await self._set_health()
             log.info("serving the evaluator's persisted snapshot version %d", persisted.version)
             return
         if path is not None:

@@ -1,6 +1,7 @@
 """The gateway's end of the config stream: dial the evaluator, apply each snapshot through the
-control plane, answer ACK or NACK, and keep serving the last good config whatever happens to the
-stream (redial with jittered exponential backoff)."""
+control plane experiment by experiment, answer ACK (with each experiment's status, refused ones
+with their error) or NACK (a snapshot refused whole), and keep serving the last good config
+whatever happens to the stream (redial with jittered exponential backoff)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import grpc
 from abgate.errors import AbgateError
 from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
-from gateway.config import ExperimentsConfig, parse_config
+from gateway.config import ParsedSnapshot, parse_snapshot
+from gateway.control import ExperimentStatus, snapshot_digest
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ def config_document(snapshot: cpb.ConfigSnapshot) -> dict[str, Any]:
                     {"name": s.name, "model": s.model, "sample_rate": s.sample_rate}
                     for s in e.shadows
                 ],
+                **({"version": e.version} if e.version else {}),
             }
             for e in snapshot.experiments
         ],
@@ -68,16 +71,17 @@ def channel_credentials(
 
 
 class ConfigSubscriber:
-    """One long-lived task per gateway process. ``apply`` validates, warms and swaps a config
-    (raising ``AbgateError`` to refuse it); ``serving`` tells the evaluator-sourced version now
-    served (0: none)."""
+    """One long-lived task per gateway process. ``apply`` validates, warms and swaps a parsed
+    snapshot (given with its digest) experiment by experiment and returns each experiment's
+    status; it raises ``AbgateError`` to refuse the snapshot whole. ``serving`` tells the
+    evaluator-sourced version now served (0: none)."""
 
     def __init__(
         self,
         target: str,
         token: str,
         node_id: str,
-        apply: Callable[[ExperimentsConfig], Awaitable[None]],
+        apply: Callable[[ParsedSnapshot, str], Awaitable[Sequence[ExperimentStatus]]],
         serving: Callable[[], int],
         credentials: grpc.ChannelCredentials | None = None,
         backoff_initial: float = BACKOFF_INITIAL,
@@ -97,6 +101,7 @@ class ConfigSubscriber:
         self.connected = False
         self.last_error = ""
         self.last_applied_at = 0.0
+        self.rejected = 0  # experiments the latest ACK refused
 
     async def run(self) -> None:
         """Forever: keep a stream open; on any failure wait, then redial."""
@@ -150,8 +155,8 @@ class ConfigSubscriber:
 
     async def _answer(self, snapshot: cpb.ConfigSnapshot) -> cpb.ConfigRequest:
         try:
-            config = parse_config(config_document(snapshot))
-            await self._apply(config)
+            doc = config_document(snapshot)
+            statuses = await self._apply(parse_snapshot(doc), snapshot_digest(doc))
         except AbgateError as exc:
             return self._nack(snapshot, exc.code, exc.message)
         except Exception as exc:
@@ -159,8 +164,12 @@ class ConfigSubscriber:
             return self._nack(snapshot, grpc.StatusCode.INTERNAL, f"internal error: {exc}")
         self.acks += 1
         self.last_applied_at = time.time()
+        self.rejected = sum(1 for s in statuses if s.rejection is not None)
         return cpb.ConfigRequest(
-            node_id=self.node_id, version=snapshot.version, response_nonce=snapshot.nonce
+            node_id=self.node_id,
+            version=snapshot.version,
+            response_nonce=snapshot.nonce,
+            experiments=[_status_message(s) for s in statuses],
         )
 
     def _nack(
@@ -181,3 +190,13 @@ class ConfigSubscriber:
             response_nonce=snapshot.nonce,
             error_detail=cpb.ErrorDetail(code=code.value[0], message=message),
         )
+
+
+def _status_message(s: ExperimentStatus) -> cpb.ExperimentStatus:
+    out = cpb.ExperimentStatus(name=s.name, version=s.version)
+    r = s.rejection
+    if r is not None:
+        out.rejected_version = r.version
+        out.error_detail.code = r.code.value[0]
+        out.error_detail.message = r.message
+    return out

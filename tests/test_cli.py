@@ -142,6 +142,8 @@ USAGE = [
     ("evaluator --token t --tls-client-ca {d}/junk.pem", "--tls-client-ca {d}/junk.pem: not a"),
     ("evaluator --token t --pg-data {d}/afile/pg", "--pg-data {d}/afile/pg: a parent"),
     ("evaluator --token t --database-url nope", "must be a postgresql:// URL"),
+    ("evaluator --token t --model-store {d}/nope", "--model-store {d}/nope: no such directory"),
+    ("evaluator --token t --model-store {d}/afile", "--model-store {d}/afile: is a file, not a"),
     # models
     ("models convert --store {d}/m --input {d}/no.joblib --id x --holdout {d}/h.npz",
      "--input {d}/no.joblib: no such file"),
@@ -188,7 +190,8 @@ UNREACHABLE = [
      "UNAVAILABLE: cannot reach PostgreSQL: Connect call failed"),
     ("report --experiment e --out {d}/r --database-url postgresql://u@127.0.0.1:{port}/x",
      "UNAVAILABLE: cannot reach PostgreSQL"),
-    ("evaluator --token t --listen 127.0.0.1:0 --database-url postgresql://u@127.0.0.1:{port}/x",
+    ("evaluator --token t --listen 127.0.0.1:0 --model-store {d} "
+     "--database-url postgresql://u@127.0.0.1:{port}/x",
      "UNAVAILABLE: cannot reach PostgreSQL: Connect call failed"),
 ]  # fmt: skip
 
@@ -348,7 +351,7 @@ def test_a_taken_port_is_one_line_unavailable_and_exit_1(
         args += ["--config", str(demo_store.config), "--model-store", str(demo_store.root),
                  "--state-dir", str(tmp_path / "s"), "--no-log-predictions"]  # fmt: skip
     else:
-        args += ["--pg-data", str(tmp_path / "pg")]
+        args += ["--pg-data", str(tmp_path / "pg"), "--model-store", str(demo_store.root)]
     if flag == "--metrics-listen":
         args += ["--listen", "127.0.0.1:0"]
     r = abgate(*args, flag, f"127.0.0.1:{taken_port}")

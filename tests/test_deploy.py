@@ -294,6 +294,9 @@ def test_compose_wiring_between_services() -> None:
         mounts = services[name]["volumes"]
         assert f"models:{models.store}:ro" in mounts
         assert any(m.endswith(f":{gw.state_dir}") and m.startswith(f"{name}-") for m in mounts)
+    # The evaluator checks and pins every experiment's models in the same store.
+    assert str(args["evaluator"].model_store) == models.store
+    assert f"models:{models.store}:ro" in services["evaluator"]["volumes"]
     assert f"models:{models.store}" in services["models"]["volumes"]
     assert services["models"].get("restart") == "no", "the init job runs once"
     # One state volume per gateway (they must not share a spool or snapshot).
@@ -386,7 +389,11 @@ def test_dependencies_wait_for_health() -> None:
                 assert condition == "service_completed_successfully", f"{name} -> {dep}"
     # Who needs whom: the database before its users, healthy gateways before the entry point.
     args = compose_args()
-    needs = {"evaluator": {"postgres"}, "grafana": {"prometheus"}, "envoy": set(gateway_services())}
+    needs = {
+        "evaluator": {"postgres", "models"},
+        "grafana": {"prometheus"},
+        "envoy": set(gateway_services()),
+    }
     for name in gateway_services():
         needs[name] = {"postgres", "models", "evaluator"}
         assert args[name].evaluator.split(":")[0] == "evaluator"
@@ -866,6 +873,7 @@ def test_alert_rules_parse_and_cover_the_guardrails() -> None:
     uses("AbgateLogLagHigh", "abgate_log_lag_seconds")
     uses("AbgateLogSpoolGrowing", "abgate_log_spool_bytes")
     uses("AbgateExperimentSRM", "abgate_experiment_srm_p_value")
+    uses("AbgateExperimentRejected", "abgate_experiment_rejecting_gateways")
     # The alert fires where the evaluator pauses.
     assert f"<= {SRM_ALPHA:g}" in rules["AbgateExperimentSRM"]["expr"]
     uses(

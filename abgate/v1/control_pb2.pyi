@@ -49,16 +49,18 @@ class ShadowConfig(_message.Message):
     def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., sample_rate: _Optional[float] = ...) -> None: ...
 
 class ExperimentConfig(_message.Message):
-    __slots__ = ("name", "salt", "arms", "shadows")
+    __slots__ = ("name", "salt", "arms", "shadows", "version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SALT_FIELD_NUMBER: _ClassVar[int]
     ARMS_FIELD_NUMBER: _ClassVar[int]
     SHADOWS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     salt: str
     arms: _containers.RepeatedCompositeFieldContainer[ArmConfig]
     shadows: _containers.RepeatedCompositeFieldContainer[ShadowConfig]
-    def __init__(self, name: _Optional[str] = ..., salt: _Optional[str] = ..., arms: _Optional[_Iterable[_Union[ArmConfig, _Mapping]]] = ..., shadows: _Optional[_Iterable[_Union[ShadowConfig, _Mapping]]] = ...) -> None: ...
+    version: int
+    def __init__(self, name: _Optional[str] = ..., salt: _Optional[str] = ..., arms: _Optional[_Iterable[_Union[ArmConfig, _Mapping]]] = ..., shadows: _Optional[_Iterable[_Union[ShadowConfig, _Mapping]]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ConfigSnapshot(_message.Message):
     __slots__ = ("version", "nonce", "experiments")
@@ -78,17 +80,31 @@ class ErrorDetail(_message.Message):
     message: str
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
+class ExperimentStatus(_message.Message):
+    __slots__ = ("name", "version", "rejected_version", "error_detail")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    rejected_version: int
+    error_detail: ErrorDetail
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., rejected_version: _Optional[int] = ..., error_detail: _Optional[_Union[ErrorDetail, _Mapping]] = ...) -> None: ...
+
 class ConfigRequest(_message.Message):
-    __slots__ = ("node_id", "version", "response_nonce", "error_detail")
+    __slots__ = ("node_id", "version", "response_nonce", "error_detail", "experiments")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_NONCE_FIELD_NUMBER: _ClassVar[int]
     ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     version: int
     response_nonce: str
     error_detail: ErrorDetail
-    def __init__(self, node_id: _Optional[str] = ..., version: _Optional[int] = ..., response_nonce: _Optional[str] = ..., error_detail: _Optional[_Union[ErrorDetail, _Mapping]] = ...) -> None: ...
+    experiments: _containers.RepeatedCompositeFieldContainer[ExperimentStatus]
+    def __init__(self, node_id: _Optional[str] = ..., version: _Optional[int] = ..., response_nonce: _Optional[str] = ..., error_detail: _Optional[_Union[ErrorDetail, _Mapping]] = ..., experiments: _Optional[_Iterable[_Union[ExperimentStatus, _Mapping]]] = ...) -> None: ...
 
 class Guardrails(_message.Message):
     __slots__ = ("max_error_rate", "max_p99_latency_ms", "rollback_threshold", "max_rate_increase")
@@ -151,7 +167,7 @@ class Verdict(_message.Message):
     def __init__(self, winner: _Optional[str] = ..., p_value: _Optional[float] = ..., effect_size: _Optional[float] = ..., ci: _Optional[_Iterable[float]] = ..., recommendation: _Optional[str] = ...) -> None: ...
 
 class ExperimentView(_message.Message):
-    __slots__ = ("definition", "status", "version", "snapshot_version", "weights", "verdict", "details_json")
+    __slots__ = ("definition", "status", "version", "snapshot_version", "weights", "verdict", "details_json", "rejections")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +182,7 @@ class ExperimentView(_message.Message):
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     DETAILS_JSON_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
     definition: ExperimentDefinition
     status: str
     version: int
@@ -173,7 +190,22 @@ class ExperimentView(_message.Message):
     weights: _containers.ScalarMap[str, float]
     verdict: Verdict
     details_json: str
-    def __init__(self, definition: _Optional[_Union[ExperimentDefinition, _Mapping]] = ..., status: _Optional[str] = ..., version: _Optional[int] = ..., snapshot_version: _Optional[int] = ..., weights: _Optional[_Mapping[str, float]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., details_json: _Optional[str] = ...) -> None: ...
+    rejections: _containers.RepeatedCompositeFieldContainer[ExperimentRejection]
+    def __init__(self, definition: _Optional[_Union[ExperimentDefinition, _Mapping]] = ..., status: _Optional[str] = ..., version: _Optional[int] = ..., snapshot_version: _Optional[int] = ..., weights: _Optional[_Mapping[str, float]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., details_json: _Optional[str] = ..., rejections: _Optional[_Iterable[_Union[ExperimentRejection, _Mapping]]] = ...) -> None: ...
+
+class ExperimentRejection(_message.Message):
+    __slots__ = ("node_id", "experiment", "version", "error", "serving_version")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    experiment: str
+    version: int
+    error: str
+    serving_version: int
+    def __init__(self, node_id: _Optional[str] = ..., experiment: _Optional[str] = ..., version: _Optional[int] = ..., error: _Optional[str] = ..., serving_version: _Optional[int] = ...) -> None: ...
 
 class CreateExperimentRequest(_message.Message):
     __slots__ = ("definition",)
@@ -206,16 +238,18 @@ class ExperimentRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., arm: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class GatewayState(_message.Message):
-    __slots__ = ("node_id", "version", "connected", "last_error")
+    __slots__ = ("node_id", "version", "connected", "last_error", "rejections")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     version: int
     connected: bool
     last_error: str
-    def __init__(self, node_id: _Optional[str] = ..., version: _Optional[int] = ..., connected: _Optional[bool] = ..., last_error: _Optional[str] = ...) -> None: ...
+    rejections: _containers.RepeatedCompositeFieldContainer[ExperimentRejection]
+    def __init__(self, node_id: _Optional[str] = ..., version: _Optional[int] = ..., connected: _Optional[bool] = ..., last_error: _Optional[str] = ..., rejections: _Optional[_Iterable[_Union[ExperimentRejection, _Mapping]]] = ...) -> None: ...
 
 class GatewaysRequest(_message.Message):
     __slots__ = ()

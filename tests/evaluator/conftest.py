@@ -62,16 +62,22 @@ class InProcessEvaluator:
         self.thread.join(10)
 
 
-def evaluator_settings(database_url: str, **kw: Any) -> EvaluatorSettings:
+def evaluator_settings(database_url: str, model_store: Path, **kw: Any) -> EvaluatorSettings:
+    """An evaluator on a free port resolving experiments' models in ``model_store``."""
     base = EvaluatorSettings(
-        listen="127.0.0.1:0", token=TOKEN, database_url=database_url, tick_interval=0.2
+        listen="127.0.0.1:0",
+        token=TOKEN,
+        database_url=database_url,
+        model_store=model_store,
+        tick_interval=0.2,
     )
     return replace(base, **kw)
 
 
 @pytest.fixture
-def evaluator(fresh_db: str) -> Iterator[InProcessEvaluator]:
-    ev = InProcessEvaluator(evaluator_settings(fresh_db))
+def evaluator(fresh_db: str, demo_store: DemoStore) -> Iterator[InProcessEvaluator]:
+    """An evaluator whose model store is the demo store."""
+    ev = InProcessEvaluator(evaluator_settings(fresh_db, demo_store.root))
     try:
         yield ev
     finally:
@@ -154,7 +160,7 @@ def decided(
     tmp = tmp_path_factory.mktemp("report")
     shas = {m.id: m.sha256 for m in demo_store.metas.values()}
     constant = register(demo_store.root, tmp, "constant", constant_model(demo_store.X.shape[1]))
-    ev = InProcessEvaluator(evaluator_settings(url, settle=0.0))
+    ev = InProcessEvaluator(evaluator_settings(url, demo_store.root, settle=0.0))
     gw: InProcessGateway | None = None
     try:
         definition = ab_definition(

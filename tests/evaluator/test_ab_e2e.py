@@ -62,7 +62,9 @@ def test_policy_promotes_the_better_model_from_real_outcomes(
     )
     gbdt = demo_store.metas["demo-gbdt"].sha256
 
-    ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0, metrics_listen="127.0.0.1:0"))
+    ev = InProcessEvaluator(
+        evaluator_settings(fresh_db, demo_store.root, settle=0.0, metrics_listen="127.0.0.1:0")
+    )
     gateways: list[InProcessGateway] = []
     try:
         definition = ab_definition(
@@ -153,7 +155,7 @@ def test_policy_promotes_the_better_model_from_real_outcomes(
 
         # A restarted evaluator still shows the verdict (read back from the audit table).
         ev.close()
-        ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0))
+        ev = InProcessEvaluator(evaluator_settings(fresh_db, demo_store.root, settle=0.0))
         again = ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="exp"))
         assert again.verdict == view.verdict and again.status == "promoted"
     finally:
@@ -188,7 +190,7 @@ def test_bandit_reweights_through_the_stream_and_keeps_users_sticky(
         demo_store.root, tmp_path, "constant", constant_model(demo_store.X.shape[1])
     )
     gbdt = demo_store.metas["demo-gbdt"].sha256
-    ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0, seed=5))
+    ev = InProcessEvaluator(evaluator_settings(fresh_db, demo_store.root, settle=0.0, seed=5))
     gw: InProcessGateway | None = None
     try:
         definition = ab_definition(
@@ -231,7 +233,7 @@ def test_a_bandit_between_equal_models_names_no_winner_and_promote_refuses(
     """Two arms serving the same model: however the bandit re-weights, its verdict names no
     tested winner, so `promote` without an arm refuses (it used to promote the best raw mean)."""
     gbdt = demo_store.metas["demo-gbdt"].sha256
-    ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0, seed=5))
+    ev = InProcessEvaluator(evaluator_settings(fresh_db, demo_store.root, settle=0.0, seed=5))
     gw: InProcessGateway | None = None
     try:
         definition = ab_definition(

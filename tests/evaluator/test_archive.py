@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
 from evaluator.experiments import ExperimentState, snapshot_message, validate_definition
 from evaluator.policy import Decision
+from tests.conftest import DemoStore
 from tests.evaluator.conftest import (
     TOKEN,
     InProcessEvaluator,
@@ -28,7 +30,7 @@ from tests.evaluator.conftest import (
 )
 from tests.evaluator.test_control_plane import pki as _pki  # noqa: F401  (a fixture)
 
-A, B = "a" * 64, "b" * 64
+A, B = "a" * 64, "b" * 64  # for snapshots built here; the evaluator's come from `models`
 
 
 def _fetch(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
@@ -43,14 +45,24 @@ def _fetch(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def ev(fresh_db: str) -> Iterator[InProcessEvaluator]:
+def models(demo_store: DemoStore) -> tuple[str, str]:
+    """Two models of the evaluator's store (the demo store), by sha256."""
+    return demo_store.metas["demo-logreg"].sha256, demo_store.metas["demo-gbdt"].sha256
+
+
+@pytest.fixture
+def ev(
+    fresh_db: str, demo_store: DemoStore, models: tuple[str, str]
+) -> Iterator[InProcessEvaluator]:
     """An evaluator whose ticks run only when a test calls them, auditing every verdict."""
-    e = InProcessEvaluator(evaluator_settings(fresh_db, tick_interval=3600, audit_interval=0))
+    e = InProcessEvaluator(
+        evaluator_settings(fresh_db, demo_store.root, tick_interval=3600, audit_interval=0)
+    )
     try:
         for name in ("keep", "gone"):
             e.admin.call(
                 "CreateExperiment",
-                cpb.CreateExperimentRequest(definition=ab_definition(name, A, B)),
+                cpb.CreateExperimentRequest(definition=ab_definition(name, *models)),
             )
         yield e
     finally:
@@ -162,7 +174,9 @@ def test_operations_on_an_archived_experiment_are_refused(
     assert ev.server.publisher.version == version
 
 
-def test_archive_errors_and_the_name_stays_taken(ev: InProcessEvaluator) -> None:
+def test_archive_errors_and_the_name_stays_taken(
+    ev: InProcessEvaluator, models: tuple[str, str]
+) -> None:
     assert rpc_code(ev.admin.call, "Archive", cpb.ExperimentRequest(name="nope")) == (
         grpc.StatusCode.NOT_FOUND
     )
@@ -175,7 +189,8 @@ def test_archive_errors_and_the_name_stays_taken(ev: InProcessEvaluator) -> None
     ev.admin.call("Archive", cpb.ExperimentRequest(name="gone"))
     with pytest.raises(grpc.RpcError) as info:
         ev.admin.call(
-            "CreateExperiment", cpb.CreateExperimentRequest(definition=ab_definition("gone", B, A))
+            "CreateExperiment",
+            cpb.CreateExperimentRequest(definition=ab_definition("gone", models[1], models[0])),
         )
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     details = info.value.details() or ""
@@ -227,13 +242,45 @@ def test_unarchive_brings_back_its_salt_and_buckets(ev: InProcessEvaluator) -> N
     assert resumed.status == "running"
 
 
+def test_unarchive_refuses_an_experiment_whose_model_left_the_store(
+    fresh_db: str, demo_store: DemoStore, tmp_path: Path, models: tuple[str, str]
+) -> None:
+    """The evaluator's own store copy (hard links: the same bytes) loses a model while the
+    experiment is archived: unarchive fails NOT_FOUND naming the field and changes nothing."""
+    store = tmp_path / "store"
+    for sub in ("meta", "objects"):
+        (store / sub).mkdir(parents=True)
+        for f in (demo_store.root / sub).iterdir():
+            os.link(f, store / sub / f.name)
+    e = InProcessEvaluator(evaluator_settings(fresh_db, store, tick_interval=3600))
+    try:
+        e.admin.call(
+            "CreateExperiment", cpb.CreateExperimentRequest(definition=ab_definition("x", *models))
+        )
+        e.admin.call("Archive", cpb.ExperimentRequest(name="x"))
+        version = e.server.publisher.version
+        (store / "meta" / f"{models[1]}.json").unlink()
+        with pytest.raises(grpc.RpcError) as info:
+            e.admin.call("Unarchive", cpb.ExperimentRequest(name="x"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert info.value.details() == (
+            f"definition.arms[1].model: no model {models[1]!r} in the store"
+        )
+        view = e.admin.call("GetExperiment", cpb.ExperimentRequest(name="x"))
+        assert (view.status, view.version) == ("archived", 2)
+        assert e.server.publisher.version == version
+    finally:
+        e.close()
+
+
 def test_the_audit_row_names_the_client_certificate_under_mtls(
-    request: pytest.FixtureRequest, fresh_db: str
+    request: pytest.FixtureRequest, fresh_db: str, demo_store: DemoStore, models: tuple[str, str]
 ) -> None:
     pki: Path = request.getfixturevalue("_pki")
     e = InProcessEvaluator(
         evaluator_settings(
             fresh_db,
+            demo_store.root,
             tls_cert=pki / "server.pem",
             tls_key=pki / "server.key",
             tls_client_ca=pki / "ca.pem",
@@ -249,7 +296,7 @@ def test_the_audit_row_names_the_client_certificate_under_mtls(
         with grpc.secure_channel(e.target, creds) as channel:
             admin = cpb_grpc.EvaluatorAdminStub(channel)
             admin.CreateExperiment(
-                cpb.CreateExperimentRequest(definition=ab_definition("exp", A, B)),
+                cpb.CreateExperimentRequest(definition=ab_definition("exp", *models)),
                 metadata=metadata,
                 timeout=10,
             )

@@ -1,8 +1,8 @@
 """End to end: ``abgate experiments archive`` with a real evaluator and a real gateway process
 logging to a real PostgreSQL. The archived experiment leaves the snapshot (the gateway ACKs,
 answers NOT_FOUND for it) while the other keeps every user on the same arm; its history stays;
-archiving is how an operator unfreezes a fleet that NACKs a bad experiment; unarchive brings it
-back with the same users on the same arms; with every experiment archived the gateway serves an
+an experiment whose model is not in the store is refused at create; unarchive brings one back
+with the same users on the same arms; with every experiment archived the gateway serves an
 empty snapshot."""
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> 
 def test_archive_end_to_end(demo_store: DemoStore, tmp_path: Path, fresh_db: str) -> None:
     shas = {m.id: m.sha256 for m in demo_store.metas.values()}
     X = demo_store.X
-    ev = InProcessEvaluator(evaluator_settings(fresh_db))
+    ev = InProcessEvaluator(evaluator_settings(fresh_db, demo_store.root))
     publisher = ev.server.publisher
     gp: GatewayProcess | None = None
     try:
@@ -174,21 +174,22 @@ def test_archive_end_to_end(demo_store: DemoStore, tmp_path: Path, fresh_db: str
         assert r.stderr.startswith("abgate: error: NOT_FOUND: "), r.stderr
         assert publisher.version == v2, "refused calls publish nothing"
 
-        # Issue 15's frozen fleet: an experiment whose model no gateway has makes the gateway
-        # NACK that snapshot and every later one (a new experiment is never served) ...
-        nacks = publisher.nacks
+        # Issue 15's frozen fleet cannot start any more: an experiment whose model is not in
+        # the evaluator's store is refused at create (nothing is published), and the next one
+        # is served.
+        version = publisher.version
         broken = ab_definition("broken", shas["demo-logreg"], "f" * 64)
-        ev.admin.call("CreateExperiment", cpb.CreateExperimentRequest(definition=broken))
-        wait_for(lambda: publisher.nacks > nacks, what="a NACK of the broken experiment")
+        with pytest.raises(grpc.RpcError) as info:
+            ev.admin.call("CreateExperiment", cpb.CreateExperimentRequest(definition=broken))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert info.value.details() == (
+            f"definition.arms[1].model: no model {'f' * 64!r} in the store"
+        )
+        assert publisher.version == version
         later = ab_definition("later", shas["demo-logreg"], shas["demo-gbdt"])
-        ev.admin.call("CreateExperiment", cpb.CreateExperimentRequest(definition=later))
-        wait_for(lambda: publisher.nacks > nacks + 1, what="a NACK of the next version")
-        assert publisher.gateways["gw-1"].version == v2
-        assert predict_error(gp.target, X, "later").code.name == "NOT_FOUND"
-        # ... until the operator archives it: the next snapshot is ACKed and serves "later".
-        r = abgate("archive", "broken", *target, "--reason", "model not deployed", "--json")
-        assert r.returncode == 0, r.stderr
-        v3 = json.loads(r.stdout)["snapshot_version"]
+        v3 = ev.admin.call(
+            "CreateExperiment", cpb.CreateExperimentRequest(definition=later)
+        ).snapshot_version
         assert ev.call(publisher.wait_acked(v3, timeout=10))
         arms, versions = arms_of(gp.target, X, "later")
         assert versions == {v3} and {"control", "treatment"} <= set(arms)

@@ -62,7 +62,9 @@ def canary_stack(
     """An evaluator and a gateway running one canary; guardrails and the canary's metric
     rollback judge an arm after min(``min_samples``, 100) of its rows."""
     shas = {m.id: m.sha256 for m in demo_store.metas.values()}
-    ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0, evaluate=True))
+    ev = InProcessEvaluator(
+        evaluator_settings(fresh_db, demo_store.root, settle=0.0, evaluate=True)
+    )
     definition = ab_definition(
         "canary",
         shas["demo-logreg"],

@@ -1,6 +1,7 @@
 """End to end: a real evaluator and two real gateway processes on a real PostgreSQL. Decisions
-reach both gateways, which ACK; bad snapshots are NACKed while the previous version keeps
-serving; gateways outlive the evaluator and restart from their persisted snapshot."""
+reach both gateways, which ACK; a bad version of an experiment is rejected alone (the snapshot
+is ACKed with the rejection) while its previous version keeps serving; gateways outlive the
+evaluator and restart from their persisted snapshot."""
 
 from __future__ import annotations
 
@@ -59,6 +60,23 @@ async def _gateway_rows(url: str) -> list[dict[str, Any]]:
         await conn.close()
 
 
+async def _rejections(url: str, experiment: str) -> list[dict[str, Any]]:
+    """The audit rows of gateways' rejections of ``experiment``: inputs (gateway, version,
+    error...)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT inputs::text AS inputs FROM decisions WHERE experiment = $1 "
+            "AND action = 'reject' AND source = 'gateway' ORDER BY id",
+            experiment,
+        )
+        return [json.loads(r["inputs"]) for r in rows]
+    finally:
+        await conn.close()
+
+
 async def _insert_version(url: str, experiment: str, mutate: Any, base: int) -> None:
     """Write a new experiment version, ``mutate``d from version ``base``, straight into
     PostgreSQL, as a buggy writer would."""
@@ -85,13 +103,15 @@ async def _insert_version(url: str, experiment: str, mutate: Any, base: int) -> 
 
 
 @pytest.mark.timeout(300)
-def test_decisions_reach_both_gateways_and_bad_snapshots_are_nacked(
+def test_decisions_reach_both_gateways_and_bad_versions_are_rejected_alone(
     demo_store: DemoStore, tmp_path: Path, fresh_db: str
 ) -> None:
     shas = {m.id: m.sha256 for m in demo_store.metas.values()}
     X = demo_store.X
     port = free_port()
-    ev = InProcessEvaluator(evaluator_settings(fresh_db, listen=f"127.0.0.1:{port}"))
+    ev = InProcessEvaluator(
+        evaluator_settings(fresh_db, demo_store.root, listen=f"127.0.0.1:{port}")
+    )
     gateways: list[GatewayProcess] = []
     try:
         created = ev.admin.call(
@@ -154,10 +174,6 @@ def test_decisions_reach_both_gateways_and_bad_snapshots_are_nacked(
         good = version
         good_version = view.version  # the experiment's own version (snapshots count globally)
 
-        # Bad snapshots written behind the evaluator's back: weights 60/60, then a model that
-        # no gateway has. Both gateways NACK with the reason and keep serving `good`.
-        nacks_before = ev.server.publisher.nacks
-
         def weights_60_60(config: dict[str, Any]) -> None:
             for arm in config["arms"]:
                 arm["weight"] = 60.0
@@ -165,38 +181,57 @@ def test_decisions_reach_both_gateways_and_bad_snapshots_are_nacked(
         def missing_model(config: dict[str, Any]) -> None:
             config["arms"][1]["model"] = "f" * 64
 
+        # Bad versions of "exp" written behind the evaluator's back: weights 60/60, then a model
+        # that no gateway has. Each gateway rejects that experiment alone: it ACKs the snapshot
+        # listing the rejection, keeps serving the experiment's last good version (its answers
+        # still say the snapshot it came from), and the evaluator audits it.
         for mutate, status in (
             (weights_60_60, "INVALID_ARGUMENT"),
             (missing_model, "NOT_FOUND"),
         ):
             asyncio.run(_insert_version(fresh_db, "exp", mutate, good_version))
-            expected_nacks = nacks_before + 2
-            wait_for(lambda n=expected_nacks: ev.server.publisher.nacks >= n, what="two NACKs")
-            nacks_before = ev.server.publisher.nacks
-            bad = ev.server.publisher.version
-            assert bad > good
+            wait_for(lambda v=version: ev.server.publisher.version > v, what="the bad version")
+            version = bad = ev.server.publisher.version
+            assert ev.call(ev.server.publisher.wait_acked(bad, count=2, timeout=10))
+            bad_version = ev.server.latest["exp"].version
             reply = ev.admin.call("Gateways", cpb.GatewaysRequest())
             for g in reply.gateways:
-                assert g.version == good, "a NACK reports the version still served"
-                assert g.last_error.startswith(status), g.last_error
+                assert (g.version, g.last_error) == (bad, "")
+                (r,) = g.rejections
+                assert (r.experiment, r.version, r.serving_version) == (
+                    "exp",
+                    bad_version,
+                    good_version,
+                )
+                assert r.error.startswith(status), r.error
             for gp in gateways:
                 arms, versions = arms_of(gp.target, X)
                 assert set(arms) == {"treatment"} and versions == {good}
-            rows = asyncio.run(_gateway_rows(fresh_db))
+            view = ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="exp"))
+            assert [r.node_id for r in view.rejections] == ["gw-a", "gw-b"]
             wait_for(
-                lambda s=status: all(
-                    r["last_error"].startswith(s) for r in asyncio.run(_gateway_rows(fresh_db))
+                lambda s=status, v=bad_version: (
+                    sum(
+                        1
+                        for r in asyncio.run(_rejections(fresh_db, "exp"))
+                        if r["version"] == v and r["error"].startswith(s)
+                    )
+                    == 2
                 ),
-                what="NACK recorded in gateway_status",
+                what="both rejections audited",
             )
+        assert ev.server.publisher.nacks == 0, "nothing here refuses a whole snapshot"
         rows = asyncio.run(_gateway_rows(fresh_db))
-        assert all(r["version"] == good for r in rows)
+        assert all(r["version"] == bad for r in rows)
 
-        # The good config written again as a new version is ACKed; a rollback after it too.
+        # The good config written again as a new version is ACKed with nothing rejected; a
+        # rollback after it too.
         asyncio.run(_insert_version(fresh_db, "exp", lambda config: None, good_version))
         wait_for(lambda: ev.server.publisher.version > bad, what="the restored version")
         restored = ev.server.publisher.version
         assert ev.call(ev.server.publisher.wait_acked(restored, count=2, timeout=10))
+        reply = ev.admin.call("Gateways", cpb.GatewaysRequest())
+        assert [list(g.rejections) for g in reply.gateways] == [[], []]
         view = ev.admin.call("Rollback", cpb.ExperimentRequest(name="exp", reason="bad push"))
         fixed = view.snapshot_version
         assert ev.call(ev.server.publisher.wait_acked(fixed, count=2, timeout=10))
@@ -222,7 +257,9 @@ def test_decisions_reach_both_gateways_and_bad_snapshots_are_nacked(
 
         # The evaluator comes back on the same address: both gateways redial (backoff) and
         # report the version they run; a new decision reaches both again.
-        ev = InProcessEvaluator(evaluator_settings(fresh_db, listen=f"127.0.0.1:{port}"))
+        ev = InProcessEvaluator(
+            evaluator_settings(fresh_db, demo_store.root, listen=f"127.0.0.1:{port}")
+        )
         assert ev.call(ev.server.publisher.wait_acked(fixed, count=2, timeout=30))
         view = ev.admin.call("Promote", cpb.ExperimentRequest(name="exp", arm="treatment"))
         assert ev.call(ev.server.publisher.wait_acked(view.snapshot_version, count=2, timeout=5))

@@ -91,8 +91,11 @@ def test_bad_definitions_are_invalid_argument_naming_the_field(
     assert list(listed.experiments) == []
 
 
-def test_admin_operations_and_their_errors(evaluator: InProcessEvaluator) -> None:
-    create = cpb.CreateExperimentRequest(definition=ab_definition("exp", "a" * 64, "b" * 64))
+def test_admin_operations_and_their_errors(
+    evaluator: InProcessEvaluator, demo_store: DemoStore
+) -> None:
+    logreg, gbdt = (demo_store.metas[m].sha256 for m in ("demo-logreg", "demo-gbdt"))
+    create = cpb.CreateExperimentRequest(definition=ab_definition("exp", logreg, gbdt))
     view = evaluator.admin.call("CreateExperiment", create)
     assert (view.status, view.version, dict(view.weights)) == (
         "running",
@@ -150,6 +153,7 @@ def test_tls_and_mtls_config_stream(
     ev = InProcessEvaluator(
         evaluator_settings(
             fresh_db,
+            demo_store.root,
             tls_cert=pki / "server.pem",
             tls_key=pki / "server.key",
             tls_client_ca=pki / "ca.pem",
@@ -228,14 +232,13 @@ def test_evaluator_refuses_to_start_without_a_token() -> None:
 
 def test_experiments_cli(evaluator: InProcessEvaluator, demo_store: DemoStore) -> None:
     target = ["--evaluator", evaluator.target]
-    store = ["--model-store", str(demo_store.root)]
-    r = abgate("experiments", "create", *target, *store, "--name", "exp",
+    r = abgate("experiments", "create", *target, "--name", "exp",
                "--arm", "control=demo-logreg", "--arm", "treatment=demo-gbdt",
                "--min-effect", "0.01", "--max-error-rate", "0.05", "--json")  # fmt: skip
     assert r.returncode == 0, r.stderr
     created = json.loads(r.stdout)
     arms = created["definition"]["arms"]
-    # Model ids are pinned to the sha256 of the local store, so every gateway loads the same.
+    # The evaluator pins model ids to their sha256 in its store: every gateway loads the same.
     assert [a["model"] for a in arms] == [
         demo_store.metas["demo-logreg"].sha256,
         demo_store.metas["demo-gbdt"].sha256,

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
+from tests.conftest import DemoStore
 from tests.evaluator.conftest import (
     TOKEN,
     InProcessEvaluator,
@@ -48,8 +49,10 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @pytest.fixture
-def metered(fresh_db: str) -> Iterator[InProcessEvaluator]:
-    ev = InProcessEvaluator(evaluator_settings(fresh_db, metrics_listen="127.0.0.1:0"))
+def metered(fresh_db: str, demo_store: DemoStore) -> Iterator[InProcessEvaluator]:
+    ev = InProcessEvaluator(
+        evaluator_settings(fresh_db, demo_store.root, metrics_listen="127.0.0.1:0")
+    )
     try:
         yield ev
     finally:
@@ -72,8 +75,10 @@ def test_health_and_reflection_answer_for_the_same_names(evaluator: InProcessEva
         assert file_defining(channel, CONFIG_STREAM, metadata=AUTH).package == "abgate.v1"
 
 
-def test_every_name_goes_not_serving_when_the_evaluator_drains(fresh_db: str) -> None:
-    ev = InProcessEvaluator(evaluator_settings(fresh_db))
+def test_every_name_goes_not_serving_when_the_evaluator_drains(
+    fresh_db: str, demo_store: DemoStore
+) -> None:
+    ev = InProcessEvaluator(evaluator_settings(fresh_db, demo_store.root))
     channel = grpc.insecure_channel(ev.target)
     try:
         health = health_pb2_grpc.HealthStub(channel)
@@ -90,7 +95,9 @@ def test_every_name_goes_not_serving_when_the_evaluator_drains(fresh_db: str) ->
         ev.close()
 
 
-def test_metrics_count_every_call_by_method_and_status(metered: InProcessEvaluator) -> None:
+def test_metrics_count_every_call_by_method_and_status(
+    metered: InProcessEvaluator, demo_store: DemoStore
+) -> None:
     ev = metered
     with grpc.insecure_channel(ev.target) as channel:
         admin = cpb_grpc.EvaluatorAdminStub(channel)
@@ -109,7 +116,8 @@ def test_metrics_count_every_call_by_method_and_status(metered: InProcessEvaluat
         assert rpc_code(admin.GetExperiment, cpb.ExperimentRequest(), metadata=AUTH, timeout=5) == (
             grpc.StatusCode.INVALID_ARGUMENT
         )
-        definition = ab_definition("exp", "a" * 64, "b" * 64)
+        logreg, gbdt = (demo_store.metas[m].sha256 for m in ("demo-logreg", "demo-gbdt"))
+        definition = ab_definition("exp", logreg, gbdt)
         created = admin.CreateExperiment(
             cpb.CreateExperimentRequest(definition=definition), metadata=AUTH, timeout=10
         )

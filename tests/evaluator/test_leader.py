@@ -23,12 +23,12 @@ def wait_until(predicate: object, timeout: float = 10.0) -> bool:
 
 def test_one_leader_decides_and_a_standby_takes_over(demo_store: DemoStore, fresh_db: str) -> None:
     shas = {m.id: m.sha256 for m in demo_store.metas.values()}
-    first = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0))
+    first = InProcessEvaluator(evaluator_settings(fresh_db, demo_store.root, settle=0.0))
     second: InProcessEvaluator | None = None
     try:
         assert wait_until(lambda: first.server.leader)
         second = InProcessEvaluator(
-            evaluator_settings(fresh_db, settle=0.0, metrics_listen="127.0.0.1:0")
+            evaluator_settings(fresh_db, demo_store.root, settle=0.0, metrics_listen="127.0.0.1:0")
         )
         first.admin.call(
             "CreateExperiment",

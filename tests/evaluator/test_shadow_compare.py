@@ -28,7 +28,9 @@ def test_shadow_comparison_reported_by_experiments_show(
         demo_store.root, tmp_path, "constant", constant_model(demo_store.X.shape[1])
     )
     shas = {m.id: m.sha256 for m in demo_store.metas.values()}
-    ev = InProcessEvaluator(evaluator_settings(fresh_db, settle=0.0, metrics_listen="127.0.0.1:0"))
+    ev = InProcessEvaluator(
+        evaluator_settings(fresh_db, demo_store.root, settle=0.0, metrics_listen="127.0.0.1:0")
+    )
     gw: InProcessGateway | None = None
     try:
         definition = ab_definition(
