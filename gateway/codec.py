@@ -19,6 +19,7 @@ from gateway.dataplane import BatchResult, Prediction
 
 MAX_USER_ID_BYTES = 256
 MAX_REQUEST_ID_BYTES = 128
+NUL_MESSAGE = "contains U+0000 (NUL), which the log cannot store"
 _FP32 = np.dtype("<f4")
 _ZEROS: dict[int, np.ndarray] = {}  # n_features -> float32 zeros, for decode_row
 # decode_row multiplies NaN/Inf by zero on purpose; the request is refused, nothing to warn about.
@@ -48,6 +49,16 @@ def check_request_id(request_id: str, field: str = "request_id") -> None:
         not request_id.isascii() and _utf8_len(request_id, field) > MAX_REQUEST_ID_BYTES
     ):
         raise InvalidArgument(f"longer than {MAX_REQUEST_ID_BYTES} bytes", field=field)
+    if "\x00" in request_id:  # inlined check_storable: this runs on every call that names an id
+        raise InvalidArgument(NUL_MESSAGE, field=field)
+
+
+def check_storable(text: str, field: str) -> None:
+    """Refuse text the log cannot store. PostgreSQL's text holds no U+0000; lone surrogates,
+    the other thing it cannot hold, fail the UTF-8 checks before this (and protobuf refuses
+    them on the wire). One C-level scan of the string."""
+    if "\x00" in text:
+        raise InvalidArgument(NUL_MESSAGE, field=field)
 
 
 def decode_row(tensor: pb.Tensor, n_features: int) -> np.ndarray:
@@ -234,11 +245,15 @@ def decode_outcomes(
         check_request_id(rid, field=f"outcomes[{i}].request_id")
         if not math.isfinite(o.value):
             raise InvalidArgument("must be a finite number", field=f"outcomes[{i}].value")
-        if len(o.source.encode()) > MAX_SOURCE_BYTES:
-            raise InvalidArgument(
-                f"longer than {MAX_SOURCE_BYTES} bytes", field=f"outcomes[{i}].source"
-            )
-        rows.append((rid, o.value, now, o.source))
+        source = o.source
+        if source:
+            field = f"outcomes[{i}].source"
+            if len(source) > MAX_SOURCE_BYTES or (
+                not source.isascii() and _utf8_len(source, field) > MAX_SOURCE_BYTES
+            ):
+                raise InvalidArgument(f"longer than {MAX_SOURCE_BYTES} bytes", field=field)
+            check_storable(source, field)
+        rows.append((rid, o.value, now, source))
     return rows
 
 

@@ -1,0 +1,287 @@
+"""No request can poison the prediction log: text PostgreSQL cannot store is refused at the edge
+(native API and OIP V2, the field named), and a row the database refuses for any other reason
+is isolated into ``dead_letters`` while every other row of its batch is written — on a flush
+and on a spool replay, so neither the log nor the spool is ever blocked by one row."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import grpc
+import numpy as np
+import pytest
+
+from abgate.db.migrate import migrate
+from abgate.oip.v2 import grpc_predict_v2_pb2_grpc as oip_grpc
+from abgate.v1 import gateway_pb2 as pb
+from gateway import codec
+from gateway.logwriter import LogWriter, refused_for_content
+from gateway.metrics import GatewayCollector
+from gateway.spool import DEAD_LETTERS, Spool
+from tests.conftest import DemoStore, InProcessGateway, execute_sql
+from tests.gateway.test_logwriter import row
+from tests.gateway.test_oip import infer_request
+from tests.gateway.test_spool import drain_spool
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def fetch(url: str, sql: str) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [dict(r) for r in await conn.fetch(sql)]
+    finally:
+        await conn.close()
+
+
+def id_counts(url: str, table: str) -> dict[str, int]:
+    rows = asyncio.run(fetch(url, f"SELECT request_id, count(*) AS n FROM {table} GROUP BY 1"))
+    return {r["request_id"]: r["n"] for r in rows}
+
+
+def dead_letters(url: str) -> list[dict[str, Any]]:
+    rows = asyncio.run(fetch(url, "SELECT * FROM dead_letters ORDER BY id"))
+    for r in rows:
+        r["content"] = json.loads(r["content"])
+    return rows
+
+
+def wait_until(check: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def predict_request(rid: str, row: np.ndarray) -> pb.PredictRequest:
+    return pb.PredictRequest(
+        experiment="demo", user_id=f"user-{rid!r}", request_id=rid, features=codec.encode_tensor(row)
+    )
+
+
+def batch_request(rids: list[str], rows: np.ndarray) -> pb.PredictBatchRequest:
+    return pb.PredictBatchRequest(
+        experiment="demo", user_ids=[f"user-{r!r}" for r in rids], request_ids=rids,
+        features=codec.encode_tensor(rows),
+    )  # fmt: skip
+
+
+def refused(call: Any) -> str:
+    """The details of a call that must fail with INVALID_ARGUMENT."""
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    assert err.value.code() == INVALID, err.value.details()
+    return str(err.value.details())
+
+
+def test_nul_in_logged_text_is_refused_naming_the_field(
+    gateway: InProcessGateway, demo_store: DemoStore
+) -> None:
+    """A NUL in a request id (Predict, PredictBatch, PredictStream, OIP ModelInfer) or in an
+    outcome's request id or source is INVALID_ARGUMENT naming the field, and the innocent rows
+    sent among those calls are all written: no batch went to the spool."""
+    stub, oip = gateway.stub, oip_grpc.GRPCInferenceServiceStub(gateway.channel)
+    X = demo_store.X
+    good: list[str] = []
+    for i in range(10):
+        rid = f"good-{i}"
+        stub.Predict(predict_request(rid, X[i]), timeout=10)
+        good.append(rid)
+        assert refused(lambda: stub.Predict(predict_request(f"bad\x00{i}", X[i]), timeout=10)) \
+            == f"request_id: {codec.NUL_MESSAGE}"  # fmt: skip
+        batch = [f"good-b{i}-0", f"bad-b{i}\x00", f"good-b{i}-2"]
+        details = refused(lambda: stub.PredictBatch(batch_request(batch, X[:3]), timeout=10))
+        assert details.startswith("request_ids[1]: contains U+0000"), details
+        # A stream answers each message; a bad one fails alone.
+        msgs = [predict_request(r, X[i]) for r in (f"good-s{i}-0", f"bad-s\x00{i}", f"good-s{i}-2")]
+        answers = list(stub.PredictStream(iter(msgs), timeout=10))
+        assert [a.error_code for a in answers] == [0, INVALID.value[0], 0]
+        assert answers[1].error_message.startswith("request_id: contains U+0000")
+        good += [f"good-s{i}-0", f"good-s{i}-2"]
+        details = refused(
+            lambda: oip.ModelInfer(infer_request(X[i : i + 1], f"u{i}", request_id=f"o\x00{i}"),
+                                   timeout=10)  # fmt: skip
+        )
+        assert details.startswith("id: contains U+0000"), details
+        resp = oip.ModelInfer(infer_request(X[i : i + 1], f"u{i}", request_id=f"good-o{i}"),
+                              timeout=10)  # fmt: skip
+        good.append(resp.id)
+        for outcomes, field in (
+            ([pb.Outcome(request_id=f"good-{i}", value=1), pb.Outcome(request_id=f"good-{i}",
+              value=1, source="s\x00")], "outcomes[1].source"),
+            ([pb.Outcome(request_id=f"good\x00{i}", value=1)], "outcomes[0].request_id"),
+        ):  # fmt: skip
+            details = refused(
+                lambda o=outcomes: stub.RecordOutcome(pb.RecordOutcomeRequest(outcomes=o),
+                                                      timeout=10)  # fmt: skip
+            )
+            assert details.startswith(f"{field}: contains U+0000"), details
+        stub.RecordOutcome(
+            pb.RecordOutcomeRequest(outcomes=[pb.Outcome(request_id=f"good-{i}", value=1)]),
+            timeout=10,
+        )
+    url = gateway.server.settings.database_url
+    wait_until(lambda: len(id_counts(url, "predictions")) >= len(good))
+    wait_until(lambda: len(id_counts(url, "outcomes")) >= 10)
+    assert id_counts(url, "predictions") == dict.fromkeys(good, 1)
+    assert id_counts(url, "outcomes") == {f"good-{i}": 1 for i in range(10)}
+    for w in (gateway.server.logwriter, gateway.server.outcome_writer):
+        assert w is not None
+        c = w.counters
+        assert (c.failed_flushes, c.spooled, c.dead_lettered, w.queued) == (0, 0, 0, 0)
+
+
+def dead_lettered_metric(gw: InProcessGateway) -> dict[str, float]:
+    """abgate_log_rows_dead_lettered_total per table, as /metrics exports it."""
+    for family in GatewayCollector(gw.server).collect():
+        if family.name == "abgate_log_rows_dead_lettered":
+            return {s.labels["table"]: s.value for s in family.samples}
+    raise AssertionError("abgate_log_rows_dead_lettered not exported")
+
+
+def test_rows_the_database_refuses_are_dead_lettered_the_rest_written(
+    gateway: InProcessGateway, demo_store: DemoStore
+) -> None:
+    """A constraint nobody foresaw (added by hand here) refuses some rows: every good row lands
+    in its table exactly once, each refused one is in dead_letters with the reason, the
+    counter counts them, nothing goes to the spool, and later traffic flows on."""
+    url = gateway.server.settings.database_url
+    asyncio.run(execute_sql(url, "ALTER TABLE predictions ADD CONSTRAINT test_no_poison "
+                                 "CHECK (request_id NOT LIKE 'poison-%')"))  # fmt: skip
+    asyncio.run(execute_sql(url, "ALTER TABLE outcomes ADD CONSTRAINT test_no_poison "
+                                 "CHECK (source <> 'poison')"))  # fmt: skip
+    stub, X = gateway.stub, demo_store.X
+    good: list[str] = []
+    poison: list[str] = []
+    for i in range(5):
+        # One call, one log batch: good rows and poisoned ones side by side.
+        rids = [f"{'poison' if j % 10 == 3 else 'good'}-b{i}-{j}" for j in range(40)]
+        stub.PredictBatch(batch_request(rids, X[:40]), timeout=10)
+        for j in range(8):
+            rid = f"{'poison' if j == 5 else 'good'}-{i}-{j}"
+            stub.Predict(predict_request(rid, X[j]), timeout=10)
+            rids.append(rid)
+        good += [r for r in rids if r.startswith("good")]
+        poison += [r for r in rids if r.startswith("poison")]
+    outcomes = [pb.Outcome(request_id=r, value=1, source="poison" if k % 7 == 0 else "labels")
+                for k, r in enumerate(good)]  # fmt: skip
+    stub.RecordOutcome(pb.RecordOutcomeRequest(outcomes=outcomes), timeout=10)
+    pw, ow = gateway.server.logwriter, gateway.server.outcome_writer
+    assert pw is not None and ow is not None
+    n_bad_outcomes = len(outcomes[::7])
+    wait_until(lambda: pw.counters.dead_lettered == len(poison) and pw.queued == 0)
+    wait_until(lambda: ow.counters.dead_lettered == n_bad_outcomes and ow.queued == 0)
+    # The log is not blocked: rows sent after the poisoned ones are written as before.
+    stub.Predict(predict_request("good-after", X[0]), timeout=10)
+    good.append("good-after")
+    wait_until(lambda: "good-after" in id_counts(url, "predictions"))
+
+    assert id_counts(url, "predictions") == dict.fromkeys(good, 1)
+    assert sorted(id_counts(url, "outcomes")) == sorted(
+        o.request_id for o in outcomes if o.source == "labels"
+    )
+    letters = dead_letters(url)
+    by_table = {t: [d for d in letters if d["log_table"] == t] for t in ("predictions", "outcomes")}
+    assert sorted(d["content"]["request_id"] for d in by_table["predictions"]) == sorted(poison)
+    assert sorted(d["content"]["request_id"] for d in by_table["outcomes"]) == sorted(
+        o.request_id for o in outcomes[::7]
+    )
+    for d in letters:
+        assert (d["sqlstate"], d["error"]) == ("23514", "CheckViolationError")
+        assert "test_no_poison" in d["message"] and d["gateway_id"] == gateway.server.gateway_id
+    # The whole row is kept: a prediction's columns, scores as float32 bytes.
+    kept = by_table["predictions"][0]["content"]
+    assert kept["experiment"] == "demo" and kept["shadow"] is False
+    assert len(np.frombuffer(__import__("base64").b64decode(kept["scores"]["b64"]), "<f4")) == 2
+    assert by_table["outcomes"][0]["content"]["source"] == "poison"
+    assert dead_lettered_metric(gateway) == {"predictions": len(poison), "outcomes": n_bad_outcomes}
+    for w in (pw, ow):
+        assert (w.counters.spooled, w.counters.failed_flushes) == (0, 0)
+        assert w.spool is not None and w.spool.segments() == []
+
+
+def test_a_poisoned_spool_replays_around_its_bad_rows(
+    fresh_db: str, pg_url: str, tmp_path: Path
+) -> None:
+    """Rows spooled while the database was down, poisoned ones among them (a CHECK violation,
+    a NUL an older gateway let through, a lone surrogate the gateway cannot even encode, one
+    that dead_letters refuses too), replay after a restart: every good row once, each bad one
+    dead-lettered (the last in the spool's dead-letters.jsonl), the spool emptied. Replaying
+    the same spool again — through the staging path this time — adds nothing anywhere."""
+    name = urlsplit(fresh_db).path.lstrip("/")
+    spool_dir, kept = tmp_path / "spool", tmp_path / "kept"
+    bad = {17: "poison-17", 230: "nul\x00230", 455: "sur\ud800455", 901: "poison-doomed"}
+    rows = [row(i) if i not in bad else (bad[i], *row(i)[1:]) for i in range(1000)]
+
+    async def outage() -> LogWriter:
+        await migrate(fresh_db)
+        await execute_sql(fresh_db, "ALTER TABLE predictions ADD CONSTRAINT test_no_poison "
+                                    "CHECK (request_id NOT LIKE 'poison-%')")  # fmt: skip
+        await execute_sql(fresh_db, "ALTER TABLE dead_letters ADD CONSTRAINT test_refuse "
+                                    "CHECK (content::text NOT LIKE '%doomed%')")  # fmt: skip
+        await execute_sql(pg_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        w = LogWriter(fresh_db, batch_rows=100, max_age=0.05, spool=Spool(spool_dir))
+        await w.start()
+        for i, r in enumerate(rows):
+            w.append(r)
+            if i % 100 == 0:
+                await asyncio.sleep(0.01)
+        await w.stop(timeout=30)
+        await execute_sql(pg_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        return w
+
+    w = asyncio.run(outage())
+    assert w.counters.spooled == 1000 and w.counters.dead_lettered == 0
+    shutil.copytree(spool_dir, kept)
+
+    first = asyncio.run(drain_spool(fresh_db, spool_dir))  # a restarted gateway's writer
+    assert Spool(spool_dir).segments() == [], "the poisoned spool must not stay blocked"
+    good = [r[0] for i, r in enumerate(rows) if i not in bad]
+    assert id_counts(fresh_db, "predictions") == dict.fromkeys(good, 1)
+    assert first.counters.replayed == len(good) and first.counters.dead_lettered == len(bad)
+    letters = {d["content"]["request_id"]: d for d in dead_letters(fresh_db)}
+    assert sorted(letters) == sorted(["poison-17", "nul\x00230", "sur\ud800455"])
+    assert (letters["poison-17"]["sqlstate"], letters["poison-17"]["error"]) == (
+        "23514", "CheckViolationError",
+    )  # fmt: skip
+    assert letters["nul\x00230"]["sqlstate"] == "22021"  # invalid byte sequence: 0x00
+    assert (letters["sur\ud800455"]["sqlstate"], letters["sur\ud800455"]["error"]) == (
+        "", "UnicodeEncodeError",
+    )  # fmt: skip
+    assert letters["nul\x00230"]["content"]["ts"] == rows[230][1]  # the row as it was queued
+    (doomed,) = [json.loads(line) for line in (spool_dir / DEAD_LETTERS).read_text().splitlines()]
+    assert doomed["content"]["request_id"] == "poison-doomed" and doomed["sqlstate"] == "23514"
+    assert "test_refuse" in doomed["dead_letters_error"]
+
+    again = asyncio.run(drain_spool(fresh_db, kept))
+    assert Spool(kept).segments() == [] and again.counters.staged_batches >= 1
+    assert id_counts(fresh_db, "predictions") == dict.fromkeys(good, 1)
+    assert len(dead_letters(fresh_db)) == 3  # each refused row recorded once
+
+
+def test_only_refusals_for_content_are_dead_lettered() -> None:
+    """Connection loss, timeouts, too many connections, a server shutting down or read-only, a
+    missing table: the rows are fine, keep and retry them. Data and integrity errors, a
+    trigger's RAISE, a value the gateway cannot encode: isolate."""
+    exc = asyncpg.exceptions
+    for keep in (exc.ConnectionDoesNotExistError, exc.TooManyConnectionsError,
+                 exc.CannotConnectNowError, exc.AdminShutdownError, exc.QueryCanceledError,
+                 exc.ReadOnlySQLTransactionError, exc.DiskFullError, exc.UndefinedTableError,
+                 exc.InsufficientPrivilegeError, exc.DeadlockDetectedError,
+                 exc.StatementTooComplexError):  # fmt: skip
+        assert not refused_for_content(keep("x")), keep
+    for other in (TimeoutError(), ConnectionResetError(), OSError(), asyncpg.InterfaceError("x")):
+        assert not refused_for_content(other), other
+    for isolate in (exc.CheckViolationError, exc.NotNullViolationError,
+                    exc.CharacterNotInRepertoireError, exc.NumericValueOutOfRangeError,
+                    exc.InvalidTextRepresentationError, exc.RaiseError,
+                    exc.ProgramLimitExceededError):  # fmt: skip
+        assert refused_for_content(isolate("x")), isolate
+    assert refused_for_content(UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates"))
