@@ -19,6 +19,9 @@ from gateway.dataplane import BatchResult, Prediction
 
 MAX_USER_ID_BYTES = 256
 MAX_REQUEST_ID_BYTES = 128
+# PostgreSQL's text cannot hold U+0000, so a request id or outcome source with one would make
+# its whole log batch fail. (Lone surrogates, the other thing it cannot hold, fail the UTF-8
+# checks below, and protobuf refuses them on the wire anyway.) `"\x00" in s` is one C scan.
 NUL_MESSAGE = "contains U+0000 (NUL), which the log cannot store"
 _FP32 = np.dtype("<f4")
 _ZEROS: dict[int, np.ndarray] = {}  # n_features -> float32 zeros, for decode_row
@@ -49,15 +52,7 @@ def check_request_id(request_id: str, field: str = "request_id") -> None:
         not request_id.isascii() and _utf8_len(request_id, field) > MAX_REQUEST_ID_BYTES
     ):
         raise InvalidArgument(f"longer than {MAX_REQUEST_ID_BYTES} bytes", field=field)
-    if "\x00" in request_id:  # inlined check_storable: this runs on every call that names an id
-        raise InvalidArgument(NUL_MESSAGE, field=field)
-
-
-def check_storable(text: str, field: str) -> None:
-    """Refuse text the log cannot store. PostgreSQL's text holds no U+0000; lone surrogates,
-    the other thing it cannot hold, fail the UTF-8 checks before this (and protobuf refuses
-    them on the wire). One C-level scan of the string."""
-    if "\x00" in text:
+    if "\x00" in request_id:
         raise InvalidArgument(NUL_MESSAGE, field=field)
 
 
@@ -246,13 +241,12 @@ def decode_outcomes(
         if not math.isfinite(o.value):
             raise InvalidArgument("must be a finite number", field=f"outcomes[{i}].value")
         source = o.source
-        if source:
-            field = f"outcomes[{i}].source"
-            if len(source) > MAX_SOURCE_BYTES or (
-                not source.isascii() and _utf8_len(source, field) > MAX_SOURCE_BYTES
-            ):
-                raise InvalidArgument(f"longer than {MAX_SOURCE_BYTES} bytes", field=field)
-            check_storable(source, field)
+        if len(source) > MAX_SOURCE_BYTES or (
+            not source.isascii() and _utf8_len(source, f"outcomes[{i}].source") > MAX_SOURCE_BYTES
+        ):
+            raise InvalidArgument(f"longer than {MAX_SOURCE_BYTES} bytes", f"outcomes[{i}].source")
+        if "\x00" in source:  # (field names are built only on error: this runs per outcome)
+            raise InvalidArgument(NUL_MESSAGE, field=f"outcomes[{i}].source")
         rows.append((rid, o.value, now, source))
     return rows
 
