@@ -353,79 +353,96 @@ class LogWriter:
     async def _write_isolating(self, batch: Sequence[Row]) -> int:
         """Write ``batch``; if it is refused for its content, write every row but those at
         fault and dead-letter those. Returns the rows dead-lettered; any other failure is
-        raised, the rows left to the caller (what was written already replays harmlessly)."""
+        raised, the rows left to the caller (what was written already replays harmlessly, a
+        row dead-lettered again is recorded once)."""
         try:
             await asyncio.wait_for(self.write(batch), self.flush_timeout)
         except Exception as exc:
             if not refused_for_content(exc):
                 raise
-            log.warning("%s log: a batch of %d rows was refused (%s); isolating the rows at "
-                        "fault", self.table, len(batch), _one_line(exc))  # fmt: skip
-            return await self._isolate(batch, exc)
+            dead: list[tuple[Row, BaseException]] = []
+            await self._isolate(batch, exc, dead)
+            await self._dead_letter(dead)
+            log.error("%s log: %d of %d rows refused (first: %s); the other rows are written, "
+                      "those kept in dead_letters", self.table, len(dead), len(batch),
+                      _one_line(dead[0][1]))  # fmt: skip
+            return len(dead)
         return 0
 
-    async def _isolate(self, rows: Sequence[Row], exc: BaseException) -> int:
+    async def _isolate(
+        self, rows: Sequence[Row], exc: BaseException, dead: list[tuple[Row, BaseException]]
+    ) -> None:
         """``rows`` failed together with ``exc``: bisect, writing each half that goes in, until
-        the rows that fail alone are found; those are dead-lettered. Each bad row costs about
-        2·log2(len(rows)) writes; a batch of good rows costs nothing of this."""
+        the rows that fail alone are found; those are added to ``dead``. A bad row costs about
+        2·log2(len(rows)) writes, a batch whose every row is refused 2 writes a row."""
         if len(rows) == 1:
-            await self._dead_letter(rows[0], exc)
-            return 1
+            dead.append((rows[0], exc))
+            return
         mid = len(rows) // 2
-        dead = 0
         for half in (rows[:mid], rows[mid:]):
             try:
                 await asyncio.wait_for(self.write(half), self.flush_timeout)
             except Exception as half_exc:
                 if not refused_for_content(half_exc):
                     raise
-                dead += await self._isolate(half, half_exc)
-        return dead
+                await self._isolate(half, half_exc, dead)
 
-    async def _dead_letter(self, row: Row, exc: BaseException) -> None:
-        """Keep a row the log table refused, with why: in dead_letters, or, when that table
-        refuses it as well, in the spool directory's dead-letters.jsonl."""
+    async def _dead_letter(self, dead: list[tuple[Row, BaseException]]) -> None:
+        """Keep rows the log table refused, with why: in dead_letters (one statement for all of
+        them), or, for each one that table refuses as well, in the spool directory's
+        dead-letters.jsonl (the server log without a spool)."""
         assert self._pool is not None
-        content = _row_json(self.columns, row)
-        sqlstate = str(getattr(exc, "sqlstate", None) or "")
-        error = type(exc).__name__
-        message = _text(str(getattr(exc, "message", None) or exc))
-        detail = _text(str(getattr(exc, "detail", None) or ""))
-        args = (self.table, content, sqlstate, error, message, detail, self.gateway_id)
+        records = [self._dead_letter_record(row, exc) for row, exc in dead]
+        pool = self._pool
 
-        async def insert() -> None:
-            assert self._pool is not None
-            async with self._pool.acquire() as conn:
-                await conn.execute(_DEAD_LETTER_SQL, *args)
+        async def insert(many: list[tuple[str, ...]]) -> None:
+            async with pool.acquire() as conn:
+                await conn.executemany(_DEAD_LETTER_SQL, many)
 
         try:
-            await asyncio.wait_for(insert(), self.flush_timeout)
-            where = "dead_letters"
-        except Exception as table_exc:
-            # The table refuses the row too (or is missing: 42xxx); the database being away is
-            # the caller's to retry.
-            if not (
-                refused_for_content(table_exc)
-                or isinstance(table_exc, asyncpg.SyntaxOrAccessRuleError)
-            ):
-                raise
-            record = {
-                "log_table": self.table, "content": json.loads(content), "sqlstate": sqlstate,
-                "error": error, "message": message, "detail": detail,
-                "gateway_id": self.gateway_id,
+            await asyncio.wait_for(insert(records), self.flush_timeout)
+        except Exception as exc:
+            if not _table_refuses(exc):
+                raise  # the database is away: the caller retries the whole batch
+            for record in records:  # which of them does the table refuse?
+                try:
+                    await asyncio.wait_for(insert([record]), self.flush_timeout)
+                except Exception as one_exc:
+                    if not _table_refuses(one_exc):
+                        raise
+                    await self._dead_letter_file(record, one_exc)
+        self.counters.dead_lettered += len(records)
+
+    def _dead_letter_record(self, row: Row, exc: BaseException) -> tuple[str, ...]:
+        """The dead_letters columns of a refused row (log_table, content, sqlstate, error,
+        message, detail, gateway_id)."""
+        return (
+            self.table,
+            _row_json(self.columns, row),
+            str(getattr(exc, "sqlstate", None) or ""),
+            type(exc).__name__,
+            _text(str(getattr(exc, "message", None) or exc)),
+            _text(str(getattr(exc, "detail", None) or "")),
+            self.gateway_id,
+        )
+
+    async def _dead_letter_file(self, record: tuple[str, ...], exc: BaseException) -> None:
+        table, content, sqlstate, error, message, detail, gateway_id = record
+        line = json.dumps(
+            {
+                "log_table": table, "content": json.loads(content), "sqlstate": sqlstate,
+                "error": error, "message": message, "detail": detail, "gateway_id": gateway_id,
                 "failed_at": dt.datetime.now(dt.UTC).isoformat(),
-                "dead_letters_error": _one_line(table_exc),
-            }  # fmt: skip
-            line = json.dumps(record, separators=(",", ":"))
-            if self.spool is None:
-                where = "the server log (no spool)"
-                log.error("%s log dead letter: %s", self.table, line)
-            else:
-                path = await asyncio.to_thread(self.spool.dead_letter, line)
-                where = str(path)
-        self.counters.dead_lettered += 1
-        log.error("%s log: row %.80s refused (%s %s: %s); kept in %s", self.table,
-                  content, sqlstate, error, message, where)  # fmt: skip
+                "dead_letters_error": _one_line(exc),
+            },
+            separators=(",", ":"),
+        )  # fmt: skip
+        if self.spool is None:
+            log.error("%s log dead letter (dead_letters refused it, no spool): %s", table, line)
+            return
+        path = await asyncio.to_thread(self.spool.dead_letter, line)
+        log.error("%s log: dead_letters refused a row too (%s); kept in %s", table,
+                  _one_line(exc), path)  # fmt: skip
 
     async def write(self, batch: Sequence[Row]) -> int:
         """Write ``batch`` and return the rows inserted; rows already present are skipped.
@@ -485,6 +502,11 @@ class LogWriter:
     @property
     def queued(self) -> int:
         return self._queued
+
+
+def _table_refuses(exc: BaseException) -> bool:
+    """dead_letters refuses a row too (or is missing, or not ours to write: class 42)."""
+    return refused_for_content(exc) or isinstance(exc, asyncpg.SyntaxOrAccessRuleError)
 
 
 def _json_value(value: Any) -> Any:
