@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -32,6 +33,11 @@ from tests.gateway.test_oip import infer_request
 from tests.gateway.test_spool import drain_spool
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+# The statement docs/operations.md gives for re-inserting dead-lettered predictions.
+REINSERT_SQL = re.search(
+    r"```sql\n(INSERT INTO predictions .*?)```", OPERATIONS.read_text(), re.S
+).group(1)  # type: ignore[union-attr]
 
 
 async def fetch(url: str, sql: str) -> list[dict[str, Any]]:
@@ -208,6 +214,25 @@ def test_rows_the_database_refuses_are_dead_lettered_the_rest_written(
     for w in (pw, ow):
         assert (w.counters.spooled, w.counters.failed_flushes) == (0, 0)
         assert w.spool is not None and w.spool.segments() == []
+    # Nothing is lost: once the cause is gone, docs/operations.md's statement puts them back,
+    # every column as served (twice: replays add nothing).
+    asyncio.run(execute_sql(url, "ALTER TABLE predictions DROP CONSTRAINT test_no_poison"))
+    nul_letter = (  # as test_a_poisoned_spool_replays_around_its_bad_rows makes them
+        "INSERT INTO dead_letters (log_table, content, error, message) VALUES "
+        """('predictions', '{"request_id": "nul\\u0000"}', 'CharacterNotInRepertoireError', '')"""
+    )
+    asyncio.run(execute_sql(url, nul_letter))  # left out by the statement, not failing it
+    for _ in range(2):
+        asyncio.run(execute_sql(url, REINSERT_SQL))
+    assert id_counts(url, "predictions") == dict.fromkeys(good + poison, 1)
+    back = asyncio.run(fetch(url, "SELECT * FROM predictions WHERE request_id = 'poison-0-5'"))
+    twin = asyncio.run(fetch(url, "SELECT * FROM predictions WHERE request_id = 'good-0-4'"))
+    for column in ("experiment", "config_version", "arm", "model_sha256", "shadow", "status"):
+        assert back[0][column] == twin[0][column], column
+    (queued,) = [d["content"] for d in letters if d["content"]["request_id"] == "poison-0-5"]
+    assert back[0]["ts"].timestamp() == pytest.approx(queued["ts"], abs=1e-6)
+    scores = np.frombuffer(base64.b64decode(queued["scores"]["b64"]), "<f4")
+    assert np.array_equal(np.asarray(back[0]["scores"], "<f4"), scores)
 
 
 def test_a_poisoned_spool_replays_around_its_bad_rows(
