@@ -19,6 +19,10 @@ from gateway.dataplane import BatchResult, Prediction
 
 MAX_USER_ID_BYTES = 256
 MAX_REQUEST_ID_BYTES = 128
+# PostgreSQL's text cannot hold U+0000, so a request id or outcome source with one would make
+# its whole log batch fail. (Lone surrogates, the other thing it cannot hold, fail the UTF-8
+# checks below, and protobuf refuses them on the wire anyway.) `"\x00" in s` is one C scan.
+NUL_MESSAGE = "contains U+0000 (NUL), which the log cannot store"
 _FP32 = np.dtype("<f4")
 _ZEROS: dict[int, np.ndarray] = {}  # n_features -> float32 zeros, for decode_row
 # decode_row multiplies NaN/Inf by zero on purpose; the request is refused, nothing to warn about.
@@ -48,6 +52,8 @@ def check_request_id(request_id: str, field: str = "request_id") -> None:
         not request_id.isascii() and _utf8_len(request_id, field) > MAX_REQUEST_ID_BYTES
     ):
         raise InvalidArgument(f"longer than {MAX_REQUEST_ID_BYTES} bytes", field=field)
+    if "\x00" in request_id:
+        raise InvalidArgument(NUL_MESSAGE, field=field)
 
 
 def decode_row(tensor: pb.Tensor, n_features: int) -> np.ndarray:
@@ -234,11 +240,14 @@ def decode_outcomes(
         check_request_id(rid, field=f"outcomes[{i}].request_id")
         if not math.isfinite(o.value):
             raise InvalidArgument("must be a finite number", field=f"outcomes[{i}].value")
-        if len(o.source.encode()) > MAX_SOURCE_BYTES:
-            raise InvalidArgument(
-                f"longer than {MAX_SOURCE_BYTES} bytes", field=f"outcomes[{i}].source"
-            )
-        rows.append((rid, o.value, now, o.source))
+        source = o.source
+        if len(source) > MAX_SOURCE_BYTES or (
+            not source.isascii() and _utf8_len(source, f"outcomes[{i}].source") > MAX_SOURCE_BYTES
+        ):
+            raise InvalidArgument(f"longer than {MAX_SOURCE_BYTES} bytes", f"outcomes[{i}].source")
+        if "\x00" in source:  # (field names are built only on error: this runs per outcome)
+            raise InvalidArgument(NUL_MESSAGE, field=f"outcomes[{i}].source")
+        rows.append((rid, o.value, now, source))
     return rows
 
 

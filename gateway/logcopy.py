@@ -179,12 +179,24 @@ def encode(rows: Sequence[tuple[Any, ...]]) -> bytes:
     return HEADER + encode_rows(rows) + TRAILER
 
 
-async def stream(rows: Sequence[tuple[Any, ...]]) -> AsyncIterator[bytes]:
-    """The same stream in chunks, yielding to the event loop between them, for
-    ``asyncpg.Connection.copy_to_table(source=...)``."""
-    yield HEADER
+async def chunks(rows: Sequence[tuple[Any, ...]]) -> list[bytes]:
+    """The same stream in chunks of ROWS_PER_CHUNK rows, yielding to the event loop between
+    them; all encoded before the COPY starts, so that a row with no binary form (a lone
+    surrogate, a value out of range) fails the write before a byte is sent. Raised mid-COPY,
+    the error would make asyncpg cancel a COPY the server may already have failed (a row it
+    refused), and that cancel never completes: the connection hangs. The same work as encoding
+    between sends; the batch's bytes are held at once (~150 KB for 1,000 rows)."""
+    out = [HEADER]
     for i in range(0, len(rows), ROWS_PER_CHUNK):
         if i:
             await asyncio.sleep(0)
-        yield encode_rows(rows[i : i + ROWS_PER_CHUNK])
-    yield TRAILER
+        out.append(encode_rows(rows[i : i + ROWS_PER_CHUNK]))
+    out.append(TRAILER)
+    return out
+
+
+async def send(parts: Sequence[bytes]) -> AsyncIterator[bytes]:
+    """``parts`` as the async iterable ``asyncpg.Connection.copy_to_table(source=...)`` takes
+    (it never raises)."""
+    for part in parts:
+        yield part

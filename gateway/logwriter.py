@@ -6,13 +6,24 @@ When a flush fails, its rows go to the on-disk spool (``gateway.spool``) and the
 retrying; once the database answers again the spool is replayed in order and each segment is
 deleted after its rows are committed. Only when memory and spool are both full does ``append``
 raise UNAVAILABLE, so no answer is given without a place for its log row.
+
+A batch refused for what some of its rows hold (``refused_for_content``: a value PostgreSQL
+cannot store, a constraint broken) is split until the rows that fail on their own are found;
+every other row is written and those go to the ``dead_letters`` table (migration 0006), or to
+the spool directory's ``dead-letters.jsonl`` when that table refuses them too. So one bad row
+never sends its batch to the spool, and a spool segment holding one never blocks the spool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import datetime as dt
+import json
 import logging
+import math
+import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -99,10 +110,36 @@ class LogCounters:
     spooled: int = 0  # rows written to the disk spool
     staged_batches: int = 0  # prediction batches that met a row already written (replays)
     replayed: int = 0  # rows read back from the spool and committed
+    # Rows refused for their content, kept in dead_letters (or the spool's dead-letters.jsonl).
+    dead_lettered: int = 0
     oldest_queued_at: float | None = field(default=None)
 
     def lag_seconds(self) -> float:
         return 0.0 if self.oldest_queued_at is None else time.time() - self.oldest_queued_at
+
+
+# Errors that say nothing about the rows (connection lost, timeouts, too many connections, a
+# server shutting down or read-only, a missing table or privilege) keep the batch and retry it.
+# These say a row holds something the database refuses (classes 22 data exception, 23 integrity
+# constraint, P0 a trigger's RAISE; 54000 a value too large for an index), or that the gateway
+# could not encode it (asyncpg's own input errors are ValueErrors).
+_CONTENT_CLASSES = ("22", "23", "P0")
+_CONTENT_ERRORS = (ValueError, TypeError, OverflowError, struct.error)
+
+
+def refused_for_content(exc: BaseException) -> bool:
+    """Whether a failed write was refused for what its rows hold (isolate and dead-letter the
+    rows at fault) rather than for the database's state (keep the rows, retry)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        return state[:2] in _CONTENT_CLASSES or state == "54000"
+    return isinstance(exc, _CONTENT_ERRORS)
+
+
+_DEAD_LETTER_SQL = (
+    "INSERT INTO dead_letters (log_table, content, sqlstate, error, message, detail, gateway_id) "
+    "VALUES ($1, $2::json, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
+)
 
 
 class LogWriter:
@@ -118,8 +155,10 @@ class LogWriter:
         spool: Spool | None = None,
         table: str = "predictions",
         columns: Sequence[str] = COLUMNS,
+        gateway_id: str = "",
     ) -> None:
         self.dsn = dsn
+        self.gateway_id = gateway_id  # recorded with each dead letter
         self.table = table
         self.columns = tuple(columns)
         self._ts = self.columns.index("ts")
@@ -265,8 +304,8 @@ class LogWriter:
         while self._retry:
             batch = self._retry[0]
             try:
-                await asyncio.wait_for(self.write(batch), self.flush_timeout)
-            except Exception as exc:  # whatever broke, the rows stay queued and are retried
+                await self._write_isolating(batch)
+            except Exception as exc:  # the database's state, not the rows: keep them, retry
                 self.counters.failed_flushes += 1
                 log.warning("%s log flush of %d rows failed, will retry: %s",
                             self.table, len(batch), exc)  # fmt: skip
@@ -301,8 +340,8 @@ class LogWriter:
             batches = await asyncio.to_thread(_read_segment, spool, segment, self._scores)
             try:
                 for batch in batches:
-                    await asyncio.wait_for(self.write(batch), self.flush_timeout)
-                    self.counters.replayed += len(batch)
+                    dead = await self._write_isolating(batch)
+                    self.counters.replayed += len(batch) - dead
             except Exception as exc:
                 self.counters.failed_flushes += 1
                 log.warning("%s spool replay paused: %s", self.table, exc)
@@ -310,6 +349,100 @@ class LogWriter:
                 return
             await asyncio.to_thread(spool.delete, segment)
             log.info("%s spool segment %s replayed", self.table, segment.name)
+
+    async def _write_isolating(self, batch: Sequence[Row]) -> int:
+        """Write ``batch``; if it is refused for its content, write every row but those at
+        fault and dead-letter those. Returns the rows dead-lettered; any other failure is
+        raised, the rows left to the caller (what was written already replays harmlessly, a
+        row dead-lettered again is recorded once)."""
+        try:
+            await asyncio.wait_for(self.write(batch), self.flush_timeout)
+        except Exception as exc:
+            if not refused_for_content(exc):
+                raise
+            dead: list[tuple[Row, BaseException]] = []
+            await self._isolate(batch, exc, dead)
+            await self._dead_letter(dead)
+            log.error("%s log: %d of %d rows refused (first: %s); the other rows are written, "
+                      "those kept in dead_letters", self.table, len(dead), len(batch),
+                      _one_line(dead[0][1]))  # fmt: skip
+            return len(dead)
+        return 0
+
+    async def _isolate(
+        self, rows: Sequence[Row], exc: BaseException, dead: list[tuple[Row, BaseException]]
+    ) -> None:
+        """``rows`` failed together with ``exc``: bisect, writing each half that goes in, until
+        the rows that fail alone are found; those are added to ``dead``. A bad row costs about
+        2·log2(len(rows)) writes, a batch whose every row is refused 2 writes a row."""
+        if len(rows) == 1:
+            dead.append((rows[0], exc))
+            return
+        mid = len(rows) // 2
+        for half in (rows[:mid], rows[mid:]):
+            try:
+                await asyncio.wait_for(self.write(half), self.flush_timeout)
+            except Exception as half_exc:
+                if not refused_for_content(half_exc):
+                    raise
+                await self._isolate(half, half_exc, dead)
+
+    async def _dead_letter(self, dead: list[tuple[Row, BaseException]]) -> None:
+        """Keep rows the log table refused, with why: in dead_letters (one statement for all of
+        them), or, for each one that table refuses as well, in the spool directory's
+        dead-letters.jsonl (the server log without a spool)."""
+        assert self._pool is not None
+        records = [self._dead_letter_record(row, exc) for row, exc in dead]
+        pool = self._pool
+
+        async def insert(many: list[tuple[str, ...]]) -> None:
+            async with pool.acquire() as conn:
+                await conn.executemany(_DEAD_LETTER_SQL, many)
+
+        try:
+            await asyncio.wait_for(insert(records), self.flush_timeout)
+        except Exception as exc:
+            if not _table_refuses(exc):
+                raise  # the database is away: the caller retries the whole batch
+            for record in records:  # which of them does the table refuse?
+                try:
+                    await asyncio.wait_for(insert([record]), self.flush_timeout)
+                except Exception as one_exc:
+                    if not _table_refuses(one_exc):
+                        raise
+                    await self._dead_letter_file(record, one_exc)
+        self.counters.dead_lettered += len(records)
+
+    def _dead_letter_record(self, row: Row, exc: BaseException) -> tuple[str, ...]:
+        """The dead_letters columns of a refused row (log_table, content, sqlstate, error,
+        message, detail, gateway_id)."""
+        return (
+            self.table,
+            _row_json(self.columns, row),
+            str(getattr(exc, "sqlstate", None) or ""),
+            type(exc).__name__,
+            _text(str(getattr(exc, "message", None) or exc)),
+            _text(str(getattr(exc, "detail", None) or "")),
+            self.gateway_id,
+        )
+
+    async def _dead_letter_file(self, record: tuple[str, ...], exc: BaseException) -> None:
+        table, content, sqlstate, error, message, detail, gateway_id = record
+        line = json.dumps(
+            {
+                "log_table": table, "content": json.loads(content), "sqlstate": sqlstate,
+                "error": error, "message": message, "detail": detail, "gateway_id": gateway_id,
+                "failed_at": dt.datetime.now(dt.UTC).isoformat(),
+                "dead_letters_error": _one_line(exc),
+            },
+            separators=(",", ":"),
+        )  # fmt: skip
+        if self.spool is None:
+            log.error("%s log dead letter (dead_letters refused it, no spool): %s", table, line)
+            return
+        path = await asyncio.to_thread(self.spool.dead_letter, line)
+        log.error("%s log: dead_letters refused a row too (%s); kept in %s", table,
+                  _one_line(exc), path)  # fmt: skip
 
     async def write(self, batch: Sequence[Row]) -> int:
         """Write ``batch`` and return the rows inserted; rows already present are skipped.
@@ -321,10 +454,11 @@ class LogWriter:
         outcomes always take."""
         assert self._pool is not None
         if self._direct:
+            parts = await logcopy.chunks(batch)  # encoding errors raise here, before the COPY
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
                     await conn.copy_to_table(
-                        self.table, source=logcopy.stream(batch), columns=logcopy.COPY_COLUMNS,
+                        self.table, source=logcopy.send(parts), columns=logcopy.COPY_COLUMNS,
                         format="binary",
                     )  # fmt: skip
             except asyncpg.UniqueViolationError:
@@ -368,6 +502,37 @@ class LogWriter:
     @property
     def queued(self) -> int:
         return self._queued
+
+
+def _table_refuses(exc: BaseException) -> bool:
+    """dead_letters refuses a row too (or is missing, or not ours to write: class 42)."""
+    return refused_for_content(exc) or isinstance(exc, asyncpg.SyntaxOrAccessRuleError)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bytes):  # as the spool stores bytes
+        return {"b64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, float) and not math.isfinite(value):  # JSON has no NaN or Infinity
+        return {"float": repr(value)}
+    return value
+
+
+def _row_json(columns: Sequence[str], row: Row) -> str:
+    """A refused row as JSON text that PostgreSQL's ``json`` always takes: an object of its
+    columns (a list when the row does not fit them), ASCII only (NUL and lone surrogates as
+    \\u escapes), anything unforeseen by its repr."""
+    values = [_json_value(v) for v in row]
+    obj: Any = dict(zip(columns, values, strict=True)) if len(row) == len(columns) else values
+    return json.dumps(obj, separators=(",", ":"), default=repr)
+
+
+def _text(value: str) -> str:
+    """``value`` as text PostgreSQL can store (no NUL, no lone surrogates)."""
+    return value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_text(str(getattr(exc, 'message', None) or exc))}"
 
 
 def _read_segment(spool: Spool, segment: Path, scores: int | None) -> list[list[Any]]:

@@ -208,6 +208,8 @@ class GatewayCollector(Collector):
              "failed_flushes"),
             ("abgate_log_rows_spooled", "Rows written to the disk spool", "spooled"),
             ("abgate_log_rows_replayed", "Rows replayed from the disk spool", "replayed"),
+            ("abgate_log_rows_dead_lettered", "Rows PostgreSQL refused for their content, kept "
+             "in the dead_letters table (or the spool's dead-letters.jsonl)", "dead_lettered"),
             ("abgate_log_staged_batches", "Batches written through the staging table because "
              "they held rows already written", "staged_batches"),
         )  # fmt: skip

@@ -290,6 +290,7 @@ class GatewayServer:
                 table=table,
                 columns=columns,
                 spool=Spool(spool_root / table, max_bytes=s.spool_max_bytes),
+                gateway_id=self.gateway_id,
             )
 
         self.logwriter = writer("predictions", COLUMNS)

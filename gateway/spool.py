@@ -6,6 +6,10 @@ Every append is fsynced. A torn record at a segment's end (a crash mid-write) fa
 checksum and is ignored; the records before it are intact. Segments are
 deleted only after every record in them is committed to PostgreSQL, and replays are harmless
 (the writer inserts with ON CONFLICT DO NOTHING), so a crash during replay only repeats work.
+
+``dead-letters.jsonl`` beside the segments (never replayed, not counted in the spool's size)
+holds, one JSON object a line, rows that PostgreSQL refused both in their log table and in
+``dead_letters``; the log writer appends to it, an operator reads it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MAGIC = b"ABS1"
+DEAD_LETTERS = "dead-letters.jsonl"
 _HEADER = struct.Struct(">4sII")
 
 
@@ -97,6 +102,17 @@ class Spool:
                 return
             yield json.loads(data[start:end], object_hook=_decode)
             pos = end
+
+    def dead_letter(self, line: str) -> Path:
+        """Durably append one line (a JSON object, no newline in it) to the dead-letter file."""
+        path = self.root / DEAD_LETTERS
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return path
 
     def delete(self, segment: Path) -> None:
         size = segment.stat().st_size

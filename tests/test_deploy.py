@@ -891,6 +891,7 @@ def test_alert_rules_parse_and_cover_the_guardrails() -> None:
     )
     uses("AbgateEvaluatorStalled", "abgate_evaluator_last_tick_timestamp_seconds")
     uses("AbgateLogSpoolNearlyFull", "abgate_log_spool_bytes", "abgate_log_spool_max_bytes")
+    uses("AbgateLogRowsDeadLettered", "abgate_log_rows_dead_lettered_total")
     assert "shed" in rules["AbgateShadowShedding"]["expr"]
 
 

@@ -51,6 +51,21 @@ def test_ids_that_are_not_utf8_are_invalid_arguments() -> None:
     codec.check_user_id("é" * 128)  # 256 bytes: fine
 
 
+def test_text_the_log_cannot_store_is_an_invalid_argument() -> None:
+    """PostgreSQL's text holds no NUL: a request id or outcome source with one is refused,
+    naming the field (through a real gateway: tests/gateway/test_log_poison.py)."""
+    for rid in ("\x00", "a\x00b", "é\x00"):
+        with pytest.raises(InvalidArgument, match=r"^request_ids\[3\]: contains U\+0000"):
+            codec.check_request_id(rid, field="request_ids[3]")
+    outcomes = [pb.Outcome(request_id="r", value=1, source="ok"),
+                pb.Outcome(request_id="r", value=1, source="é\x00")]  # fmt: skip
+    with pytest.raises(InvalidArgument, match=r"^outcomes\[1\]\.source: contains U\+0000"):
+        codec.decode_outcomes(outcomes, 0.0)
+    with pytest.raises(InvalidArgument, match=r"^outcomes\[0\]\.source: longer than 64"):
+        codec.decode_outcomes([pb.Outcome(request_id="r", value=1, source="é" * 33)], 0.0)
+    assert codec.decode_outcomes(outcomes[:1], 5.0) == [("r", 1.0, 5.0, "ok")]
+
+
 # numeric: the check is a float32 dot product in OpenBLAS, whose kernel depends on the CPU.
 @pytest.mark.numeric
 @settings(max_examples=500, deadline=None)
