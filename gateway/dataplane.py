@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from abgate.errors import InvalidArgument, NotFound, Unavailable
+from abgate.errors import InvalidArgument, NotFound, Unavailable, shown
 from gateway.allocation import Allocation
 from gateway.hashing import BUCKET_FUNCTIONS, NUM_BUCKETS, buckets_v1
 from gateway.logwriter import SCORES_DTYPE, LogWriter, scores_rows
@@ -160,7 +160,7 @@ class DataPlane:
         if exp is None:
             if not name:
                 raise InvalidArgument("must not be empty", field="experiment")
-            raise NotFound(f"unknown experiment {name!r}", field="experiment")
+            raise NotFound(f"unknown experiment {shown(name)}", field="experiment")
         return exp
 
     def new_request_ids(self, n: int) -> list[str]:
