@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import Message
 
 from abgate.errors import AbgateError, InvalidArgument, NotFound, shown
 from abgate.v1 import control_pb2 as cpb
@@ -289,7 +290,11 @@ class AdminServicer(cpb_grpc.EvaluatorAdminServicer):
     async def CreateExperiment(
         self, request: cpb.CreateExperimentRequest, context: grpc.aio.ServicerContext
     ) -> cpb.ExperimentView:
-        return await _call(context, self.core.create(request.definition))
+        async def run() -> cpb.ExperimentView:
+            no_nul(request.definition, "definition")
+            return await self.core.create(request.definition)
+
+        return await _call(context, run())
 
     async def ListExperiments(
         self, request: cpb.ListExperimentsRequest, context: grpc.aio.ServicerContext
@@ -356,8 +361,6 @@ def caller(request: cpb.ExperimentRequest, context: grpc.aio.ServicerContext) ->
     subject when the listener requires mTLS."""
     if len(request.actor) > 256:
         raise InvalidArgument("must be at most 256 characters", field="actor")
-    if "\x00" in request.actor:
-        raise InvalidArgument("must not contain NUL characters", field="actor")
     out = {"actor": request.actor, "peer": context.peer() or ""}
     subject = (context.auth_context() or {}).get("x509_common_name")
     if subject:
@@ -371,10 +374,36 @@ def _name(request: cpb.ExperimentRequest) -> str:
     if not NAME.fullmatch(request.name):
         # Creation checks names, so none like this exists (and a NUL could not be queried).
         raise NotFound(f"unknown experiment {shown(request.name)}", field="name")
-    for fld, value in (("arm", request.arm), ("reason", request.reason)):
-        if "\x00" in value:  # PostgreSQL text and jsonb (the audit row) hold no NUL
-            raise InvalidArgument("must not contain NUL characters", field=fld)
+    no_nul(request)
     return request.name
+
+
+def no_nul(message: Message, path: str = "") -> None:
+    """InvalidArgument naming the first string field of ``message`` (at any depth) that holds
+    a NUL: every string the admin API takes ends in PostgreSQL text or jsonb, which hold none
+    (the insert would fail as INTERNAL)."""
+    for f, value in message.ListFields():
+        name = f"{path}.{f.name}" if path else f.name
+        if f.message_type is not None and f.message_type.GetOptions().map_entry:
+            items: list[tuple[Any, Any]] = [(k, v) for k, v in value.items()]
+        elif f.is_repeated:
+            items = list(enumerate(value))
+        else:
+            items = [(None, value)]
+        for key, item in items:
+            where = (
+                name
+                if key is None
+                else f"{name}[{key!r}]"
+                if isinstance(key, str)
+                else f"{name}[{key}]"
+            )
+            if isinstance(key, str) and "\x00" in key:
+                raise InvalidArgument("keys must not contain NUL characters", field=name)
+            if isinstance(item, Message):
+                no_nul(item, where)
+            elif isinstance(item, str) and "\x00" in item:
+                raise InvalidArgument("must not contain NUL characters", field=where)
 
 
 def verdict_json(view: cpb.ExperimentView) -> dict[str, Any]:

@@ -73,6 +73,21 @@ def test_nul_in_audited_strings_is_invalid_argument(evaluator: InProcessEvaluato
             grpc.StatusCode.INVALID_ARGUMENT,
             f"{field}: must not contain NUL characters",
         ), field
+    bad_salt = ab_definition("nul-salt", sha, sha, salt="a\x00b")
+    bad_model = ab_definition("nul-model", sha, "b\x00")
+    bad_shadow = ab_definition(
+        "nul-shadow", sha, sha, shadows=[cpb.ShadowConfig(name="s", model="\x00")]
+    )
+    for definition, where in (
+        (bad_salt, "definition.salt"),
+        (bad_model, "definition.arms[1].model"),
+        (bad_shadow, "definition.shadows[0].model"),
+    ):
+        body = cpb.CreateExperimentRequest(definition=definition).SerializeToString()
+        assert status(evaluator, "CreateExperiment", body, (GOOD,)) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{where}: must not contain NUL characters",
+        ), where
     # Nothing was written: the experiment is as created.
     view = evaluator.admin.call("GetExperiment", cpb.ExperimentRequest(name="nul"))
     assert (view.status, view.version) == ("running", 1)
