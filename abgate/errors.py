@@ -22,8 +22,8 @@ def shown(value: object) -> str:
     if isinstance(value, str | bytes):
         if len(value) <= ECHO_CHARS:
             return repr(value)
-        size = len(value.encode("utf-8", "surrogatepass")) if isinstance(value, str) else len(value)
-        return f"{value[:ECHO_CHARS]!r}… ({size} bytes)"
+        n = len(value.encode("utf-8", "surrogatepass")) if isinstance(value, str) else len(value)
+        return f"{value[:ECHO_CHARS]!r}… ({n} bytes)"
     text = repr(value)
     if len(text) <= ECHO_CHARS:
         return text

@@ -83,10 +83,9 @@ def _load_holdout(path: Path | None) -> np.ndarray:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     import joblib
+    from sklearn.base import BaseEstimator
 
     from converters.sklearn_onnx import ConversionError, ParityError, convert_and_register
-
-    from sklearn.base import BaseEstimator
 
     readable_file(Path(args.input), "--input")
     X = _load_holdout(args.holdout)

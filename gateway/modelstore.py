@@ -51,9 +51,10 @@ class ExternalData(ModelStoreError):
 # The skeleton of onnx.proto: only the messages and fields through which a tensor can be
 # reached from a ModelProto (initializers, TENSOR/TENSORS/SPARSE_TENSOR attributes, subgraphs
 # of GRAPH/GRAPHS attributes, functions, training graphs), with onnx's field numbers.
-# Everything else parses as unknown fields, in C; tests/gateway/test_modelstore.py checks this
-# list against onnx's own descriptors. Strings are declared bytes and enums int32, so that no
-# value is refused or dropped that onnxruntime's parser would keep.
+# Everything else parses as unknown fields, in C; tests/gateway/test_external_data.py checks
+# this list against onnx's own descriptors. Every field is declared repeated (a singular one
+# that occurs twice is then seen twice, not merged), strings bytes and enums int32: whatever
+# onnxruntime's parser would keep, this one keeps too, and possibly more (it only refuses).
 _SKELETON: dict[str, list[tuple[str, int, str]]] = {  # message: [(field, number, type)]
     "Model": [("graph", 7, "Graph"), ("training_info", 20, "TrainingInfo"),
               ("functions", 25, "Function")],
@@ -69,10 +70,6 @@ _SKELETON: dict[str, list[tuple[str, int, str]]] = {  # message: [(field, number
     "Tensor": [("name", 8, "bytes"), ("external_data", 13, "bytes"),
                ("data_location", 14, "int32")],
 }  # fmt: skip
-_SINGULAR = {("Model", "graph"), ("TrainingInfo", "initialization"),
-             ("TrainingInfo", "algorithm"), ("Attribute", "t"), ("Attribute", "g"),
-             ("Attribute", "sparse_tensor"), ("SparseTensor", "values"),
-             ("SparseTensor", "indices"), ("Tensor", "name"), ("Tensor", "data_location")}  # fmt: skip
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 _SKELETON_PACKAGE = "abgate.onnx_skeleton"
 _skeleton_model: type[Message] | None = None
@@ -89,9 +86,7 @@ def _skeleton() -> type[Message]:
         for message, fields in _SKELETON.items():
             m = fd.message_type.add(name=message)
             for name, number, typ in fields:
-                f = m.field.add(name=name, number=number)
-                singular = (message, name) in _SINGULAR
-                f.label = F.LABEL_OPTIONAL if singular else F.LABEL_REPEATED
+                f = m.field.add(name=name, number=number, label=F.LABEL_REPEATED)
                 if typ in scalars:
                     f.type = scalars[typ]
                 else:
@@ -118,16 +113,13 @@ def external_tensors(onnx_bytes: bytes) -> list[str]:
         m = stack.pop()
         kind = m.DESCRIPTOR.name
         if kind == "Tensor":
-            if m.data_location == _EXTERNAL or len(m.external_data):
-                found.append(m.name.decode("utf-8", "replace") or "(unnamed)")
+            if _EXTERNAL in m.data_location or len(m.external_data):
+                name = m.name[-1] if len(m.name) else b""  # the last one, as a parser keeps
+                found.append(name.decode("utf-8", "replace") or "(unnamed)")
             continue
         for f, value in m.ListFields():
-            if f.message_type is None:
-                continue
-            if f.is_repeated:
+            if f.message_type is not None:  # every field is repeated (see _SKELETON)
                 stack.extend(value)
-            else:
-                stack.append(value)
     return found
 
 
