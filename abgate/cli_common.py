@@ -139,6 +139,44 @@ def local_database(url: str | None, pg_data: Path | None) -> None:
         writable_dir(pg_data or Path(os.environ.get("ABGATE_PG_DATA", "var/pg")), "--pg-data")
 
 
+def token_from_file(path: Path, flag: str) -> str:
+    """The token a file holds (``--token-file``): its text without surrounding whitespace, so
+    ``openssl rand -hex 24 > token`` works; one line naming the flag for anything else."""
+    readable_file(path, flag)
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise UsageError(f"{flag} {path}: not UTF-8 text") from None
+    if not token:
+        raise UsageError(f"{flag} {path}: is empty")
+    if not token.isascii() or not token.isprintable():
+        # It travels as an HTTP/2 header value: printable ASCII only.
+        raise UsageError(f"{flag} {path}: the token must be one line of printable ASCII")
+    return token
+
+
+def resolve_token(token: str | None, token_file: Path | None, flag: str) -> str:
+    """``flag`` (``--token``) or ``flag-file``, each from the command line or the environment;
+    not both. Empty when neither is given."""
+    if token_file is None:
+        return token or ""
+    if token:
+        env = "ABGATE_" + flag.removeprefix("--").replace("-", "_").upper()
+        raise UsageError(
+            f"give {flag} or {flag}-file (or {env} or {env}_FILE), not both: which one counts "
+            "would be a guess"
+        )
+    return token_from_file(token_file, f"{flag}-file")
+
+
+def with_token_file(settings: Any, field: str) -> Any:
+    """``settings`` with ``<field>`` read from ``<field>_file`` when that is given, and the
+    file field cleared (one source of the token from here on)."""
+    flag = "--" + field.replace("_", "-")
+    token = resolve_token(getattr(settings, field), getattr(settings, field + "_file"), flag)
+    return dataclasses.replace(settings, **{field: token, field + "_file": None})
+
+
 def add_settings_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per settings field (``--max-batch-rows``), help taken from the field's doc."""
     for f in dataclasses.fields(cls):

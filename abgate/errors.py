@@ -8,6 +8,31 @@ from __future__ import annotations
 
 import grpc
 
+# A client's string in an error message is shown up to this many characters: a 1 MiB name
+# echoed whole would not fit gRPC's 16 KiB of trailing metadata (the caller would get
+# RESOURCE_EXHAUSTED instead of the error), and logs would carry it too.
+ECHO_CHARS = 64
+
+
+def shown(value: object) -> str:
+    """``value`` as an error message quotes it: its ``repr`` when short; past ``ECHO_CHARS``
+    characters (of a string) or of ``repr`` (of a list, a shape) the start and the size:
+    ``'aaaa…'… (1048576 bytes)``, ``[1, 1, 1, …… (2000 items)``. The one way values a client
+    sent enter error messages."""
+    if isinstance(value, str | bytes):
+        if len(value) <= ECHO_CHARS:
+            return repr(value)
+        n = len(value.encode("utf-8", "surrogatepass")) if isinstance(value, str) else len(value)
+        return f"{value[:ECHO_CHARS]!r}… ({n} bytes)"
+    text = repr(value)
+    if len(text) <= ECHO_CHARS:
+        return text
+    try:
+        size = f" ({len(value)} items)"  # type: ignore[arg-type]
+    except TypeError:
+        size = ""
+    return f"{text[:ECHO_CHARS]}…{size}"
+
 
 class AbgateError(Exception):
     """Base of all domain errors; ``code`` is the gRPC status the client sees."""

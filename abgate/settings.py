@@ -117,7 +117,14 @@ class GatewaySettings:
     shadow_timeout: float = doc("seconds a mirrored row may wait before it is dropped", 1.0)
     shadow_linger: float = doc("seconds the shadow worker lets rows gather into a batch", 0.02)
     evaluator: str = doc("host:port of the evaluator's config stream (empty = config file)", "")
-    evaluator_token: str = doc("bearer token for the evaluator (its --token)", "")
+    evaluator_token: str = doc(
+        "bearer token for the evaluator (its --token); prefer ABGATE_EVALUATOR_TOKEN or "
+        "--evaluator-token-file: a command line shows in ps",
+        "",
+    )
+    evaluator_token_file: Path | None = doc(
+        "file holding the bearer token for the evaluator (instead of --evaluator-token)", None
+    )
     evaluator_ca: Path | None = doc("PEM CA of the evaluator's TLS certificate (TLS on)", None)
     evaluator_cert: Path | None = doc("PEM client certificate for mTLS to the evaluator", None)
     evaluator_key: Path | None = doc("PEM private key of --evaluator-cert", None)
@@ -131,7 +138,12 @@ class EvaluatorSettings:
     """Everything the evaluator process needs; see README for the matching CLI flags."""
 
     listen: str = doc("host:port of the config stream and admin API", "127.0.0.1:50061")
-    token: str = doc("shared secret gateways and operators must send (required)", "")
+    token: str = doc(
+        "shared secret gateways and operators must send (required); prefer ABGATE_TOKEN or "
+        "--token-file: a command line shows in ps",
+        "",
+    )
+    token_file: Path | None = doc("file holding the token (instead of --token)", None)
     database_url: str = doc("PostgreSQL URL; empty starts an embedded server", "")
     pg_data: Path = doc("data directory of the embedded PostgreSQL", Path("var/pg"))
     model_store: Path = doc(

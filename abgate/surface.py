@@ -9,8 +9,13 @@ integer increments, with label sets resolved once (``benchmarks/bench_call_metri
 - at arrival (``service``): ``grpc_server_started_total``, the token check of ``authorize``
   and the ``max_concurrent_rpcs`` limit, answered by pre-built handlers that refuse with
   UNAUTHENTICATED or RESOURCE_EXHAUSTED and are counted like any other answer;
-- around the handler: the request is deserialized here (a message that does not parse is
-  INVALID_ARGUMENT, not gRPC's UNKNOWN), then the status the handler left in its context, its
+- around the handler: the request is deserialized here, after the token check. A message
+  that does not parse is INVALID_ARGUMENT ``undecodable request`` (gRPC's own deserializer
+  would answer UNKNOWN with the exception's class and log a traceback per call), logged at
+  most once per ``UNDECODABLE_LOG_INTERVAL`` with the count since (``note_undecodable``); in
+  a request stream it ends the stream, unless the service decodes its stream itself (the
+  gateway's PredictStream answers such a message with a per-message error and goes on).
+  Then the status the handler left in its context, its
   exception (an abort's code, CANCELLED, DEADLINE_EXCEEDED, UNKNOWN) or OK is counted in
   ``grpc_server_handled_total`` and the handling time in ``grpc_server_handling_seconds``;
   stream messages in ``grpc_server_msg_received_total`` / ``grpc_server_msg_sent_total``.
@@ -26,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import time
 from bisect import bisect_left
 from collections.abc import (
     AsyncGenerator,
@@ -47,6 +54,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 HEALTH_SERVICE = health.SERVICE_NAME  # grpc.health.v1.Health
 REFLECTION_V1ALPHA = reflection.SERVICE_NAME  # grpc.reflection.v1alpha.ServerReflection
@@ -72,6 +81,9 @@ _CODE_VALUE: dict[grpc.StatusCode | None, int] = {None: _OK, **{c: c.value[0] fo
 
 OVERLOADED_MESSAGE = "more calls in flight than --max-concurrent-rpcs; retry later"
 UNAUTHENTICATED_MESSAGE = "missing or invalid bearer token"
+# The details of a request that does not parse: nothing of the parser's error (internals).
+UNDECODABLE_MESSAGE = "undecodable request"
+UNDECODABLE_LOG_INTERVAL = 10.0  # seconds between log lines about undecodable requests
 
 Authorize = Callable[[Sequence[tuple[str, str | bytes]]], bool]
 
@@ -127,6 +139,42 @@ class MethodStats:
 
 
 # -- instrumented handlers ------------------------------------------------------------------------
+class _UndecodableLog:
+    """One warning per ``UNDECODABLE_LOG_INTERVAL`` at most, with the count it stands for: a
+    client sending garbage costs a counter increment per call, not a log line (or a
+    traceback) per call."""
+
+    __slots__ = ("_next", "count")
+
+    def __init__(self) -> None:
+        self._next = 0.0
+        self.count = 0  # since the last line
+
+    def note(self, method: str) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now < self._next:
+            return
+        log.warning(
+            "%d undecodable request(s) answered INVALID_ARGUMENT since the last such line "
+            "(the latest on %s); this line repeats at most every %.0f s",
+            self.count,
+            method,
+            UNDECODABLE_LOG_INTERVAL,
+        )
+        self.count = 0
+        self._next = now + UNDECODABLE_LOG_INTERVAL
+
+
+_undecodable_log = _UndecodableLog()
+
+
+def note_undecodable(method: str) -> None:
+    """Count one request that did not parse (``method``: its full name) into the
+    rate-limited log line; for services that decode a stream's messages themselves."""
+    _undecodable_log.note(method)
+
+
 class _Undecodable(Exception):
     """A streamed request that does not parse; the stream ends with INVALID_ARGUMENT."""
 
@@ -140,16 +188,10 @@ def _failure_code(exc: BaseException, context: grpc.aio.ServicerContext) -> int:
     return _UNKNOWN if code == _OK else code
 
 
-def _refuse_undecodable(context: grpc.aio.ServicerContext, message: str) -> None:
+def _refuse_undecodable(context: grpc.aio.ServicerContext, stats: MethodStats) -> None:
+    _undecodable_log.note(f"{stats.service}/{stats.method}")
     context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
-    context.set_details(message)
-
-
-def _decode_failure(deserialize: Callable[[bytes], Any]) -> str:
-    owner = getattr(deserialize, "__self__", None)
-    descriptor = getattr(owner, "DESCRIPTOR", None)
-    name = getattr(descriptor, "full_name", "the request type")
-    return f"request: not a valid {name} message"
+    context.set_details(UNDECODABLE_MESSAGE)
 
 
 async def _decoded(
@@ -157,7 +199,6 @@ async def _decoded(
     deserialize: Callable[[bytes], Any] | None,
     stats: MethodStats,
 ) -> AsyncIterator[Any]:
-    failure = _decode_failure(deserialize) if deserialize is not None else ""
     async for raw in raw_messages:
         stats.received += 1
         if deserialize is None:
@@ -166,7 +207,7 @@ async def _decoded(
         try:
             message = deserialize(raw)
         except Exception:
-            raise _Undecodable(failure) from None
+            raise _Undecodable from None
         yield message
 
 
@@ -206,7 +247,6 @@ def instrument(handler: grpc.RpcMethodHandler, stats: MethodStats) -> grpc.RpcMe
         return grpc.unary_unary_rpc_method_handler(
             _unary_unary(behavior, deserialize, stats), response_serializer=serialize
         )
-    failure = _decode_failure(deserialize) if deserialize is not None else ""
     request_streaming = handler.request_streaming
     response_streaming = handler.response_streaming
 
@@ -218,15 +258,15 @@ def instrument(handler: grpc.RpcMethodHandler, stats: MethodStats) -> grpc.RpcMe
             try:
                 request = deserialize(request)
             except Exception:
-                _refuse_undecodable(context, failure)
+                _refuse_undecodable(context, stats)
                 stats.done(_INVALID_ARGUMENT, started)
                 return None
         try:
             response = await behavior(
                 request, _CountingContext(context, stats) if response_streaming else context
             )
-        except _Undecodable as exc:
-            _refuse_undecodable(context, str(exc))
+        except _Undecodable:
+            _refuse_undecodable(context, stats)
             stats.done(_INVALID_ARGUMENT, started)
             return None
         except BaseException as exc:
@@ -249,7 +289,6 @@ def _unary_unary(
     stats: MethodStats,
 ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
     """The hot path (Predict, ModelInfer): ``MethodStats.done`` inlined, no objects of ours."""
-    failure = _decode_failure(deserialize) if deserialize is not None else ""
     decode = deserialize if deserialize is not None else _identity
     handled, bins, code_value, bounds = stats.handled, stats.bins, _CODE_VALUE, HANDLING_BOUNDS_S
 
@@ -258,7 +297,7 @@ def _unary_unary(
         try:
             request = decode(raw)
         except Exception:
-            _refuse_undecodable(context, failure)
+            _refuse_undecodable(context, stats)
             stats.done(_INVALID_ARGUMENT, started)
             return None
         try:
@@ -283,7 +322,6 @@ def _streaming_generator(
     stats: MethodStats,
 ) -> grpc.RpcMethodHandler:
     request_streaming = handler.request_streaming
-    failure = _decode_failure(deserialize) if deserialize is not None else ""
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started = perf_counter()
@@ -293,7 +331,7 @@ def _streaming_generator(
             try:
                 request = deserialize(request)
             except Exception:
-                _refuse_undecodable(context, failure)
+                _refuse_undecodable(context, stats)
                 stats.done(_INVALID_ARGUMENT, started)
                 return
         answers = behavior(request, context)
@@ -301,8 +339,8 @@ def _streaming_generator(
             async for answer in answers:
                 stats.sent += 1
                 yield answer
-        except _Undecodable as exc:
-            _refuse_undecodable(context, str(exc))
+        except _Undecodable:
+            _refuse_undecodable(context, stats)
             stats.done(_INVALID_ARGUMENT, started)
             return
         except BaseException as exc:

@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from abgate.cli_common import EXIT_FAILURE, EXIT_OK, UsageError, error, readable_file, writable_dir
-from gateway.modelstore import ModelMetadata, ModelStore, ModelStoreError
+from gateway.modelstore import (
+    ExternalData,
+    ModelMetadata,
+    ModelStore,
+    ModelStoreError,
+    check_self_contained,
+)
 
 if TYPE_CHECKING:
     from gateway.variants import SessionOptions
@@ -77,24 +83,33 @@ def _load_holdout(path: Path | None) -> np.ndarray:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     import joblib
+    from sklearn.base import BaseEstimator
 
     from converters.sklearn_onnx import ConversionError, ParityError, convert_and_register
 
     readable_file(Path(args.input), "--input")
     X = _load_holdout(args.holdout)
     store = _store(args)
-    # joblib/pickle is acceptable here: an offline tool run on the user's own file, never the
-    # serving path, which loads only sha-verified ONNX.
+    # Unpickling runs whatever code the file names (README: only files you trust). It is
+    # acceptable here: an offline tool run on the user's own file, never the serving path,
+    # which loads only sha-verified ONNX.
     try:
         model = joblib.load(args.input)
     except Exception as exc:  # unpickling raises whatever the bytes lead it to
         raise UsageError(
             f"--input {args.input}: not a model saved with joblib ({type(exc).__name__})"
         ) from None
+    if not isinstance(model, BaseEstimator):
+        raise UsageError(
+            f"--input {args.input}: holds a {type(model).__name__}, not a scikit-learn model "
+            "(save a fitted classifier or pipeline with joblib.dump)"
+        )
     try:
         meta = convert_and_register(
             model, X, store, id=args.id, version=args.version, session_options=_session_options()
         )
+    except ExternalData as exc:
+        raise UsageError(f"--input {args.input}: {exc}") from None
     except (ConversionError, ParityError, ModelStoreError) as exc:
         error(str(exc))
         return EXIT_FAILURE
@@ -105,7 +120,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def _inspect_onnx(data: bytes) -> dict[str, Any]:
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    from gateway.variants import SessionOptions
+
+    # Before onnxruntime reads it: an external-data file would be opened relative to here.
+    check_self_contained(data)
+    opts = SessionOptions().build()
+    sess = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
     inputs = sess.get_inputs()
     if len(inputs) != 1 or inputs[0].type != "tensor(float)":
         raise ValueError("model must have exactly one float32 input")
@@ -135,6 +155,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     data = path.read_bytes()
     try:
         fields = _inspect_onnx(data)
+    except ExternalData as exc:
+        raise UsageError(f"--onnx {path}: {exc}") from None
     except Exception as exc:  # onnxruntime raises assorted types for bad files
         raise UsageError(f"--onnx {path}: not a usable classifier model: {exc}") from None
     meta = ModelMetadata(

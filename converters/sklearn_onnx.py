@@ -11,12 +11,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from skl2onnx import to_onnx
-from sklearn.base import ClassifierMixin, is_classifier
+from sklearn.base import BaseEstimator, ClassifierMixin, is_classifier
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from gateway.modelstore import ModelMetadata, ModelStore
+from gateway.modelstore import ModelMetadata, ModelStore, check_self_contained
 from gateway.variants import SessionOptions
 
 # Probabilities in [0, 1]: the source computes in float64, the ONNX model in float32 over sums of
@@ -58,6 +58,10 @@ def convert(
 ) -> tuple[bytes, dict[str, Any]]:
     """Convert a fitted classifier; returns ONNX bytes and the metadata fields it determines."""
     final = _final_estimator(model)
+    for part in (model, final):
+        if not isinstance(part, BaseEstimator):
+            # is_classifier/check_is_fitted would raise AttributeError/TypeError on it.
+            raise ConversionError(f"{type(part).__name__} is not a scikit-learn estimator")
     if not is_classifier(final) or not isinstance(final, ClassifierMixin):
         raise ConversionError(
             f"{type(final).__name__} is not a classifier; only classifiers convert"
@@ -155,6 +159,7 @@ def convert_and_register(
 ) -> ModelMetadata:
     """Convert, check parity, and register; raises ParityError (nothing stored) on a mismatch."""
     onnx_bytes, fields = convert(model, X_holdout, feature_names=feature_names)
+    check_self_contained(onnx_bytes)  # ExternalData: what the gateway would refuse to load
     report = check_parity(model, onnx_bytes, X_holdout, atol=atol, session_options=session_options)
     if not report.ok:
         raise ParityError(

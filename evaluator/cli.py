@@ -29,9 +29,10 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
     from evaluator.server import run, server_credentials
 
     settings: EvaluatorSettings = cli.settings_from_args(EvaluatorSettings, args)
+    settings = cli.with_token_file(settings, "token")
     if not settings.token:
         raise cli.UsageError(
-            "the evaluator needs --token (or ABGATE_TOKEN): the control plane is "
+            "the evaluator needs ABGATE_TOKEN, --token-file or --token: the control plane is "
             "never open without credentials"
         )
     # Everything the server would find wrong only after starting PostgreSQL, checked first.
@@ -217,9 +218,14 @@ def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
-    token = args.token or os.environ.get("ABGATE_TOKEN", "")
+    token_file = args.token_file or os.environ.get("ABGATE_TOKEN_FILE") or None
+    token = cli.resolve_token(
+        args.token or os.environ.get("ABGATE_TOKEN", ""),
+        Path(token_file) if token_file is not None else None,
+        "--token",
+    )
     if not token:
-        raise cli.UsageError("give --token (or ABGATE_TOKEN)")
+        raise cli.UsageError("give ABGATE_TOKEN, --token-file or --token")
     cli.peer_target(args.evaluator, "--evaluator")
     cli.pem_files((None, "--cert"), (None, "--key"), (args.ca, "--ca"))
     action = args.exp_command
@@ -342,7 +348,18 @@ def add_evaluator_parsers(subparsers: Any) -> None:
             default=os.environ.get("ABGATE_EVALUATOR", "127.0.0.1:50061"),
             help="evaluator HOST:PORT (env ABGATE_EVALUATOR)",
         )
-        q.add_argument("--token", default=None, help="bearer token (env ABGATE_TOKEN)")
+        q.add_argument(
+            "--token",
+            default=None,
+            help="bearer token (env ABGATE_TOKEN); prefer the environment or --token-file: "
+            "a command line shows in ps",
+        )
+        q.add_argument(
+            "--token-file",
+            type=Path,
+            default=None,
+            help="file holding the bearer token (env ABGATE_TOKEN_FILE)",
+        )
         q.add_argument("--ca", type=Path, default=None, help="PEM CA: use TLS")
         q.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
         q.add_argument("--json", action="store_true", help="machine-readable output")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from abgate.errors import AbgateError, InvalidArgument
+from abgate.errors import AbgateError, InvalidArgument, shown
 from abgate.v1 import control_pb2 as cpb
 from gateway.allocation import WEIGHT_TOLERANCE, Allocation, AllocationError
 from gateway.config import NAME
@@ -126,7 +126,7 @@ class ExperimentState:
 def _check_name(value: str, fld: str) -> str:
     if not NAME.match(value):
         raise InvalidArgument(
-            f"{value!r} must be 1-128 characters of letters, digits, '_', '.', '-'", field=fld
+            f"{shown(value)} must be 1-128 characters of letters, digits, '_', '.', '-'", field=fld
         )
     return value
 
@@ -168,7 +168,7 @@ def validate_definition(d: cpb.ExperimentDefinition, now: float | None = None) -
     metric = d.primary_metric or "accuracy"
     if metric not in METRICS:
         raise InvalidArgument(
-            f"unknown metric {metric!r}; one of {', '.join(METRICS)}",
+            f"unknown metric {shown(metric)}; one of {', '.join(METRICS)}",
             field="definition.primary_metric",
         )
     confidence = d.confidence or 0.95

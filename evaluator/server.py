@@ -24,7 +24,7 @@ import numpy as np
 from abgate.db.embedded import EmbeddedPostgres
 from abgate.db.migrate import migrate
 from abgate.db.partitions import drop_partitions_before, ensure_partitions
-from abgate.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from abgate.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, shown
 from abgate.metrics_endpoint import serve_collectors
 from abgate.settings import EvaluatorSettings, split_listen
 from abgate.surface import Surface
@@ -473,7 +473,7 @@ class EvaluatorServer:
             elif action == "promote":
                 arm = req.arm or self._winner(req.name)
                 if arm not in state.weights:
-                    raise InvalidArgument(f"experiment {req.name!r} has no arm {arm!r}", "arm")
+                    raise InvalidArgument(f"experiment {req.name!r} has no arm {shown(arm)}", "arm")
                 weights = {a: 100.0 if a == arm else 0.0 for a in state.weights}
                 new = state.with_weights(weights, status="promoted")
             elif action == "rollback":

@@ -20,22 +20,29 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import Message
 
-from abgate.errors import AbgateError, InvalidArgument
+from abgate.errors import AbgateError, InvalidArgument, NotFound, shown
 from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
+from gateway.config import NAME
 
 log = logging.getLogger(__name__)
 
 # The first message must arrive this soon after a gateway opens the stream.
 HELLO_TIMEOUT = 10.0
+MAX_NODE_ID = 256  # characters of a gateway's node id
+MAX_NACK_MESSAGE = 4096  # characters of a NACK's error message kept
 
 
 # -- credentials --------------------------------------------------------------------------------
 class TokenAuth:
     """Every call but health needs ``authorization: Bearer <token>``: the check
-    ``abgate.surface.Surface`` runs on each call's metadata before gRPC reads the request; a
-    call that fails it is answered UNAUTHENTICATED (and counted) without any handler running."""
+    ``abgate.surface.Surface`` runs on each call's metadata when the call arrives, before gRPC
+    reads (or anyone deserializes) the request; a call that fails it is answered
+    UNAUTHENTICATED (and counted) without any handler running. Exactly one ``authorization``
+    header: a call with two is refused, whichever of them holds the token (a proxy that adds
+    one in front of the client's must not decide which one counts)."""
 
     def __init__(self, token: str) -> None:
         if not token:
@@ -43,11 +50,16 @@ class TokenAuth:
         self._expected = f"Bearer {token}".encode()
 
     def __call__(self, metadata: Sequence[tuple[str, str | bytes]]) -> bool:
-        given = b""
+        given: str | bytes | None = None
         for key, value in metadata:
             if key == "authorization":
-                given = value.encode() if isinstance(value, str) else value
-        return hmac.compare_digest(given, self._expected)
+                if given is not None:
+                    return False
+                given = value
+        if given is None:
+            return False
+        raw = given.encode("utf-8", "replace") if isinstance(given, str) else given
+        return hmac.compare_digest(raw, self._expected)
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -170,7 +182,9 @@ class Publisher:
         if req.HasField("error_detail"):
             self.nacks += 1
             detail = req.error_detail
-            view.last_error = f"{grpc.StatusCode(_code(detail.code)).name}: {detail.message}"
+            # Kept in PostgreSQL text (no NUL) and shown by `abgate experiments gateways`.
+            message = detail.message[:MAX_NACK_MESSAGE].replace("\x00", "\ufffd")
+            view.last_error = f"{grpc.StatusCode(_code(detail.code)).name}: {message}"
             log.warning(
                 "gateway %s NACKed config (nonce %s), still serving version %d: %s",
                 sub.node_id,
@@ -256,6 +270,12 @@ class ConfigStreamServicer(cpb_grpc.ConfigStreamServicer):
             )
         if not hello.node_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id: must not be empty")
+        if len(hello.node_id) > MAX_NODE_ID or "\x00" in hello.node_id:
+            # It is a key of the gateways table (PostgreSQL text: no NUL).
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"node_id: at most {MAX_NODE_ID} characters, no NUL",
+            )
         pub = self.publisher
         sub = pub.subscribe(hello.node_id, hello.version)
         log.info("gateway %s connected, serving version %d", hello.node_id, hello.version)
@@ -313,7 +333,11 @@ class AdminServicer(cpb_grpc.EvaluatorAdminServicer):
     async def CreateExperiment(
         self, request: cpb.CreateExperimentRequest, context: grpc.aio.ServicerContext
     ) -> cpb.ExperimentView:
-        return await _call(context, self.core.create(request.definition))
+        async def run() -> cpb.ExperimentView:
+            no_nul(request.definition, "definition")
+            return await self.core.create(request.definition)
+
+        return await _call(context, run())
 
     async def ListExperiments(
         self, request: cpb.ListExperimentsRequest, context: grpc.aio.ServicerContext
@@ -390,7 +414,39 @@ def caller(request: cpb.ExperimentRequest, context: grpc.aio.ServicerContext) ->
 def _name(request: cpb.ExperimentRequest) -> str:
     if not request.name:
         raise InvalidArgument("must name an experiment", field="name")
+    if not NAME.fullmatch(request.name):
+        # Creation checks names, so none like this exists (and a NUL could not be queried).
+        raise NotFound(f"unknown experiment {shown(request.name)}", field="name")
+    no_nul(request)
     return request.name
+
+
+def no_nul(message: Message, path: str = "") -> None:
+    """InvalidArgument naming the first string field of ``message`` (at any depth) that holds
+    a NUL: every string the admin API takes ends in PostgreSQL text or jsonb, which hold none
+    (the insert would fail as INTERNAL)."""
+    for f, value in message.ListFields():
+        name = f"{path}.{f.name}" if path else f.name
+        if f.message_type is not None and f.message_type.GetOptions().map_entry:
+            items: list[tuple[Any, Any]] = [(k, v) for k, v in value.items()]
+        elif f.is_repeated:
+            items = list(enumerate(value))
+        else:
+            items = [(None, value)]
+        for key, item in items:
+            where = (
+                name
+                if key is None
+                else f"{name}[{key!r}]"
+                if isinstance(key, str)
+                else f"{name}[{key}]"
+            )
+            if isinstance(key, str) and "\x00" in key:
+                raise InvalidArgument("keys must not contain NUL characters", field=name)
+            if isinstance(item, Message):
+                no_nul(item, where)
+            elif isinstance(item, str) and "\x00" in item:
+                raise InvalidArgument("must not contain NUL characters", field=where)
 
 
 def verdict_json(view: cpb.ExperimentView) -> dict[str, Any]:

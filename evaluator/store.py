@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from abgate.errors import FailedPrecondition, NotFound
+from abgate.errors import FailedPrecondition, NotFound, shown
 from evaluator.experiments import ExperimentState
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class EvaluatorStore:
             name,
         )
         if r is None:
-            raise NotFound(f"unknown experiment {name!r}", field="name")
+            raise NotFound(f"unknown experiment {shown(name)}", field="name")
         return VersionRow(ExperimentState.from_json(r["config"]), r["version"], r["seq"])
 
     async def snapshot_version(self) -> int:

@@ -20,6 +20,7 @@ from abgate.cli_common import (
     pem_files,
     readable_file,
     settings_from_args,
+    with_token_file,
     writable_dir,
 )
 from abgate.settings import GatewaySettings
@@ -59,7 +60,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.config import ConfigFileError
     from gateway.server import event_loop_factory, serve
 
-    settings: GatewaySettings = settings_from_args(GatewaySettings, args)
+    settings: GatewaySettings = with_token_file(
+        settings_from_args(GatewaySettings, args), "evaluator_token"
+    )
     host, port = listen_address(settings.listen, "--listen")
     metrics = (
         listen_address(settings.metrics_listen, "--metrics-listen")
@@ -77,7 +80,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         peer_target(settings.evaluator, "--evaluator")
         if not settings.evaluator_token:
-            raise UsageError("--evaluator needs --evaluator-token (or ABGATE_EVALUATOR_TOKEN)")
+            raise UsageError(
+                "--evaluator needs ABGATE_EVALUATOR_TOKEN, --evaluator-token-file or "
+                "--evaluator-token"
+            )
         pem_files(
             (settings.evaluator_cert, "--evaluator-cert"),
             (settings.evaluator_key, "--evaluator-key"),

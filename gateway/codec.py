@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from abgate.errors import InvalidArgument
+from abgate.errors import InvalidArgument, shown
 from abgate.v1 import gateway_pb2 as pb
 from gateway.dataplane import BatchResult, Prediction
 
@@ -59,7 +59,9 @@ def check_request_id(request_id: str, field: str = "request_id") -> None:
 def decode_row(tensor: pb.Tensor, n_features: int) -> np.ndarray:
     """One row of features as a (1, n_features) float32 view over the request bytes."""
     if tensor.datatype and tensor.datatype != "FP32":
-        raise InvalidArgument(f"datatype {tensor.datatype!r} not supported, use FP32", "features")
+        raise InvalidArgument(
+            f"datatype {shown(tensor.datatype)} not supported, use FP32", "features"
+        )
     raw = tensor.raw
     if len(raw) != 4 * n_features:
         raise InvalidArgument(
@@ -72,7 +74,7 @@ def decode_row(tensor: pb.Tensor, n_features: int) -> np.ndarray:
         or (len(shape) == 2 and shape[0] == 1 and shape[1] == n_features)
     ):
         raise InvalidArgument(
-            f"shape {list(shape)} does not match [{n_features}] or [1, {n_features}]",
+            f"shape {shown(list(shape))} does not match [{n_features}] or [1, {n_features}]",
             field="features.shape",
         )
     row = np.ndarray((1, n_features), _FP32, raw)
@@ -90,7 +92,9 @@ def decode_row(tensor: pb.Tensor, n_features: int) -> np.ndarray:
 def decode_matrix(tensor: pb.Tensor, n_rows: int, n_features: int) -> np.ndarray:
     """A (n_rows, n_features) float32 view; the row count must match the user ids given."""
     if tensor.datatype and tensor.datatype != "FP32":
-        raise InvalidArgument(f"datatype {tensor.datatype!r} not supported, use FP32", "features")
+        raise InvalidArgument(
+            f"datatype {shown(tensor.datatype)} not supported, use FP32", "features"
+        )
     expected = 4 * n_rows * n_features
     if len(tensor.raw) != expected:
         raise InvalidArgument(
@@ -101,7 +105,7 @@ def decode_matrix(tensor: pb.Tensor, n_rows: int, n_features: int) -> np.ndarray
     shape = list(tensor.shape)
     if shape and shape != [n_rows, n_features]:
         raise InvalidArgument(
-            f"shape {shape} does not match [{n_rows}, {n_features}]", field="features.shape"
+            f"shape {shown(shape)} does not match [{n_rows}, {n_features}]", field="features.shape"
         )
     matrix = np.frombuffer(tensor.raw, dtype=_FP32).reshape(n_rows, n_features)
     if not np.isfinite(matrix).all():
@@ -265,7 +269,7 @@ def request_ids_or_empty(ids: Sequence[str], n_rows: int) -> Sequence[str]:
         j = first.setdefault(rid, i)
         if j != i:
             raise InvalidArgument(
-                f"repeats request_ids[{j}] ({rid!r}); give each row its own id",
+                f"repeats request_ids[{j}] ({shown(rid)}); give each row its own id",
                 field=f"request_ids[{i}]",
             )
     return ids

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from abgate.errors import InvalidArgument, NotFound, Unavailable
+from abgate.errors import InvalidArgument, NotFound, Unavailable, shown
 from gateway.allocation import Allocation
 from gateway.hashing import BUCKET_FUNCTIONS, NUM_BUCKETS, buckets_v1
 from gateway.logwriter import SCORES_DTYPE, LogWriter, scores_rows
@@ -166,10 +166,11 @@ class DataPlane:
                 # It exists, but not here: UNAVAILABLE, which clients and load balancers retry
                 # on another gateway (one that could load its models).
                 raise Unavailable(
-                    f"experiment {name!r} is not served by this gateway: it rejected its config",
+                    f"experiment {shown(name)} is not served by this gateway: "
+                    "it rejected its config",
                     field="experiment",
                 )
-            raise NotFound(f"unknown experiment {name!r}", field="experiment")
+            raise NotFound(f"unknown experiment {shown(name)}", field="experiment")
         return exp
 
     def new_request_ids(self, n: int) -> list[str]:

@@ -1,7 +1,11 @@
 """Content-addressed model store: ``objects/<sha256>.onnx`` plus ``meta/<sha256>.json``.
 
-The serving path imports this module, so it needs only the standard library. A model is found by
-a validated 64-hex sha256 (never a path from outside) and its bytes are re-hashed when read.
+The serving path imports this module, so it needs only the standard library and protobuf. A
+model is found by a validated 64-hex sha256 (never a path from outside) and its bytes are
+re-hashed when read. A model must be self-contained (``check_self_contained``): weights in an
+ONNX external-data file would be read from wherever the loading process runs, so the same
+sha256 could score differently. ``abgate models register``/``convert`` refuse such a model and
+the gateway refuses to load one.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -34,6 +41,98 @@ class ModelIntegrityError(ModelStoreError):
 
 class InvalidModelRef(ModelStoreError):
     """A reference that is neither a 64-hex sha256, nor ``id`` nor ``id:version``."""
+
+
+class ExternalData(ModelStoreError):
+    """An ONNX model that keeps tensor data outside its own bytes."""
+
+
+# -- self-contained ONNX models -----------------------------------------------------------------
+# The skeleton of onnx.proto: only the messages and fields through which a tensor can be
+# reached from a ModelProto (initializers, TENSOR/TENSORS/SPARSE_TENSOR attributes, subgraphs
+# of GRAPH/GRAPHS attributes, functions, training graphs), with onnx's field numbers.
+# Everything else parses as unknown fields, in C; tests/gateway/test_external_data.py checks
+# this list against onnx's own descriptors. Every field is declared repeated (a singular one
+# that occurs twice is then seen twice, not merged), strings bytes and enums int32: whatever
+# onnxruntime's parser would keep, this one keeps too, and possibly more (it only refuses).
+_SKELETON: dict[str, list[tuple[str, int, str]]] = {  # message: [(field, number, type)]
+    "Model": [("graph", 7, "Graph"), ("training_info", 20, "TrainingInfo"),
+              ("functions", 25, "Function")],
+    "TrainingInfo": [("initialization", 1, "Graph"), ("algorithm", 2, "Graph")],
+    "Graph": [("node", 1, "Node"), ("initializer", 5, "Tensor"),
+              ("sparse_initializer", 15, "SparseTensor")],
+    "Node": [("attribute", 5, "Attribute")],
+    "Function": [("node", 7, "Node"), ("attribute_proto", 11, "Attribute")],
+    "Attribute": [("t", 5, "Tensor"), ("g", 6, "Graph"), ("tensors", 10, "Tensor"),
+                  ("graphs", 11, "Graph"), ("sparse_tensor", 22, "SparseTensor"),
+                  ("sparse_tensors", 23, "SparseTensor")],
+    "SparseTensor": [("values", 1, "Tensor"), ("indices", 2, "Tensor")],
+    "Tensor": [("name", 8, "bytes"), ("external_data", 13, "bytes"),
+               ("data_location", 14, "int32")],
+}  # fmt: skip
+_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+_SKELETON_PACKAGE = "abgate.onnx_skeleton"
+_skeleton_model: type[Message] | None = None
+
+
+def _skeleton() -> type[Message]:
+    global _skeleton_model
+    if _skeleton_model is None:
+        fd = descriptor_pb2.FileDescriptorProto(
+            name="abgate/onnx_skeleton.proto", package=_SKELETON_PACKAGE, syntax="proto2"
+        )
+        F = descriptor_pb2.FieldDescriptorProto
+        scalars = {"bytes": F.TYPE_BYTES, "int32": F.TYPE_INT32}
+        for message, fields in _SKELETON.items():
+            m = fd.message_type.add(name=message)
+            for name, number, typ in fields:
+                f = m.field.add(name=name, number=number, label=F.LABEL_REPEATED)
+                if typ in scalars:
+                    f.type = scalars[typ]
+                else:
+                    f.type, f.type_name = F.TYPE_MESSAGE, f".{_SKELETON_PACKAGE}.{typ}"
+        pool = descriptor_pool.DescriptorPool()  # its own: onnx may be loaded beside it
+        pool.Add(fd)
+        found = pool.FindMessageTypeByName(f"{_SKELETON_PACKAGE}.Model")
+        _skeleton_model = message_factory.GetMessageClass(found)
+    return _skeleton_model
+
+
+def external_tensors(onnx_bytes: bytes) -> list[str]:
+    """Names of the tensors of an ONNX model whose data lives outside its bytes
+    (``data_location: EXTERNAL``, or ``external_data`` entries), in initializers, sparse
+    initializers, tensor attributes, subgraphs, functions and training graphs at any depth.
+    Raises ValueError when the bytes are no protobuf message."""
+    try:
+        model = _skeleton().FromString(onnx_bytes)
+    except DecodeError:
+        raise ValueError("not a valid ONNX model (it does not parse)") from None
+    found: list[str] = []
+    stack: list[Any] = [model]
+    while stack:  # iterative: a model may nest subgraphs deeper than Python recursion
+        m = stack.pop()
+        kind = m.DESCRIPTOR.name
+        if kind == "Tensor":
+            if _EXTERNAL in m.data_location or len(m.external_data):
+                name = m.name[-1] if len(m.name) else b""  # the last one, as a parser keeps
+                found.append(name.decode("utf-8", "replace") or "(unnamed)")
+            continue
+        for f, value in m.ListFields():
+            if f.message_type is not None:  # every field is repeated (see _SKELETON)
+                stack.extend(value)
+    return found
+
+
+def check_self_contained(onnx_bytes: bytes) -> None:
+    """ExternalData unless every tensor of the model is inside its bytes (ValueError: the
+    bytes are no ONNX model)."""
+    names = external_tensors(onnx_bytes)
+    if names:
+        listed = ", ".join(repr(n[:64]) for n in names[:3]) + (", …" if len(names) > 3 else "")
+        raise ExternalData(
+            f"{len(names)} tensor(s) keep their data in an external file ({listed}); only "
+            "self-contained ONNX models are served (save without external data)"
+        )
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ import grpc
 import numpy as np
 
 import abgate
-from abgate.errors import AbgateError, InvalidArgument, NotFound, Unavailable
+from abgate.errors import AbgateError, InvalidArgument, NotFound, Unavailable, shown
 from abgate.oip.v2 import grpc_predict_v2_pb2 as oip
 from gateway import oip_codec
 from gateway.dataplane import ArmRuntime, BatchResult, DataPlane, ExperimentRuntime
@@ -69,12 +69,12 @@ def experiment_of(dp: DataPlane, name: str) -> ExperimentRuntime:
     try:
         return dp.experiment(name)
     except NotFound:
-        raise NotFound(f"unknown model {name!r}", field="model_name") from None
+        raise NotFound(f"unknown model {shown(name)}", field="model_name") from None
     except Unavailable as exc:
         if exc.field != "experiment":
             raise  # draining, or no config yet
         raise Unavailable(
-            f"model {name!r} is not served by this gateway: it rejected its config",
+            f"model {shown(name)} is not served by this gateway: it rejected its config",
             field="model_name",
         ) from None
     except InvalidArgument:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from abgate.errors import InvalidArgument
+from abgate.errors import InvalidArgument, shown
 from abgate.oip.v2 import grpc_predict_v2_pb2 as oip
 from abgate.v1 import gateway_pb2 as pb
 from gateway import codec
@@ -60,7 +60,8 @@ def check_version(version: str) -> None:
     """A request cannot choose an arm's version: the gateway routes (field ``model_version``)."""
     if version:
         raise InvalidArgument(
-            f"{version!r} cannot be chosen: the gateway routes each user to an arm; leave it empty",
+            f"{shown(version)} cannot be chosen: the gateway routes each user to an arm; "
+            "leave it empty",
             field="model_version",
         )
 
@@ -94,7 +95,7 @@ def _rows_of(shape: Sequence[int], n_features: int, max_rows: int) -> int:
         return 1
     if dims != 2 or shape[1] != n_features or shape[0] < 0:
         raise InvalidArgument(
-            f"shape {list(shape)} does not match [{n_features}] or [n, {n_features}]",
+            f"shape {shown(list(shape))} does not match [{n_features}] or [n, {n_features}]",
             field="features.shape",
         )
     n = shape[0]
@@ -109,10 +110,12 @@ def _user_ids_of(
     tensor: oip.ModelInferRequest.InferInputTensor, data: bytes | None, n: int
 ) -> list[str]:
     if tensor.datatype != "BYTES":
-        raise InvalidArgument(f"datatype {tensor.datatype!r} not supported, use BYTES", USER_ID)
+        raise InvalidArgument(
+            f"datatype {shown(tensor.datatype)} not supported, use BYTES", USER_ID
+        )
     if list(tensor.shape) != [n]:
         raise InvalidArgument(
-            f"shape {list(tensor.shape)} does not match [{n}] (one user id per row)",
+            f"shape {shown(list(tensor.shape))} does not match [{n}] (one user id per row)",
             field="user_id.shape",
         )
     items = (
@@ -178,7 +181,7 @@ def _outputs_of(request: oip.ModelInferRequest) -> tuple[str, ...]:
     for i, name in enumerate(names):
         if name not in KNOWN_OUTPUTS:
             raise InvalidArgument(
-                f"unknown output {name!r}; this model has {', '.join(KNOWN_OUTPUTS)}",
+                f"unknown output {shown(name)}; this model has {', '.join(KNOWN_OUTPUTS)}",
                 field=f"outputs[{i}].name",
             )
     return names
@@ -225,7 +228,7 @@ def decode_infer(
     if features.datatype != "FP32":
         # Same words as the native API; an empty datatype is not FP32 here (OIP requires one).
         raise InvalidArgument(
-            f"datatype {features.datatype!r} not supported, use FP32", field=FEATURES
+            f"datatype {shown(features.datatype)} not supported, use FP32", field=FEATURES
         )
     n_features = exp.n_features
     n = _rows_of(features.shape, n_features, max_rows)

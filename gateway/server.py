@@ -425,6 +425,9 @@ def _supervise(settings: GatewaySettings) -> int:
         value = getattr(settings, name)
         if value:
             env_base["ABGATE_" + name.upper()] = str(value)
+    # The CLI read --evaluator-token-file into evaluator_token: workers get the token (and not
+    # the file as well, which they would refuse as a second source).
+    env_base.pop("ABGATE_EVALUATOR_TOKEN_FILE", None)
     env_base["ABGATE_LOG_LEVEL"] = logging.getLevelName(logging.getLogger().level)
     env_base["ABGATE_LOG_PREDICTIONS"] = "1" if settings.log_predictions else "0"
     for name in ("log_batch_rows", "log_max_age", "log_max_queued_rows"):

@@ -14,6 +14,7 @@ from typing import TypeVar
 import grpc
 
 from abgate.errors import AbgateError, FailedPrecondition, InvalidArgument
+from abgate.surface import UNDECODABLE_MESSAGE, note_undecodable
 from abgate.v1 import gateway_pb2 as pb
 from abgate.v1 import gateway_pb2_grpc as pb_grpc
 from gateway import codec
@@ -25,6 +26,11 @@ R = TypeVar("R")
 
 INTERNAL_MESSAGE = "internal error"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceGateway"].full_name
+_STREAM_METHOD = f"{SERVICE_NAME}/PredictStream"
+# PredictStream's answer to a message that does not parse (it has no request id to echo).
+_UNDECODABLE_ANSWER = codec.encode_stream_error(
+    grpc.StatusCode.INVALID_ARGUMENT.value[0], UNDECODABLE_MESSAGE, ""
+)
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -125,12 +131,19 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
             return _fail(context, exc, pb.PredictBatchResponse())
 
     async def PredictStream(
-        self,
-        request_iterator: AsyncIterator[pb.PredictRequest],
-        context: grpc.aio.ServicerContext,
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         # A bad message fails only itself: its status travels in the answer, the stream stays.
-        async for request in request_iterator:
+        # That holds for one that does not parse too, so the messages arrive as bytes and are
+        # decoded here (the surface would end the stream).
+        decode = pb.PredictRequest.FromString
+        async for raw_request in request_iterator:
+            try:
+                request = decode(raw_request)
+            except Exception:
+                note_undecodable(_STREAM_METHOD)
+                yield _UNDECODABLE_ANSWER
+                continue
             try:
                 raw, request_id = self._predict(request)
                 yield codec.encode_stream_raw(raw, request_id)
@@ -177,7 +190,7 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
             ),
             "PredictStream": grpc.stream_stream_rpc_method_handler(
                 self.PredictStream,
-                request_deserializer=req_single,
+                request_deserializer=None,  # decoded per message by PredictStream itself
                 response_serializer=codec.passthrough,
             ),
         }

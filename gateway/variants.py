@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import ClassVar
@@ -12,11 +13,12 @@ import onnxruntime as ort
 
 from abgate.errors import ConfigError
 from abgate.settings import GatewaySettings
-from gateway.modelstore import ModelMetadata, ModelStore
+from gateway.modelstore import ExternalData, ModelMetadata, ModelStore, check_self_contained
 
 log = logging.getLogger(__name__)
 
 WARMUP_RUNS = 20
+NO_EXTERNAL_DATA_DIR = os.path.join(os.devnull, "no-external-data")  # under a device file
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,12 @@ class SessionOptions:
         flag = "1" if self.spinning else "0"
         opts.add_session_config_entry("session.intra_op.allow_spinning", flag)
         opts.add_session_config_entry("session.inter_op.allow_spinning", flag)
+        # Sessions are built from bytes; onnxruntime would then resolve an external-data file
+        # against the working directory. Models are checked self-contained first; this is the
+        # second lock: a directory that cannot exist, so no such file is ever opened.
+        opts.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", NO_EXTERNAL_DATA_DIR
+        )
         return opts
 
 
@@ -62,6 +70,13 @@ class Variant:
 
     def __init__(self, meta: ModelMetadata, onnx_bytes: bytes, options: SessionOptions) -> None:
         self.meta = meta
+        try:
+            # A model's behaviour is a function of its bytes (its sha256) alone.
+            check_self_contained(onnx_bytes)
+        except (ExternalData, ValueError) as exc:
+            raise ConfigError(
+                f"model {meta.id}:{meta.version} ({meta.sha256[:12]}) is refused: {exc}"
+            ) from None
         try:
             self.session = ort.InferenceSession(
                 onnx_bytes, sess_options=options.build(), providers=["CPUExecutionProvider"]

@@ -157,6 +157,10 @@ USAGE = [
      "--holdout {d}/nox.npz: has no array named X"),
     ("models convert --store {d}/m --input {d}/junk --id x --holdout {d}/h.npz",
      "--input {d}/junk: not a model saved with joblib"),
+    ("models convert --store {d}/m --input {d}/dict.joblib --id x --holdout {d}/h.npz",
+     "--input {d}/dict.joblib: holds a dict, not a scikit-learn model"),
+    ("models convert --store {d}/m --input {d}/class.joblib --id x --holdout {d}/h.npz",
+     "--input {d}/class.joblib: holds a type, not a scikit-learn model"),
     ("models convert --store {d}/afile/m --input {d}/junk --id x --holdout {d}/h.npz",
      "--store {d}/afile/m: a parent of it is a file"),
     ("models register --store {d}/m --onnx {d}/no.onnx --id x", "--onnx {d}/no.onnx: no such"),
@@ -221,6 +225,11 @@ def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     np.save(d / "one.npy", np.zeros(3))
     np.savez(d / "nox.npz", Y=np.zeros(3))
     np.savez(d / "h.npz", X=np.zeros((4, 3), dtype="f4"))
+    import joblib  # pickles that unpickle fine and are no model
+    from sklearn.linear_model import LogisticRegression
+
+    joblib.dump({"coef": [1.0]}, d / "dict.joblib")
+    joblib.dump(LogisticRegression, d / "class.joblib")  # the class, not a fitted instance
     for name in list(__import__("os").environ):
         if name.startswith("ABGATE_"):
             monkeypatch.delenv(name)

@@ -93,6 +93,10 @@ def test_unsupported_and_unfitted_models_are_refused() -> None:
         convert(LinearRegression().fit(X_train, y_train), X_hold)
     with pytest.raises(ConversionError, match="integers"):
         convert(LogisticRegression(max_iter=5000).fit(X_train, np.where(y_train, "a", "b")), X_hold)
+    # What an unpickled file may hold instead of a model: one line, not sklearn's AttributeError.
+    for not_a_model in ({"coef": 1}, LogisticRegression, Pipeline([("m", "passthrough")])):
+        with pytest.raises(ConversionError, match="is not a scikit-learn estimator"):
+            convert(not_a_model, X_hold)
 
 
 def test_demo_models_are_deterministic(tmp_path: Path) -> None:

@@ -1,0 +1,111 @@
+"""Bad input to a real evaluator's admin API and config stream: the token is checked before
+the body is read, a call with two ``authorization`` headers is refused whichever holds the
+token, an undecodable body is INVALID_ARGUMENT, and names and strings that no experiment can
+hold (huge, NUL) get their status, never INTERNAL."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from abgate.v1 import control_pb2 as cpb
+from tests.evaluator.conftest import TOKEN, InProcessEvaluator, ab_definition
+
+GOOD = ("authorization", f"Bearer {TOKEN}")
+WRONG = ("authorization", "Bearer wrong")
+ADMIN = "/abgate.v1.EvaluatorAdmin/"
+
+
+def status(
+    ev: InProcessEvaluator, method: str, body: bytes, metadata: tuple[tuple[str, str], ...]
+) -> tuple[grpc.StatusCode, str]:
+    with grpc.insecure_channel(ev.target) as channel:
+        try:
+            channel.unary_unary(ADMIN + method)(body, metadata=metadata, timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details()
+    return grpc.StatusCode.OK, ""
+
+
+def test_the_token_is_checked_before_the_body_is_decoded(evaluator: InProcessEvaluator) -> None:
+    garbage = b"\xff\xff\x0a"
+    unauthenticated = (grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+    # Without the token the body is never deserialized: UNAUTHENTICATED, not INVALID_ARGUMENT.
+    assert status(evaluator, "ListExperiments", garbage, ()) == unauthenticated
+    assert status(evaluator, "ListExperiments", garbage, (WRONG,)) == unauthenticated
+    assert status(evaluator, "ListExperiments", garbage, (GOOD,)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "undecodable request",
+    )
+
+
+def test_a_call_with_two_authorization_headers_is_refused(evaluator: InProcessEvaluator) -> None:
+    listed = cpb.ListExperimentsRequest().SerializeToString()
+    unauthenticated = (grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+    for doubled in ((GOOD, WRONG), (WRONG, GOOD), (GOOD, GOOD)):
+        assert status(evaluator, "ListExperiments", listed, doubled) == unauthenticated, doubled
+    assert status(evaluator, "ListExperiments", listed, (GOOD,)) == (grpc.StatusCode.OK, "")
+
+
+def test_names_and_strings_no_experiment_holds(evaluator: InProcessEvaluator) -> None:
+    huge = "n" * (1 << 20)
+    for name, shown in ((huge, f"{'n' * 64!r}… (1048576 bytes)"), ("a\x00b", "'a\\x00b'")):
+        body = cpb.ExperimentRequest(name=name).SerializeToString()
+        for method in ("GetExperiment", "Promote", "Archive"):
+            assert status(evaluator, method, body, (GOOD,)) == (
+                grpc.StatusCode.NOT_FOUND,
+                f"name: unknown experiment {shown}",
+            ), method
+
+    create = cpb.CreateExperimentRequest(definition=cpb.ExperimentDefinition(name=huge))
+    code, details = status(evaluator, "CreateExperiment", create.SerializeToString(), (GOOD,))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and len(details) < 200, details
+    assert details.startswith("definition.name: 'nnnn") and "(1048576 bytes)" in details
+
+
+def test_nul_in_audited_strings_is_invalid_argument(evaluator: InProcessEvaluator) -> None:
+    sha = "a" * 64  # never loaded: the evaluator stores definitions, gateways load models
+    definition = ab_definition("nul", sha, sha)
+    evaluator.admin.call("CreateExperiment", cpb.CreateExperimentRequest(definition=definition))
+    for field in ("reason", "arm", "actor"):
+        body = cpb.ExperimentRequest(name="nul", **{field: "a\x00b"}).SerializeToString()
+        assert status(evaluator, "Rollback", body, (GOOD,)) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{field}: must not contain NUL characters",
+        ), field
+    bad_salt = ab_definition("nul-salt", sha, sha, salt="a\x00b")
+    bad_model = ab_definition("nul-model", sha, "b\x00")
+    bad_shadow = ab_definition(
+        "nul-shadow", sha, sha, shadows=[cpb.ShadowConfig(name="s", model="\x00")]
+    )
+    for definition, where in (
+        (bad_salt, "definition.salt"),
+        (bad_model, "definition.arms[1].model"),
+        (bad_shadow, "definition.shadows[0].model"),
+    ):
+        body = cpb.CreateExperimentRequest(definition=definition).SerializeToString()
+        assert status(evaluator, "CreateExperiment", body, (GOOD,)) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{where}: must not contain NUL characters",
+        ), where
+    # Nothing was written: the experiment is as created.
+    view = evaluator.admin.call("GetExperiment", cpb.ExperimentRequest(name="nul"))
+    assert (view.status, view.version) == ("running", 1)
+
+
+def test_config_stream_refuses_a_node_id_the_database_cannot_hold(
+    evaluator: InProcessEvaluator,
+) -> None:
+    with grpc.insecure_channel(evaluator.target) as channel:
+        stream = channel.stream_stream(
+            "/abgate.v1.ConfigStream/StreamConfig",
+            request_serializer=cpb.ConfigRequest.SerializeToString,
+            response_deserializer=cpb.ConfigSnapshot.FromString,
+        )
+        for node_id in ("gw\x00", "g" * 257):
+            with pytest.raises(grpc.RpcError) as info:
+                list(
+                    stream(iter([cpb.ConfigRequest(node_id=node_id)]), metadata=(GOOD,), timeout=10)
+                )
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert info.value.details() == "node_id: at most 256 characters, no NUL"
