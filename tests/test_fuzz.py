@@ -28,7 +28,7 @@ def test_fuzzed_calls_never_end_unknown_internal_or_hung(
     logreg = demo_store.metas["demo-logreg"]
     target = Target("demo", logreg.n_features, logreg.sha256)
     # Both log into one database, as in a deployment.
-    evaluator = InProcessEvaluator(evaluator_settings(fresh_db))
+    evaluator = InProcessEvaluator(evaluator_settings(fresh_db, demo_store.root))
     gw = InProcessGateway(gateway_settings(demo_store, tmp_path, fresh_db))
     create_seed_experiment(evaluator.target, TOKEN, target)
     fuzzer = Fuzzer(gw.target, evaluator.target, TOKEN, target, seed=15)

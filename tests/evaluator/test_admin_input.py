@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from abgate.v1 import control_pb2 as cpb
+from tests.conftest import DemoStore
 from tests.evaluator.conftest import TOKEN, InProcessEvaluator, ab_definition
 
 GOOD = ("authorization", f"Bearer {TOKEN}")
@@ -63,8 +64,10 @@ def test_names_and_strings_no_experiment_holds(evaluator: InProcessEvaluator) ->
     assert details.startswith("definition.name: 'nnnn") and "(1048576 bytes)" in details
 
 
-def test_nul_in_audited_strings_is_invalid_argument(evaluator: InProcessEvaluator) -> None:
-    sha = "a" * 64  # never loaded: the evaluator stores definitions, gateways load models
+def test_nul_in_audited_strings_is_invalid_argument(
+    evaluator: InProcessEvaluator, demo_store: DemoStore
+) -> None:
+    sha = demo_store.metas["demo-logreg"].sha256  # the evaluator checks it is in its store
     definition = ab_definition("nul", sha, sha)
     evaluator.admin.call("CreateExperiment", cpb.CreateExperimentRequest(definition=definition))
     for field in ("reason", "arm", "actor"):

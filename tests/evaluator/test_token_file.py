@@ -104,13 +104,13 @@ def test_the_evaluator_and_gateway_workers_take_the_token_from_a_file(
     for name in ("ABGATE_TOKEN", "ABGATE_TOKEN_FILE"):
         monkeypatch.delenv(name, raising=False)
     assert main(["evaluator", "--token-file", str(token_file), "--database-url", fresh_db,
-                 "--listen", "127.0.0.1:0"]) == 0  # fmt: skip
+                 "--listen", "127.0.0.1:0", "--model-store", str(demo_store.root)]) == 0  # fmt: skip
     assert started[0].token == TOKEN
 
     # A gateway of two workers, the file named in the environment: each worker subscribes.
     from tests.evaluator.conftest import evaluator_settings
 
-    ev = InProcessEvaluator(evaluator_settings(fresh_db))
+    ev = InProcessEvaluator(evaluator_settings(fresh_db, demo_store.root))
     try:
         shas = [demo_store.metas[m].sha256 for m in ("demo-logreg", "demo-gbdt")]
         created = ev.admin.call(
