@@ -103,8 +103,9 @@ def test_the_evaluator_and_gateway_workers_take_the_token_from_a_file(
     monkeypatch.setattr(evaluator.server, "run", lambda settings: started.append(settings) or 0)
     for name in ("ABGATE_TOKEN", "ABGATE_TOKEN_FILE"):
         monkeypatch.delenv(name, raising=False)
-    assert main(["evaluator", "--token-file", str(token_file), "--database-url", fresh_db,
-                 "--listen", "127.0.0.1:0", "--model-store", str(demo_store.root)]) == 0  # fmt: skip
+    argv = ["evaluator", "--token-file", str(token_file), "--database-url", fresh_db,
+            "--listen", "127.0.0.1:0", "--model-store", str(demo_store.root)]  # fmt: skip
+    assert main(argv) == 0
     assert started[0].token == TOKEN
 
     # A gateway of two workers, the file named in the environment: each worker subscribes.
