@@ -6,7 +6,9 @@ cost grows with new rows, not with history, and a crash mid-tick counts nothing 
 
 A prediction and its outcome are counted together exactly once, when the later of the two is
 read: new outcomes join every prediction read so far or in this tick, and new predictions join
-the outcomes read in earlier ticks (see ``_OUTCOMES_NEW`` and ``_PREDICTIONS_NEW``).
+the outcomes read in earlier ticks (see ``_OUTCOMES_NEW`` and ``_PREDICTIONS_NEW``). A request id
+logged twice counts once, and an outcome counts only from the prediction's client identity
+(``_first_served``, ``_counted``); what is left out is counted in ``ignored_rows``.
 """
 
 from __future__ import annotations
@@ -42,12 +44,66 @@ SELECT coalesce((SELECT seq FROM {table} WHERE seq > $1 AND ingested_at < $2
                  ORDER BY seq DESC LIMIT 1), $1)
 """
 
+
+# Each request id counts once, whatever reached the log (a client's retry on another worker or
+# gateway, a reused id): only its first served row by ingest order, and per shadow its first
+# shadow row, are read; the others are counted in ignored_rows. An outcome counts for the
+# request's first served row when it comes from the same client identity (or was accepted for
+# any identity), and only the first such outcome per request id and source does. A row's
+# ``seq`` never changes, so whether it is first is the same in every tick that looks.
+def _first_served(p: str) -> str:
+    return (
+        f"NOT EXISTS (SELECT 1 FROM predictions d WHERE d.request_id = {p}.request_id"
+        f" AND NOT d.shadow AND d.seq < {p}.seq)"
+    )
+
+
+def _first_shadow(s: str) -> str:
+    return (
+        f"NOT EXISTS (SELECT 1 FROM predictions d WHERE d.request_id = {s}.request_id"
+        f" AND d.shadow AND d.arm = {s}.arm AND d.seq < {s}.seq)"
+    )
+
+
+def _eligible(o: str, identity: str) -> str:
+    return f"({o}.client_identity = {identity} OR {o}.any_identity)"
+
+
+def _first_outcome(o: str, identity: str) -> str:
+    """No earlier outcome of the same request id and source counts for ``identity``."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM outcomes e WHERE e.request_id = {o}.request_id"
+        f" AND e.source = {o}.source AND e.seq < {o}.seq AND {_eligible('e', identity)})"
+    )
+
+
+def _counted(o: str, identity: str) -> str:
+    return f"{_eligible(o, identity)} AND {_first_outcome(o, identity)}"
+
+
+# Outcomes met (pairs CTE: experiment, eligible, first) but not counted, by reason.
+_SKIPPED_OUTCOMES = """
+skipped AS (
+    INSERT INTO ignored_rows AS i (experiment, reason, n)
+    SELECT experiment, CASE WHEN eligible THEN 'duplicate_outcome' ELSE 'foreign_outcome' END,
+           count(*)
+    FROM pairs WHERE NOT (eligible AND first) GROUP BY 1, 2
+    ON CONFLICT (experiment, reason) DO UPDATE SET n = i.n + EXCLUDED.n
+)"""
+
 # One pass over the new predictions (materialised once) feeds both aggregates. Outcomes join
 # separately so a prediction with several outcome sources is still served once.
 _PREDICTIONS_NEW = f"""
-WITH p AS MATERIALIZED (
-    SELECT request_id, experiment, config_version, arm, status, label, scores, latency_us
-    FROM predictions WHERE seq > $1 AND seq <= $2 AND NOT shadow
+WITH n AS MATERIALIZED (
+    SELECT request_id, experiment, config_version, arm, status, label, scores, latency_us,
+           client_identity, {_first_served("q")} AS first
+    FROM predictions q WHERE seq > $1 AND seq <= $2 AND NOT shadow
+), duplicates AS (
+    INSERT INTO ignored_rows AS i (experiment, reason, n)
+    SELECT experiment, 'duplicate_prediction', count(*) FROM n WHERE NOT first GROUP BY 1
+    ON CONFLICT (experiment, reason) DO UPDATE SET n = i.n + EXCLUDED.n
+), p AS (
+    SELECT * FROM n WHERE first
 ), latency AS (
     INSERT INTO arm_latency AS l (experiment, config_version, arm, bucket, n)
     SELECT experiment, config_version, arm,
@@ -61,12 +117,17 @@ WITH p AS MATERIALIZED (
            coalesce(sum(scores[2]) FILTER (WHERE status = 0), 0) AS score_sum,
            coalesce(sum(scores[2] * scores[2]) FILTER (WHERE status = 0), 0) AS score_sumsq
     FROM p GROUP BY 1, 2, 3
-), joined AS (
-    SELECT p.experiment, p.config_version, p.arm, count(*) AS outcome_n,
-           sum(o.value) AS outcome_sum, sum(o.value * o.value) AS outcome_sumsq,
-           count(*) FILTER (WHERE o.value = p.label) AS correct
+), pairs AS MATERIALIZED (
+    SELECT p.experiment, p.config_version, p.arm, p.label, o.value,
+           {_eligible("o", "p.client_identity")} AS eligible,
+           {_first_outcome("o", "p.client_identity")} AS first
     FROM p JOIN outcomes o ON o.request_id = p.request_id AND o.seq <= $3
     WHERE p.status = 0
+), {_SKIPPED_OUTCOMES.strip()}, joined AS (
+    SELECT experiment, config_version, arm, count(*) AS outcome_n,
+           sum(value) AS outcome_sum, sum(value * value) AS outcome_sumsq,
+           count(*) FILTER (WHERE value = label) AS correct
+    FROM pairs WHERE eligible AND first
     GROUP BY 1, 2, 3
 )
 INSERT INTO arm_stats AS a (experiment, config_version, arm, served, errors, score_sum,
@@ -86,15 +147,21 @@ ON CONFLICT (experiment, config_version, arm) DO UPDATE SET
     correct = a.correct + EXCLUDED.correct
 """
 
-_OUTCOMES_NEW = """
+_OUTCOMES_NEW = f"""
+WITH pairs AS MATERIALIZED (
+    SELECT p.experiment, p.config_version, p.arm, p.label, o.value,
+           {_eligible("o", "p.client_identity")} AS eligible,
+           {_first_outcome("o", "p.client_identity")} AS first
+    FROM outcomes o
+    JOIN predictions p ON p.request_id = o.request_id AND NOT p.shadow AND p.status = 0
+                      AND p.seq <= $3
+    WHERE o.seq > $1 AND o.seq <= $2 AND {_first_served("p")}
+), {_SKIPPED_OUTCOMES.strip()}
 INSERT INTO arm_stats AS a (experiment, config_version, arm, outcome_n, outcome_sum,
                             outcome_sumsq, correct)
-SELECT p.experiment, p.config_version, p.arm, count(*), sum(o.value), sum(o.value * o.value),
-       count(*) FILTER (WHERE o.value = p.label)
-FROM outcomes o
-JOIN predictions p ON p.request_id = o.request_id AND NOT p.shadow AND p.status = 0
-                  AND p.seq <= $3
-WHERE o.seq > $1 AND o.seq <= $2
+SELECT experiment, config_version, arm, count(*), sum(value), sum(value * value),
+       count(*) FILTER (WHERE value = label)
+FROM pairs WHERE eligible AND first
 GROUP BY 1, 2, 3
 ON CONFLICT (experiment, config_version, arm) DO UPDATE SET
     outcome_n = a.outcome_n + EXCLUDED.outcome_n,
@@ -107,20 +174,22 @@ ON CONFLICT (experiment, config_version, arm) DO UPDATE SET
 # Shadow pairs (a shadow row and the served row of the same request) are counted once, in the
 # tick that reads the later of the two: new shadow rows meet every served row read so far or
 # now; new served rows meet shadow rows read in earlier ticks. Outcomes pair up as above.
-_SHADOW_PAIRS_NEW = """
+_SHADOW_PAIRS_NEW = f"""
 WITH pairs AS MATERIALIZED (
     SELECT s.request_id, p.experiment, s.arm AS shadow, p.label AS pl, s.label AS sl,
            p.scores[2] AS ps, s.scores[2] AS ss, p.latency_us AS plat, s.latency_us AS slat,
-           p.status AS pst, s.status AS sst
+           p.status AS pst, s.status AS sst, p.client_identity AS pid
     FROM predictions s
     JOIN predictions p ON p.request_id = s.request_id AND NOT p.shadow AND p.seq <= $2
-    WHERE s.seq > $1 AND s.seq <= $2 AND s.shadow
+                      AND {_first_served("p")}
+    WHERE s.seq > $1 AND s.seq <= $2 AND s.shadow AND {_first_shadow("s")}
     UNION ALL
     SELECT p.request_id, p.experiment, s.arm, p.label, s.label, p.scores[2], s.scores[2],
-           p.latency_us, s.latency_us, p.status, s.status
+           p.latency_us, s.latency_us, p.status, s.status, p.client_identity
     FROM predictions p
     JOIN predictions s ON s.request_id = p.request_id AND s.shadow AND s.seq <= $1
-    WHERE p.seq > $1 AND p.seq <= $2 AND NOT p.shadow
+                      AND {_first_shadow("s")}
+    WHERE p.seq > $1 AND p.seq <= $2 AND NOT p.shadow AND {_first_served("p")}
 ), base AS (
     SELECT experiment, shadow,
            count(*) FILTER (WHERE pst = 0 AND sst = 0) AS pairs,
@@ -138,6 +207,7 @@ WITH pairs AS MATERIALIZED (
            count(*) FILTER (WHERE o.value <> pr.pl AND o.value = pr.sl) AS shadow_only,
            count(*) FILTER (WHERE o.value <> pr.pl AND o.value <> pr.sl) AS both_wrong
     FROM pairs pr JOIN outcomes o ON o.request_id = pr.request_id AND o.seq <= $3
+                                 AND {_counted("o", "pr.pid")}
     WHERE pr.pst = 0 AND pr.sst = 0
     GROUP BY 1, 2
 )
@@ -163,7 +233,7 @@ ON CONFLICT (experiment, shadow) DO UPDATE SET
     both_wrong = t.both_wrong + EXCLUDED.both_wrong
 """
 
-_SHADOW_OUTCOMES_NEW = """
+_SHADOW_OUTCOMES_NEW = f"""
 INSERT INTO shadow_stats AS t (experiment, shadow, labelled, both_right, served_only_right,
                                shadow_only_right, both_wrong)
 SELECT p.experiment, s.arm, count(*),
@@ -173,9 +243,10 @@ SELECT p.experiment, s.arm, count(*),
        count(*) FILTER (WHERE o.value <> p.label AND o.value <> s.label)
 FROM outcomes o
 JOIN predictions p ON p.request_id = o.request_id AND NOT p.shadow AND p.status = 0
-                  AND p.seq <= $3
+                  AND p.seq <= $3 AND {_first_served("p")}
 JOIN predictions s ON s.request_id = o.request_id AND s.shadow AND s.status = 0 AND s.seq <= $3
-WHERE o.seq > $1 AND o.seq <= $2
+                  AND {_first_shadow("s")}
+WHERE o.seq > $1 AND o.seq <= $2 AND {_counted("o", "p.client_identity")}
 GROUP BY 1, 2
 ON CONFLICT (experiment, shadow) DO UPDATE SET
     labelled = t.labelled + EXCLUDED.labelled,
@@ -249,7 +320,7 @@ async def _aggregate(
 async def reset(conn: asyncpg.Connection) -> None:
     """Forget every aggregate (the next tick recomputes from the first row: a full pass)."""
     async with conn.transaction():
-        await conn.execute("TRUNCATE arm_stats, arm_latency, shadow_stats")
+        await conn.execute("TRUNCATE arm_stats, arm_latency, shadow_stats, ignored_rows")
         await conn.execute("UPDATE evaluation_watermark SET prediction_seq = 0, outcome_seq = 0")
 
 
@@ -345,6 +416,18 @@ def metric_stats(metric: str, totals: ArmTotals) -> ArmStats:
     if metric == "score":
         return ArmStats(totals.served - totals.errors, totals.score_sum, totals.score_sumsq)
     raise ValueError(f"unknown metric {metric!r}")
+
+
+async def ignored_totals(
+    conn: asyncpg.Connection | asyncpg.Pool, experiment: str | None = None
+) -> dict[tuple[str, str], int]:
+    """(experiment, reason) -> log rows the aggregation read and left out (``ignored_rows``:
+    duplicate_prediction, foreign_outcome, duplicate_outcome)."""
+    rows = await conn.fetch(
+        "SELECT experiment, reason, n FROM ignored_rows WHERE $1::text IS NULL OR experiment = $1",
+        experiment,
+    )
+    return {(r["experiment"], r["reason"]): int(r["n"]) for r in rows}
 
 
 async def shadow_totals(

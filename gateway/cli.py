@@ -89,6 +89,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    if settings.client_tokens_file is not None:
+        from gateway.auth import ClientTokensError, load_client_tokens
+
+        path = readable_file(settings.client_tokens_file, "--client-tokens-file")
+        try:
+            load_client_tokens(path)
+        except ClientTokensError as exc:
+            raise UsageError(f"--client-tokens-file {path}: {exc.message}") from None
+    if settings.idempotency_window < 0 or settings.idempotency_max_entries < 0:
+        raise UsageError("--idempotency-window and --idempotency-max-entries must not be negative")
     writable_dir(settings.state_dir, "--state-dir")
     if settings.log_predictions:
         database_url_arg(settings.database_url)
