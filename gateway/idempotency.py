@@ -57,6 +57,7 @@ class RecentRequests:
         self._size = 0  # request ids held by the entries in _order
         self.repeats = 0  # calls answered from here
         self.conflicts = 0  # calls refused with ALREADY_EXISTS
+        self.foreign_outcomes = 0  # outcomes refused: a recent prediction of another identity
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -242,6 +242,7 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
                 for i, r in enumerate(rows):
                     seen = recent.get(r[0], now)
                     if seen is not None and seen[IDENTITY] != identity:
+                        recent.foreign_outcomes += len(rows)  # the call is refused whole
                         raise PermissionDenied(
                             FOREIGN_OUTCOME_MESSAGE, field=f"outcomes[{i}].request_id"
                         )
