@@ -78,17 +78,29 @@ class RecentRequests:
         """Remember ``entry`` under its key (``n`` request ids: a batch's rows)."""
         if not self.enabled:
             return
-        key = entry[KEY]
         entries = self._entries
-        if n == 1 and isinstance(key, str):
-            entries[key] = entry
+        if n == 1 and type(entry[KEY]) is str:
+            entries[entry[KEY]] = entry
         else:
-            for rid in key:
+            for rid in entry[KEY]:
                 entries[rid] = entry
-        self._order.append(entry)
+        order = self._order
+        order.append(entry)
         self._size += n
-        if self._size > self.max_entries or self._order[0][AT] < entry[AT] - self.window:
-            self._expire(entry[AT])
+        oldest = entry[AT] - self.window
+        # Steady state under load: one entry in, the oldest one out, inline.
+        while order and (self._size > self.max_entries or order[0][AT] < oldest):
+            gone = order.popleft()
+            key = gone[KEY]
+            if type(key) is str:
+                self._size -= 1
+                if entries.get(key) is gone:  # not since replaced by a newer answer
+                    del entries[key]
+            else:
+                self._size -= len(key)
+                for rid in key:
+                    if entries.get(rid) is gone:
+                        del entries[rid]
 
     def discard(self, entry: Entry) -> None:
         """Forget ``entry`` now (a batch that failed before it was answered)."""
@@ -96,18 +108,6 @@ class RecentRequests:
         for rid in (key,) if isinstance(key, str) else key:
             if self._entries.get(rid) is entry:
                 del self._entries[rid]
-
-    def _expire(self, now: float) -> None:
-        order, entries = self._order, self._entries
-        oldest = now - self.window
-        while order and (self._size > self.max_entries or order[0][AT] < oldest):
-            entry = order.popleft()
-            key = entry[KEY]
-            ids = (key,) if isinstance(key, str) else key
-            self._size -= len(ids)
-            for rid in ids:
-                if entries.get(rid) is entry:  # not since replaced by a newer answer
-                    del entries[rid]
 
     def conflict(self, message: str, field: str) -> AlreadyExists:
         self.conflicts += 1
