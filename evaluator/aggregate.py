@@ -7,8 +7,8 @@ cost grows with new rows, not with history, and a crash mid-tick counts nothing 
 A prediction and its outcome are counted together exactly once, when the later of the two is
 read: new outcomes join every prediction read so far or in this tick, and new predictions join
 the outcomes read in earlier ticks (see ``_OUTCOMES_NEW`` and ``_PREDICTIONS_NEW``). A request id
-logged twice counts once, and an outcome counts only from the prediction's client identity
-(``_first_served``, ``_counted``); what is left out is counted in ``ignored_rows``.
+logged twice counts once (``duplicate_rows``), and an outcome counts only from the prediction's
+client identity (``_eligible``); what is left out is counted in ``ignored_rows``.
 """
 
 from __future__ import annotations
@@ -47,43 +47,23 @@ SELECT coalesce((SELECT seq FROM {table} WHERE seq > $1 AND ingested_at < $2
 
 # Each request id counts once, whatever reached the log (a client's retry on another worker or
 # gateway, a reused id): only its first served row by ingest order, and per shadow its first
-# shadow row, are read; the others are counted in ignored_rows. An outcome counts for the
-# request's first served row when it comes from the same client identity (or was accepted for
-# any identity), and only the first such outcome per request id and source does. A row's
-# ``seq`` never changes, so whether it is first is the same in every tick that looks.
-def _first_served(p: str) -> str:
-    return (
-        f"NOT EXISTS (SELECT 1 FROM predictions d WHERE d.request_id = {p}.request_id"
-        f" AND NOT d.shadow AND d.seq < {p}.seq)"
-    )
+# shadow row, are read. The tick that reads a row decides that once (against the rows read
+# before it and within its own batch) and keeps the others in ``duplicate_rows``, which every
+# later join leaves out with an anti-join on a table that is nearly always empty.
+_NOT_DUPLICATE = "NOT EXISTS (SELECT 1 FROM duplicate_rows x WHERE x.seq = {}.seq)"
 
 
-def _first_shadow(s: str) -> str:
-    return (
-        f"NOT EXISTS (SELECT 1 FROM predictions d WHERE d.request_id = {s}.request_id"
-        f" AND d.shadow AND d.arm = {s}.arm AND d.seq < {s}.seq)"
-    )
-
-
+# An outcome counts for the request's first served row when it comes from the same client
+# identity or was accepted for any identity, and only the first such outcome (by ingest order)
+# per request id and source does; the others are counted in ignored_rows. Whether a row is
+# first in its batch is found by a hash aggregate of the keys that come twice (sorting a
+# tick's rows by request id for a window cost more than the rest of the statement).
 def _eligible(o: str, identity: str) -> str:
     return f"({o}.client_identity = {identity} OR {o}.any_identity)"
 
 
-def _first_outcome(o: str, identity: str) -> str:
-    """No earlier outcome of the same request id and source counts for ``identity``."""
-    return (
-        f"NOT EXISTS (SELECT 1 FROM outcomes e WHERE e.request_id = {o}.request_id"
-        f" AND e.source = {o}.source AND e.seq < {o}.seq AND {_eligible('e', identity)})"
-    )
-
-
-def _counted(o: str, identity: str) -> str:
-    return f"{_eligible(o, identity)} AND {_first_outcome(o, identity)}"
-
-
 # Outcomes met (pairs CTE: experiment, eligible, first) but not counted, by reason.
-_SKIPPED_OUTCOMES = """
-skipped AS (
+_SKIPPED_OUTCOMES = """skipped AS (
     INSERT INTO ignored_rows AS i (experiment, reason, n)
     SELECT experiment, CASE WHEN eligible THEN 'duplicate_outcome' ELSE 'foreign_outcome' END,
            count(*)
@@ -91,19 +71,50 @@ skipped AS (
     ON CONFLICT (experiment, reason) DO UPDATE SET n = i.n + EXCLUDED.n
 )"""
 
-# One pass over the new predictions (materialised once) feeds both aggregates. Outcomes join
-# separately so a prediction with several outcome sources is still served once.
+# The new outcomes that an eligible outcome read in an earlier tick (seq <= $1) precedes, for
+# the met CTE (a join, not a probe per row: on a full pass, $1 = 0, it is empty at once).
+_EARLIER_OUTCOMES = f"""earlier AS (
+    SELECT DISTINCT m.seq FROM met m
+    JOIN outcomes e ON e.request_id = m.request_id AND e.source = m.source AND e.seq <= $1
+                   AND {_eligible("e", "m.pid")}
+)"""
+
+# One pass over the new rows (materialised once) decides which are first and feeds both
+# aggregates. Outcomes join separately so a prediction with several outcome sources is still
+# served once; they were all read in earlier ticks, so the first eligible one per request id
+# and source is the first of them here.
 _PREDICTIONS_NEW = f"""
-WITH n AS MATERIALIZED (
-    SELECT request_id, experiment, config_version, arm, status, label, scores, latency_us,
-           client_identity, {_first_served("q")} AS first
-    FROM predictions q WHERE seq > $1 AND seq <= $2 AND NOT shadow
+WITH older AS (
+    -- New rows whose key a row read in an earlier tick has.
+    SELECT DISTINCT q.seq FROM predictions q
+    JOIN predictions d ON d.request_id = q.request_id AND d.shadow = q.shadow
+                      AND (NOT q.shadow OR d.arm = q.arm) AND d.seq <= $1
+    WHERE q.seq > $1 AND q.seq <= $2
+), multi AS (
+    -- Keys that come more than once among the new rows, and their first row.
+    SELECT request_id, shadow, CASE WHEN shadow THEN arm ELSE '' END AS arm_key,
+           min(seq) AS first_seq
+    FROM predictions WHERE seq > $1 AND seq <= $2
+    GROUP BY 1, 2, 3 HAVING count(*) > 1
+), n AS MATERIALIZED (
+    SELECT q.seq, q.request_id, experiment, config_version, arm, status, label, scores,
+           latency_us, client_identity, q.shadow,
+           coalesce(m.first_seq = q.seq, true) AND older.seq IS NULL AS first
+    FROM predictions q
+    LEFT JOIN multi m ON m.request_id = q.request_id AND m.shadow = q.shadow
+                     AND m.arm_key = CASE WHEN q.shadow THEN q.arm ELSE '' END
+    LEFT JOIN older ON older.seq = q.seq
+    WHERE q.seq > $1 AND q.seq <= $2
 ), duplicates AS (
+    INSERT INTO duplicate_rows (seq, request_id)
+    SELECT seq, request_id FROM n WHERE NOT first
+), ignored AS (
     INSERT INTO ignored_rows AS i (experiment, reason, n)
-    SELECT experiment, 'duplicate_prediction', count(*) FROM n WHERE NOT first GROUP BY 1
+    SELECT experiment, 'duplicate_prediction', count(*) FROM n WHERE NOT first AND NOT shadow
+    GROUP BY 1
     ON CONFLICT (experiment, reason) DO UPDATE SET n = i.n + EXCLUDED.n
 ), p AS (
-    SELECT * FROM n WHERE first
+    SELECT * FROM n WHERE first AND NOT shadow
 ), latency AS (
     INSERT INTO arm_latency AS l (experiment, config_version, arm, bucket, n)
     SELECT experiment, config_version, arm,
@@ -117,13 +128,18 @@ WITH n AS MATERIALIZED (
            coalesce(sum(scores[2]) FILTER (WHERE status = 0), 0) AS score_sum,
            coalesce(sum(scores[2] * scores[2]) FILTER (WHERE status = 0), 0) AS score_sumsq
     FROM p GROUP BY 1, 2, 3
-), pairs AS MATERIALIZED (
-    SELECT p.experiment, p.config_version, p.arm, p.label, o.value,
-           {_eligible("o", "p.client_identity")} AS eligible,
-           {_first_outcome("o", "p.client_identity")} AS first
+), met AS (
+    SELECT p.experiment, p.config_version, p.arm, p.label, o.value, o.request_id, o.source,
+           o.seq, {_eligible("o", "p.client_identity")} AS eligible
     FROM p JOIN outcomes o ON o.request_id = p.request_id AND o.seq <= $3
     WHERE p.status = 0
-), {_SKIPPED_OUTCOMES.strip()}, joined AS (
+), multi_met AS (
+    SELECT request_id, source, eligible, min(seq) AS first_seq FROM met
+    GROUP BY 1, 2, 3 HAVING count(*) > 1
+), pairs AS MATERIALIZED (
+    SELECT met.*, coalesce(m.first_seq = met.seq, true) AS first
+    FROM met LEFT JOIN multi_met m USING (request_id, source, eligible)
+), {_SKIPPED_OUTCOMES}, joined AS (
     SELECT experiment, config_version, arm, count(*) AS outcome_n,
            sum(value) AS outcome_sum, sum(value * value) AS outcome_sumsq,
            count(*) FILTER (WHERE value = label) AS correct
@@ -147,16 +163,24 @@ ON CONFLICT (experiment, config_version, arm) DO UPDATE SET
     correct = a.correct + EXCLUDED.correct
 """
 
+# New outcomes: an eligible one counts when no eligible outcome of its request id and source
+# was read in an earlier tick and it is the first eligible one among the new ones.
 _OUTCOMES_NEW = f"""
-WITH pairs AS MATERIALIZED (
-    SELECT p.experiment, p.config_version, p.arm, p.label, o.value,
-           {_eligible("o", "p.client_identity")} AS eligible,
-           {_first_outcome("o", "p.client_identity")} AS first
+WITH met AS (
+    SELECT p.experiment, p.config_version, p.arm, p.label, o.value, o.request_id, o.source,
+           o.seq, p.client_identity AS pid, {_eligible("o", "p.client_identity")} AS eligible
     FROM outcomes o
     JOIN predictions p ON p.request_id = o.request_id AND NOT p.shadow AND p.status = 0
-                      AND p.seq <= $3
-    WHERE o.seq > $1 AND o.seq <= $2 AND {_first_served("p")}
-), {_SKIPPED_OUTCOMES.strip()}
+                      AND p.seq <= $3 AND {_NOT_DUPLICATE.format("p")}
+    WHERE o.seq > $1 AND o.seq <= $2
+), {_EARLIER_OUTCOMES}, multi AS (
+    SELECT request_id, source, eligible, min(seq) AS first_seq FROM met
+    GROUP BY 1, 2, 3 HAVING count(*) > 1
+), pairs AS MATERIALIZED (
+    SELECT met.*, coalesce(m.first_seq = met.seq, true) AND earlier.seq IS NULL AS first
+    FROM met LEFT JOIN multi m USING (request_id, source, eligible)
+    LEFT JOIN earlier ON earlier.seq = met.seq
+), {_SKIPPED_OUTCOMES}
 INSERT INTO arm_stats AS a (experiment, config_version, arm, outcome_n, outcome_sum,
                             outcome_sumsq, correct)
 SELECT experiment, config_version, arm, count(*), sum(value), sum(value * value),
@@ -173,7 +197,9 @@ ON CONFLICT (experiment, config_version, arm) DO UPDATE SET
 
 # Shadow pairs (a shadow row and the served row of the same request) are counted once, in the
 # tick that reads the later of the two: new shadow rows meet every served row read so far or
-# now; new served rows meet shadow rows read in earlier ticks. Outcomes pair up as above.
+# now; new served rows meet shadow rows read in earlier ticks. Outcomes pair up as above: the
+# outcomes a pair meets here were all read in earlier ticks, so per source the first eligible
+# one of them counts.
 _SHADOW_PAIRS_NEW = f"""
 WITH pairs AS MATERIALIZED (
     SELECT s.request_id, p.experiment, s.arm AS shadow, p.label AS pl, s.label AS sl,
@@ -181,15 +207,15 @@ WITH pairs AS MATERIALIZED (
            p.status AS pst, s.status AS sst, p.client_identity AS pid
     FROM predictions s
     JOIN predictions p ON p.request_id = s.request_id AND NOT p.shadow AND p.seq <= $2
-                      AND {_first_served("p")}
-    WHERE s.seq > $1 AND s.seq <= $2 AND s.shadow AND {_first_shadow("s")}
+                      AND {_NOT_DUPLICATE.format("p")}
+    WHERE s.seq > $1 AND s.seq <= $2 AND s.shadow AND {_NOT_DUPLICATE.format("s")}
     UNION ALL
     SELECT p.request_id, p.experiment, s.arm, p.label, s.label, p.scores[2], s.scores[2],
            p.latency_us, s.latency_us, p.status, s.status, p.client_identity
     FROM predictions p
     JOIN predictions s ON s.request_id = p.request_id AND s.shadow AND s.seq <= $1
-                      AND {_first_shadow("s")}
-    WHERE p.seq > $1 AND p.seq <= $2 AND NOT p.shadow AND {_first_served("p")}
+                      AND {_NOT_DUPLICATE.format("s")}
+    WHERE p.seq > $1 AND p.seq <= $2 AND NOT p.shadow AND {_NOT_DUPLICATE.format("p")}
 ), base AS (
     SELECT experiment, shadow,
            count(*) FILTER (WHERE pst = 0 AND sst = 0) AS pairs,
@@ -206,8 +232,12 @@ WITH pairs AS MATERIALIZED (
            count(*) FILTER (WHERE o.value = pr.pl AND o.value <> pr.sl) AS served_only,
            count(*) FILTER (WHERE o.value <> pr.pl AND o.value = pr.sl) AS shadow_only,
            count(*) FILTER (WHERE o.value <> pr.pl AND o.value <> pr.sl) AS both_wrong
-    FROM pairs pr JOIN outcomes o ON o.request_id = pr.request_id AND o.seq <= $3
-                                 AND {_counted("o", "pr.pid")}
+    FROM pairs pr
+    CROSS JOIN LATERAL (
+        SELECT DISTINCT ON (e.source) e.value FROM outcomes e
+        WHERE e.request_id = pr.request_id AND e.seq <= $3 AND {_eligible("e", "pr.pid")}
+        ORDER BY e.source, e.seq
+    ) o
     WHERE pr.pst = 0 AND pr.sst = 0
     GROUP BY 1, 2
 )
@@ -234,19 +264,31 @@ ON CONFLICT (experiment, shadow) DO UPDATE SET
 """
 
 _SHADOW_OUTCOMES_NEW = f"""
+WITH met AS (
+    SELECT p.experiment, s.arm AS shadow, p.label AS pl, s.label AS sl, o.value, o.request_id,
+           o.source, o.seq, p.client_identity AS pid
+    FROM outcomes o
+    JOIN predictions p ON p.request_id = o.request_id AND NOT p.shadow AND p.status = 0
+                      AND p.seq <= $3 AND {_NOT_DUPLICATE.format("p")}
+    JOIN predictions s ON s.request_id = o.request_id AND s.shadow AND s.status = 0
+                      AND s.seq <= $3 AND {_NOT_DUPLICATE.format("s")}
+    WHERE o.seq > $1 AND o.seq <= $2 AND {_eligible("o", "p.client_identity")}
+), {_EARLIER_OUTCOMES}, multi AS (
+    SELECT request_id, shadow, source, min(seq) AS first_seq FROM met
+    GROUP BY 1, 2, 3 HAVING count(*) > 1
+), counted AS (
+    SELECT met.* FROM met LEFT JOIN multi m USING (request_id, shadow, source)
+    LEFT JOIN earlier ON earlier.seq = met.seq
+    WHERE coalesce(m.first_seq = met.seq, true) AND earlier.seq IS NULL
+)
 INSERT INTO shadow_stats AS t (experiment, shadow, labelled, both_right, served_only_right,
                                shadow_only_right, both_wrong)
-SELECT p.experiment, s.arm, count(*),
-       count(*) FILTER (WHERE o.value = p.label AND o.value = s.label),
-       count(*) FILTER (WHERE o.value = p.label AND o.value <> s.label),
-       count(*) FILTER (WHERE o.value <> p.label AND o.value = s.label),
-       count(*) FILTER (WHERE o.value <> p.label AND o.value <> s.label)
-FROM outcomes o
-JOIN predictions p ON p.request_id = o.request_id AND NOT p.shadow AND p.status = 0
-                  AND p.seq <= $3 AND {_first_served("p")}
-JOIN predictions s ON s.request_id = o.request_id AND s.shadow AND s.status = 0 AND s.seq <= $3
-                  AND {_first_shadow("s")}
-WHERE o.seq > $1 AND o.seq <= $2 AND {_counted("o", "p.client_identity")}
+SELECT experiment, shadow, count(*),
+       count(*) FILTER (WHERE value = pl AND value = sl),
+       count(*) FILTER (WHERE value = pl AND value <> sl),
+       count(*) FILTER (WHERE value <> pl AND value = sl),
+       count(*) FILTER (WHERE value <> pl AND value <> sl)
+FROM counted
 GROUP BY 1, 2
 ON CONFLICT (experiment, shadow) DO UPDATE SET
     labelled = t.labelled + EXCLUDED.labelled,
@@ -320,7 +362,9 @@ async def _aggregate(
 async def reset(conn: asyncpg.Connection) -> None:
     """Forget every aggregate (the next tick recomputes from the first row: a full pass)."""
     async with conn.transaction():
-        await conn.execute("TRUNCATE arm_stats, arm_latency, shadow_stats, ignored_rows")
+        await conn.execute(
+            "TRUNCATE arm_stats, arm_latency, shadow_stats, ignored_rows, duplicate_rows"
+        )
         await conn.execute("UPDATE evaluation_watermark SET prediction_seq = 0, outcome_seq = 0")
 
 

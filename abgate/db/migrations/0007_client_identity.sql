@@ -31,3 +31,11 @@ CREATE TABLE ignored_rows (
     n           bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (experiment, reason)
 );
+
+-- Log rows the aggregation skips because an earlier row has their request id (served rows) or
+-- their request id and shadow (shadow rows), decided once by the tick that reads them; every
+-- later join leaves them out. Derived like the aggregates (a reset empties it).
+CREATE TABLE duplicate_rows (
+    seq         bigint PRIMARY KEY,
+    request_id  text   NOT NULL
+);
