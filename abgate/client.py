@@ -42,8 +42,17 @@ def response_dict(r: pb.PredictResponse) -> dict[str, Any]:
 
 
 class GatewayClient:
-    def __init__(self, target: str, *, timeout: float = 10.0, max_message_bytes: int = 64 << 20):
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 10.0,
+        max_message_bytes: int = 64 << 20,
+        token: str = "",
+    ):
+        """``token``: the bearer token of a gateway run with ``--client-tokens-file``."""
         self.timeout = timeout
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.channel = grpc.insecure_channel(
             target,
             options=[
@@ -69,7 +78,7 @@ class GatewayClient:
 
     def predict_raw(self, request: pb.PredictRequest) -> pb.PredictResponse:
         try:
-            return self.stub.Predict(request, timeout=self.timeout)
+            return self.stub.Predict(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise RpcFailure(exc.code(), exc.details() or "") from None
 
@@ -94,7 +103,11 @@ class GatewayClient:
             outcomes=[pb.Outcome(request_id=r, value=v, source=s) for r, v, s in outcomes]
         )
         try:
-            return int(self.stub.RecordOutcome(request, timeout=self.timeout).accepted)
+            return int(
+                self.stub.RecordOutcome(
+                    request, timeout=self.timeout, metadata=self.metadata
+                ).accepted
+            )
         except grpc.RpcError as exc:
             raise RpcFailure(exc.code(), exc.details() or "") from None
 
@@ -112,6 +125,6 @@ class GatewayClient:
             request_ids=list(request_ids),
         )
         try:
-            return self.stub.PredictBatch(request, timeout=self.timeout)
+            return self.stub.PredictBatch(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise RpcFailure(exc.code(), exc.details() or "") from None

@@ -75,6 +75,12 @@ class FailedPrecondition(AbgateError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class AlreadyExists(AbgateError):
+    """A request id already used for another request (the field names which)."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class Unauthenticated(AbgateError):
     code = grpc.StatusCode.UNAUTHENTICATED
 

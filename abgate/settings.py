@@ -116,6 +116,19 @@ class GatewaySettings:
     shadow_batch_rows: int = doc("most rows per shadow model run", 256)
     shadow_timeout: float = doc("seconds a mirrored row may wait before it is dropped", 1.0)
     shadow_linger: float = doc("seconds the shadow worker lets rows gather into a batch", 0.02)
+    client_tokens_file: Path | None = doc(
+        "TOML/JSON [clients] identity = token: data-plane calls need a bearer token (off: open)",
+        None,
+    )
+    allow_cross_identity_outcomes: bool = doc(
+        "let a client record outcomes of predictions another client identity made", False
+    )
+    idempotency_window: float = doc(
+        "seconds a request id answers its original prediction again (0 = off)", 60.0
+    )
+    idempotency_max_entries: int = doc(
+        "most request ids remembered per process for --idempotency-window", 100_000
+    )
     evaluator: str = doc("host:port of the evaluator's config stream (empty = config file)", "")
     evaluator_token: str = doc(
         "bearer token for the evaluator (its --token); prefer ABGATE_EVALUATOR_TOKEN or "

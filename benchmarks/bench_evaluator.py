@@ -254,10 +254,10 @@ async def plan_counts(conn: asyncpg.Connection) -> dict[str, dict[str, int]]:
     )
     out: dict[str, dict[str, int]] = {}
     for r in rows:
-        if "AS MATERIALIZED" in r["statement"]:
-            name = "predictions_new"
-        elif "FROM outcomes o" in r["statement"]:
+        if "FROM outcomes o" in r["statement"]:  # (both materialise a CTE)
             name = "outcomes_new"
+        elif "AS MATERIALIZED" in r["statement"]:
+            name = "predictions_new"
         else:
             continue
         counts = out.setdefault(name, {"generic": 0, "custom": 0})

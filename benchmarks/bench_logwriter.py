@@ -43,6 +43,7 @@ def make_rows(n: int, run: int) -> list[tuple[object, ...]]:
             False,
             "bench",
             0,
+            "",
         )
         for i in range(n)
     ]

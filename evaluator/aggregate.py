@@ -6,7 +6,9 @@ cost grows with new rows, not with history, and a crash mid-tick counts nothing 
 
 A prediction and its outcome are counted together exactly once, when the later of the two is
 read: new outcomes join every prediction read so far or in this tick, and new predictions join
-the outcomes read in earlier ticks (see ``_OUTCOMES_NEW`` and ``_PREDICTIONS_NEW``).
+the outcomes read in earlier ticks (see ``_OUTCOMES_NEW`` and ``_PREDICTIONS_NEW``). A request id
+logged twice counts once (``duplicate_rows``), and an outcome counts only from the prediction's
+client identity (``_eligible``); what is left out is counted in ``ignored_rows``.
 """
 
 from __future__ import annotations
@@ -42,12 +44,90 @@ SELECT coalesce((SELECT seq FROM {table} WHERE seq > $1 AND ingested_at < $2
                  ORDER BY seq DESC LIMIT 1), $1)
 """
 
-# One pass over the new predictions (materialised once) feeds both aggregates. Outcomes join
-# separately so a prediction with several outcome sources is still served once.
+
+# Each request id counts once, whatever reached the log (a client's retry on another worker or
+# gateway, a reused id): only its first served row by ingest order, and per shadow its first
+# shadow row, are read. The tick that reads a row decides that once (against the rows read
+# before it and within its own batch) and keeps the others in ``duplicate_rows``, which every
+# later join leaves out. NOT IN over the whole (nearly always empty) table is one hashed
+# subplan; a NOT EXISTS became an anti-join scanning it once per joined row (5 µs a row).
+_NOT_DUPLICATE = "{}.seq NOT IN (SELECT seq FROM duplicate_rows)"
+
+
+# An outcome counts for the request's first served row when it comes from the same client
+# identity or was accepted for any identity, and only the first such outcome (by ingest order)
+# per request id and source does; the others are counted in ignored_rows. Whether a row is
+# first in its batch is found by a hash aggregate of the keys that come twice (sorting a
+# tick's rows by request id for a window cost more than the rest of the statement).
+def _eligible(o: str, identity: str) -> str:
+    return f"({o}.client_identity = {identity} OR {o}.any_identity)"
+
+
+# Outcomes met (pairs CTE: experiment, eligible, first) but not counted, by reason.
+_SKIPPED_OUTCOMES = """skipped AS (
+    INSERT INTO ignored_rows AS i (experiment, reason, n)
+    SELECT experiment, CASE WHEN eligible THEN 'duplicate_outcome' ELSE 'foreign_outcome' END,
+           count(*)
+    FROM pairs WHERE NOT (eligible AND first) GROUP BY 1, 2
+    ON CONFLICT (experiment, reason) DO UPDATE SET n = i.n + EXCLUDED.n
+)"""
+
+# The new outcomes that an eligible outcome read in an earlier tick (seq <= $1) precedes, for
+# the met CTE: one index probe per new outcome (LATERAL … LIMIT 1 keeps the planner from
+# hashing every older outcome instead, a cost that would grow with history), none on a full
+# pass ($1 = 0: the planner drops the CTE).
+_EARLIER_OUTCOMES = f"""earlier AS (
+    SELECT m.seq FROM met m
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM outcomes e
+        WHERE e.request_id = m.request_id AND e.source = m.source AND e.seq <= $1
+              AND {_eligible("e", "m.pid")}
+        LIMIT 1
+    ) e
+    WHERE $1 > 0
+)"""
+
+# One pass over the new rows (materialised once) decides which are first and feeds both
+# aggregates. Outcomes join separately so a prediction with several outcome sources is still
+# served once; they were all read in earlier ticks, so the first eligible one per request id
+# and source is the first of them here.
 _PREDICTIONS_NEW = f"""
-WITH p AS MATERIALIZED (
-    SELECT request_id, experiment, config_version, arm, status, label, scores, latency_us
-    FROM predictions WHERE seq > $1 AND seq <= $2 AND NOT shadow
+WITH older AS (
+    -- New rows whose key a row read in an earlier tick has (an index probe per new row, as
+    -- in _EARLIER_OUTCOMES; none on a full pass).
+    SELECT q.seq FROM predictions q
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM predictions d
+        WHERE d.request_id = q.request_id AND d.shadow = q.shadow
+              AND (NOT q.shadow OR d.arm = q.arm) AND d.seq <= $1
+        LIMIT 1
+    ) d
+    WHERE q.seq > $1 AND q.seq <= $2 AND $1 > 0
+), multi AS (
+    -- Keys that come more than once among the new rows, and their first row.
+    SELECT request_id, shadow, CASE WHEN shadow THEN arm ELSE '' END AS arm_key,
+           min(seq) AS first_seq
+    FROM predictions WHERE seq > $1 AND seq <= $2
+    GROUP BY 1, 2, 3 HAVING count(*) > 1
+), n AS MATERIALIZED (
+    SELECT q.seq, q.request_id, experiment, config_version, arm, status, label, scores,
+           latency_us, client_identity, q.shadow,
+           coalesce(m.first_seq = q.seq, true) AND older.seq IS NULL AS first
+    FROM predictions q
+    LEFT JOIN multi m ON m.request_id = q.request_id AND m.shadow = q.shadow
+                     AND m.arm_key = CASE WHEN q.shadow THEN q.arm ELSE '' END
+    LEFT JOIN older ON older.seq = q.seq
+    WHERE q.seq > $1 AND q.seq <= $2
+), duplicates AS (
+    INSERT INTO duplicate_rows (seq, request_id)
+    SELECT seq, request_id FROM n WHERE NOT first
+), ignored AS (
+    INSERT INTO ignored_rows AS i (experiment, reason, n)
+    SELECT experiment, 'duplicate_prediction', count(*) FROM n WHERE NOT first AND NOT shadow
+    GROUP BY 1
+    ON CONFLICT (experiment, reason) DO UPDATE SET n = i.n + EXCLUDED.n
+), p AS (
+    SELECT * FROM n WHERE first AND NOT shadow
 ), latency AS (
     INSERT INTO arm_latency AS l (experiment, config_version, arm, bucket, n)
     SELECT experiment, config_version, arm,
@@ -61,12 +141,22 @@ WITH p AS MATERIALIZED (
            coalesce(sum(scores[2]) FILTER (WHERE status = 0), 0) AS score_sum,
            coalesce(sum(scores[2] * scores[2]) FILTER (WHERE status = 0), 0) AS score_sumsq
     FROM p GROUP BY 1, 2, 3
-), joined AS (
-    SELECT p.experiment, p.config_version, p.arm, count(*) AS outcome_n,
-           sum(o.value) AS outcome_sum, sum(o.value * o.value) AS outcome_sumsq,
-           count(*) FILTER (WHERE o.value = p.label) AS correct
+), met AS (
+    SELECT p.experiment, p.config_version, p.arm, p.label, o.value, o.request_id, o.source,
+           o.seq, {_eligible("o", "p.client_identity")} AS eligible
     FROM p JOIN outcomes o ON o.request_id = p.request_id AND o.seq <= $3
     WHERE p.status = 0
+), multi_met AS (
+    SELECT request_id, source, eligible, min(seq) AS first_seq FROM met
+    GROUP BY 1, 2, 3 HAVING count(*) > 1
+), pairs AS MATERIALIZED (
+    SELECT met.*, coalesce(m.first_seq = met.seq, true) AS first
+    FROM met LEFT JOIN multi_met m USING (request_id, source, eligible)
+), {_SKIPPED_OUTCOMES}, joined AS (
+    SELECT experiment, config_version, arm, count(*) AS outcome_n,
+           sum(value) AS outcome_sum, sum(value * value) AS outcome_sumsq,
+           count(*) FILTER (WHERE value = label) AS correct
+    FROM pairs WHERE eligible AND first
     GROUP BY 1, 2, 3
 )
 INSERT INTO arm_stats AS a (experiment, config_version, arm, served, errors, score_sum,
@@ -86,15 +176,29 @@ ON CONFLICT (experiment, config_version, arm) DO UPDATE SET
     correct = a.correct + EXCLUDED.correct
 """
 
-_OUTCOMES_NEW = """
+# New outcomes: an eligible one counts when no eligible outcome of its request id and source
+# was read in an earlier tick and it is the first eligible one among the new ones.
+_OUTCOMES_NEW = f"""
+WITH met AS (
+    SELECT p.experiment, p.config_version, p.arm, p.label, o.value, o.request_id, o.source,
+           o.seq, p.client_identity AS pid, {_eligible("o", "p.client_identity")} AS eligible
+    FROM outcomes o
+    JOIN predictions p ON p.request_id = o.request_id AND NOT p.shadow AND p.status = 0
+                      AND p.seq <= $3 AND {_NOT_DUPLICATE.format("p")}
+    WHERE o.seq > $1 AND o.seq <= $2
+), {_EARLIER_OUTCOMES}, multi AS (
+    SELECT request_id, source, eligible, min(seq) AS first_seq FROM met
+    GROUP BY 1, 2, 3 HAVING count(*) > 1
+), pairs AS MATERIALIZED (
+    SELECT met.*, coalesce(m.first_seq = met.seq, true) AND earlier.seq IS NULL AS first
+    FROM met LEFT JOIN multi m USING (request_id, source, eligible)
+    LEFT JOIN earlier ON earlier.seq = met.seq
+), {_SKIPPED_OUTCOMES}
 INSERT INTO arm_stats AS a (experiment, config_version, arm, outcome_n, outcome_sum,
                             outcome_sumsq, correct)
-SELECT p.experiment, p.config_version, p.arm, count(*), sum(o.value), sum(o.value * o.value),
-       count(*) FILTER (WHERE o.value = p.label)
-FROM outcomes o
-JOIN predictions p ON p.request_id = o.request_id AND NOT p.shadow AND p.status = 0
-                  AND p.seq <= $3
-WHERE o.seq > $1 AND o.seq <= $2
+SELECT experiment, config_version, arm, count(*), sum(value), sum(value * value),
+       count(*) FILTER (WHERE value = label)
+FROM pairs WHERE eligible AND first
 GROUP BY 1, 2, 3
 ON CONFLICT (experiment, config_version, arm) DO UPDATE SET
     outcome_n = a.outcome_n + EXCLUDED.outcome_n,
@@ -106,21 +210,25 @@ ON CONFLICT (experiment, config_version, arm) DO UPDATE SET
 
 # Shadow pairs (a shadow row and the served row of the same request) are counted once, in the
 # tick that reads the later of the two: new shadow rows meet every served row read so far or
-# now; new served rows meet shadow rows read in earlier ticks. Outcomes pair up as above.
-_SHADOW_PAIRS_NEW = """
+# now; new served rows meet shadow rows read in earlier ticks. Outcomes pair up as above: the
+# outcomes a pair meets here were all read in earlier ticks, so per source the first eligible
+# one of them counts.
+_SHADOW_PAIRS_NEW = f"""
 WITH pairs AS MATERIALIZED (
     SELECT s.request_id, p.experiment, s.arm AS shadow, p.label AS pl, s.label AS sl,
            p.scores[2] AS ps, s.scores[2] AS ss, p.latency_us AS plat, s.latency_us AS slat,
-           p.status AS pst, s.status AS sst
+           p.status AS pst, s.status AS sst, p.client_identity AS pid
     FROM predictions s
     JOIN predictions p ON p.request_id = s.request_id AND NOT p.shadow AND p.seq <= $2
-    WHERE s.seq > $1 AND s.seq <= $2 AND s.shadow
+                      AND {_NOT_DUPLICATE.format("p")}
+    WHERE s.seq > $1 AND s.seq <= $2 AND s.shadow AND {_NOT_DUPLICATE.format("s")}
     UNION ALL
     SELECT p.request_id, p.experiment, s.arm, p.label, s.label, p.scores[2], s.scores[2],
-           p.latency_us, s.latency_us, p.status, s.status
+           p.latency_us, s.latency_us, p.status, s.status, p.client_identity
     FROM predictions p
     JOIN predictions s ON s.request_id = p.request_id AND s.shadow AND s.seq <= $1
-    WHERE p.seq > $1 AND p.seq <= $2 AND NOT p.shadow
+                      AND {_NOT_DUPLICATE.format("s")}
+    WHERE p.seq > $1 AND p.seq <= $2 AND NOT p.shadow AND {_NOT_DUPLICATE.format("p")}
 ), base AS (
     SELECT experiment, shadow,
            count(*) FILTER (WHERE pst = 0 AND sst = 0) AS pairs,
@@ -137,7 +245,12 @@ WITH pairs AS MATERIALIZED (
            count(*) FILTER (WHERE o.value = pr.pl AND o.value <> pr.sl) AS served_only,
            count(*) FILTER (WHERE o.value <> pr.pl AND o.value = pr.sl) AS shadow_only,
            count(*) FILTER (WHERE o.value <> pr.pl AND o.value <> pr.sl) AS both_wrong
-    FROM pairs pr JOIN outcomes o ON o.request_id = pr.request_id AND o.seq <= $3
+    FROM pairs pr
+    CROSS JOIN LATERAL (
+        SELECT DISTINCT ON (e.source) e.value FROM outcomes e
+        WHERE e.request_id = pr.request_id AND e.seq <= $3 AND {_eligible("e", "pr.pid")}
+        ORDER BY e.source, e.seq
+    ) o
     WHERE pr.pst = 0 AND pr.sst = 0
     GROUP BY 1, 2
 )
@@ -163,19 +276,32 @@ ON CONFLICT (experiment, shadow) DO UPDATE SET
     both_wrong = t.both_wrong + EXCLUDED.both_wrong
 """
 
-_SHADOW_OUTCOMES_NEW = """
+_SHADOW_OUTCOMES_NEW = f"""
+WITH met AS (
+    SELECT p.experiment, s.arm AS shadow, p.label AS pl, s.label AS sl, o.value, o.request_id,
+           o.source, o.seq, p.client_identity AS pid
+    FROM outcomes o
+    JOIN predictions p ON p.request_id = o.request_id AND NOT p.shadow AND p.status = 0
+                      AND p.seq <= $3 AND {_NOT_DUPLICATE.format("p")}
+    JOIN predictions s ON s.request_id = o.request_id AND s.shadow AND s.status = 0
+                      AND s.seq <= $3 AND {_NOT_DUPLICATE.format("s")}
+    WHERE o.seq > $1 AND o.seq <= $2 AND {_eligible("o", "p.client_identity")}
+), {_EARLIER_OUTCOMES}, multi AS (
+    SELECT request_id, shadow, source, min(seq) AS first_seq FROM met
+    GROUP BY 1, 2, 3 HAVING count(*) > 1
+), counted AS (
+    SELECT met.* FROM met LEFT JOIN multi m USING (request_id, shadow, source)
+    LEFT JOIN earlier ON earlier.seq = met.seq
+    WHERE coalesce(m.first_seq = met.seq, true) AND earlier.seq IS NULL
+)
 INSERT INTO shadow_stats AS t (experiment, shadow, labelled, both_right, served_only_right,
                                shadow_only_right, both_wrong)
-SELECT p.experiment, s.arm, count(*),
-       count(*) FILTER (WHERE o.value = p.label AND o.value = s.label),
-       count(*) FILTER (WHERE o.value = p.label AND o.value <> s.label),
-       count(*) FILTER (WHERE o.value <> p.label AND o.value = s.label),
-       count(*) FILTER (WHERE o.value <> p.label AND o.value <> s.label)
-FROM outcomes o
-JOIN predictions p ON p.request_id = o.request_id AND NOT p.shadow AND p.status = 0
-                  AND p.seq <= $3
-JOIN predictions s ON s.request_id = o.request_id AND s.shadow AND s.status = 0 AND s.seq <= $3
-WHERE o.seq > $1 AND o.seq <= $2
+SELECT experiment, shadow, count(*),
+       count(*) FILTER (WHERE value = pl AND value = sl),
+       count(*) FILTER (WHERE value = pl AND value <> sl),
+       count(*) FILTER (WHERE value <> pl AND value = sl),
+       count(*) FILTER (WHERE value <> pl AND value <> sl)
+FROM counted
 GROUP BY 1, 2
 ON CONFLICT (experiment, shadow) DO UPDATE SET
     labelled = t.labelled + EXCLUDED.labelled,
@@ -249,7 +375,9 @@ async def _aggregate(
 async def reset(conn: asyncpg.Connection) -> None:
     """Forget every aggregate (the next tick recomputes from the first row: a full pass)."""
     async with conn.transaction():
-        await conn.execute("TRUNCATE arm_stats, arm_latency, shadow_stats")
+        await conn.execute(
+            "TRUNCATE arm_stats, arm_latency, shadow_stats, ignored_rows, duplicate_rows"
+        )
         await conn.execute("UPDATE evaluation_watermark SET prediction_seq = 0, outcome_seq = 0")
 
 
@@ -345,6 +473,18 @@ def metric_stats(metric: str, totals: ArmTotals) -> ArmStats:
     if metric == "score":
         return ArmStats(totals.served - totals.errors, totals.score_sum, totals.score_sumsq)
     raise ValueError(f"unknown metric {metric!r}")
+
+
+async def ignored_totals(
+    conn: asyncpg.Connection | asyncpg.Pool, experiment: str | None = None
+) -> dict[tuple[str, str], int]:
+    """(experiment, reason) -> log rows the aggregation read and left out (``ignored_rows``:
+    duplicate_prediction, foreign_outcome, duplicate_outcome)."""
+    rows = await conn.fetch(
+        "SELECT experiment, reason, n FROM ignored_rows WHERE $1::text IS NULL OR experiment = $1",
+        experiment,
+    )
+    return {(r["experiment"], r["reason"]): int(r["n"]) for r in rows}
 
 
 async def shadow_totals(

@@ -35,6 +35,8 @@ class EvaluatorView(Protocol):
     @property
     def rows_aggregated(self) -> Mapping[str, int]: ...
     @property
+    def ignored(self) -> Mapping[tuple[str, str], int]: ...
+    @property
     def decision_counts(self) -> Mapping[str, int]: ...
     @property
     def leader(self) -> bool: ...
@@ -100,6 +102,15 @@ class EvaluatorCollector(Collector):
         rows.add_metric(["outcomes"], srv.rows_aggregated["outcomes"])
         yield tick
         yield rows
+        ignored = CounterMetricFamily(
+            "abgate_evaluator_rows_ignored",
+            "Log rows read but not counted: duplicate_prediction (a request id already served),"
+            " foreign_outcome (another client identity's), duplicate_outcome",
+            labels=["experiment", "reason"],
+        )
+        for (experiment, reason), n in sorted(srv.ignored.items()):
+            ignored.add_metric([experiment, reason], n)
+        yield ignored
         p_value = GaugeMetricFamily(
             "abgate_experiment_p_value", "Current always-valid p-value", labels=["experiment"]
         )

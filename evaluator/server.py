@@ -35,6 +35,7 @@ from evaluator.aggregate import (
     aggregate,
     all_shadow_totals,
     arm_data,
+    ignored_totals,
     shadow_totals,
 )
 from evaluator.experiments import (
@@ -115,6 +116,8 @@ class EvaluatorServer:
         # (experiment, shadow) -> shadow_stats sums as of the last tick (for /metrics)
         self.shadow_sums: dict[tuple[str, str], dict[str, float]] = {}
         self.rows_aggregated = {"predictions": 0, "outcomes": 0}
+        # (experiment, reason) -> rows the aggregation left out (ignored_rows), as of the last tick
+        self.ignored: dict[tuple[str, str], int] = {}
         self.decision_counts: dict[str, int] = {}
         self.metrics_httpd: Any = None
         self.metrics_port = 0
@@ -281,6 +284,7 @@ class EvaluatorServer:
         async with store.pool.acquire() as conn:
             result = await aggregate(conn, settle=self.settings.settle)
             self.shadow_sums = await all_shadow_totals(conn)
+            self.ignored = await ignored_totals(conn)
         self.last_tick = result
         self.rows_aggregated["predictions"] += result.predictions
         self.rows_aggregated["outcomes"] += result.outcomes

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from abgate.cli_common import (
@@ -95,6 +96,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    if settings.client_tokens_file is not None:
+        from gateway.auth import ClientTokensError, load_client_tokens
+
+        path = readable_file(settings.client_tokens_file, "--client-tokens-file")
+        try:
+            load_client_tokens(path)
+        except ClientTokensError as exc:
+            raise UsageError(f"--client-tokens-file {path}: {exc.message}") from None
+    if settings.idempotency_window < 0 or settings.idempotency_max_entries < 0:
+        raise UsageError("--idempotency-window and --idempotency-max-entries must not be negative")
     writable_dir(settings.state_dir, "--state-dir")
     if settings.log_predictions:
         database_url_arg(settings.database_url)
@@ -130,7 +141,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     features = _parse_features(args.features)
     if not features:
         raise UsageError("--features must hold at least one number")
-    with GatewayClient(args.target, timeout=args.timeout) as client:
+    with GatewayClient(args.target, timeout=args.timeout, token=args.token) as client:
         try:
             result = client.predict(args.experiment, args.user, features, args.request_id or "")
         except RpcFailure as exc:
@@ -158,7 +169,7 @@ def cmd_outcome(args: argparse.Namespace) -> int:
     if len(args.request_id) != len(args.value):
         raise UsageError("give one --value per --request-id")
     triples = [(r, v, args.source) for r, v in zip(args.request_id, args.value, strict=True)]
-    with GatewayClient(args.target, timeout=args.timeout) as client:
+    with GatewayClient(args.target, timeout=args.timeout, token=args.token) as client:
         try:
             accepted = client.record_outcomes(triples)
         except RpcFailure as exc:
@@ -166,6 +177,14 @@ def cmd_outcome(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
     print(json.dumps({"accepted": accepted}) if args.json else f"accepted {accepted} outcome(s)")
     return EXIT_OK
+
+
+def _token_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--token",
+        default=os.environ.get("ABGATE_CLIENT_TOKEN", ""),
+        help="bearer token, for a gateway run with --client-tokens-file (env ABGATE_CLIENT_TOKEN)",
+    )
 
 
 def add_gateway_parsers(subparsers: Any) -> None:
@@ -180,6 +199,7 @@ def add_gateway_parsers(subparsers: Any) -> None:
     p.add_argument("--features", required=True, help="comma-separated float values")
     p.add_argument("--request-id", default="", help="idempotency key (generated when omitted)")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    _token_flag(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_predict)
 
@@ -189,5 +209,6 @@ def add_gateway_parsers(subparsers: Any) -> None:
     p.add_argument("--value", action="append", type=float, required=True, help="one per id")
     p.add_argument("--source", default="", help="who observed it (first value per source wins)")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    _token_flag(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_outcome)

@@ -7,7 +7,7 @@ The control plane (``gateway.control``) builds ``Snapshot`` objects and swaps
 from __future__ import annotations
 
 import asyncio
-import secrets
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
@@ -18,11 +18,19 @@ import numpy as np
 
 from abgate.errors import InvalidArgument, NotFound, Unavailable, shown
 from gateway.allocation import Allocation
+from gateway.auth import CLIENT_IDENTITY
 from gateway.hashing import BUCKET_FUNCTIONS, NUM_BUCKETS, buckets_v1
+from gateway.idempotency import RecentRequests
 from gateway.logwriter import SCORES_DTYPE, LogWriter, scores_rows
 from gateway.variants import Variant
 
 T = TypeVar("T")
+
+# Generated request ids: 128 random bits as 32 hex digits, sliced from one os.urandom call per
+# RID_BATCH ids (one syscall and one hex conversion per 256 ids: as cheap as the per-process
+# prefix and counter they replace, which any client could extrapolate).
+RID_HEX = 32
+RID_BATCH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +139,12 @@ def build_experiment(
 class DataPlane:
     """Routes and runs predictions against whatever snapshot is current when a call starts."""
 
-    def __init__(self, gateway_id: str = "", log: LogWriter | None = None) -> None:
+    def __init__(
+        self,
+        gateway_id: str = "",
+        log: LogWriter | None = None,
+        recent: RecentRequests | None = None,
+    ) -> None:
         self.snapshot: Snapshot | None = None
         # Set at SIGTERM: calls starting from then on are refused with UNAVAILABLE.
         self.draining = False
@@ -141,9 +154,11 @@ class DataPlane:
         self.outcomes: LogWriter | None = None
         # Runs shadow models off the request path (gateway.shadow); None: shadows are off.
         self.mirror: Any = None
-        # request ids: a random per-process prefix and a counter are unique and cost no syscall.
-        self._rid_prefix = secrets.token_hex(8) + "-"
-        self._seq = 0
+        # Recent answers by request id: a repeat answers the original (gateway.idempotency).
+        self.recent = recent if recent is not None else RecentRequests()
+        # Unused random hex digits for generated request ids, from _rid_at on (event loop only).
+        self._rid_hex = ""
+        self._rid_at = 0
 
     async def offload(self, executor: Executor, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on ``executor`` (big batches, off the event loop), counted so that a
@@ -174,19 +189,24 @@ class DataPlane:
         return exp
 
     def new_request_ids(self, n: int) -> list[str]:
-        # The counter holds the last id issued (next_request_id increments first).
-        start = self._seq + 1
-        self._seq += n
-        prefix = self._rid_prefix
-        return [f"{prefix}{i:x}" for i in range(start, start + n)]
+        """``n`` fresh request ids (random, 128 bits each)."""
+        if n <= 8:
+            return [self.next_request_id() for _ in range(n)]
+        raw = os.urandom(16 * n).hex()
+        return [raw[i : i + RID_HEX] for i in range(0, RID_HEX * n, RID_HEX)]
 
     def route(self, exp: ExperimentRuntime, user_id: str) -> tuple[int, ArmRuntime]:
         bucket = exp.bucket_of(exp.salt, user_id)
         return bucket, exp.arms[exp.table[bucket]]
 
     def next_request_id(self) -> str:
-        self._seq += 1
-        return f"{self._rid_prefix}{self._seq:x}"
+        """A fresh request id: 128 random bits as 32 hex digits, unguessable by other clients."""
+        at = self._rid_at
+        if at >= len(self._rid_hex):
+            self._rid_hex = os.urandom(16 * RID_BATCH).hex()
+            at = 0
+        self._rid_at = at + RID_HEX
+        return self._rid_hex[at : at + RID_HEX]
 
     def prediction(
         self,
@@ -198,8 +218,7 @@ class DataPlane:
         request_id: str,
     ) -> Prediction:
         if not request_id:
-            self._seq += 1
-            request_id = f"{self._rid_prefix}{self._seq:x}"
+            request_id = self.next_request_id()
         return Prediction(
             request_id,
             exp.name,
@@ -253,6 +272,7 @@ class DataPlane:
                 False,
                 self.gateway_id,
                 0,
+                CLIENT_IDENTITY.get(),
             )
         )
 
@@ -275,7 +295,7 @@ class DataPlane:
             (
                 request_id, now, exp.name, exp.config_version, bucket, exp.hash_version,
                 arm.name, arm.model_id, arm.model_version, arm.model_sha256, -1, b"",
-                int((now - started) * 1e6), False, self.gateway_id, code,
+                int((now - started) * 1e6), False, self.gateway_id, code, CLIENT_IDENTITY.get(),
             )
         )  # fmt: skip
 
@@ -290,10 +310,11 @@ class DataPlane:
         ]
         exp, version, hash_version = result.experiment, result.config_version, result.hash_version
         gid = self.gateway_id
+        who = CLIENT_IDENTITY.get()
         # One row per prediction: the batch is one call but many users and decisions.
         rows = [
             (rid, now, exp, version, bucket, hash_version, *arms[arm_i], label, scores, latency,
-             False, gid, 0)
+             False, gid, 0, who)
             for rid, arm_i, bucket, label, scores in zip(
                 result.request_ids,
                 result.arm_index.tolist(),

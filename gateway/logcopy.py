@@ -5,9 +5,9 @@ no INSERT … SELECT, no conversions in PostgreSQL (measured: 10–14 µs a row 
 against ~23 µs through staging). Rows arrive as ``gateway.logwriter.COLUMNS`` tuples
 (``ts`` as float seconds since the Unix epoch, ``scores`` as little-endian float32 bytes); the
 fixed-width fields of a batch are laid out by one numpy structured array, the per-arm text fields
-are encoded once per batch, and only the request id is encoded row by row (1.3–2.5 µs a row;
-grouping rows so that whole groups are one structured array was tried: no faster, the per-row
-arm key costs as much as the loop).
+(and the client identity) are encoded once per batch, and only the request id is encoded row by
+row (1.3–2.5 µs a row; grouping rows so that whole groups are one structured array was tried:
+no faster, the per-row arm key costs as much as the loop).
 
 Binary COPY format (PostgreSQL docs, "COPY … Binary Format"): a signature and two int32s, then per
 row an int16 field count and per field an int32 length and the value in network byte order, then
@@ -44,6 +44,7 @@ COPY_COLUMNS = (
     "shadow",
     "gateway_id",
     "status",
+    "client_identity",
     "request_id",
 )
 HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension length
@@ -58,8 +59,8 @@ ROWS_PER_CHUNK = 128
 # Positions in gateway.logwriter.COLUMNS.
 _REQUEST_ID, _TS, _BUCKET, _LABEL, _SCORES, _LATENCY = 0, 1, 4, 10, 11, 12
 # experiment, config_version, hash_version, arm, model_id, model_version, model_sha256, shadow,
-# gateway_id, status: the same for every row of one arm's answers.
-_arm_key = operator.itemgetter(2, 3, 5, 6, 7, 8, 9, 13, 14, 15)
+# gateway_id, status, client_identity: the same for every row of one arm's answers to a client.
+_arm_key = operator.itemgetter(2, 3, 5, 6, 7, 8, 9, 13, 14, 15, 16)
 # Column getters mapped over a batch (C speed; a generator expression costs twice as much).
 _ts, _bucket, _label, _scores, _latency = map(
     operator.itemgetter, (_TS, _BUCKET, _LABEL, _SCORES, _LATENCY)
@@ -76,7 +77,8 @@ def _text(value: str) -> bytes:
 
 
 def _arm_fields(key: tuple[Any, ...]) -> bytes:
-    experiment, config_version, hash_version, arm, model_id, version, sha, shadow, gw, status = key
+    (experiment, config_version, hash_version, arm, model_id, version, sha, shadow, gw, status,
+     who) = key  # fmt: skip
     return b"".join(
         (
             _text(experiment),
@@ -89,6 +91,7 @@ def _arm_fields(key: tuple[Any, ...]) -> bytes:
             _bool_field(1, shadow),
             _text(gw),
             _int16_field(2, status),
+            _text(who),
         )
     )
 

@@ -56,8 +56,13 @@ COLUMNS = (
     "shadow",
     "gateway_id",
     "status",
+    "client_identity",
 )
-OUTCOME_COLUMNS = ("request_id", "value", "ts", "source")
+# ``client_identity``: who submitted it; ``any_identity``: it counts for a prediction of any
+# identity (the gateway runs with --allow-cross-identity-outcomes).
+OUTCOME_COLUMNS = ("request_id", "value", "ts", "source", "client_identity", "any_identity")
+# Rows spooled before a column existed get its default on replay (migration 0007's defaults).
+_ADDED_COLUMNS = {"client_identity": "", "any_identity": False}
 
 # One row as the hot path builds it: the writer's columns in order, ``ts`` as float seconds
 # since the epoch and ``scores`` as little-endian float32 bytes (both converted by PostgreSQL
@@ -337,7 +342,9 @@ class LogWriter:
         assert spool is not None
         spool.seal()
         for segment in spool.segments():
-            batches = await asyncio.to_thread(_read_segment, spool, segment, self._scores)
+            batches = await asyncio.to_thread(
+                _read_segment, spool, segment, self._scores, self.columns
+            )
             try:
                 for batch in batches:
                     dead = await self._write_isolating(batch)
@@ -535,8 +542,15 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {_text(str(getattr(exc, 'message', None) or exc))}"
 
 
-def _read_segment(spool: Spool, segment: Path, scores: int | None) -> list[list[Any]]:
+def _read_segment(
+    spool: Spool, segment: Path, scores: int | None, columns: Sequence[str] = COLUMNS
+) -> list[list[Any]]:
     batches = list(spool.read(segment))
+    width = len(columns)
+    for batch in batches:
+        for row in batch:
+            if len(row) < width:  # spooled by a gateway from before a column was added
+                row.extend(_ADDED_COLUMNS[c] for c in columns[len(row) :])
     if scores is not None:
         # Segments spooled before scores travelled as bytes hold them as lists of floats.
         for batch in batches:

@@ -174,6 +174,28 @@ class GatewayCollector(Collector):
             )
             queued_shadow.add_metric([gid], mirror.queued_rows)
             yield queued_shadow
+        recent = self.server.dataplane.recent
+        for name, text, value in (
+            ("abgate_request_id_repeats",
+             "Calls that repeated a recent request id and got its original answer", recent.repeats),
+            ("abgate_request_id_conflicts",
+             "Calls refused ALREADY_EXISTS: their request id was recently used for another request",
+             recent.conflicts),
+            ("abgate_outcomes_refused_foreign",
+             "Outcomes refused PERMISSION_DENIED (all of a call that names a recent prediction"
+             " of another client identity)",
+             recent.foreign_outcomes),
+        ):  # fmt: skip
+            counter = CounterMetricFamily(name, text, labels=["gateway"])
+            counter.add_metric([gid], value)
+            yield counter
+        remembered = GaugeMetricFamily(
+            "abgate_request_ids_remembered",
+            "Request ids this process would answer again (--idempotency-window)",
+            labels=["gateway"],
+        )
+        remembered.add_metric([gid], len(recent))
+        yield remembered
         sub = self.server.subscriber
         if sub is not None:
             for name, text, value in (

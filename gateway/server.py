@@ -30,9 +30,11 @@ from abgate.metrics_endpoint import serve_collectors
 from abgate.settings import GatewaySettings, split_listen
 from abgate.surface import Surface
 from gateway import oip
+from gateway.auth import load_client_tokens
 from gateway.config import ConfigFileError, ExperimentsConfig, ParsedSnapshot, load_config_file
 from gateway.control import ControlPlane, ExperimentStatus
 from gateway.dataplane import DataPlane
+from gateway.idempotency import RecentRequests
 from gateway.logwriter import COLUMNS, OUTCOME_COLUMNS, LogWriter
 from gateway.metrics import GatewayCollector, PredictionStats
 from gateway.modelstore import ModelStore
@@ -76,7 +78,10 @@ class GatewayServer:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.gateway_id = settings.resolved_gateway_id()
-        self.dataplane = DataPlane(self.gateway_id)
+        self.dataplane = DataPlane(
+            self.gateway_id,
+            recent=RecentRequests(settings.idempotency_max_entries, settings.idempotency_window),
+        )
         self.logwriter: LogWriter | None = None
         self.outcome_writer: LogWriter | None = None
         self.metrics_httpd: Any = None
@@ -86,8 +91,16 @@ class GatewayServer:
         self.variants = VariantCache(self.store, SessionOptions.from_settings(settings))
         self.control = ControlPlane(self.dataplane, self.store, self.variants, settings.state_dir)
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="abgate-infer")
+        # Data-plane client identities: every call but health needs a bearer token when set.
+        self.client_tokens = (
+            load_client_tokens(settings.client_tokens_file)
+            if settings.client_tokens_file is not None
+            else None
+        )
         # Health, reflection, the concurrency limit and call metrics of the gRPC listener.
-        self.surface = Surface(max_concurrent_rpcs=settings.max_concurrent_rpcs)
+        self.surface = Surface(
+            max_concurrent_rpcs=settings.max_concurrent_rpcs, authorize=self.client_tokens
+        )
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -200,6 +213,7 @@ class GatewayServer:
             self.executor,
             max_batch_rows=s.max_batch_rows,
             offload_rows=s.offload_rows,
+            allow_cross_identity_outcomes=s.allow_cross_identity_outcomes,
         )
         self.surface.add(SERVICE_NAME, servicer.method_handlers(), limited=True)
         # The Open Inference Protocol V2 beside the native API, on the same port.
@@ -417,10 +431,15 @@ def _supervise(settings: GatewaySettings) -> int:
         "ABGATE_SHADOW_BATCH_ROWS": str(settings.shadow_batch_rows),
         "ABGATE_SHADOW_TIMEOUT": str(settings.shadow_timeout),
         "ABGATE_SHADOW_LINGER": str(settings.shadow_linger),
+        "ABGATE_ALLOW_CROSS_IDENTITY_OUTCOMES": str(int(settings.allow_cross_identity_outcomes)),
+        "ABGATE_IDEMPOTENCY_WINDOW": str(settings.idempotency_window),
+        "ABGATE_IDEMPOTENCY_MAX_ENTRIES": str(settings.idempotency_max_entries),
     }.items():
         env_base[name] = value
     if settings.config is not None:
         env_base["ABGATE_CONFIG"] = str(settings.config)
+    if settings.client_tokens_file is not None:
+        env_base["ABGATE_CLIENT_TOKENS_FILE"] = str(settings.client_tokens_file)
     for name in ("evaluator", "evaluator_token", "evaluator_ca", "evaluator_cert", "evaluator_key"):
         value = getattr(settings, name)
         if value:

@@ -7,24 +7,30 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
-from abgate.errors import AbgateError, FailedPrecondition, InvalidArgument
+from abgate.errors import AbgateError, FailedPrecondition, InvalidArgument, PermissionDenied
 from abgate.surface import UNDECODABLE_MESSAGE, note_undecodable
 from abgate.v1 import gateway_pb2 as pb
 from abgate.v1 import gateway_pb2_grpc as pb_grpc
 from gateway import codec
+from gateway.auth import CLIENT_IDENTITY
 from gateway.dataplane import DataPlane
+from gateway.idempotency import ANSWER, EXPERIMENT, IDENTITY, KEY, USER, Entry, Failed
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
 INTERNAL_MESSAGE = "internal error"
+REUSED_MESSAGE = "already used for another request; give each request its own id"
+FOREIGN_OUTCOME_MESSAGE = (
+    "is a prediction another client made; only that client may record its outcome"
+)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceGateway"].full_name
 _STREAM_METHOD = f"{SERVICE_NAME}/PredictStream"
 # PredictStream's answer to a message that does not parse (it has no request id to echo).
@@ -50,12 +56,19 @@ def _fail(context: grpc.aio.ServicerContext, exc: BaseException, empty: R) -> R:
 
 class GatewayServicer(pb_grpc.InferenceGatewayServicer):
     def __init__(
-        self, dataplane: DataPlane, executor: Executor, *, max_batch_rows: int, offload_rows: int
+        self,
+        dataplane: DataPlane,
+        executor: Executor,
+        *,
+        max_batch_rows: int,
+        offload_rows: int,
+        allow_cross_identity_outcomes: bool = False,
     ) -> None:
         self._dp = dataplane
         self._executor = executor
         self._max_batch_rows = max_batch_rows
         self._offload_rows = offload_rows
+        self._cross = allow_cross_identity_outcomes
 
     def _predict(self, request: pb.PredictRequest) -> tuple[bytes, str]:
         """A serialized PredictResponse (see codec.encode_prediction_raw for why bytes) and
@@ -65,18 +78,27 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
         exp = dp.experiment(request.experiment)
         user_id = request.user_id
         codec.check_user_id(user_id)
+        identity = CLIENT_IDENTITY.get()
+        recent = dp.recent
         request_id = request.request_id
         if request_id:
             codec.check_request_id(request_id)
+            seen = recent.get(request_id, started)
+            if seen is not None:  # a retry: the original answer, not a second prediction
+                return self._repeat(seen, identity, exp.name, user_id), request_id
+        else:
+            request_id = dp.next_request_id()
         row = codec.decode_row(request.features, exp.n_features)
         bucket, arm = dp.route(exp, user_id)
-        request_id = request_id or dp.next_request_id()
         # Inline on the event loop: a thread hop costs more than the model (docs/design.md).
         try:
             labels, scores = arm.variant.run(row)
         except Exception as exc:
             code = exc.code if isinstance(exc, AbgateError) else grpc.StatusCode.INTERNAL
             dp.log_failure(exp, arm, bucket, request_id, code.value[0], started)
+            # The failure row is this request's prediction: a retry gets the same failure.
+            message = exc.message if isinstance(exc, AbgateError) else INTERNAL_MESSAGE
+            recent.put((request_id, started, identity, exp.name, user_id, Failed(code, message)))
             raise
         label, row_scores = int(labels[0]), scores[0]
         dp.log_prediction(exp, arm, bucket, request_id, label, row_scores, started)
@@ -85,7 +107,51 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
         raw = codec.encode_prediction_raw(
             arm.response_prefix, request_id, label, row_scores, bucket
         )
+        recent.put((request_id, started, identity, exp.name, user_id, raw))
         return raw, request_id
+
+    def _repeat(self, seen: Entry, identity: str, experiment: str, user_id: str) -> bytes:
+        """The answer of a request id seen before, if this call can be that request's retry."""
+        recent = self._dp.recent
+        if (
+            not isinstance(seen[KEY], str)  # a row of a PredictBatch
+            or seen[IDENTITY] != identity
+            or seen[EXPERIMENT] != experiment
+            or seen[USER] != user_id
+        ):
+            raise recent.conflict(REUSED_MESSAGE, field="request_id")
+        recent.repeats += 1
+        answer = seen[ANSWER]
+        if isinstance(answer, Failed):
+            raise Failed(answer.code, answer.message)
+        return answer
+
+    def _batch_repeat(
+        self, request_ids: Sequence[str], identity: str, experiment: str, now: float
+    ) -> Any:
+        """The original answer when ``request_ids`` are those of an earlier batch (its retry),
+        None when none of them was seen; ALREADY_EXISTS for any other overlap."""
+        recent = self._dp.recent
+        if not recent.any_of(request_ids):
+            return None
+        key = tuple(request_ids)
+        hits = [(i, e) for i, e in enumerate(map(recent.get, key, (now,) * len(key))) if e]
+        if not hits:
+            return None  # only expired entries
+        j, entry = hits[0]
+        field = f"request_ids[{j}]"
+        if (
+            entry[KEY] != key
+            or len(hits) != len(key)
+            or entry[IDENTITY] != identity
+            or entry[EXPERIMENT] != experiment
+        ):
+            raise recent.conflict(REUSED_MESSAGE, field=field)
+        answer = entry[ANSWER][0]
+        if answer is None:
+            raise recent.conflict("a call with this id is still running", field=field)
+        recent.repeats += 1
+        return answer
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> bytes:
         try:
@@ -110,23 +176,38 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
                 )
             for i, user_id in enumerate(user_ids):
                 codec.check_user_id(user_id, field=f"user_ids[{i}]")
-            request_ids = codec.request_ids_or_empty(request.request_ids, n) or dp.new_request_ids(
-                n
-            )
+            identity = CLIENT_IDENTITY.get()
+            request_ids = codec.request_ids_or_empty(request.request_ids, n)
+            if request_ids:
+                repeated = self._batch_repeat(request_ids, identity, exp.name, started)
+                if repeated is not None:
+                    return repeated
+            else:
+                request_ids = dp.new_request_ids(n)
             matrix = codec.decode_matrix(request.features, n, exp.n_features)
             buckets = dp.route_batch(exp, user_ids)
-            if n >= self._offload_rows:
-                # Big batches would stall every other call on the event loop; onnxruntime
-                # releases the GIL, so a thread lets small calls through meanwhile.
-                result = await dp.offload(
-                    self._executor, dp.predict_batch, exp, buckets, matrix, list(request_ids)
-                )
-            else:
-                result = dp.predict_batch(exp, buckets, matrix, request_ids)
-            dp.log_batch(result, started)
+            # Taken before the batch may wait on a thread: a repeat meanwhile is refused.
+            box: list[Any] = [None]
+            entry = (tuple(request_ids), started, identity, exp.name, "", box)
+            recent = dp.recent
+            recent.put(entry, n)
+            try:
+                if n >= self._offload_rows:
+                    # Big batches would stall every other call on the event loop; onnxruntime
+                    # releases the GIL, so a thread lets small calls through meanwhile.
+                    result = await dp.offload(
+                        self._executor, dp.predict_batch, exp, buckets, matrix, list(request_ids)
+                    )
+                else:
+                    result = dp.predict_batch(exp, buckets, matrix, request_ids)
+                dp.log_batch(result, started)
+            except BaseException:
+                recent.discard(entry)  # nothing logged: the ids are free for a retry
+                raise
             if exp.shadows and dp.mirror is not None:
                 dp.mirror.submit(exp, matrix, result.request_ids, result.buckets.tolist())
-            return codec.encode_batch(result)
+            box[0] = response = codec.encode_batch(result)
+            return response
         except Exception as exc:
             return _fail(context, exc, pb.PredictBatchResponse())
 
@@ -163,9 +244,24 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
                 raise InvalidArgument(
                     f"{n} outcomes exceed the limit of {self._max_batch_rows}", field="outcomes"
                 )
-            rows = codec.decode_outcomes(request.outcomes, time.time())
-            writer.extend(rows)  # all or none: UNAVAILABLE when they do not all fit
-            return pb.RecordOutcomeResponse(accepted=len(rows))
+            now = time.time()
+            rows = codec.decode_outcomes(request.outcomes, now)
+            identity = CLIENT_IDENTITY.get()
+            cross = self._cross
+            if identity and not cross:
+                # Predictions this process answered recently are checked here; the evaluator
+                # ignores any other outcome whose identity is not its prediction's.
+                recent = self._dp.recent
+                for i, r in enumerate(rows):
+                    seen = recent.get(r[0], now)
+                    if seen is not None and seen[IDENTITY] != identity:
+                        recent.foreign_outcomes += len(rows)  # the call is refused whole
+                        raise PermissionDenied(
+                            FOREIGN_OUTCOME_MESSAGE, field=f"outcomes[{i}].request_id"
+                        )
+            logged = [(*r, identity, cross) for r in rows]
+            writer.extend(logged)  # all or none: UNAVAILABLE when they do not all fit
+            return pb.RecordOutcomeResponse(accepted=len(logged))
         except Exception as exc:
             return _fail(context, exc, pb.RecordOutcomeResponse())
 

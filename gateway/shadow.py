@@ -184,7 +184,7 @@ class ShadowMirror:
             (
                 rid, now, exp.name, exp.config_version, bucket, exp.hash_version, shadow.name,
                 shadow.model_id, shadow.model_version, shadow.model_sha256, label, score,
-                latency_us, True, self.gateway_id, status,
+                latency_us, True, self.gateway_id, status, "",
             )
             for rid, bucket, label, score in zip(ids, buckets, labels, scores, strict=True)
         ]  # fmt: skip

@@ -122,6 +122,17 @@ USAGE = [
      "--config {d}/weights.json: experiments[0].arms weights sum to 60%, not 100%"),
     ("serve --config {d}/ids.toml --model-store {d}/empty --state-dir {d}/s",
      "--config {d}/ids.toml: experiments[0].arms[0].model: no model 'demo-logreg' in the store"),
+    # serve --client-tokens-file: refused before anything starts, naming the file and the field
+    ("serve --client-tokens-file {d}/missing.toml --state-dir {d}/s",
+     "--client-tokens-file {d}/missing.toml: no such"),
+    ("serve --client-tokens-file {d}/bad.json --state-dir {d}/s",
+     "--client-tokens-file {d}/bad.json: not valid JSON"),
+    ("serve --client-tokens-file {d}/ids.toml --state-dir {d}/s",
+     "--client-tokens-file {d}/ids.toml: needs a [clients] table of identity = token"),
+    ("serve --client-tokens-file {d}/short-token.toml --state-dir {d}/s",
+     "--client-tokens-file {d}/short-token.toml: clients.a: the token is shorter than 16"),
+    ("serve --client-tokens-file {d}/same-token.toml --state-dir {d}/s",
+     "--client-tokens-file {d}/same-token.toml: clients.b: same token as clients.a"),
     # other paths of serve
     ("serve --state-dir {d}/afile/x", "--state-dir {d}/afile/x: a parent of it is a file"),
     ("serve --state-dir {d}/afile", "--state-dir {d}/afile: is a file, not a directory"),
@@ -217,6 +228,10 @@ def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (d / "ids.toml").write_text(
         'version = 1\n[[experiments]]\nname = "e"\n'
         '[[experiments.arms]]\nname = "a"\nmodel = "demo-logreg"\nweight = 100\n'
+    )
+    (d / "short-token.toml").write_text('[clients]\na = "too-short"\n')
+    (d / "same-token.toml").write_text(
+        '[clients]\na = "0123456789abcdef"\nb = "0123456789abcdef"\n'
     )
     (d / "empty").mkdir()
     (d / "junk.pem").write_text("not a certificate\n")

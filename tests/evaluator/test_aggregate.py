@@ -228,3 +228,106 @@ def test_shadow_pairs_are_counted_once_whatever_arrives_first(fresh_db: str, see
             await conn.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_each_request_id_and_only_its_clients_outcome_count_once(fresh_db: str, seed: int) -> None:
+    """Request ids logged twice (served and shadow rows), outcomes from other client
+    identities, several per request and source: in any interleaving with ticks, each request id
+    is served once (its first row), an outcome counts only for its first served row's identity
+    (or when accepted for any identity) and only the first such per source, and what is left
+    out is counted in ignored_rows — the same totals as one full pass."""
+    from evaluator.aggregate import ignored_totals, shadow_totals
+
+    rng = random.Random(seed)
+    insert = INSERT_PREDICTION.replace(
+        " gateway_id, status)", " gateway_id, status, client_identity)"
+    ).replace("'gw', $10)", "'gw', $10, $11)")
+    insert_outcome = (
+        "INSERT INTO outcomes (request_id, value, source, client_identity, any_identity)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
+    )
+
+    async def run() -> None:
+        await migrate(fresh_db)
+        conn = await asyncpg.connect(fresh_db)
+        try:
+            events: list[tuple[str, tuple[Any, ...]]] = []
+            for i in range(120):
+                rid = f"r{i % 90}"  # 30 ids are used twice
+                who = rng.choice(["a", "b"])
+                arm = rng.choice(["control", "treatment"])
+                events.append(("p", (rid, arm, rng.randint(0, 1), 13 if rng.random() < 0.05
+                                     else 0, who, False)))  # fmt: skip
+                if rng.random() < 0.5:
+                    events.append(("p", (rid, "s1", rng.randint(0, 1), 0, "", True)))
+                for _ in range(rng.randint(0, 3)):
+                    events.append(("o", (rid, float(rng.randint(0, 1)), rng.choice(["", "x"]),
+                                         rng.choice(["a", "b"]), rng.random() < 0.2)))  # fmt: skip
+            rng.shuffle(events)
+            done_p: list[tuple[Any, ...]] = []
+            done_o: list[tuple[Any, ...]] = []
+            for kind, e in events:
+                if kind == "p":
+                    rid, arm, label, status, who, shadow = e
+                    await conn.execute(insert, rid, "exp", 1, arm, "a" * 64, label, [0.5, 0.5],
+                                       100, shadow, status, who)  # fmt: skip
+                    done_p.append(e)
+                else:
+                    if await conn.execute(insert_outcome, *e) == "INSERT 0 1":
+                        done_o.append(e)
+                if rng.random() < 0.1:
+                    await aggregate(conn, settle=0.0, now=time.time() + 1)
+            await aggregate(conn, settle=0.0, now=time.time() + 1)
+            # What should count, from the insertion order (= ingest order here).
+            served: dict[str, tuple[Any, ...]] = {}
+            shadow_first: dict[str, tuple[Any, ...]] = {}
+            duplicates = 0
+            for e in done_p:
+                if e[5]:
+                    shadow_first.setdefault(e[0], e)
+                elif e[0] in served:
+                    duplicates += 1
+                else:
+                    served[e[0]] = e
+            want = {"outcome_n": 0, "outcome_sum": 0.0, "correct": 0, "foreign": 0, "dup": 0}
+            counted: set[tuple[str, str]] = set()
+            labelled = 0
+            for rid, value, source, who, anyone in done_o:
+                p = served.get(rid)
+                if p is None or p[3] != 0:
+                    continue
+                if not (who == p[4] or anyone):
+                    want["foreign"] += 1
+                elif (rid, source) in counted:
+                    want["dup"] += 1
+                else:
+                    counted.add((rid, source))
+                    want["outcome_n"] += 1
+                    want["outcome_sum"] += value
+                    want["correct"] += value == p[2]
+                    s = shadow_first.get(rid)
+                    labelled += s is not None and s[3] == 0
+            for full_pass in (False, True):
+                if full_pass:
+                    await reset(conn)
+                    await aggregate(conn, settle=0.0, now=time.time() + 1)
+                totals = (await arm_totals(conn, "exp")).values()
+                assert sum(t.served for t in totals) == len(served) == 90
+                assert sum(t.errors for t in totals) == sum(p[3] != 0 for p in served.values())
+                assert sum(t.outcome_n for t in totals) == want["outcome_n"]
+                assert sum(t.outcome_sum for t in totals) == want["outcome_sum"]
+                assert sum(t.correct for t in totals) == want["correct"]
+                ignored = await ignored_totals(conn, "exp")
+                assert ignored.get(("exp", "duplicate_prediction"), 0) == duplicates > 0
+                assert ignored.get(("exp", "foreign_outcome"), 0) == want["foreign"] > 0
+                assert ignored.get(("exp", "duplicate_outcome"), 0) == want["dup"]
+                pairs = (await shadow_totals(conn, "exp"))["s1"]
+                both_ok = [r for r, s in shadow_first.items() if r in served
+                           and served[r][3] == 0 and s[3] == 0]  # fmt: skip
+                assert pairs["pairs"] == len(both_ok)
+                assert pairs["labelled"] == labelled
+        finally:
+            await conn.close()
+
+    asyncio.run(run())

@@ -22,7 +22,7 @@ def row(i: int, ts: float | None = None) -> Row:
     t = ts if ts is not None else time.time()
     model = ("demo-logreg", "1", "a" * 64)
     return (f"req-{i}", t, "demo", 1, i % 10_000, 1, "control", *model, i % 2, SCORES,
-            150, False, "gw-test", 0)  # fmt: skip
+            150, False, "gw-test", 0, "client-a")  # fmt: skip
 
 
 async def count(url: str) -> int:
@@ -109,7 +109,8 @@ def test_direct_copy_stores_what_the_staging_path_stores(fresh_db: str, rid: str
             (f"{'ид' if rid == 'utf-8' else 'id'}-{i}-{'x' * (i % 7)}",
              1_790_000_000.123456 + i * 0.37, "exp-é", 2**62 + i,
              i * 111 % 10_000, 32767 - i, "arm-ü" if i % 2 else "control", *model,
-             -(2**62) if i % 5 == 0 else i, scores, 2**31 - 1 - i, i % 4 == 0, "gw-ø", i % 3)
+             -(2**62) if i % 5 == 0 else i, scores, 2**31 - 1 - i, i % 4 == 0, "gw-ø", i % 3,
+             f"client-{'ø' * (i % 3)}")
         )  # fmt: skip
 
     async def run() -> list[list[asyncpg.Record]]:
@@ -127,7 +128,8 @@ def test_direct_copy_stores_what_the_staging_path_stores(fresh_db: str, rid: str
                 await conn.fetch(
                     "SELECT substr(request_id, length($1) + 1) AS rid, ts, experiment, "
                     "config_version, bucket, hash_version, arm, model_id, model_version, "
-                    "model_sha256, label, scores, latency_us, shadow, gateway_id, status "
+                    "model_sha256, label, scores, latency_us, shadow, gateway_id, status, "
+                    "client_identity "
                     "FROM predictions WHERE starts_with(request_id, $1) ORDER BY 1",
                     prefix,
                 )
@@ -147,7 +149,8 @@ def test_direct_copy_stores_what_the_staging_path_stores(fresh_db: str, rid: str
                 got["arm"], got["model_id"], got["model_version"], got["model_sha256"],
                 got["label"]) == r[2:11]  # fmt: skip
         assert np.array_equal(np.asarray(got["scores"], "<f4").tobytes(), r[11])
-        assert (got["latency_us"], got["shadow"], got["gateway_id"], got["status"]) == r[12:]
+        assert (got["latency_us"], got["shadow"], got["gateway_id"], got["status"],
+                got["client_identity"]) == r[12:]  # fmt: skip
 
 
 def test_rows_survive_a_database_outage(fresh_db: str, pg_url: str) -> None:
