@@ -124,7 +124,7 @@ class ExperimentState:
 
 
 def _check_name(value: str, fld: str) -> str:
-    if not NAME.match(value):
+    if not NAME.fullmatch(value):
         raise InvalidArgument(
             f"{shown(value)} must be 1-128 characters of letters, digits, '_', '.', '-'", field=fld
         )

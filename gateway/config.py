@@ -123,7 +123,7 @@ def _require(obj: Mapping[str, Any], key: str, typ: type | tuple[type, ...], whe
 
 
 def _check_name(value: str, where: str) -> str:
-    if not NAME.match(value):
+    if not NAME.fullmatch(value):
         raise ConfigError(
             f"{where} {value!r} must be 1-128 characters of letters, digits, '_', '.', '-'"
         )

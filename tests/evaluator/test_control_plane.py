@@ -70,6 +70,9 @@ def test_calls_without_a_valid_token_are_unauthenticated_and_change_nothing(
         (lambda d: d.arms[0].__setattr__("weight", 40.0), "definition.arms"),
         (lambda d: d.arms.pop(), "definition.arms"),
         (lambda d: d.__setattr__("name", "bad name!"), "definition.name"),
+        # A regex's `$` matches before a final newline: the name must match whole.
+        (lambda d: d.__setattr__("name", "exp\n"), "definition.name"),
+        (lambda d: d.arms[1].__setattr__("name", "treatment\n"), "definition.arms[1].name"),
         (lambda d: d.arms[1].__setattr__("name", "control"), "definition.arms[1].name"),
         (lambda d: d.arms[1].__setattr__("model", ""), "definition.arms[1].model"),
         (lambda d: d.__setattr__("primary_metric", "revenue"), "definition.primary_metric"),

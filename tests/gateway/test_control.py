@@ -248,3 +248,11 @@ def test_toml_and_json_configs_parse_alike(tmp_path: Path) -> None:
     )
     assert load_config_file(toml) == load_config_file(js)
     assert load_config_file(toml).experiments[0].salt == "e"
+
+
+@pytest.mark.parametrize("name", ["exp\n", "exp\n\n", "\nexp"])
+def test_a_name_with_a_newline_is_refused(name: str) -> None:
+    # A regex's `$` also matches before a final newline: the name must match whole.
+    arms = [{"name": "a", "model": "0" * 64, "weight": 100}]
+    with pytest.raises(ConfigError, match="must be 1-128 characters"):
+        parse_config({"version": 1, "experiments": [{"name": name, "arms": arms}]})
