@@ -14,11 +14,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import numpy as np
 import pytest
 
-from abgate.client import GatewayClient
+from abgate.client import GatewayClient, RpcFailure
 from abgate.settings import EvaluatorSettings
 from abgate.v1 import control_pb2 as cpb
 from evaluator.aggregate import ArmTotals, arm_totals
@@ -209,3 +210,36 @@ def decided(
         yield Decided(url, totals)
     finally:
         asyncio.run(execute_sql(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def arms_of(
+    target: str, X: np.ndarray, experiment: str, users: list[str]
+) -> tuple[list[str], set[int]]:
+    """Each user's arm of ``experiment`` on the gateway at ``target``, and the config versions
+    that answered."""
+    arms, versions = [], set()
+    with GatewayClient(target) as client:
+        for i, user in enumerate(users):
+            r = client.predict(experiment, user, X[i % len(X)])
+            arms.append(r["arm"])
+            versions.add(r["config_version"])
+    return arms, versions
+
+
+def predict_error(target: str, X: np.ndarray, experiment: str, user: str) -> RpcFailure:
+    with GatewayClient(target) as client, pytest.raises(RpcFailure) as info:
+        client.predict(experiment, user, X[0])
+    return info.value
+
+
+def fetch(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
+    """Rows of one query as dicts, on a connection of its own."""
+
+    async def run() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(url)
+        try:
+            return [dict(r) for r in await conn.fetch(sql, *args)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())

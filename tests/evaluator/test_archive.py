@@ -4,15 +4,12 @@ the tick, and brought back by ``unarchive`` with its own salt and buckets."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import grpc
 import pytest
 
@@ -26,22 +23,12 @@ from tests.evaluator.conftest import (
     InProcessEvaluator,
     ab_definition,
     evaluator_settings,
+    fetch,
     rpc_code,
 )
 from tests.evaluator.test_control_plane import pki as _pki  # noqa: F401  (a fixture)
 
 A, B = "a" * 64, "b" * 64  # for snapshots built here; the evaluator's come from `models`
-
-
-def _fetch(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
-    async def run() -> list[dict[str, Any]]:
-        conn = await asyncpg.connect(url)
-        try:
-            return [dict(r) for r in await conn.fetch(sql, *args)]
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 @pytest.fixture
@@ -119,7 +106,7 @@ def test_archive_takes_it_out_of_the_snapshot_and_keeps_its_history(
 
     # Every version stays; the archive is one more, with its reason; plus an audit row saying
     # who, why and when.
-    versions = _fetch(
+    versions = fetch(
         fresh_db,
         "SELECT version, reason, config->>'status' AS status FROM experiment_versions "
         "WHERE experiment = 'gone' ORDER BY version",
@@ -128,7 +115,7 @@ def test_archive_takes_it_out_of_the_snapshot_and_keeps_its_history(
         {"version": 1, "reason": "created", "status": "running"},
         {"version": 2, "reason": "wrong model", "status": "archived"},
     ]
-    (audit,) = _fetch(
+    (audit,) = fetch(
         fresh_db,
         "SELECT ts, action, source, recommendation, inputs, from_version, to_version "
         "FROM decisions WHERE experiment = 'gone' AND action = 'archive'",
@@ -203,7 +190,7 @@ def test_archive_errors_and_the_name_stays_taken(
 def test_the_tick_ignores_archived_experiments(ev: InProcessEvaluator, fresh_db: str) -> None:
     stale = ev.server.latest["gone"]  # what a tick running during the archive would hold
     ev.admin.call("Archive", cpb.ExperimentRequest(name="gone"))
-    (archived_at,) = _fetch(
+    (archived_at,) = fetch(
         fresh_db, "SELECT max(id) AS id FROM decisions WHERE experiment = 'gone'"
     )
     for _ in range(2):
@@ -212,7 +199,7 @@ def test_the_tick_ignores_archived_experiments(ev: InProcessEvaluator, fresh_db:
     # A verdict computed before the archive is not written after it (audit_interval is 0, so
     # it would be otherwise).
     ev.call(ev.server._record(stale, Decision("continue", "continue: too few rows"), 0.0))
-    after = _fetch(
+    after = fetch(
         fresh_db,
         "SELECT experiment, action FROM decisions WHERE id > $1 ORDER BY id",
         archived_at["id"],
@@ -301,7 +288,7 @@ def test_the_audit_row_names_the_client_certificate_under_mtls(
                 timeout=10,
             )
             admin.Archive(cpb.ExperimentRequest(name="exp"), metadata=metadata, timeout=10)
-        (audit,) = _fetch(fresh_db, "SELECT inputs FROM decisions WHERE action = 'archive'")
+        (audit,) = fetch(fresh_db, "SELECT inputs FROM decisions WHERE action = 'archive'")
         assert json.loads(audit["inputs"])["identity"] == "client"
     finally:
         e.close()

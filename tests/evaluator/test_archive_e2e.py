@@ -7,7 +7,6 @@ empty snapshot."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -16,40 +15,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import grpc
-import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from abgate.client import GatewayClient, RpcFailure
 from abgate.v1 import control_pb2 as cpb
 from tests.conftest import DemoStore, GatewayProcess
 from tests.evaluator.conftest import (
     TOKEN,
     InProcessEvaluator,
     ab_definition,
+    arms_of,
     evaluator_settings,
+    fetch,
     gateway_args,
+    predict_error,
 )
 
 USERS = [f"user-{i}" for i in range(200)]
-
-
-def arms_of(target: str, X: np.ndarray, experiment: str) -> tuple[list[str], set[int]]:
-    arms, versions = [], set()
-    with GatewayClient(target) as client:
-        for i, user in enumerate(USERS):
-            r = client.predict(experiment, user, X[i % len(X)])
-            arms.append(r["arm"])
-            versions.add(r["config_version"])
-    return arms, versions
-
-
-def predict_error(target: str, X: np.ndarray, experiment: str) -> RpcFailure:
-    with GatewayClient(target) as client, pytest.raises(RpcFailure) as info:
-        client.predict(experiment, USERS[0], X[0])
-    return info.value
 
 
 def abgate(*args: str) -> subprocess.CompletedProcess[str]:
@@ -61,17 +44,6 @@ def abgate(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
-
-
-def fetch(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
-    async def run() -> list[dict[str, Any]]:
-        conn = await asyncpg.connect(url)
-        try:
-            return [dict(r) for r in await conn.fetch(sql, *args)]
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
@@ -103,8 +75,8 @@ def test_archive_end_to_end(demo_store: DemoStore, tmp_path: Path, fresh_db: str
         assert ev.call(publisher.wait_acked(v1, timeout=10))
         target = ["--evaluator", ev.target]
 
-        keep_arms, versions = arms_of(gp.target, X, "keep")
-        gone_arms, _ = arms_of(gp.target, X, "gone")
+        keep_arms, versions = arms_of(gp.target, X, "keep", USERS)
+        gone_arms, _ = arms_of(gp.target, X, "gone", USERS)
         assert versions == {v1} and {"control", "treatment"} <= set(keep_arms)
         wait_for(
             lambda: fetch(fresh_db, "SELECT count(*) AS n FROM predictions "
@@ -127,11 +99,11 @@ def test_archive_end_to_end(demo_store: DemoStore, tmp_path: Path, fresh_db: str
 
         # The gateway answers NOT_FOUND for it, as for an unknown experiment; the other one
         # keeps every user on the same arm.
-        err = predict_error(gp.target, X, "gone")
-        unknown = predict_error(gp.target, X, "never-existed")
+        err = predict_error(gp.target, X, "gone", USERS[0])
+        unknown = predict_error(gp.target, X, "never-existed", USERS[0])
         assert err.code == unknown.code and err.code.name == "NOT_FOUND"
         assert err.details == "experiment: unknown experiment 'gone'"
-        arms, versions = arms_of(gp.target, X, "keep")
+        arms, versions = arms_of(gp.target, X, "keep", USERS)
         assert arms == keep_arms and versions == {v2}
 
         # list hides it (--all shows it); show says archived.
@@ -191,9 +163,9 @@ def test_archive_end_to_end(demo_store: DemoStore, tmp_path: Path, fresh_db: str
             "CreateExperiment", cpb.CreateExperimentRequest(definition=later)
         ).snapshot_version
         assert ev.call(publisher.wait_acked(v3, timeout=10))
-        arms, versions = arms_of(gp.target, X, "later")
+        arms, versions = arms_of(gp.target, X, "later", USERS)
         assert versions == {v3} and {"control", "treatment"} <= set(arms)
-        assert arms_of(gp.target, X, "keep")[0] == keep_arms
+        assert arms_of(gp.target, X, "keep", USERS)[0] == keep_arms
 
         # Unarchive: back in the snapshot with its salt and buckets, the same users on the same
         # arms as before; a running experiment comes back paused.
@@ -202,7 +174,7 @@ def test_archive_end_to_end(demo_store: DemoStore, tmp_path: Path, fresh_db: str
         back = json.loads(r.stdout)
         assert back["status"] == "paused"
         assert ev.call(publisher.wait_acked(back["snapshot_version"], timeout=10))
-        assert arms_of(gp.target, X, "gone")[0] == gone_arms
+        assert arms_of(gp.target, X, "gone", USERS)[0] == gone_arms
 
         # Archiving every experiment leaves an empty snapshot, ACKed like any other: the gateway
         # stays SERVING and answers NOT_FOUND for each.
@@ -211,7 +183,7 @@ def test_archive_end_to_end(demo_store: DemoStore, tmp_path: Path, fresh_db: str
         assert publisher.current is not None and list(publisher.current.experiments) == []
         assert ev.call(publisher.wait_acked(view.snapshot_version, timeout=10))
         for name in ("gone", "keep", "later"):
-            assert predict_error(gp.target, X, name).code.name == "NOT_FOUND"
+            assert predict_error(gp.target, X, name, USERS[0]).code.name == "NOT_FOUND"
         with grpc.insecure_channel(gp.target) as channel:
             health = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=5

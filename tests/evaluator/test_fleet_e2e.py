@@ -8,28 +8,28 @@ through gRPC and the CLI."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import grpc
-import numpy as np
 import pytest
 
 from abgate.cli import main as abgate_main
-from abgate.client import GatewayClient, RpcFailure
+from abgate.client import GatewayClient
 from abgate.v1 import control_pb2 as cpb
 from tests.conftest import DemoStore, GatewayProcess
 from tests.evaluator.conftest import (
     TOKEN,
     InProcessEvaluator,
     ab_definition,
+    arms_of,
     evaluator_settings,
+    fetch,
     gateway_args,
+    predict_error,
 )
 from tests.gateway.test_grpc_surface import sample, scrape
 
@@ -51,22 +51,6 @@ def corrupt_copy(store: Path, dest: Path, sha: str) -> Path:
     return dest
 
 
-def arms_of(target: str, X: np.ndarray, experiment: str) -> tuple[list[str], set[int]]:
-    arms, versions = [], set()
-    with GatewayClient(target) as client:
-        for i, user in enumerate(USERS):
-            r = client.predict(experiment, user, X[i % len(X)])
-            arms.append(r["arm"])
-            versions.add(r["config_version"])
-    return arms, versions
-
-
-def predict_error(target: str, X: np.ndarray, experiment: str) -> RpcFailure:
-    with GatewayClient(target) as client, pytest.raises(RpcFailure) as info:
-        client.predict(experiment, USERS[0], X[0])
-    return info.value
-
-
 def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -75,17 +59,6 @@ def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> 
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def fetch(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
-    async def run() -> list[dict[str, Any]]:
-        conn = await asyncpg.connect(url)
-        try:
-            return [dict(r) for r in await conn.fetch(sql, *args)]
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -159,7 +132,7 @@ def test_one_bad_experiment_does_not_freeze_the_fleet(
         start("gw-a", demo_store.root)
         start("gw-b", store_b)  # its copy of demo-forest is corrupt
         assert ev.call(publisher.wait_acked(publisher.version, count=2, timeout=10))
-        good_1 = {name: arms_of(gw.target, X, "good-1")[0] for name, gw in gateways.items()}
+        good_1 = {name: arms_of(gw.target, X, "good-1", USERS)[0] for name, gw in gateways.items()}
         assert good_1["gw-a"] == good_1["gw-b"]
         assert {"control", "treatment"} <= set(good_1["gw-a"])
 
@@ -191,15 +164,15 @@ def test_one_bad_experiment_does_not_freeze_the_fleet(
         paused = publisher.version
         assert ev.call(publisher.wait_acked(paused, count=2, timeout=10))
         assert publisher.nacks == 0
-        arms, versions = arms_of(gateways["gw-a"].target, X, "bad")
+        arms, versions = arms_of(gateways["gw-a"].target, X, "bad", USERS)
         assert {"control", "treatment"} <= set(arms) and versions == {paused}
-        err = predict_error(gateways["gw-b"].target, X, "bad")
+        err = predict_error(gateways["gw-b"].target, X, "bad", USERS[0])
         assert err.code == grpc.StatusCode.UNAVAILABLE
         assert err.details == (
             "experiment: experiment 'bad' is not served by this gateway: it rejected its config"
         )
         for name, gw in gateways.items():
-            assert arms_of(gw.target, X, "good-1") == (good_1[name], {paused})
+            assert arms_of(gw.target, X, "good-1", USERS) == (good_1[name], {paused})
 
         # Shown by `experiments show` and `experiments gateways`, text and --json; counted in
         # /metrics for the alert.
@@ -240,7 +213,7 @@ def test_one_bad_experiment_does_not_freeze_the_fleet(
         )
         assert ev.call(publisher.wait_acked(later.snapshot_version, count=2, timeout=10))
         for gw in gateways.values():
-            assert arms_of(gw.target, X, "good-3")[1] == {later.snapshot_version}
+            assert arms_of(gw.target, X, "good-3", USERS)[1] == {later.snapshot_version}
         treated = USERS[good_1["gw-a"].index("treatment")]
         started = time.monotonic()
         rolled = ev.admin.call("Rollback", cpb.ExperimentRequest(name="good-1", reason="test"))
@@ -261,10 +234,13 @@ def test_one_bad_experiment_does_not_freeze_the_fleet(
         # -- scale out: a third gateway (with gw-b's store) becomes SERVING ------------------
         gw_c = start("gw-c", store_b)
         assert ev.call(publisher.wait_acked(rolled.snapshot_version, count=3, timeout=10))
-        assert set(arms_of(gw_c.target, X, "good-1")[0]) == {"control"}
+        assert set(arms_of(gw_c.target, X, "good-1", USERS)[0]) == {"control"}
         for name in ("good-2", "good-3"):
-            assert arms_of(gw_c.target, X, name)[0] == arms_of(gateways["gw-a"].target, X, name)[0]
-        assert predict_error(gw_c.target, X, "bad").code == grpc.StatusCode.UNAVAILABLE
+            assert (
+                arms_of(gw_c.target, X, name, USERS)[0]
+                == arms_of(gateways["gw-a"].target, X, name, USERS)[0]
+            )
+        assert predict_error(gw_c.target, X, "bad", USERS[0]).code == grpc.StatusCode.UNAVAILABLE
         assert wait_for(
             lambda: [r.node_id for r in ev.admin.call(
                 "GetExperiment", cpb.ExperimentRequest(name="bad")).rejections] == ["gw-b", "gw-c"],
