@@ -112,6 +112,14 @@ class GatewaySettings:
     log_batch_rows: int = doc("flush the prediction log at this many rows", 1000)
     log_max_age: float = doc("flush the prediction log at least this often (seconds)", 0.2)
     log_max_queued_rows: int = doc("rows held for the database before refusing calls", 200_000)
+    log_durability: str = doc(
+        "memory: rows wait in memory (kill -9 loses the last ones); local: an answer leaves "
+        "only once its row is fsynced to the spool directory's write-ahead log",
+        "memory",
+    )
+    log_sync_interval: float = doc(
+        "--log-durability local: seconds a group of rows gathers before its fsync", 0.002
+    )
     shadow_queue_rows: int = doc("rows waiting for shadow models before shedding", 10_000)
     shadow_batch_rows: int = doc("most rows per shadow model run", 256)
     shadow_timeout: float = doc("seconds a mirrored row may wait before it is dropped", 1.0)

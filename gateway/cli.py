@@ -104,6 +104,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             load_client_tokens(path)
         except ClientTokensError as exc:
             raise UsageError(f"--client-tokens-file {path}: {exc.message}") from None
+    if settings.log_durability not in ("memory", "local"):
+        raise UsageError(
+            f"--log-durability: expected memory or local, got {settings.log_durability!r}"
+        )
+    if not 0 <= settings.log_sync_interval <= 1:
+        raise UsageError("--log-sync-interval must be between 0 and 1 second")
     if settings.idempotency_window < 0 or settings.idempotency_max_entries < 0:
         raise UsageError("--idempotency-window and --idempotency-max-entries must not be negative")
     writable_dir(settings.state_dir, "--state-dir")

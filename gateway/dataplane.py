@@ -364,3 +364,11 @@ class DataPlane:
             scores,
             request_ids,
         )
+
+
+async def synced(dp: DataPlane) -> None:
+    """--log-durability local: wait until every log row queued so far is on local disk."""
+    log = dp.log
+    fut = log.synced() if log is not None else None
+    if fut is not None:
+        await fut

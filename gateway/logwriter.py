@@ -36,6 +36,7 @@ import numpy as np
 from abgate.errors import Unavailable
 from gateway import logcopy
 from gateway.spool import Spool, SpoolFull
+from gateway.wal import LocalLog
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +162,13 @@ class LogWriter:
         table: str = "predictions",
         columns: Sequence[str] = COLUMNS,
         gateway_id: str = "",
+        local: LocalLog | None = None,
     ) -> None:
         self.dsn = dsn
+        # --log-durability local: rows also go to a local write-ahead log, whose group fsync
+        # the answering call awaits (``synced``); None (memory) leaves the hot path as it was.
+        self.local = local
+        self._local_gen: int | None = None  # the last generation taken, not yet released
         self.gateway_id = gateway_id  # recorded with each dead letter
         self.table = table
         self.columns = tuple(columns)
@@ -223,6 +229,8 @@ class LogWriter:
             self.counters.oldest_queued_at = row[self._ts]
         buf.append(row)
         self._queued += 1
+        if self.local is not None:
+            self.local.add(row)
         if len(buf) >= self.batch_rows:
             self._wake.set()
 
@@ -238,6 +246,8 @@ class LogWriter:
             self.counters.oldest_queued_at = rows[0][self._ts]
         buf.extend(rows)
         self._queued += n
+        if self.local is not None:
+            self.local.add_many(rows)
         if len(buf) >= self.batch_rows:
             self._wake.set()
 
@@ -245,7 +255,14 @@ class LogWriter:
     async def start(self) -> None:
         """Returns at once: connecting (and migrating) happens in the background, with retries,
         so a gateway starts and queues rows even while the database is down."""
+        if self.local is not None:
+            self.local.start()
         self._task = asyncio.create_task(self._run(), name="abgate-log-writer")
+
+    def synced(self) -> asyncio.Future[None] | None:
+        """With a local log: a future done once every row appended so far is on local disk
+        (None when none waits); always None without one."""
+        return self.local.synced() if self.local is not None else None
 
     async def _ensure_pool(self) -> bool:
         if self._pool is not None:
@@ -284,14 +301,18 @@ class LogWriter:
                     self.observe(self._buffer)  # once per row, off the request path
                 self._retry.append(self._buffer)
                 self._buffer = []
+                if self.local is not None:
+                    self._local_gen = self.local.close_generation()
             if await self._drain():
                 backoff = 0.05
+                self._release_local()
                 if self.spool is not None and self.spool.pending:
                     await self._replay()
                 if self._closing and not self._buffer:
                     return
             else:
                 await self._spill()
+                self._release_local()
                 if self._closing:
                     if self._buffer:
                         self._retry.append(self._buffer)
@@ -300,6 +321,13 @@ class LogWriter:
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def _release_local(self) -> None:
+        """Every row taken from the buffer so far is in PostgreSQL or the spool: the local
+        log may drop its copies of them."""
+        if self.local is not None and not self._retry and self._local_gen is not None:
+            self.local.release(self._local_gen)
+            self._local_gen = None
 
     async def _drain(self) -> bool:
         """Write the pending batches oldest first; False (rows kept) at the first failure."""
@@ -503,6 +531,8 @@ class LogWriter:
                 await asyncio.wait_for(self._task, timeout)
             except TimeoutError:
                 log.error("log writer stopped with %d rows not written", self._queued)
+        if self.local is not None:
+            await self.local.stop(all_written=self._queued == 0)
         if self._pool is not None:
             await self._pool.close()
 

@@ -57,7 +57,7 @@ import abgate
 from abgate.errors import AbgateError, InvalidArgument, NotFound, Unavailable, shown
 from abgate.oip.v2 import grpc_predict_v2_pb2 as oip
 from gateway import oip_codec
-from gateway.dataplane import ArmRuntime, BatchResult, DataPlane, ExperimentRuntime
+from gateway.dataplane import ArmRuntime, BatchResult, DataPlane, ExperimentRuntime, synced
 from gateway.servicer import status_of
 
 OIP_SERVICE_NAME = "inference.GRPCInferenceService"
@@ -92,9 +92,16 @@ class OipServicer:
     """Decode, call the data plane, encode; the same steps as ``GatewayServicer``."""
 
     def __init__(
-        self, dataplane: DataPlane, executor: Executor, *, max_batch_rows: int, offload_rows: int
+        self,
+        dataplane: DataPlane,
+        executor: Executor,
+        *,
+        max_batch_rows: int,
+        offload_rows: int,
+        durable: bool = False,
     ) -> None:
         self._dp = dataplane
+        self._durable = durable  # --log-durability local: answer once the row is on disk
         self._executor = executor
         self._max_rows = max_batch_rows
         self._offload_rows = offload_rows
@@ -161,7 +168,10 @@ class OipServicer:
         self, request: oip.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> bytes | oip.ModelInferResponse:
         try:
-            return await self._infer(request, context)
+            answer = await self._infer(request, context)
+            if self._durable:
+                await synced(self._dp)
+            return answer
         except Exception as exc:
             return _fail(context, exc, oip.ModelInferResponse())
 
@@ -274,10 +284,16 @@ class OipServicer:
 
 
 def method_handlers(
-    dataplane: DataPlane, executor: Executor, *, max_batch_rows: int, offload_rows: int
+    dataplane: DataPlane,
+    executor: Executor,
+    *,
+    max_batch_rows: int,
+    offload_rows: int,
+    durable: bool = False,
 ) -> dict[str, grpc.RpcMethodHandler]:
     """The handlers of ``inference.GRPCInferenceService`` (OIP_SERVICE_NAME), by method."""
     servicer = OipServicer(
-        dataplane, executor, max_batch_rows=max_batch_rows, offload_rows=offload_rows
-    )
+        dataplane, executor, max_batch_rows=max_batch_rows, offload_rows=offload_rows,
+        durable=durable,
+    )  # fmt: skip
     return servicer.method_handlers()

@@ -43,6 +43,7 @@ from gateway.shadow import ShadowMirror
 from gateway.spool import Spool
 from gateway.subscriber import ConfigSubscriber, channel_credentials
 from gateway.variants import SessionOptions, VariantCache
+from gateway.wal import LocalLog
 
 log = logging.getLogger(__name__)
 
@@ -208,18 +209,21 @@ class GatewayServer:
         ]
         # --max-concurrent-rpcs is enforced by the surface, which counts what it refuses.
         server = grpc.aio.server(options=options)
+        # --log-durability local: answers wait for their log row's fsync.
+        durable = s.log_predictions and s.log_durability == "local"
         servicer = GatewayServicer(
             self.dataplane,
             self.executor,
             max_batch_rows=s.max_batch_rows,
             offload_rows=s.offload_rows,
             allow_cross_identity_outcomes=s.allow_cross_identity_outcomes,
+            durable=durable,
         )
         self.surface.add(SERVICE_NAME, servicer.method_handlers(), limited=True)
         # The Open Inference Protocol V2 beside the native API, on the same port.
         oip_handlers = oip.method_handlers(
             self.dataplane, self.executor, max_batch_rows=s.max_batch_rows,
-            offload_rows=s.offload_rows,
+            offload_rows=s.offload_rows, durable=durable,
         )  # fmt: skip
         self.surface.add(oip.OIP_SERVICE_NAME, oip_handlers, limited=True)
         self.surface.install(server)  # + health and reflection, for the same names
@@ -294,7 +298,10 @@ class GatewayServer:
             url = await asyncio.to_thread(self._embedded.start)
         spool_root = s.spool_dir or s.state_dir / "spool" / "main"
 
+        local = s.log_durability == "local"
+
         def writer(table: str, columns: tuple[str, ...]) -> LogWriter:
+            spool = Spool(spool_root / table, max_bytes=s.spool_max_bytes)
             return LogWriter(
                 url,
                 batch_rows=s.log_batch_rows,
@@ -303,8 +310,9 @@ class GatewayServer:
                 on_connect=prepare,
                 table=table,
                 columns=columns,
-                spool=Spool(spool_root / table, max_bytes=s.spool_max_bytes),
+                spool=spool,
                 gateway_id=self.gateway_id,
+                local=LocalLog(spool, interval=s.log_sync_interval) if local else None,
             )
 
         self.logwriter = writer("predictions", COLUMNS)
@@ -449,7 +457,8 @@ def _supervise(settings: GatewaySettings) -> int:
     env_base.pop("ABGATE_EVALUATOR_TOKEN_FILE", None)
     env_base["ABGATE_LOG_LEVEL"] = logging.getLevelName(logging.getLogger().level)
     env_base["ABGATE_LOG_PREDICTIONS"] = "1" if settings.log_predictions else "0"
-    for name in ("log_batch_rows", "log_max_age", "log_max_queued_rows"):
+    for name in ("log_batch_rows", "log_max_age", "log_max_queued_rows", "log_durability",
+                 "log_sync_interval"):  # fmt: skip
         env_base["ABGATE_" + name.upper()] = str(getattr(settings, name))
     embedded = None
     if settings.log_predictions:

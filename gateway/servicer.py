@@ -19,7 +19,7 @@ from abgate.v1 import gateway_pb2 as pb
 from abgate.v1 import gateway_pb2_grpc as pb_grpc
 from gateway import codec
 from gateway.auth import CLIENT_IDENTITY
-from gateway.dataplane import DataPlane
+from gateway.dataplane import DataPlane, synced
 from gateway.idempotency import ANSWER, EXPERIMENT, IDENTITY, KEY, USER, Entry, Failed
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,11 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
         max_batch_rows: int,
         offload_rows: int,
         allow_cross_identity_outcomes: bool = False,
+        durable: bool = False,
     ) -> None:
         self._dp = dataplane
+        # --log-durability local: an answer waits for its log row's fsync (gateway.wal).
+        self._durable = durable
         self._executor = executor
         self._max_batch_rows = max_batch_rows
         self._offload_rows = offload_rows
@@ -155,7 +158,10 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            return self._predict(request)[0]
+            raw = self._predict(request)[0]
+            if self._durable:
+                await synced(self._dp)
+            return raw
         except Exception as exc:
             return _fail(context, exc, b"")
 
@@ -207,6 +213,8 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
             if exp.shadows and dp.mirror is not None:
                 dp.mirror.submit(exp, matrix, result.request_ids, result.buckets.tolist())
             box[0] = response = codec.encode_batch(result)
+            if self._durable:
+                await synced(dp)
             return response
         except Exception as exc:
             return _fail(context, exc, pb.PredictBatchResponse())
@@ -227,6 +235,8 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
                 continue
             try:
                 raw, request_id = self._predict(request)
+                if self._durable:
+                    await synced(self._dp)
                 yield codec.encode_stream_raw(raw, request_id)
             except Exception as exc:
                 code, message = status_of(exc)
@@ -261,6 +271,10 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
                         )
             logged = [(*r, identity, cross) for r in rows]
             writer.extend(logged)  # all or none: UNAVAILABLE when they do not all fit
+            if self._durable:
+                fut = writer.synced()
+                if fut is not None:
+                    await fut
             return pb.RecordOutcomeResponse(accepted=len(logged))
         except Exception as exc:
             return _fail(context, exc, pb.RecordOutcomeResponse())

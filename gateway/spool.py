@@ -86,6 +86,18 @@ class Spool:
         self._pending = True
         return self._current
 
+    def adopt(self, segment: Path) -> Path:
+        """Move a segment of the same format (a local log's, left by a killed process) into
+        this spool, after its own segments, so it is replayed like them."""
+        target = self._next_segment()
+        size = segment.stat().st_size
+        os.replace(segment, target)
+        self._size += size
+        self._pending = True
+        if self._current is not None:
+            self._current = None  # appends go after the adopted segment
+        return target
+
     def seal(self) -> None:
         """Start a new segment on the next append (so the replayer may finish this one)."""
         self._current = None

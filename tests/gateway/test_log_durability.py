@@ -103,3 +103,39 @@ def test_kill_9_loses_at_most_one_flush_window(gateway_process: Any, demo_store:
     print(f"kill -9: {answered} answered at {rate:.0f}/s, {missing} without a log row")
     # Window: rows younger than --log-max-age plus one batch being copied.
     assert missing <= max(2 * batch_rows, int(rate * 0.2) + batch_rows)
+
+
+def test_kill_9_in_local_mode_loses_no_answered_row(
+    gateway_process: Any, demo_store: DemoStore
+) -> None:
+    """--log-durability local: every answer given before kill -9 is in PostgreSQL exactly once
+    after a restart on the same state directory (the write-ahead log replayed, idempotently)."""
+    args = ("--log-durability", "local", "--log-batch-rows", "200", "--log-max-age", "0.2")
+    gp = gateway_process(*args)
+    ok: list[str] = []
+    errors: list[str] = []
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=traffic, args=(gp.target, demo_store.X[0], stop, ok, errors))
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    assert gp.proc is not None
+    os.kill(gp.proc.pid, signal.SIGKILL)
+    answered = list(ok)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    gp.proc.wait(10)
+    gateway_process(*args)  # same state dir: replays the local log
+    deadline = time.monotonic() + 10
+    while True:
+        ids, n = asyncio.run(ids_and_count(gateway_process.database_url))
+        if set(answered) <= ids or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(answered) > 100
+    assert set(answered) <= ids, f"{len(set(answered) - ids)} answered rows lost"
+    assert n == len(ids), "a replayed row was stored twice"
