@@ -76,27 +76,34 @@ def test_postgres_down_for_30s_loses_nothing(demo_store: DemoStore, tmp_path: Pa
     assert n == len(ids) == len(ok) and ids == set(ok)
 
 
-def test_kill_9_loses_at_most_one_flush_window(gateway_process: Any, demo_store: DemoStore) -> None:
-    """kill -9 loses what was queued or mid-COPY: at most about two flush windows of rows."""
-    batch_rows = 200
-    gp = gateway_process("--log-batch-rows", str(batch_rows), "--log-max-age", "0.2")
+def kill_9_under_traffic(gp: Any, row: Any, seconds: float) -> list[str]:
+    """Three clients call the gateway for ``seconds``, then it is killed with SIGKILL: the
+    request ids answered before the kill (a few in-flight calls fail)."""
     ok: list[str] = []
     errors: list[str] = []
     stop = threading.Event()
     threads = [
-        threading.Thread(target=traffic, args=(gp.target, demo_store.X[0], stop, ok, errors))
-        for _ in range(3)
+        threading.Thread(target=traffic, args=(gp.target, row, stop, ok, errors)) for _ in range(3)
     ]
     for t in threads:
         t.start()
-    time.sleep(3.0)
+    time.sleep(seconds)
     assert gp.proc is not None
     os.kill(gp.proc.pid, signal.SIGKILL)
-    answered = len(ok)  # answers given before the kill (a few in-flight ones fail)
+    answered = list(ok)
     stop.set()
     for t in threads:
         t.join(30)
     gp.proc.wait(10)
+    return answered
+
+
+def test_kill_9_loses_at_most_one_flush_window(gateway_process: Any, demo_store: DemoStore) -> None:
+    """kill -9 loses what was queued or mid-COPY: at most about two flush windows of rows."""
+    batch_rows = 200
+    gp = gateway_process("--log-batch-rows", str(batch_rows), "--log-max-age", "0.2")
+    ok = kill_9_under_traffic(gp, demo_store.X[0], 3.0)
+    answered = len(ok)
     ids, _ = asyncio.run(ids_and_count(gateway_process.database_url))
     missing = len(set(ok[:answered]) - ids)
     rate = answered / 3.0
@@ -112,23 +119,7 @@ def test_kill_9_in_local_mode_loses_no_answered_row(
     after a restart on the same state directory (the write-ahead log replayed, idempotently)."""
     args = ("--log-durability", "local", "--log-batch-rows", "200", "--log-max-age", "0.2")
     gp = gateway_process(*args)
-    ok: list[str] = []
-    errors: list[str] = []
-    stop = threading.Event()
-    threads = [
-        threading.Thread(target=traffic, args=(gp.target, demo_store.X[0], stop, ok, errors))
-        for _ in range(3)
-    ]
-    for t in threads:
-        t.start()
-    time.sleep(2.0)
-    assert gp.proc is not None
-    os.kill(gp.proc.pid, signal.SIGKILL)
-    answered = list(ok)
-    stop.set()
-    for t in threads:
-        t.join(30)
-    gp.proc.wait(10)
+    answered = kill_9_under_traffic(gp, demo_store.X[0], 2.0)
     gateway_process(*args)  # same state dir: replays the local log
     deadline = time.monotonic() + 10
     while True:
