@@ -34,6 +34,7 @@ from evaluator.aggregate import (
     TickResult,
     aggregate,
     all_shadow_totals,
+    analyze_stale,
     arm_data,
     ignored_totals,
     shadow_totals,
@@ -282,6 +283,9 @@ class EvaluatorServer:
             return []
         store = self._store()
         async with store.pool.acquire() as conn:
+            analyzed = await analyze_stale(conn)
+            if analyzed:
+                log.debug("analyzed %s before the tick", analyzed)
             result = await aggregate(conn, settle=self.settings.settle)
             self.shadow_sums = await all_shadow_totals(conn)
             self.ignored = await ignored_totals(conn)
