@@ -166,14 +166,14 @@ class Admission:
     Written only by the event-loop thread."""
 
     __slots__ = (
+        "_interval_end",
+        "_least",
         "draining",
         "interval",
         "overloaded",
         "refused_deadline",
         "refused_queue",
         "target",
-        "_interval_end",
-        "_least",
     )
 
     def __init__(self, max_queue_s: float, target_s: float) -> None:
@@ -194,9 +194,7 @@ class Admission:
         waited = now - _ARRIVED.get()
         if now >= self._interval_end:
             # The interval just ended judges the next; after an idle gap there was no queue.
-            self.overloaded = (
-                self._least > self.target and now < self._interval_end + self.interval
-            )
+            self.overloaded = self._least > self.target and now < self._interval_end + self.interval
             self._least = waited
             self._interval_end = now + self.interval
         elif waited < self._least:
