@@ -28,7 +28,7 @@ from abgate.db.partitions import prepare
 from abgate.errors import AbgateError, Unavailable
 from abgate.metrics_endpoint import serve_collectors
 from abgate.settings import GatewaySettings, split_listen
-from abgate.surface import Surface
+from abgate.surface import Admission, Surface
 from gateway import oip
 from gateway.auth import load_client_tokens
 from gateway.config import ConfigFileError, ExperimentsConfig, ParsedSnapshot, load_config_file
@@ -99,8 +99,15 @@ class GatewayServer:
             else None
         )
         # Health, reflection, the concurrency limit and call metrics of the gRPC listener.
+        admission = (
+            Admission(settings.max_queue_ms / 1000, settings.queue_target_ms / 1000)
+            if settings.max_queue_ms > 0
+            else None
+        )
         self.surface = Surface(
-            max_concurrent_rpcs=settings.max_concurrent_rpcs, authorize=self.client_tokens
+            max_concurrent_rpcs=settings.max_concurrent_rpcs,
+            authorize=self.client_tokens,
+            admission=admission,
         )
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -428,6 +435,8 @@ def _supervise(settings: GatewaySettings) -> int:
         "ABGATE_MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
         "ABGATE_MAX_BATCH_ROWS": str(settings.max_batch_rows),
         "ABGATE_MAX_CONCURRENT_RPCS": str(settings.max_concurrent_rpcs),
+        "ABGATE_MAX_QUEUE_MS": str(settings.max_queue_ms),
+        "ABGATE_QUEUE_TARGET_MS": str(settings.queue_target_ms),
         "ABGATE_GRACE_SECONDS": str(settings.grace_seconds),
         "ABGATE_EVENT_LOOP": settings.event_loop,
         "ABGATE_ORT_INTRA_OP_THREADS": str(settings.ort_intra_op_threads),
