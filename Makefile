@@ -64,6 +64,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.bench_serving --out benchmarks/results
 	$(PY) -m benchmarks.bench_decisions --runs 1000 --out benchmarks/results/decisions.json
 	$(PY) -m benchmarks.fuzz --calls 50000 --out benchmarks/results/fuzz.json
+	$(PY) -m benchmarks.bench_overload --out benchmarks/results/overload.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -95,15 +95,10 @@ class GatewaySettings:
     max_concurrent_rpcs: int = doc(
         "inference calls in flight before new ones get RESOURCE_EXHAUSTED (0 = no limit)", 0
     )
-    max_queue_ms: float = doc(
-        "longest wait in the event loop before an inference call is refused RESOURCE_EXHAUSTED,"
-        " and the interval over which queue-target-ms is judged (0 = admission control off)",
-        100.0,
-    )
-    queue_target_ms: float = doc(
-        "when no call waited less than this over an interval, only calls waiting at most this"
-        " long are admitted (CoDel target)",
-        5.0,
+    max_pending_calls: int = doc(
+        "calls gRPC may hold before the gateway takes them; past it new calls are refused"
+        " (CANCELLED by gRPC core), all of them at twice it (0 = gRPC's default, 1000)",
+        256,
     )
     grace_seconds: float = doc("how long SIGTERM waits for in-flight RPCs", 10.0)
     event_loop: str = doc("event loop: auto (uvloop where installed), uvloop or asyncio", "auto")

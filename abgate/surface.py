@@ -30,7 +30,6 @@ served (UNIMPLEMENTED) is not counted at all: its name is the caller's, not a la
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 import logging
 import time
@@ -81,9 +80,6 @@ _INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 _CODE_VALUE: dict[grpc.StatusCode | None, int] = {None: _OK, **{c: c.value[0] for c in _CODES}}
 
 OVERLOADED_MESSAGE = "more calls in flight than --max-concurrent-rpcs; retry later"
-QUEUED_MESSAGE = "waited too long in the gateway's queue (overloaded); retry later"
-DEADLINE_MESSAGE = "the call's deadline cannot be met behind the gateway's queue; retry later"
-DRAINING_MESSAGE = "draining"
 UNAUTHENTICATED_MESSAGE = "missing or invalid bearer token"
 # The details of a request that does not parse: nothing of the parser's error (internals).
 UNDECODABLE_MESSAGE = "undecodable request"
@@ -140,83 +136,6 @@ class MethodStats:
 
     def handled_by_code(self) -> dict[str, int]:
         return {c.name: self.handled[c.value[0]] for c in _CODES}
-
-
-# -- admission ----------------------------------------------------------------------------------
-# When ``Surface.service`` saw the call (it runs in the call's task): the handler's start minus
-# this is the call's wait in the event loop (gRPC reads the request in between).
-_ARRIVED: contextvars.ContextVar[float] = contextvars.ContextVar("abgate_arrived", default=0.0)
-
-
-class Admission:
-    """Admission by queueing delay, CoDel-style (as Facebook's "adaptive LIFO + CoDel" for
-    RPC servers, without the LIFO: grpc.aio hands calls over in arrival order).
-
-    A call's wait is measured from its arrival in ``Surface.service`` to its handler's start:
-    gRPC reads the request in between, so the wait spans at least one turn of the event loop,
-    and a loop with more work than it can do turns slowly. Each ``interval`` the least wait of
-    the calls started in it is compared with ``target``: above it, the queue is standing (not
-    a burst) and the next interval admits only calls that waited at most ``target``; otherwise
-    calls that waited up to ``interval`` (``--max-queue-ms``). Refused calls answer
-    RESOURCE_EXHAUSTED before their request is decoded, so they cost little and the loop
-    catches up. A call whose deadline (``context.time_remaining()``) is nearer than the wait it
-    already had is refused the same way: its answer would need the queue's time again.
-    While draining every refusal is UNAVAILABLE (retry elsewhere).
-
-    Written only by the event-loop thread."""
-
-    __slots__ = (
-        "_interval_end",
-        "_least",
-        "draining",
-        "interval",
-        "overloaded",
-        "refused_deadline",
-        "refused_queue",
-        "target",
-    )
-
-    def __init__(self, max_queue_s: float, target_s: float) -> None:
-        if max_queue_s <= 0 or target_s <= 0 or target_s > max_queue_s:
-            raise ValueError("need 0 < target <= max queue time")
-        self.interval = max_queue_s
-        self.target = target_s
-        self.overloaded = False
-        self.draining = False
-        self.refused_queue = 0
-        self.refused_deadline = 0
-        self._interval_end = 0.0
-        self._least = 0.0
-
-    def refuse(self, now: float, context: grpc.aio.ServicerContext) -> str | None:
-        """None to admit a call whose handler starts at ``now`` (``perf_counter``); else the
-        reason it is refused."""
-        waited = now - _ARRIVED.get()
-        if now >= self._interval_end:
-            # The interval just ended judges the next; after an idle gap there was no queue.
-            self.overloaded = self._least > self.target and now < self._interval_end + self.interval
-            self._least = waited
-            self._interval_end = now + self.interval
-        elif waited < self._least:
-            self._least = waited
-        if waited > (self.target if self.overloaded else self.interval):
-            self.refused_queue += 1
-            return QUEUED_MESSAGE
-        remaining = context.time_remaining()
-        if remaining is not None and remaining < waited:
-            self.refused_deadline += 1
-            return DEADLINE_MESSAGE
-        return None
-
-    def refuse_call(self, now: float, context: grpc.aio.ServicerContext) -> int | None:
-        """``refuse``, answered: the status value set on ``context``, or None (admitted)."""
-        reason = self.refuse(now, context)
-        if reason is None:
-            return None
-        code = grpc.StatusCode.UNAVAILABLE if self.draining else grpc.StatusCode.RESOURCE_EXHAUSTED
-        context.set_code(code)
-        context.set_details(DRAINING_MESSAGE if self.draining else reason)
-        return int(code.value[0])
 
 
 # -- instrumented handlers ------------------------------------------------------------------------
@@ -310,11 +229,8 @@ class _CountingContext:
         return getattr(self._context, name)
 
 
-def instrument(
-    handler: grpc.RpcMethodHandler, stats: MethodStats, admission: Admission | None = None
-) -> grpc.RpcMethodHandler:
-    """``handler`` counted into ``stats``; its requests are deserialized by the wrapper, once
-    ``admission`` (if any) admits the call."""
+def instrument(handler: grpc.RpcMethodHandler, stats: MethodStats) -> grpc.RpcMethodHandler:
+    """``handler`` counted into ``stats``; its requests are deserialized by the wrapper."""
     deserialize = handler.request_deserializer
     serialize = handler.response_serializer
     behavior: Any = (
@@ -324,23 +240,18 @@ def instrument(
     if not (generator or inspect.iscoroutinefunction(behavior)):
         raise TypeError(f"{stats.service}/{stats.method}: only async handlers are served")
     if handler.response_streaming and generator:
-        return _streaming_generator(handler, behavior, deserialize, serialize, stats, admission)
+        return _streaming_generator(handler, behavior, deserialize, serialize, stats)
     if generator:
         raise TypeError(f"{stats.service}/{stats.method}: a unary answer cannot be a generator")
     if not handler.request_streaming and not handler.response_streaming:
         return grpc.unary_unary_rpc_method_handler(
-            _unary_unary(behavior, deserialize, stats, admission), response_serializer=serialize
+            _unary_unary(behavior, deserialize, stats), response_serializer=serialize
         )
     request_streaming = handler.request_streaming
     response_streaming = handler.response_streaming
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = perf_counter()
-        if admission is not None:
-            refused = admission.refuse_call(started, context)
-            if refused is not None:
-                stats.done(refused, started)
-                return None
         if request_streaming:
             request = _decoded(request, deserialize, stats)
         elif deserialize is not None:
@@ -376,7 +287,6 @@ def _unary_unary(
     behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
     deserialize: Callable[[bytes], Any] | None,
     stats: MethodStats,
-    admission: Admission | None = None,
 ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
     """The hot path (Predict, ModelInfer): ``MethodStats.done`` inlined, no objects of ours."""
     decode = deserialize if deserialize is not None else _identity
@@ -384,11 +294,6 @@ def _unary_unary(
 
     async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         started = perf_counter()
-        if admission is not None:
-            refused = admission.refuse_call(started, context)
-            if refused is not None:
-                stats.done(refused, started)
-                return None
         try:
             request = decode(raw)
         except Exception:
@@ -415,17 +320,11 @@ def _streaming_generator(
     deserialize: Callable[[bytes], Any] | None,
     serialize: Callable[[Any], bytes] | None,
     stats: MethodStats,
-    admission: Admission | None = None,
 ) -> grpc.RpcMethodHandler:
     request_streaming = handler.request_streaming
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started = perf_counter()
-        if admission is not None:
-            refused = admission.refuse_call(started, context)
-            if refused is not None:
-                stats.done(refused, started)
-                return
         if request_streaming:
             request = _decoded(request, deserialize, stats)
         elif deserialize is not None:
@@ -554,14 +453,9 @@ class _Route:
     __slots__ = ("denied", "handler", "limited", "overloaded", "public", "stats")
 
     def __init__(
-        self,
-        handler: grpc.RpcMethodHandler,
-        stats: MethodStats,
-        limited: bool,
-        public: bool,
-        admission: Admission | None,
+        self, handler: grpc.RpcMethodHandler, stats: MethodStats, limited: bool, public: bool
     ) -> None:
-        self.handler = instrument(handler, stats, admission if limited else None)
+        self.handler = instrument(handler, stats)
         self.stats = stats
         self.limited = limited
         self.public = public
@@ -582,24 +476,16 @@ class Surface(grpc.GenericRpcHandler):
     status is sent) beyond which new ones are answered RESOURCE_EXHAUSTED; 0 = no limit. Health
     and reflection are never limited: probes answer under overload. ``authorize``: called with
     each call's metadata unless its service is ``public``; False answers UNAUTHENTICATED.
-    ``admission``: refuses calls of ``limited`` services that waited too long (``Admission``).
     """
 
-    def __init__(
-        self,
-        *,
-        max_concurrent_rpcs: int = 0,
-        authorize: Authorize | None = None,
-        admission: Admission | None = None,
-    ) -> None:
+    def __init__(self, *, max_concurrent_rpcs: int = 0, authorize: Authorize | None = None) -> None:
         if max_concurrent_rpcs < 0:
             raise ValueError("max_concurrent_rpcs must be 0 (no limit) or positive")
-        self.admission = admission
         self.health = _Health()
         self.limit = max_concurrent_rpcs
         self.in_flight = 0  # calls of limited services, counted only when there is a limit
         self._authorize = authorize
-        self._checks = authorize is not None or max_concurrent_rpcs > 0 or admission is not None
+        self._checks = authorize is not None or max_concurrent_rpcs > 0
         self._routes: dict[str, _Route] = {}
         self._services: list[str] = []
         self.stats: list[MethodStats] = []
@@ -629,9 +515,7 @@ class Surface(grpc.GenericRpcHandler):
                 service, method, handler.request_streaming, handler.response_streaming
             )
             self.stats.append(stats)
-            self._routes[f"/{service}/{method}"] = _Route(
-                handler, stats, limited, public, self.admission
-            )
+            self._routes[f"/{service}/{method}"] = _Route(handler, stats, limited, public)
 
     def add_servicer(
         self,
@@ -684,8 +568,6 @@ class Surface(grpc.GenericRpcHandler):
             and not authorize(handler_call_details.invocation_metadata or ())
         ):
             return route.denied
-        if self.admission is not None and route.limited:
-            _ARRIVED.set(perf_counter())
         if self.limit and route.limited:
             if self.in_flight >= self.limit:
                 return route.overloaded
@@ -709,10 +591,7 @@ class Surface(grpc.GenericRpcHandler):
             await self.health.set(name, status)
 
     async def drain(self) -> None:
-        """Every name NOT_SERVING from now on, for good; calls refused by admission answer
-        UNAVAILABLE."""
-        if self.admission is not None:
-            self.admission.draining = True
+        """Every name NOT_SERVING from now on, for good."""
         await self.health.enter_graceful_shutdown()
 
     @property

@@ -112,6 +112,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("--log-sync-interval must be between 0 and 1 second")
     if settings.idempotency_window < 0 or settings.idempotency_max_entries < 0:
         raise UsageError("--idempotency-window and --idempotency-max-entries must not be negative")
+    if settings.max_pending_calls < 0:
+        raise UsageError("--max-pending-calls must be 0 (gRPC's default) or positive")
     writable_dir(settings.state_dir, "--state-dir")
     if settings.log_predictions:
         database_url_arg(settings.database_url)

@@ -28,7 +28,7 @@ from abgate.db.partitions import prepare
 from abgate.errors import AbgateError, Unavailable
 from abgate.metrics_endpoint import serve_collectors
 from abgate.settings import GatewaySettings, split_listen
-from abgate.surface import Admission, Surface
+from abgate.surface import Surface
 from gateway import oip
 from gateway.auth import load_client_tokens
 from gateway.config import ConfigFileError, ExperimentsConfig, ParsedSnapshot, load_config_file
@@ -99,15 +99,8 @@ class GatewayServer:
             else None
         )
         # Health, reflection, the concurrency limit and call metrics of the gRPC listener.
-        admission = (
-            Admission(settings.max_queue_ms / 1000, settings.queue_target_ms / 1000)
-            if settings.max_queue_ms > 0
-            else None
-        )
         self.surface = Surface(
-            max_concurrent_rpcs=settings.max_concurrent_rpcs,
-            authorize=self.client_tokens,
-            admission=admission,
+            max_concurrent_rpcs=settings.max_concurrent_rpcs, authorize=self.client_tokens
         )
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -214,6 +207,16 @@ class GatewayServer:
             # Off for a lone process so a second gateway on the same port fails loudly.
             ("grpc.so_reuseport", 1 if s.reuse_port else 0),
         ]
+        if s.max_pending_calls > 0:
+            # gRPC core's queue of calls the event loop has not taken yet, which the surface
+            # cannot see (it accepts one call per loop turn): above the soft limit core refuses
+            # new calls with a probability that reaches 1 at twice it (gRPC's backlog
+            # protector). They end CANCELLED before any of our code runs; benchmarks/
+            # bench_overload.py measures what this bound does to an admitted call's wait.
+            options += [
+                ("grpc.server.max_pending_requests", s.max_pending_calls),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * s.max_pending_calls),
+            ]
         # --max-concurrent-rpcs is enforced by the surface, which counts what it refuses.
         server = grpc.aio.server(options=options)
         # --log-durability local: answers wait for their log row's fsync.
@@ -435,8 +438,7 @@ def _supervise(settings: GatewaySettings) -> int:
         "ABGATE_MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
         "ABGATE_MAX_BATCH_ROWS": str(settings.max_batch_rows),
         "ABGATE_MAX_CONCURRENT_RPCS": str(settings.max_concurrent_rpcs),
-        "ABGATE_MAX_QUEUE_MS": str(settings.max_queue_ms),
-        "ABGATE_QUEUE_TARGET_MS": str(settings.queue_target_ms),
+        "ABGATE_MAX_PENDING_CALLS": str(settings.max_pending_calls),
         "ABGATE_GRACE_SECONDS": str(settings.grace_seconds),
         "ABGATE_EVENT_LOOP": settings.event_loop,
         "ABGATE_ORT_INTRA_OP_THREADS": str(settings.ort_intra_op_threads),

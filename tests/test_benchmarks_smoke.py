@@ -268,3 +268,29 @@ def test_serving_report_renders_every_measure() -> None:
     assert "0.526 / 2.076 ms | ≤ 0.5 / 0.8 ms |" in text
     assert "| one request in flight, bare grpc.aio server: p50 / p99 | 0.438 / 0.681 ms |" in text
     assert "| 63967 | ≥ 150000 |" in text and "(×1.42)" in text and "(-4%)" in text
+
+
+def test_overload_benchmark_table_and_missing_h2load(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/bench_overload without a load generator: its table shows each load's
+    goodput, the admitted p99 against the unloaded one and the probe's refusals."""
+    from benchmarks import bench_overload
+
+    assert bench_overload.main(["--h2load", "/nonexistent/h2load", "--out", "/nonexistent"]) == 2
+    assert "nghttp2-client" in capsys.readouterr().err
+    cell = {
+        "goodput_per_s": 2700.0,
+        "goodput_share_of_saturation": 0.93,
+        "admitted_p99_ms": 250.0,
+        "admitted_p99_over_unloaded": 28.0,
+        "probe_answered_share": 0.309,
+        "probe_errors": [{"CANCELLED": 170}],
+    }
+    report = {
+        "saturation_req_per_s": 2897.0,
+        "unloaded_probe": {"admission": {"p99_ms": 8.9}},
+        "summary": {"admission": {"3x": cell}},
+    }
+    text = bench_overload.table(report)
+    assert "saturation (closed loop, no admission): 2897 req/s" in text
+    assert "admission        3x       2700   0.93   250.00      28.00     0.309" in text
+    assert "{'CANCELLED': 170}" in text
