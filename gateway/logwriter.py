@@ -312,10 +312,12 @@ class LogWriter:
                 if self.local is not None:
                     self._local_gen = self.local.close_generation()
             if await self._drain():
-                backoff = 0.05
                 self._release_local()
-                if self.spool is not None and self.spool.pending:
-                    await self._replay()
+                if self.spool is not None and self.spool.pending and not await self._replay():
+                    await asyncio.sleep(backoff)  # the database is still away
+                    backoff = min(backoff * 2, 5.0)
+                else:
+                    backoff = 0.05
                 if self._closing and not self._buffer:
                     return
             else:
@@ -372,10 +374,17 @@ class LogWriter:
             self._queued -= len(batch)
             self.counters.spooled += len(batch)
 
-    async def _replay(self) -> None:
-        """Commit spooled batches in order; a segment is deleted only once all of it is in."""
+    async def _replay(self) -> bool:
+        """Commit spooled batches in order; a segment is deleted only once all of it is in.
+        False when the database could not take them (the rest stays spooled)."""
         spool = self.spool
         assert spool is not None
+        # Reconnect first: after an outage whose rows all went to the spool no batch is left
+        # to drain, so nothing else re-creates the pool the failed flush dropped (the replay
+        # used to wait for the next request's rows to come along).
+        if not await self._ensure_pool():
+            self.counters.failed_flushes += 1
+            return False
         spool.seal()
         for segment in spool.segments():
             batches = await asyncio.to_thread(
@@ -387,11 +396,12 @@ class LogWriter:
                     self.counters.replayed += len(batch) - dead
             except Exception as exc:
                 self.counters.failed_flushes += 1
-                log.warning("%s spool replay paused: %s", self.table, exc)
+                log.warning("%s spool replay paused: %s", self.table, _one_line(exc))
                 self._drop_pool()
-                return
+                return False
             await asyncio.to_thread(spool.delete, segment)
             log.info("%s spool segment %s replayed", self.table, segment.name)
+        return True
 
     async def _write_isolating(self, batch: Sequence[Row]) -> int:
         """Write ``batch``; if it is refused for its content, write every row but those at
