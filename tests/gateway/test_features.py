@@ -15,11 +15,14 @@ from typing import Any
 
 import asyncpg
 import numpy as np
+import pytest
 
 from abgate.db.embedded import EmbeddedPostgres
 from abgate.db.partitions import drop_partitions_before
+from abgate.errors import ConfigError
 from abgate.oip.v2 import grpc_predict_v2_pb2_grpc as oip_grpc
 from abgate.v1 import gateway_pb2 as pb
+from gateway.config import parse_config
 from gateway.hashing import feature_sampled, feature_threshold
 from tests.conftest import DemoStore, InProcessGateway, gateway_settings
 from tests.gateway.test_oip import infer_request
@@ -353,3 +356,17 @@ def test_retention_drops_the_features_partition_with_the_predictions_partition(
     assert f"predictions_{today:%Y%m%d}" in dropped
     # Both tables lose the day together (only rows written past midnight remain: normally none).
     assert count(fresh_db, "predictions") == count(fresh_db, "prediction_features") == later
+
+
+def test_config_file_format_takes_and_checks_the_rate() -> None:
+    arms = [{"name": "a", "model": "m", "weight": 100}]
+    doc = {"version": 1, "experiments": [{"name": "e", "arms": arms, "feature_sample_rate": 0.3}]}
+    config = parse_config(doc)
+    assert config.experiments[0].feature_sample_rate == 0.3
+    assert parse_config(config.to_dict()) == config  # round trip (persisted snapshots)
+    off = parse_config({"version": 1, "experiments": [{"name": "e", "arms": arms}]})
+    assert off.experiments[0].feature_sample_rate == 0.0
+    for bad in (1.01, -1, math.nan, "0.5", True):
+        doc["experiments"][0]["feature_sample_rate"] = bad  # type: ignore[index]
+        with pytest.raises(ConfigError, match="feature_sample_rate"):
+            parse_config(doc)
