@@ -25,6 +25,7 @@ from abgate.v1 import gateway_pb2 as pb
 from gateway.config import parse_config
 from gateway.hashing import feature_sampled, feature_threshold
 from tests.conftest import DemoStore, InProcessGateway, gateway_settings
+from tests.gateway.test_log_durability import kill_9_under_traffic
 from tests.gateway.test_oip import infer_request
 
 
@@ -370,3 +371,29 @@ def test_config_file_format_takes_and_checks_the_rate() -> None:
         doc["experiments"][0]["feature_sample_rate"] = bad  # type: ignore[index]
         with pytest.raises(ConfigError, match="feature_sample_rate"):
             parse_config(doc)
+
+
+@pytest.mark.slow
+def test_kill_9_in_local_mode_loses_no_answered_feature_row(
+    gateway_process: Any, demo_store: DemoStore, tmp_path: Path
+) -> None:
+    """--log-durability local: a captured row is fsynced before its answer leaves, like its
+    prediction row; after kill -9 and a restart on the same state directory every answered
+    request's features are in PostgreSQL exactly once."""
+    config = capture_config(demo_store, tmp_path / "capture-local.toml", 1.0)
+    args = ("--config", str(config), "--log-durability", "local", "--log-batch-rows", "200",
+            "--log-max-age", "0.2")  # fmt: skip
+    gp = gateway_process(*args)
+    answered = kill_9_under_traffic(gp, demo_store.X[0], 2.0)
+    gateway_process(*args)  # same state dir: replays both local logs
+    url = gateway_process.database_url
+    deadline = time.monotonic() + 20
+    while True:
+        got = fetch(url, "SELECT request_id FROM prediction_features")
+        ids = {r["request_id"] for r in got}
+        if set(answered) <= ids or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(answered) > 100
+    assert set(answered) <= ids, f"{len(set(answered) - ids)} answered feature rows lost"
+    assert len(got) == len(ids), "a replayed feature row was stored twice"
