@@ -172,6 +172,7 @@ def _definition_from_args(args: argparse.Namespace) -> cpb.ExperimentDefinition:
             definition.bandit_floor = args.bandit_floor
         if args.bandit_interval is not None:
             definition.bandit_interval_s = args.bandit_interval
+        definition.feature_sample_rate = args.feature_sample_rate
     # Model ids are resolved and pinned to their sha256 by the evaluator, in its own store.
     return definition
 
@@ -189,6 +190,8 @@ def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
         f"{d.name}: {view.status}, kind {cpb.ExperimentKind.Name(d.kind).lower()}, "
         f"version {view.version} (snapshot {view.snapshot_version}), {weights}"
     )
+    if d.feature_sample_rate:
+        print(f"  feature capture: {d.feature_sample_rate:.4g} of served predictions")
     for r in view.rejections:
         serving = f"serves version {r.serving_version}" if r.serving_version else "serves none"
         print(f"  rejected by gateway {r.node_id} (version {r.version}; it {serving}): {r.error}")
@@ -237,6 +240,10 @@ def cmd_experiments(args: argparse.Namespace) -> int:
             request = cpb.ListExperimentsRequest(include_archived=args.all)
         elif action == "gateways":
             request = cpb.GatewaysRequest()
+        elif action == "update":
+            request = cpb.ExperimentRequest(name=args.name, reason=args.reason, actor=args.by or "")
+            if args.feature_sample_rate is not None:
+                request.feature_sample_rate = args.feature_sample_rate
         else:
             request = cpb.ExperimentRequest(
                 name=args.name,
@@ -256,6 +263,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         "resume": "Resume",
         "archive": "Archive",
         "unarchive": "Unarchive",
+        "update": "UpdateExperiment",
         "gateways": "Gateways",
     }[action]
     client = AdminClient(args.evaluator, token, ca=args.ca, timeout=args.timeout)
@@ -408,6 +416,13 @@ def add_evaluator_parsers(subparsers: Any) -> None:
     q.add_argument("--bandit-floor", type=float, default=None, help="bandit: least share, 0..1")
     q.add_argument("--bandit-interval", type=float, default=None, help="bandit: seconds")
     q.add_argument(
+        "--feature-sample-rate",
+        type=float,
+        default=0.0,
+        help="share of served predictions whose request features are logged, 0..1 (default 0: "
+        "off); may be personal data, dropped with the partitions (--retention-days)",
+    )
+    q.add_argument(
         "--model-store",
         default=None,
         help="ignored, kept for old scripts: the evaluator pins model ids to their sha256 in "
@@ -427,6 +442,7 @@ def add_evaluator_parsers(subparsers: Any) -> None:
         ("resume", "resume deciding"),
         ("archive", "take out of every snapshot, keep for audit (from any status)"),
         ("unarchive", "back into the snapshot with its old buckets (a running one: paused)"),
+        ("update", "change a running experiment in place (--feature-sample-rate)"),
     ):
         q = sub.add_parser(name, help=text)
         common(q)
@@ -442,6 +458,13 @@ def add_evaluator_parsers(subparsers: Any) -> None:
             q.add_argument("--arm", default="", help="arm to promote")
         if name == "show":
             q.add_argument("--full", action="store_true", help="with --json: everything")
+        if name == "update":
+            q.add_argument(
+                "--feature-sample-rate",
+                type=float,
+                default=None,
+                help="share of served predictions whose request features are logged, 0..1",
+            )
 
     _add_report_parser(subparsers)
 

@@ -82,6 +82,8 @@ class ExperimentState:
     shadows: tuple[Shadow, ...] = ()
     # While archived: the status it had before, what unarchive restores ("" otherwise).
     archived_from: str = ""
+    # Share of served predictions whose request features gateways log, 0..1 (0: off).
+    feature_sample_rate: float = 0.0
 
     @property
     def archived(self) -> bool:
@@ -135,6 +137,11 @@ def _finite(value: float, fld: str, lo: float, hi: float) -> float:
     if not math.isfinite(value) or not lo <= value <= hi:
         raise InvalidArgument(f"must be between {lo:g} and {hi:g}, got {value!r}", field=fld)
     return float(value)
+
+
+def feature_sample_rate(value: float, fld: str) -> float:
+    """A valid feature_sample_rate (0..1, NaN refused) or InvalidArgument naming ``fld``."""
+    return _finite(value, fld, 0.0, 1.0)
 
 
 def validate_definition(d: cpb.ExperimentDefinition, now: float | None = None) -> ExperimentState:
@@ -231,6 +238,9 @@ def validate_definition(d: cpb.ExperimentDefinition, now: float | None = None) -
         created_at=now,
         stage_started_at=now,
         shadows=tuple(shadows),
+        feature_sample_rate=feature_sample_rate(
+            d.feature_sample_rate, "definition.feature_sample_rate"
+        ),
     )
 
 
@@ -289,6 +299,7 @@ def definition_message(state: ExperimentState) -> cpb.ExperimentDefinition:
         bandit_floor=state.bandit_floor,
         bandit_interval_s=state.bandit_interval_s,
         shadows=[_shadow_message(s) for s in state.shadows],
+        feature_sample_rate=state.feature_sample_rate,
     )
 
 
@@ -315,6 +326,7 @@ def experiment_config(state: ExperimentState, version: int = 0) -> cpb.Experimen
             for a in state.arms
         ],
         shadows=[_shadow_message(s) for s in state.shadows],
+        feature_sample_rate=state.feature_sample_rate,
     )
 
 

@@ -43,6 +43,7 @@ from evaluator.experiments import (
     ARCHIVED,
     ExperimentState,
     definition_message,
+    feature_sample_rate,
     pin_models,
     snapshot_message,
     validate_definition,
@@ -487,6 +488,11 @@ class EvaluatorServer:
             elif action == "rollback":
                 weights = {a: 100.0 if a == control else 0.0 for a in state.weights}
                 new = state.with_weights(weights, status="rolled_back")
+            elif action == "update":
+                if not req.HasField("feature_sample_rate"):
+                    raise InvalidArgument("nothing to update", field="feature_sample_rate")
+                rate = feature_sample_rate(req.feature_sample_rate, "feature_sample_rate")
+                new = replace(state, feature_sample_rate=rate)
             elif action == "pause":
                 if state.status != "running":
                     raise FailedPrecondition(f"experiment {req.name!r} is {state.status}")
@@ -506,6 +512,11 @@ class EvaluatorServer:
                     "weights": new.weights,
                     "status_before": state.status,
                     "status": new.status,
+                    **(
+                        {"feature_sample_rate": new.feature_sample_rate}
+                        if action == "update"
+                        else {}
+                    ),
                     **(caller or {}),
                 },
             }

@@ -49,6 +49,8 @@ class ExperimentSpec:
     shadows: tuple[ShadowSpec, ...] = ()
     # The evaluator's own version of this experiment (config stream); 0 from a file.
     version: int = 0
+    # Share of served predictions whose request features are logged (0..1; 0: off).
+    feature_sample_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,11 @@ class ExperimentsConfig:
                     ),
                     **({"shadows": [shadow_dict(s) for s in e.shadows]} if e.shadows else {}),
                     **({"version": e.version} if e.version else {}),
+                    **(
+                        {"feature_sample_rate": e.feature_sample_rate}
+                        if e.feature_sample_rate
+                        else {}
+                    ),
                 }
                 for e in self.experiments
             ],
@@ -181,7 +188,12 @@ def _parse_experiment(raw: Mapping[str, Any], name: str, where: str) -> Experime
     shadows = _parse_shadows(raw.get("shadows", []), where, arm_names)
     # The evaluator's version of the experiment (files have none).
     version = _parse_version(raw, where, least=0) if "version" in raw else 0
-    return ExperimentSpec(name, salt, tuple(arms), ranges, shadows, version)
+    rate = raw.get("feature_sample_rate", 0.0)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+        raise ConfigError(f"{_at(where, 'feature_sample_rate')} must be a number")
+    if not math.isfinite(rate) or not 0.0 <= rate <= 1.0:
+        raise ConfigError(f"{_at(where, 'feature_sample_rate')} must be between 0 and 1")
+    return ExperimentSpec(name, salt, tuple(arms), ranges, shadows, version, float(rate))
 
 
 def _experiment_names(data: Mapping[str, Any]) -> tuple[int, list[tuple[Mapping[str, Any], str]]]:

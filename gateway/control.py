@@ -179,6 +179,7 @@ class ControlPlane:
             version,
             CURRENT_HASH_VERSION,
             tuple(shadows),
+            spec.feature_sample_rate,
         )
 
     def build(self, config: ExperimentsConfig) -> Snapshot:
@@ -386,7 +387,9 @@ def _without_ranges(config: ExperimentsConfig) -> ExperimentsConfig:
     return ExperimentsConfig(
         config.version,
         tuple(
-            ExperimentSpec(e.name, e.salt, e.arms, None, e.shadows, e.version)
+            ExperimentSpec(
+                e.name, e.salt, e.arms, None, e.shadows, e.version, e.feature_sample_rate
+            )
             for e in config.experiments
         ),
     )
@@ -419,6 +422,11 @@ def snapshot_document(
                     for s in exp.shadows
                 ],
                 **({"version": versions[exp.name]} if versions.get(exp.name) else {}),
+                **(
+                    {"feature_sample_rate": exp.feature_sample_rate}
+                    if exp.feature_sample_rate
+                    else {}
+                ),
             }
             for exp in snapshot.experiments.values()
         ],

@@ -7,6 +7,7 @@ The control plane (``gateway.control``) builds ``Snapshot`` objects and swaps
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +20,14 @@ import numpy as np
 from abgate.errors import InvalidArgument, NotFound, Unavailable, shown
 from gateway.allocation import Allocation
 from gateway.auth import CLIENT_IDENTITY
-from gateway.hashing import BUCKET_FUNCTIONS, NUM_BUCKETS, buckets_v1
+from gateway.hashing import (
+    BUCKET_FUNCTIONS,
+    NUM_BUCKETS,
+    buckets_v1,
+    feature_sampled,
+    feature_threshold,
+    features_sampled,
+)
 from gateway.idempotency import RecentRequests
 from gateway.logwriter import SCORES_DTYPE, LogWriter, scores_rows
 from gateway.variants import Variant
@@ -72,6 +80,9 @@ class ExperimentRuntime:
     hash_version: int
     bucket_of: Callable[[str, str], int]
     shadows: tuple[ShadowRuntime, ...] = ()
+    feature_sample_rate: float = 0.0
+    # gateway.hashing.feature_threshold of the rate: 0 = capture off (one int test a call).
+    feature_threshold: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +126,7 @@ def build_experiment(
     config_version: int,
     hash_version: int = 1,
     shadows: tuple[ShadowRuntime, ...] = (),
+    feature_sample_rate: float = 0.0,
 ) -> ExperimentRuntime:
     table = tuple(allocation.table())
     if len(table) != NUM_BUCKETS:
@@ -133,6 +145,8 @@ def build_experiment(
         hash_version=hash_version,
         bucket_of=BUCKET_FUNCTIONS[hash_version],
         shadows=shadows,
+        feature_sample_rate=feature_sample_rate,
+        feature_threshold=feature_threshold(feature_sample_rate),
     )
 
 
@@ -152,6 +166,8 @@ class DataPlane:
         self.gateway_id = gateway_id
         self.log = log
         self.outcomes: LogWriter | None = None
+        # Captured request features (prediction_features); None: logging is off.
+        self.features: LogWriter | None = None
         # Runs shadow models off the request path (gateway.shadow); None: shadows are off.
         self.mirror: Any = None
         # Recent answers by request id: a repeat answers the original (gateway.idempotency).
@@ -248,12 +264,16 @@ class DataPlane:
         label: int,
         scores: np.ndarray,
         started: float,
+        row: np.ndarray | None = None,
     ) -> None:
-        """Queue the log row of an answer about to be sent (never awaits the database)."""
+        """Queue the log row of an answer about to be sent (never awaits the database), and
+        when the experiment captures features and samples this request id, ``row``'s."""
         log = self.log
         if log is None:
             return
         now = time.time()
+        if exp.feature_threshold and row is not None:
+            self._capture(exp, arm, request_id, now, row)
         log.append(
             (
                 request_id,
@@ -275,6 +295,39 @@ class DataPlane:
                 CLIENT_IDENTITY.get(),
             )
         )
+
+    def _capture(
+        self, exp: ExperimentRuntime, arm: ArmRuntime, request_id: str, now: float, row: np.ndarray
+    ) -> None:
+        features = self.features
+        if features is not None and feature_sampled(request_id, exp.feature_threshold):
+            raw = row.astype(SCORES_DTYPE, copy=False).tobytes()
+            # A full queue (database and spool both away) drops the sample, counted as refused
+            # by that writer: capture never fails the call whose prediction is logged.
+            with contextlib.suppress(Unavailable):
+                features.append((request_id, now, exp.name, arm.name, raw))
+
+    def _capture_batch(
+        self, result: BatchResult, now: float, matrix: np.ndarray, threshold: int
+    ) -> None:
+        features = self.features
+        if features is None:
+            return
+        rids = result.request_ids
+        picked = features_sampled(rids, threshold)
+        if not picked:
+            return
+        raws = scores_rows(matrix if len(picked) == len(rids) else matrix[picked])
+        names = [arm.name for arm in result.arms]
+        arm_index = result.arm_index.tolist()
+        exp = result.experiment
+        with contextlib.suppress(Unavailable):  # as in _capture
+            features.extend(
+                [
+                    (rids[i], now, exp, names[arm_index[i]], raw)
+                    for i, raw in zip(picked, raws, strict=True)
+                ]
+            )
 
     def log_failure(
         self,
@@ -299,7 +352,15 @@ class DataPlane:
             )
         )  # fmt: skip
 
-    def log_batch(self, result: BatchResult, started: float) -> None:
+    def log_batch(
+        self,
+        result: BatchResult,
+        started: float,
+        matrix: np.ndarray | None = None,
+        feature_threshold: int = 0,
+    ) -> None:
+        """Queue one log row per prediction of ``result``, and the features (rows of
+        ``matrix``) of those ``feature_threshold`` samples (0: none)."""
         log = self.log
         if log is None:
             return
@@ -325,6 +386,8 @@ class DataPlane:
             )
         ]  # fmt: skip
         log.extend(rows)
+        if feature_threshold and matrix is not None:
+            self._capture_batch(result, now, matrix, feature_threshold)
 
     def route_batch(self, exp: ExperimentRuntime, user_ids: Sequence[str]) -> np.ndarray:
         if exp.hash_version != 1:  # pragma: no cover - only v1 exists today
@@ -368,7 +431,7 @@ class DataPlane:
 
 async def synced(dp: DataPlane) -> None:
     """--log-durability local: wait until every log row queued so far is on local disk."""
-    log = dp.log
-    fut = log.synced() if log is not None else None
-    if fut is not None:
-        await fut
+    for log in (dp.log, dp.features):
+        fut = log.synced() if log is not None else None
+        if fut is not None:
+            await fut

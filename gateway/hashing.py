@@ -56,3 +56,33 @@ def buckets_v1(salt: str, user_ids: Sequence[str]) -> np.ndarray:
 
 
 BUCKET_FUNCTIONS: dict[int, Callable[[str, str], int]] = {1: bucket_v1}
+
+
+# Feature capture (ExperimentConfig.feature_sample_rate): a served prediction's features are
+# logged when MurmurHash3 x86_32 (seed 0, unsigned) of b"features:" + its request id's UTF-8
+# falls below rate * 2**32. A function of the request id alone: a retry, a replay or another
+# gateway samples the same request the same way, and independently of the user's arm.
+FEATURE_PREFIX = b"features:"
+_FULL = 1 << 32
+
+
+def feature_threshold(rate: float) -> int:
+    """The hash bound of ``rate`` (0..1): 0 samples nothing (capture off), 2**32 everything."""
+    return min(max(round(rate * _FULL), 0), _FULL)
+
+
+def feature_sampled(request_id: str, threshold: int) -> bool:
+    """Whether the features of the prediction ``request_id`` are captured at ``threshold``."""
+    return _mmh3_32(FEATURE_PREFIX + request_id.encode(), 0, False) < threshold
+
+
+def features_sampled(request_ids: Sequence[str], threshold: int) -> list[int]:
+    """The positions in ``request_ids`` whose features are captured at ``threshold``."""
+    if threshold >= _FULL:
+        return list(range(len(request_ids)))
+    head = FEATURE_PREFIX
+    return [
+        i
+        for i, rid in enumerate(request_ids)
+        if _mmh3_32(head + rid.encode(), 0, False) < threshold
+    ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import operator
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -182,7 +182,10 @@ def encode(rows: Sequence[tuple[Any, ...]]) -> bytes:
     return HEADER + encode_rows(rows) + TRAILER
 
 
-async def chunks(rows: Sequence[tuple[Any, ...]]) -> list[bytes]:
+async def chunks(
+    rows: Sequence[tuple[Any, ...]],
+    encode: Callable[[Sequence[tuple[Any, ...]]], bytes] | None = None,
+) -> list[bytes]:
     """The same stream in chunks of ROWS_PER_CHUNK rows, yielding to the event loop between
     them; all encoded before the COPY starts, so that a row with no binary form (a lone
     surrogate, a value out of range) fails the write before a byte is sent. Raised mid-COPY,
@@ -193,7 +196,7 @@ async def chunks(rows: Sequence[tuple[Any, ...]]) -> list[bytes]:
     for i in range(0, len(rows), ROWS_PER_CHUNK):
         if i:
             await asyncio.sleep(0)
-        out.append(encode_rows(rows[i : i + ROWS_PER_CHUNK]))
+        out.append((encode or encode_rows)(rows[i : i + ROWS_PER_CHUNK]))
     out.append(TRAILER)
     return out
 
@@ -203,3 +206,75 @@ async def send(parts: Sequence[bytes]) -> AsyncIterator[bytes]:
     (it never raises)."""
     for part in parts:
         yield part
+
+
+# -- prediction_features rows (gateway.logwriter.FEATURE_COLUMNS) -----------------------------
+# (request_id, ts, experiment, arm, features as little-endian float32 bytes); COPY order:
+FEATURE_COPY_COLUMNS = ("ts", "features", "experiment", "arm", "request_id")
+_F_REQUEST_ID, _F_TS, _F_FEATURES = 0, 1, 4
+_f_ts, _f_features = operator.itemgetter(_F_TS), operator.itemgetter(_F_FEATURES)
+_f_key = operator.itemgetter(2, 3)
+_FEATURE_DTYPES: dict[int, np.dtype[Any]] = {}
+
+
+def _feature_dtype(width: int) -> np.dtype[Any]:
+    dtype = _FEATURE_DTYPES.get(width)
+    if dtype is None:
+        fields: list[Any] = [
+            ("n_fields", ">i2"), ("ts_len", ">i4"), ("ts", ">i8"), ("features_len", ">i4"),
+            ("ndim", ">i4"), ("has_nulls", ">i4"), ("elem_oid", ">i4"),
+        ]  # fmt: skip
+        if width:
+            element = [("len", ">i4"), ("value", ">f4")]
+            fields += [("dim", ">i4"), ("lower", ">i4"), ("elements", element, (width,))]
+        dtype = _FEATURE_DTYPES[width] = np.dtype(fields)
+    return dtype
+
+
+def encode_feature_rows(rows: Sequence[tuple[Any, ...]]) -> bytes:
+    """The COPY records of prediction_features rows, in FEATURE_COPY_COLUMNS order; the
+    fixed-width part (ts and the float4 array) laid out by one structured array per width."""
+    widths = set(map(len, map(_f_features, rows)))
+    if len(widths) > 1:
+        return b"".join(
+            encode_feature_rows([r for r in rows if len(_f_features(r)) == w])
+            for w in sorted(widths)
+        )
+    if not rows:
+        return b""
+    raw_width = widths.pop()
+    if raw_width % 4:
+        raise ValueError(f"features of {raw_width} bytes are not float32 values")
+    width = raw_width // 4
+    n = len(rows)
+    dtype = _feature_dtype(width)
+    a = np.empty(n, dtype)
+    a["n_fields"] = len(FEATURE_COPY_COLUMNS)
+    a["ts_len"] = 8
+    ts = np.fromiter(map(_f_ts, rows), np.float64, n)
+    a["ts"] = np.rint((ts - PG_EPOCH) * 1e6)  # as PostgreSQL's float8 → timestamptz
+    a["features_len"] = 12 + (8 + 8 * width if width else 0)
+    a["ndim"], a["has_nulls"], a["elem_oid"] = (1 if width else 0), 0, FLOAT4_OID
+    if width:
+        a["dim"], a["lower"] = width, 1
+        elements = a["elements"]
+        elements["len"] = 4
+        elements["value"] = np.frombuffer(b"".join(map(_f_features, rows)), "<f4").reshape(n, width)
+    fixed, size = a.tobytes(), dtype.itemsize
+    texts: dict[tuple[Any, ...], bytes] = {}
+    parts: list[bytes] = []
+    add = parts.extend
+    start = 0
+    for row, key in zip(rows, map(_f_key, rows), strict=True):
+        text = texts.get(key)
+        if text is None:
+            text = texts[key] = _text(key[0]) + _text(key[1])
+        rid = row[_F_REQUEST_ID].encode()
+        add((fixed[start : start + size], text, _int32(len(rid)), rid))
+        start += size
+    return b"".join(parts)
+
+
+async def feature_chunks(rows: Sequence[tuple[Any, ...]]) -> list[bytes]:
+    """``chunks`` for prediction_features rows."""
+    return await chunks(rows, encode_feature_rows)

@@ -62,6 +62,9 @@ COLUMNS = (
 # ``client_identity``: who submitted it; ``any_identity``: it counts for a prediction of any
 # identity (the gateway runs with --allow-cross-identity-outcomes).
 OUTCOME_COLUMNS = ("request_id", "value", "ts", "source", "client_identity", "any_identity")
+# Captured request features (migration 0008): ``features`` as little-endian float32 bytes,
+# ``ts`` the prediction row's own.
+FEATURE_COLUMNS = ("request_id", "ts", "experiment", "arm", "features")
 # Rows spooled before a column existed get its default on replay (migration 0007's defaults).
 _ADDED_COLUMNS = {"client_identity": "", "any_identity": False}
 
@@ -102,6 +105,7 @@ def _scores_from_bytes(col: str) -> str:
 _STAGED = {
     "ts": ("extract(epoch FROM ts)::float8", "to_timestamp(ts)"),
     "scores": ("NULL::bytea", _scores_from_bytes("scores")),
+    "features": ("NULL::bytea", _scores_from_bytes("features")),
 }
 
 
@@ -174,8 +178,12 @@ class LogWriter:
         self.columns = tuple(columns)
         self._ts = self.columns.index("ts")
         self._scores = self.columns.index("scores") if "scores" in self.columns else None
-        # Prediction rows (and only they) have the layout gateway.logcopy encodes.
-        self._direct = self.columns == COLUMNS
+        # Prediction and feature rows have layouts gateway.logcopy encodes (a direct COPY).
+        self._direct: tuple[Any, tuple[str, ...]] | None = None
+        if self.columns == COLUMNS:
+            self._direct = (logcopy.chunks, logcopy.COPY_COLUMNS)
+        elif self.columns == FEATURE_COLUMNS:
+            self._direct = (logcopy.feature_chunks, logcopy.FEATURE_COPY_COLUMNS)
         staging = f"{table}_staging"
         staged = ", ".join(f"{_STAGED[c][0]} AS {c}" if c in _STAGED else c for c in self.columns)
         restored = ", ".join(_STAGED[c][1] if c in _STAGED else c for c in self.columns)
@@ -304,10 +312,12 @@ class LogWriter:
                 if self.local is not None:
                     self._local_gen = self.local.close_generation()
             if await self._drain():
-                backoff = 0.05
                 self._release_local()
-                if self.spool is not None and self.spool.pending:
-                    await self._replay()
+                if self.spool is not None and self.spool.pending and not await self._replay():
+                    await asyncio.sleep(backoff)  # the database is still away
+                    backoff = min(backoff * 2, 5.0)
+                else:
+                    backoff = 0.05
                 if self._closing and not self._buffer:
                     return
             else:
@@ -364,10 +374,17 @@ class LogWriter:
             self._queued -= len(batch)
             self.counters.spooled += len(batch)
 
-    async def _replay(self) -> None:
-        """Commit spooled batches in order; a segment is deleted only once all of it is in."""
+    async def _replay(self) -> bool:
+        """Commit spooled batches in order; a segment is deleted only once all of it is in.
+        False when the database could not take them (the rest stays spooled)."""
         spool = self.spool
         assert spool is not None
+        # Reconnect first: after an outage whose rows all went to the spool no batch is left
+        # to drain, so nothing else re-creates the pool the failed flush dropped (the replay
+        # used to wait for the next request's rows to come along).
+        if not await self._ensure_pool():
+            self.counters.failed_flushes += 1
+            return False
         spool.seal()
         for segment in spool.segments():
             batches = await asyncio.to_thread(
@@ -379,11 +396,12 @@ class LogWriter:
                     self.counters.replayed += len(batch) - dead
             except Exception as exc:
                 self.counters.failed_flushes += 1
-                log.warning("%s spool replay paused: %s", self.table, exc)
+                log.warning("%s spool replay paused: %s", self.table, _one_line(exc))
                 self._drop_pool()
-                return
+                return False
             await asyncio.to_thread(spool.delete, segment)
             log.info("%s spool segment %s replayed", self.table, segment.name)
+        return True
 
     async def _write_isolating(self, batch: Sequence[Row]) -> int:
         """Write ``batch``; if it is refused for its content, write every row but those at
@@ -482,18 +500,19 @@ class LogWriter:
     async def write(self, batch: Sequence[Row]) -> int:
         """Write ``batch`` and return the rows inserted; rows already present are skipped.
 
-        Prediction rows first try a binary COPY straight into the table (``gateway.logcopy``).
-        A row already there — the batch is a spool replay, or a retry of a flush that committed
-        after all — violates the primary key, which aborts that COPY whole; the batch then goes
-        through the staging table and ``INSERT … ON CONFLICT DO NOTHING``, the one path that
-        outcomes always take."""
+        Prediction (and feature) rows first try a binary COPY straight into the table
+        (``gateway.logcopy``). A row already there — the batch is a spool replay, or a retry of
+        a flush that committed after all — violates the primary key, which aborts that COPY
+        whole; the batch then goes through the staging table and ``INSERT … ON CONFLICT DO
+        NOTHING``, the one path that outcomes always take."""
         assert self._pool is not None
-        if self._direct:
-            parts = await logcopy.chunks(batch)  # encoding errors raise here, before the COPY
+        if self._direct is not None:
+            encode, copy_columns = self._direct
+            parts = await encode(batch)  # encoding errors raise here, before the COPY
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
                     await conn.copy_to_table(
-                        self.table, source=logcopy.send(parts), columns=logcopy.COPY_COLUMNS,
+                        self.table, source=logcopy.send(parts), columns=copy_columns,
                         format="binary",
                     )  # fmt: skip
             except asyncpg.UniqueViolationError:

@@ -143,6 +143,8 @@ class GatewayView(Protocol):
     @property
     def outcome_writer(self) -> LogWriter | None: ...
     @property
+    def feature_writer(self) -> LogWriter | None: ...
+    @property
     def prediction_stats(self) -> PredictionStats: ...
 
 
@@ -221,7 +223,11 @@ class GatewayCollector(Collector):
             )
             rejected.add_metric([gid], sub.rejected)
             yield rejected
-        writers = {"predictions": self.server.logwriter, "outcomes": self.server.outcome_writer}
+        writers = {
+            "predictions": self.server.logwriter,
+            "outcomes": self.server.outcome_writer,
+            "prediction_features": self.server.feature_writer,
+        }
         specs = (
             ("abgate_log_rows_written", "Log rows inserted into PostgreSQL", "written"),
             ("abgate_log_rows_duplicate", "Log rows already present (replays)", "duplicates"),

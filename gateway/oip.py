@@ -213,10 +213,10 @@ class OipServicer:
         if n == 1 and arm is not None and bucket is not None:
             # Exactly the log row of a native Predict.
             dp.log_prediction(
-                exp, arm, bucket, rids[0], int(result.labels[0]), result.scores[0], started
+                exp, arm, bucket, rids[0], int(result.labels[0]), result.scores[0], started, matrix
             )
         else:
-            dp.log_batch(result, started)
+            dp.log_batch(result, started, matrix, exp.feature_threshold)
         if exp.shadows and dp.mirror is not None:
             dp.mirror.submit(exp, matrix, rids, result.buckets.tolist())
         if arm is None and len(set(result.arm_index.tolist())) == 1:

@@ -35,7 +35,7 @@ from gateway.config import ConfigFileError, ExperimentsConfig, ParsedSnapshot, l
 from gateway.control import ControlPlane, ExperimentStatus
 from gateway.dataplane import DataPlane
 from gateway.idempotency import RecentRequests
-from gateway.logwriter import COLUMNS, OUTCOME_COLUMNS, LogWriter
+from gateway.logwriter import COLUMNS, FEATURE_COLUMNS, OUTCOME_COLUMNS, LogWriter
 from gateway.metrics import GatewayCollector, PredictionStats
 from gateway.modelstore import ModelStore
 from gateway.servicer import SERVICE_NAME, GatewayServicer
@@ -85,6 +85,7 @@ class GatewayServer:
         )
         self.logwriter: LogWriter | None = None
         self.outcome_writer: LogWriter | None = None
+        self.feature_writer: LogWriter | None = None  # captured request features
         self.metrics_httpd: Any = None
         self.metrics_port = 0
         self._embedded: EmbeddedPostgres | None = None
@@ -328,10 +329,12 @@ class GatewayServer:
         self.logwriter = writer("predictions", COLUMNS)
         self.logwriter.observe = self.prediction_stats.observe
         self.outcome_writer = writer("outcomes", OUTCOME_COLUMNS)
-        for w in (self.logwriter, self.outcome_writer):
+        self.feature_writer = writer("prediction_features", FEATURE_COLUMNS)
+        for w in (self.logwriter, self.outcome_writer, self.feature_writer):
             await w.start()
         self.dataplane.log = self.logwriter
         self.dataplane.outcomes = self.outcome_writer
+        self.dataplane.features = self.feature_writer
         try:
             # Serve right away if the database is down (rows queue), but when it is up, have
             # the schema in place before the first call so readers never race the migration.
@@ -365,7 +368,7 @@ class GatewayServer:
             self.dataplane.mirror = None
             await asyncio.to_thread(self.mirror.stop)
             await asyncio.sleep(0)  # the last shadow rows reach the log writer
-        for writer in (self.logwriter, self.outcome_writer):
+        for writer in (self.logwriter, self.outcome_writer, self.feature_writer):
             if writer is not None:
                 await writer.stop()
         if self._embedded is not None:

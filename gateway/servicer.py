@@ -104,7 +104,7 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
             recent.put((request_id, started, identity, exp.name, user_id, Failed(code, message)))
             raise
         label, row_scores = int(labels[0]), scores[0]
-        dp.log_prediction(exp, arm, bucket, request_id, label, row_scores, started)
+        dp.log_prediction(exp, arm, bucket, request_id, label, row_scores, started, row)
         if exp.shadows and dp.mirror is not None:
             dp.mirror.submit(exp, row, (request_id,), (bucket,))
         raw = codec.encode_prediction_raw(
@@ -206,7 +206,7 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
                     )
                 else:
                     result = dp.predict_batch(exp, buckets, matrix, request_ids)
-                dp.log_batch(result, started)
+                dp.log_batch(result, started, matrix, exp.feature_threshold)
             except BaseException:
                 recent.discard(entry)  # nothing logged: the ids are free for a retry
                 raise

@@ -47,6 +47,7 @@ def config_document(snapshot: cpb.ConfigSnapshot) -> dict[str, Any]:
                     for s in e.shadows
                 ],
                 **({"version": e.version} if e.version else {}),
+                **({"feature_sample_rate": e.feature_sample_rate} if e.feature_sample_rate else {}),
             }
             for e in snapshot.experiments
         ],

@@ -1,5 +1,7 @@
-"""Dated partitions of ``predictions`` (one per UTC day): created ahead of time, dropped for
-retention. Rows of a day without its partition land in ``predictions_default``.
+"""Dated partitions of ``predictions`` and ``prediction_features`` (one per UTC day and table):
+created ahead of time, dropped for retention, a day's partitions of both tables together (the
+captured features of a prediction go when its row goes). Rows of a day without its partition
+land in the table's ``_default`` partition.
 
 Creating a day's partition while the default partition already holds rows of that day would
 fail (or mean moving them under a lock writers wait on), so such a day simply stays in the
@@ -16,7 +18,9 @@ import asyncpg
 
 PARENT = "predictions"
 DEFAULT_PARTITION = "predictions_default"
-_DATED = re.compile(r"^predictions_(\d{8})$")
+# Every table partitioned by day (migration 0008 adds prediction_features), in creation order.
+PARENTS = ("predictions", "prediction_features")
+_DATED = re.compile(r"^(?:predictions|prediction_features)_(\d{8})$")
 # "abgate" + 3 (migrations hold + 1, aggregation + 2).
 _LOCK_KEY = 0x61626761746503
 
@@ -28,20 +32,21 @@ class Partition:
     rows: int  # planner estimate (pg_class.reltuples), -1 if never analysed
 
 
-def _name(day: dt.date) -> str:
-    return f"{PARENT}_{day:%Y%m%d}"
+def _name(day: dt.date, parent: str = PARENT) -> str:
+    return f"{parent}_{day:%Y%m%d}"
 
 
 def _bound(day: dt.date) -> str:
     return f"{day.isoformat()} 00:00:00+00"
 
 
-async def list_partitions(conn: asyncpg.Connection) -> list[Partition]:
+async def list_partitions(conn: asyncpg.Connection, parent: str | None = None) -> list[Partition]:
+    """The partitions of ``parent``, or of every table in PARENTS (by name)."""
     rows = await conn.fetch(
         """SELECT c.relname AS name, c.reltuples::bigint AS rows
            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-           WHERE i.inhparent = $1::regclass ORDER BY c.relname""",
-        PARENT,
+           WHERE i.inhparent::regclass::text = ANY($1::text[]) ORDER BY c.relname""",
+        [parent] if parent is not None else list(PARENTS),
     )
     out = []
     for r in rows:
@@ -63,29 +68,31 @@ async def ensure_partitions(
         existing = {p.name for p in await list_partitions(conn)}
         for k in range(days_ahead + 1):
             day = today + dt.timedelta(days=k)
-            name = _name(day)
-            if name in existing:
-                continue
             lo, hi = day, day + dt.timedelta(days=1)
-            occupied = await conn.fetchval(
-                f"SELECT EXISTS (SELECT 1 FROM {DEFAULT_PARTITION} WHERE ts >= $1 AND ts < $2)",
-                dt.datetime.combine(lo, dt.time(), dt.UTC),
-                dt.datetime.combine(hi, dt.time(), dt.UTC),
-            )
-            if occupied:
-                continue  # that day stays in the default partition (see module docstring)
-            # Identifiers and bounds come from a date, never from input: safe to format.
-            await conn.execute(
-                f"CREATE TABLE {name} PARTITION OF {PARENT} "
-                f"FOR VALUES FROM ('{_bound(lo)}') TO ('{_bound(hi)}')"
-            )
-            created.append(name)
+            for parent in PARENTS:
+                name = _name(day, parent)
+                if name in existing:
+                    continue
+                occupied = await conn.fetchval(
+                    f"SELECT EXISTS (SELECT 1 FROM {parent}_default WHERE ts >= $1 AND ts < $2)",
+                    dt.datetime.combine(lo, dt.time(), dt.UTC),
+                    dt.datetime.combine(hi, dt.time(), dt.UTC),
+                )
+                if occupied:
+                    continue  # that day stays in the default partition (see module docstring)
+                # Identifiers and bounds come from a date, never from input: safe to format.
+                await conn.execute(
+                    f"CREATE TABLE {name} PARTITION OF {parent} "
+                    f"FOR VALUES FROM ('{_bound(lo)}') TO ('{_bound(hi)}')"
+                )
+                created.append(name)
     return created
 
 
 async def drop_partitions_before(conn: asyncpg.Connection, day: dt.date) -> list[str]:
-    """Drop the dated partitions of days before ``day`` (retention); returns the names dropped.
-    The evaluator's aggregates already hold what those rows contributed."""
+    """Drop the dated partitions of days before ``day`` (retention), of every table in PARENTS;
+    returns the names dropped. The evaluator's aggregates already hold what those rows
+    contributed."""
     dropped = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)

@@ -151,6 +151,11 @@ class EvaluatorAdminStub:
                 request_serializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
                 response_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
                 _registered_method=True)
+        self.UpdateExperiment = channel.unary_unary(
+                '/abgate.v1.EvaluatorAdmin/UpdateExperiment',
+                request_serializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
+                response_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
+                _registered_method=True)
         self.Gateways = channel.unary_unary(
                 '/abgate.v1.EvaluatorAdmin/Gateways',
                 request_serializer=abgate_dot_v1_dot_control__pb2.GatewaysRequest.SerializeToString,
@@ -219,6 +224,13 @@ class EvaluatorAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateExperiment(self, request, context):
+        """Changes what may change in place (today: feature_sample_rate) as a new version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Gateways(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -270,6 +282,11 @@ def add_EvaluatorAdminServicer_to_server(servicer, server):
             ),
             'Unarchive': grpc.unary_unary_rpc_method_handler(
                     servicer.Unarchive,
+                    request_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.FromString,
+                    response_serializer=abgate_dot_v1_dot_control__pb2.ExperimentView.SerializeToString,
+            ),
+            'UpdateExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateExperiment,
                     request_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.FromString,
                     response_serializer=abgate_dot_v1_dot_control__pb2.ExperimentView.SerializeToString,
             ),
@@ -520,6 +537,33 @@ class EvaluatorAdmin:
             request,
             target,
             '/abgate.v1.EvaluatorAdmin/Unarchive',
+            abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
+            abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/abgate.v1.EvaluatorAdmin/UpdateExperiment',
             abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
             abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
             options,

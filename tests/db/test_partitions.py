@@ -41,10 +41,14 @@ def test_partitions_lifecycle(fresh_db: str) -> None:
             assert where == "predictions_default"
             created = await ensure_partitions(conn, days_ahead=4, today=DAY)
             # ...and that day stays there: creating its partition would strand the row.
-            assert created == [
+            assert [c for c in created if c.startswith("predictions_")] == [
                 "predictions_20300110", "predictions_20300111", "predictions_20300113",
                 "predictions_20300114",
             ]  # fmt: skip
+            # prediction_features gets its own partition of every day (its default is empty).
+            assert [c for c in created if c.startswith("prediction_features_")] == [
+                f"prediction_features_{DAY + dt.timedelta(days=k):%Y%m%d}" for k in range(5)
+            ]
             assert await ensure_partitions(conn, days_ahead=4, today=DAY) == []
             for i, day in enumerate([DAY, DAY + dt.timedelta(days=1), DAY]):
                 where = await conn.fetchval(INSERT, f"r{i}", at(day), "a" * 64)
@@ -53,7 +57,7 @@ def test_partitions_lifecycle(fresh_db: str) -> None:
             await aggregate(conn, settle=0.0, now=time.time() + 1)
             before = await arm_totals(conn, "exp")
             dropped = await drop_partitions_before(conn, DAY + dt.timedelta(days=1))
-            assert dropped == ["predictions_20300110"]
+            assert sorted(dropped) == ["prediction_features_20300110", "predictions_20300110"]
             assert await conn.fetchval("SELECT count(*) FROM predictions") == 2
             assert (await arm_totals(conn, "exp"))["control"].served == before["control"].served
             names = [p.name for p in await list_partitions(conn)]
@@ -74,7 +78,9 @@ def test_db_partitions_command(fresh_db: str) -> None:
     out = json.loads(r.stdout)
     today = dt.datetime.now(dt.UTC).date()
     assert out["created"] == [
-        f"predictions_{today + dt.timedelta(days=k):%Y%m%d}" for k in range(3)
+        f"{table}_{today + dt.timedelta(days=k):%Y%m%d}"
+        for k in range(3)
+        for table in ("predictions", "prediction_features")
     ]
     assert {p["name"] for p in out["partitions"]} >= {"predictions_default", *out["created"]}
     r = subprocess.run(

@@ -210,7 +210,11 @@ def test_rows_the_database_refuses_are_dead_lettered_the_rest_written(
     assert kept["experiment"] == "demo" and kept["shadow"] is False
     assert len(np.frombuffer(base64.b64decode(kept["scores"]["b64"]), "<f4")) == 2
     assert by_table["outcomes"][0]["content"]["source"] == "poison"
-    assert dead_lettered_metric(gateway) == {"predictions": len(poison), "outcomes": n_bad_outcomes}
+    assert dead_lettered_metric(gateway) == {
+        "predictions": len(poison),
+        "outcomes": n_bad_outcomes,
+        "prediction_features": 0,  # capture is off in the demo config
+    }
     for w in (pw, ow):
         assert (w.counters.spooled, w.counters.failed_flushes) == (0, 0)
         assert w.spool is not None and w.spool.segments() == []
