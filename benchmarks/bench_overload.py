@@ -4,7 +4,7 @@ with admission control on (the default ``--max-pending-calls``) and off (0: gRPC
 
 The flood is h2load's open loop (``--rps`` per connection, many streams allowed, one pre-encoded
 Predict body): C, so the load tool takes far less CPU than the gateway it floods. Saturation is
-first measured closed-loop on the gateway without admission. During each flood a probe
+first measured closed-loop on the gateway with gRPC's default bound. During each flood a probe
 (``abgate loadtest``, open loop, 50 req/s, 2 s deadline) is a client among the others: its
 answered p99 (from intended send time) is what an admitted caller sees, and its errors by status
 say how the others were refused. Goodput is h2load's received message bytes ÷ the answer's size
@@ -39,10 +39,14 @@ EXIT_USAGE = 2
 PROBE_RATE = 50.0
 PROBE_TIMEOUT_S = 2.0
 CONNECTIONS = 4
-VARIANTS = {
-    "admission": [],
-    "no-admission": ["--max-pending-calls", "0"],
-}
+DEFAULT = "grpc-default"  # --max-pending-calls 0: gRPC's own 1,000 / 3,000
+
+
+def variants(bounds: Sequence[int]) -> dict[str, list[str]]:
+    """Gateway name -> `abgate serve` flags: one per --max-pending-calls bound, and gRPC's."""
+    out = {f"pending-{b}": ["--max-pending-calls", str(b)] for b in bounds}
+    out[DEFAULT] = ["--max-pending-calls", "0"]
+    return out
 
 
 def h2load(
@@ -122,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=8, help="seconds of each flood")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (median)")
     parser.add_argument("--loads", default="1,2,3", help="multiples of saturation to offer")
+    parser.add_argument(
+        "--bounds", default="256", help="--max-pending-calls values to compare with gRPC's"
+    )
     parser.add_argument("--h2load", default="h2load")
     args = parser.parse_args(argv)
     exe = shutil.which(args.h2load)
@@ -131,17 +138,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    loads = [float(x) for x in args.loads.split(",")]
-    if args.seconds < 4 or args.rounds < 1 or not loads or min(loads) <= 0:
-        parser.error("--seconds >= 4, --rounds >= 1, --loads positive multiples")
-    report = run(exe, loads, args.seconds, args.rounds)
+    try:
+        loads = [float(x) for x in args.loads.split(",")]
+        bounds = [int(x) for x in args.bounds.split(",")]
+    except ValueError:
+        parser.error("--loads and --bounds are comma-separated numbers")
+    if args.seconds < 4 or args.rounds < 1 or not loads or min(loads) <= 0 or min(bounds) < 1:
+        parser.error("--seconds >= 4, --rounds >= 1, --loads and --bounds positive")
+    report = run(exe, loads, bounds, args.seconds, args.rounds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(table(report))
     return 0
 
 
-def run(exe: str, loads: list[float], seconds: int, rounds: int) -> dict[str, Any]:
+def run(
+    exe: str, loads: list[float], bounds: list[int], seconds: int, rounds: int
+) -> dict[str, Any]:
     from abgate.db.embedded import EmbeddedPostgres
     from converters.demo import load_demo_holdout, train_demo_models, write_demo_config
     from gateway.modelstore import ModelStore
@@ -155,21 +168,21 @@ def run(exe: str, loads: list[float], seconds: int, rounds: int) -> dict[str, An
         config = write_demo_config(work / "experiments.toml", metas)
         X, _ = load_demo_holdout(store)
         db_url = pg.start()
-        for name, extra in VARIANTS.items():
+        for name, extra in variants(bounds).items():
             servers[name] = start_gateway(
                 name, extra, config=config, store=store, work=work, db_url=db_url
             )
         for s in servers.values():
             s.wait_serving()
         row = np.ascontiguousarray(X[0], dtype="<f4")
-        message = build_request(row, pick_user(servers["admission"].target, row))
+        message = build_request(row, pick_user(servers[DEFAULT].target, row))
         raw = message.SerializeToString()
-        answer = check_answer(call_raw(servers["admission"].target, raw), arm="treatment")
+        answer = check_answer(call_raw(servers[DEFAULT].target, raw), arm="treatment")
         answer_bytes = len(grpc_frame(answer.SerializeToString()))
         body = work / "predict.grpc"
         body.write_bytes(grpc_frame(raw))
 
-        off = servers["no-admission"]
+        off = servers[DEFAULT]
         saturation = statistics.median(
             h2load(exe, off.port, body, 5, rps_per_connection=None)["req_per_s"]
             for _ in range(rounds)
@@ -226,7 +239,8 @@ def run(exe: str, loads: list[float], seconds: int, rounds: int) -> dict[str, An
 
 def table(report: dict[str, Any]) -> str:
     lines = [
-        f"saturation (closed loop, no admission): {report['saturation_req_per_s']:.0f} req/s",
+        "saturation (closed loop, gRPC's default bound): "
+        f"{report['saturation_req_per_s']:.0f} req/s",
         f"{'gateway':<14}{'load':>5}{'goodput/s':>11}{'÷sat':>7}{'p99 ms':>9}{'÷unloaded':>11}"
         f"{'probe ok':>10}  probe errors",
     ]

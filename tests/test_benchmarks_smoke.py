@@ -291,6 +291,7 @@ def test_overload_benchmark_table_and_missing_h2load(capsys: pytest.CaptureFixtu
         "summary": {"admission": {"3x": cell}},
     }
     text = bench_overload.table(report)
-    assert "saturation (closed loop, no admission): 2897 req/s" in text
+    assert "saturation (closed loop, gRPC's default bound): 2897 req/s" in text
     assert "admission        3x       2700   0.93   250.00      28.00     0.309" in text
+    assert set(bench_overload.variants([256, 32])) == {"pending-256", "pending-32", "grpc-default"}
     assert "{'CANCELLED': 170}" in text
