@@ -65,7 +65,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _load_holdout(path: Path | None) -> np.ndarray:
+def _load_holdout(path: Path | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The held-out rows X, and their labels y when the file has them (holdout metrics)."""
     if path is None:
         raise UsageError("--holdout FILE.npz (an array X of held-out rows) is required")
     readable_file(path, "--holdout")
@@ -78,7 +79,11 @@ def _load_holdout(path: Path | None) -> np.ndarray:
     with data:
         if "X" not in data:
             raise UsageError(f"--holdout {path}: has no array named X")
-        return np.asarray(data["X"])
+        X = np.asarray(data["X"])
+        y = np.asarray(data["y"]) if "y" in data else None
+    if y is not None and (y.ndim != 1 or len(y) != len(X)):
+        raise UsageError(f"--holdout {path}: y must be one label per row of X")
+    return X, y
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -88,8 +93,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from converters.sklearn_onnx import ConversionError, ParityError, convert_and_register
 
     readable_file(Path(args.input), "--input")
-    X = _load_holdout(args.holdout)
+    X, y = _load_holdout(args.holdout)
     store = _store(args)
+    parent = None
+    if args.parent:
+        try:
+            parent = store.resolve(args.parent).sha256
+        except ModelStoreError as exc:
+            raise UsageError(f"--parent {args.parent}: {exc}") from None
+    training: dict[str, Any] = {}
+    if args.train_rows is not None:
+        if args.train_rows < 0:
+            raise UsageError("--train-rows must not be negative")
+        training["rows"] = args.train_rows
+    if args.train_window:
+        training["window"] = args.train_window
     # Unpickling runs whatever code the file names (README: only files you trust). It is
     # acceptable here: an offline tool run on the user's own file, never the serving path,
     # which loads only sha-verified ONNX.
@@ -106,8 +124,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         )
     try:
         meta = convert_and_register(
-            model, X, store, id=args.id, version=args.version, session_options=_session_options()
-        )
+            model, X, store, id=args.id, version=args.version, session_options=_session_options(),
+            y_holdout=y, training=training, parent=parent,
+        )  # fmt: skip
     except ExternalData as exc:
         raise UsageError(f"--input {args.input}: {exc}") from None
     except (ConversionError, ParityError, ModelStoreError) as exc:
@@ -178,6 +197,22 @@ def cmd_register(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from converters.recipe import describe, lineage
+
+    store = _store(args, writing=False)
+    try:
+        chain = lineage(store, args.ref)
+    except ModelStoreError as exc:
+        error(str(exc))
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps([m.to_dict() for m in chain], indent=1))
+    else:
+        print("\n".join(describe(m) for m in chain))
+    return EXIT_OK
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     _print(_store(args, writing=False).list(), args.json)
     return EXIT_OK
@@ -201,8 +236,21 @@ def add_models_parser(subparsers: Any) -> None:
     p.add_argument("--input", required=True, help="fitted model saved with joblib")
     p.add_argument("--id", required=True, help="model name in the registry")
     p.add_argument("--version", default=None, help="version (default: next integer)")
-    p.add_argument("--holdout", type=Path, default=None, help=".npz with held-out rows X")
+    p.add_argument(
+        "--holdout",
+        type=Path,
+        default=None,
+        help=".npz with held-out rows X (and labels y: holdout metrics in the recipe)",
+    )
+    p.add_argument("--parent", default=None, help="model it was retrained from (sha256, id[:v])")
+    p.add_argument("--train-rows", type=int, default=None, help="rows it was trained on")
+    p.add_argument("--train-window", default=None, help="training data window, as text")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("lineage", help="a model's recipe and its ancestors', newest first")
+    common(p)
+    p.add_argument("ref", help="sha256, id (latest version) or id:version")
+    p.set_defaults(func=cmd_lineage)
 
     p = sub.add_parser("register", help="register an existing ONNX classifier")
     common(p)

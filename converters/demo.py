@@ -51,8 +51,9 @@ def train_demo_models(
         with threadpool_limits(limits=1):
             model.fit(X_train, y_train)
         meta = convert_and_register(
-            model, X_hold, store, id=model_id, feature_names=names, session_options=session_options
-        )
+            model, X_hold, store, id=model_id, feature_names=names,
+            session_options=session_options, y_holdout=y_hold, training=_training(seed, X_train),
+        )  # fmt: skip
         metas.append(meta)
     store.root.mkdir(parents=True, exist_ok=True)
     np.savez(store.root / HOLDOUT_FILE, X=X_hold, y=y_hold)
@@ -62,9 +63,17 @@ def train_demo_models(
 def train_demo_stump(store: ModelStore, *, seed: int = 0) -> ModelMetadata:
     """A deliberately weak model (a one-split decision tree, ~90% accurate where the others
     reach ~95%): the control the demo's challenger truly beats."""
-    X_train, X_hold, y_train, _, names = demo_data(seed)
+    X_train, X_hold, y_train, y_hold, names = demo_data(seed)
     model = DecisionTreeClassifier(max_depth=1, random_state=seed).fit(X_train, y_train)
-    return convert_and_register(model, X_hold, store, id="demo-stump", feature_names=names)
+    return convert_and_register(
+        model, X_hold, store, id="demo-stump", feature_names=names, y_holdout=y_hold,
+        training=_training(seed, X_train),
+    )  # fmt: skip
+
+
+def _training(seed: int, X_train: np.ndarray) -> dict[str, object]:
+    """What a demo model's recipe says of its training data."""
+    return {"dataset": "sklearn.datasets.load_breast_cancer", "rows": len(X_train), "seed": seed}
 
 
 def load_demo_holdout(store_root: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,7 @@ registration in the model store only when parity holds."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
+from converters.recipe import holdout_metrics, recipe_of
 from gateway.modelstore import ModelMetadata, ModelStore, check_self_contained
 from gateway.variants import SessionOptions
 
@@ -156,8 +157,14 @@ def convert_and_register(
     feature_names: Sequence[str] | None = None,
     atol: float = DEFAULT_ATOL,
     session_options: SessionOptions | None = None,
+    y_holdout: np.ndarray | None = None,
+    training: Mapping[str, Any] | None = None,
+    parent: str | None = None,
 ) -> ModelMetadata:
-    """Convert, check parity, and register; raises ParityError (nothing stored) on a mismatch."""
+    """Convert, check parity, and register with the model's recipe (``converters.recipe``:
+    ``training`` as the caller knows it, holdout metrics when ``y_holdout`` labels
+    ``X_holdout``, the ``parent`` it was retrained from); raises ParityError (nothing stored)
+    on a mismatch."""
     onnx_bytes, fields = convert(model, X_holdout, feature_names=feature_names)
     check_self_contained(onnx_bytes)  # ExternalData: what the gateway would refuse to load
     report = check_parity(model, onnx_bytes, X_holdout, atol=atol, session_options=session_options)
@@ -167,12 +174,22 @@ def convert_and_register(
             f"(limit {atol:g}), labels equal: {report.labels_equal}, on {report.rows} rows; "
             "not registered"
         )
+    holdout = (
+        holdout_metrics(y_holdout, model.predict(X_holdout)) if y_holdout is not None else None
+    )
     meta = ModelMetadata(
         sha256="",
         id=id,
         version=version or "",
         parity_max_abs_diff=report.max_abs_diff,
         parity_rows=report.rows,
+        recipe=recipe_of(
+            model,
+            feature_names=fields["feature_names"],
+            training=training,
+            holdout=holdout,
+            parent=parent,
+        ),
         **fields,
     )
     return store.put(onnx_bytes, meta)

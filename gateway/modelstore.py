@@ -15,7 +15,8 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -151,11 +152,14 @@ class ModelMetadata:
     parity_max_abs_diff: float
     parity_rows: int
     created_at: str = ""
+    # How the model was made (converters.recipe): JSON, describing only; {} when unknown.
+    recipe: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["feature_names"] = list(self.feature_names)
         d["classes"] = list(self.classes)
+        d["recipe"] = dict(self.recipe)
         return d
 
     @classmethod
@@ -164,6 +168,8 @@ class ModelMetadata:
         values = {k: v for k, v in data.items() if k in known}
         values["feature_names"] = tuple(values.get("feature_names", ()))
         values["classes"] = tuple(int(c) for c in values.get("classes", ()))
+        if not isinstance(values.get("recipe", {}), dict):
+            values["recipe"] = {}
         return cls(**values)
 
 
