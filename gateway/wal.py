@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from abgate.errors import Unavailable
-from gateway.spool import Spool
+from gateway.spool import Spool, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class LocalLog:
         self.spool = spool
         self.interval = interval
         root = spool.root / WAL_DIR
-        root.mkdir(parents=True, exist_ok=True)
+        make_dirs(root)
         # Left by a process that did not stop cleanly: replayed with the spool.
         for segment in sorted(root.glob("seg-*.spool")):
             adopted = spool.adopt(segment)

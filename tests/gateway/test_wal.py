@@ -4,6 +4,9 @@ database: the log writer's side is played by calling close_generation/release di
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +270,62 @@ def test_a_failed_local_write_fails_the_group_and_the_next_group_goes_on(
         await local.stop(all_written=True)
 
     asyncio.run(main())
+
+
+# -- directory fsyncs: a created, renamed or removed directory entry is durable only once the
+# directory itself is fsynced -----------------------------------------------------------------
+
+
+@pytest.fixture
+def dir_fsyncs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
+    """The directories os.fsync is called on (by path), the real fsync still done."""
+    calls: list[Path] = []
+    real = os.fsync
+
+    def recording(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            calls.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    yield calls
+
+
+def test_a_new_segment_fsyncs_its_directory(tmp_path: Path, dir_fsyncs: list[Path]) -> None:
+    root = tmp_path / "predictions"
+    spool = Spool(root)
+    assert dir_fsyncs == [tmp_path.resolve()]  # the new directory's entry, made durable
+    dir_fsyncs.clear()
+    spool.append([row(0)])  # a new file: its entry made durable
+    assert dir_fsyncs == [root.resolve()]
+    dir_fsyncs.clear()
+    spool.append([row(1)])  # the same file: the data fsync suffices
+    assert dir_fsyncs == []
+    spool.seal()
+    spool.append([row(2)])
+    assert dir_fsyncs == [root.resolve()]
+
+
+def test_wal_segments_and_adoption_fsync_their_directories(
+    tmp_path: Path, dir_fsyncs: list[Path]
+) -> None:
+    root = tmp_path / "predictions"
+    write_leftover(root, "seg-000000000001.spool", [[row(0)]])
+    spool = Spool(root)
+    dir_fsyncs.clear()
+    local = LocalLog(spool)
+    wal_dir = (root / WAL_DIR).resolve()
+    # The rename out of wal/ into the spool: both directories.
+    assert root.resolve() in dir_fsyncs and wal_dir in dir_fsyncs
+    dir_fsyncs.clear()
+
+    async def main() -> None:
+        local.start()
+        local.add(row(1))
+        fut = local.synced()
+        assert fut is not None
+        await fut
+        await local.stop(all_written=False)
+
+    asyncio.run(main())
+    assert dir_fsyncs == [wal_dir]  # the group's new segment
