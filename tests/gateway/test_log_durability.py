@@ -195,3 +195,31 @@ def test_kill_9_in_local_mode_loses_no_answered_outcome(
     assert max(counts.values()) == 1, "an outcome was stored twice"
     for request_id, value in rows:
         assert value == pytest.approx(outcome_value(request_id), abs=1e-12)
+
+
+def test_local_mode_serves_on_after_a_caller_gives_up_waiting_for_its_group(
+    demo_store: DemoStore, tmp_path: Path, fresh_db: str
+) -> None:
+    """A call cancelled while it waits for its group's fsync (here its deadline passes during
+    a 0.5 s sync interval; in production a client goes away) once cancelled the group's shared
+    future, which then ended the local log's task: no later answer in local mode ever left
+    (found by benchmarks/bench_durability: 0 req/s after the first h2load run ended)."""
+    settings = gateway_settings(
+        demo_store, tmp_path, fresh_db, log_durability="local", log_sync_interval=0.5
+    )
+    gw = InProcessGateway(settings)
+    try:
+        with (
+            GatewayClient(gw.target, timeout=0.1) as impatient,
+            pytest.raises(RpcFailure) as failed,
+        ):
+            impatient.predict("demo", "user-gone", demo_store.X[0])
+        assert failed.value.code.name == "DEADLINE_EXCEEDED"
+        with GatewayClient(gw.target, timeout=10) as client:
+            answered = [client.predict("demo", f"user-{i}", demo_store.X[0]) for i in range(3)]
+            assert client.record_outcomes([(answered[0]["request_id"], 1.0, "")]) == 1
+        writer = gw.server.logwriter
+        assert writer is not None and writer.local is not None
+        assert writer.local.rows_written >= 4  # the cancelled call's row, then three more
+    finally:
+        gw.close()

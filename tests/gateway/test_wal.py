@@ -68,15 +68,47 @@ def test_concurrent_adds_in_one_interval_share_one_group(tmp_path: Path) -> None
             await fut
 
         await asyncio.gather(*(answer(i) for i in range(n)))
-        distinct = len({id(f) for f in futures})
+        assert local._future is None  # every group taken
         groups, written = local.groups, local.rows_written
         await local.stop(all_written=True)
-        return groups, written, distinct
+        return groups, written, len(futures)
 
-    groups, written, distinct = asyncio.run(main())
-    assert written == n
+    groups, written, answered = asyncio.run(main())
+    assert written == answered == n
     assert 1 <= groups < n
-    assert distinct == groups  # one future per group, shared by its rows
+
+
+def test_a_cancelled_waiter_cancels_neither_its_group_nor_the_log(tmp_path: Path) -> None:
+    """A call whose client goes away is cancelled while it awaits its group: the other calls
+    of that group are still answered, and so are later groups (the background task lives)."""
+    spool = Spool(tmp_path / "predictions")
+
+    async def main() -> tuple[int, list[list[Any]]]:
+        local = LocalLog(spool, interval=0.01)
+        local.start()
+
+        async def answer(i: int) -> int:
+            local.add(row(i))
+            fut = local.synced()
+            assert fut is not None
+            await fut
+            return i
+
+        tasks = [asyncio.create_task(answer(i)) for i in range(3)]
+        await asyncio.sleep(0)  # all three wait on one group now
+        tasks[1].cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        assert done[0] == 0 and done[2] == 2
+        assert isinstance(done[1], asyncio.CancelledError)
+        assert await answer(3) == 3  # a later group
+        assert local._task is not None and not local._task.done()
+        groups = local.groups
+        await local.stop(all_written=False)
+        return groups, rows_of(local.wal)
+
+    groups, written = asyncio.run(main())
+    assert groups == 2
+    assert written == [row(i) for i in range(4)]  # the cancelled call's row is logged too
 
 
 def test_segments_are_deleted_only_after_their_generation_is_released(tmp_path: Path) -> None:
