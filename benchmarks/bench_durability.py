@@ -91,11 +91,18 @@ def _run(
                     if wal.is_dir() != (mode == "local"):
                         raise RuntimeError(f"{mode} gateway: {wal} exists: {wal.is_dir()}")
                     open_loop = h2load(gw, body, seconds, 4, 4, rps=args.rate, warmup=warmup)
+                    saturated = saturate(gw, body, seconds, warmup=warmup)
+                    # A gateway that stopped answering shows as neither failures nor errors.
+                    if open_loop["req_per_s"] < 0.9 * args.rate or saturated <= 0:
+                        raise RuntimeError(
+                            f"{mode} gateway did not keep up: {open_loop['req_per_s']} req/s"
+                            f" of {args.rate:g} open loop, {saturated} req/s saturated"
+                        )
                     r = results[mode]
                     r["p50_ms"].append(open_loop["p50"])
                     r["p99_ms"].append(open_loop["p99"])
                     r["open_req_per_s"].append(open_loop["req_per_s"])
-                    r["saturated_req_per_s"].append(saturate(gw, body, seconds, warmup=warmup))
+                    r["saturated_req_per_s"].append(saturated)
     modes = {
         mode: {"args": list(MODES[mode]), **{k: _series(v) for k, v in r.items()}}
         for mode, r in results.items()
