@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.bench_features --out benchmarks/results/features.json
 	$(PY) -m benchmarks.bench_evaluator --out benchmarks/results/evaluator.json
 	$(PY) -m benchmarks.bench_serving --out benchmarks/results
+	$(PY) -m benchmarks.bench_durability --out benchmarks/results/durability.json
 	$(PY) -m benchmarks.bench_decisions --runs 1000 --out benchmarks/results/decisions.json
 	$(PY) -m benchmarks.fuzz --calls 50000 --out benchmarks/results/fuzz.json
 	$(PY) -m benchmarks.bench_overload --out benchmarks/results/overload.json

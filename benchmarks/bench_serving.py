@@ -100,11 +100,19 @@ def loadtest(target: str, store: Path, *args: str) -> dict[str, Any]:
 
 
 def h2load(
-    gw: Gateway, body: Path, duration: float, connections: int, streams: int, rps: float = 0
+    gw: Gateway,
+    body: Path,
+    duration: float,
+    connections: int,
+    streams: int,
+    rps: float = 0,
+    warmup: int = 2,
 ) -> dict[str, Any]:
-    """One h2load run (after a 2 s warm-up run): req/s, latency percentiles in ms."""
+    """One h2load run (after a ``warmup`` s warm-up run, none at 0): req/s, latency
+    percentiles in ms."""
     log = body.with_suffix(".log")
-    for seconds, log_file in ((2, None), (int(duration), log)):
+    runs = ((warmup, None), (int(duration), log)) if warmup else ((int(duration), log),)
+    for seconds, log_file in runs:
         cmd = h2load_command(
             "h2load", gw.port, body, duration=seconds, warmup=0, connections=connections,
             streams=streams, log_file=log_file,
@@ -129,8 +137,10 @@ def request_body(target: str, X: np.ndarray, workdir: Path) -> Path:
     return body
 
 
-def saturate(gw: Gateway, body: Path, duration: float, connections: int = 4) -> float:
-    return float(h2load(gw, body, duration, connections, 16)["req_per_s"])
+def saturate(
+    gw: Gateway, body: Path, duration: float, connections: int = 4, warmup: int = 2
+) -> float:
+    return float(h2load(gw, body, duration, connections, 16, warmup=warmup)["req_per_s"])
 
 
 def open_loop(target: str, store: Path, rate: float, duration: float) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 Segment files ``seg-<n>.spool`` hold records ``magic(4) | length(4) | crc32(4) | payload``,
 each payload one JSON batch (bytes values, such as prediction scores, as ``{"b64": ...}``).
-Every append is fsynced. A torn record at a segment's end (a crash mid-write) fails its
+Every append is fsynced, and so is the directory whenever an entry is made in it (a new segment,
+one moved in by ``adopt``, a new directory): a file's data is durable after its own fsync, but its
+name only after its directory's. A torn record at a segment's end (a crash mid-write) fails its
 checksum and is ignored; the records before it are intact. Segments are
 deleted only after every record in them is committed to PostgreSQL, and replays are harmless
 (the writer inserts with ON CONFLICT DO NOTHING), so a crash during replay only repeats work.
@@ -15,6 +17,7 @@ holds, one JSON object a line, rows that PostgreSQL refused both in their log ta
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -40,7 +43,7 @@ class Spool:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.root)
         self._current: Path | None = None
         existing = self.segments()
         self._size = sum(p.stat().st_size for p in existing)
@@ -70,18 +73,22 @@ class Spool:
         record = _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
         if self._size + len(record) > self.max_bytes:
             raise SpoolFull(f"spool {self.root} is full ({self._size} bytes)")
-        if (
+        new = (
             self._current is None
             or not self._current.exists()
             or self._current.stat().st_size + len(record) > self.segment_bytes
-        ):
+        )
+        if new:
             self._current = self._next_segment()
+        assert self._current is not None
         fd = os.open(self._current, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             os.write(fd, record)
             os.fsync(fd)
         finally:
             os.close(fd)
+        if new:
+            fsync_dir(self.root)
         self._size += len(record)
         self._pending = True
         return self._current
@@ -92,6 +99,8 @@ class Spool:
         target = self._next_segment()
         size = segment.stat().st_size
         os.replace(segment, target)
+        fsync_dir(self.root)  # the new name, then the old one's removal
+        fsync_dir(segment.parent)
         self._size += size
         self._pending = True
         if self._current is not None:
@@ -118,12 +127,15 @@ class Spool:
     def dead_letter(self, line: str) -> Path:
         """Durably append one line (a JSON object, no newline in it) to the dead-letter file."""
         path = self.root / DEAD_LETTERS
+        new = not path.exists()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             os.write(fd, line.encode() + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)
+        if new:
+            fsync_dir(self.root)
         return path
 
     def delete(self, segment: Path) -> None:
@@ -134,6 +146,25 @@ class Spool:
             self._pending = bool(self.segments())  # empty leftovers (a torn first record)
         if self._current == segment:
             self._current = None
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of a directory (files created, renamed or removed in it) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: Path) -> None:
+    """``mkdir -p`` whose new directories survive a crash: each parent fsynced after its new
+    entry."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for p in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            p.mkdir()
+        fsync_dir(p.parent)
 
 
 def _encode(value: object) -> object:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from abgate.errors import Unavailable
-from gateway.spool import Spool
+from gateway.spool import Spool, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class LocalLog:
         self.spool = spool
         self.interval = interval
         root = spool.root / WAL_DIR
-        root.mkdir(parents=True, exist_ok=True)
+        make_dirs(root)
         # Left by a process that did not stop cleanly: replayed with the spool.
         for segment in sorted(root.glob("seg-*.spool")):
             adopted = spool.adopt(segment)
@@ -67,14 +67,16 @@ class LocalLog:
         self._rows.extend(rows)
 
     def synced(self) -> asyncio.Future[None] | None:
-        """The future of the group now gathering (done once its rows, and every row added
-        before them, are on disk); None when no row waits."""
+        """A future done once the rows of the group now gathering, and every row added before
+        them, are on disk; None when no row waits. Each caller gets its own (a shield of the
+        group's): a caller cancelled meanwhile (its client went away) cancels only its own,
+        never the group's that the other answers wait on."""
         if not self._rows:
             return None
         fut = self._future
         if fut is None:
             fut = self._future = asyncio.get_running_loop().create_future()
-        return fut
+        return asyncio.shield(fut)
 
     # -- the writer's generations ----------------------------------------------------------
     def close_generation(self) -> int:
@@ -116,7 +118,7 @@ class LocalLog:
             path = await asyncio.to_thread(self.wal.append, rows)
         except Exception as exc:  # disk full, I/O error: these answers fail, the rows stay queued
             log.error("local log cannot write %d rows: %s", len(rows), exc)
-            if fut is not None:
+            if fut is not None and not fut.done():
                 fut.set_exception(Unavailable("the local prediction log cannot be written"))
                 fut.exception()  # retrieved: a group nobody awaited must not log it again
             return
@@ -125,7 +127,7 @@ class LocalLog:
             paths.append(path)
         self.groups += 1
         self.rows_written += len(rows)
-        if fut is not None:
+        if fut is not None and not fut.done():  # done: cancelled, which must not end this task
             fut.set_result(None)
 
     async def _delete_released(self) -> None:
