@@ -163,16 +163,30 @@ def encode_rows(rows: Sequence[tuple[Any, ...]]) -> bytes:
     if width % 4:
         raise ValueError(f"scores of {width} bytes are not float32 values")
     fixed, size = _fixed_part(rows, width // 4)
-    arms: dict[tuple[Any, ...], bytes] = {}
+    return _assemble(rows, fixed, size, _arm_key, _arm_fields, _REQUEST_ID)
+
+
+def _assemble(
+    rows: Sequence[tuple[Any, ...]],
+    fixed: bytes,
+    size: int,
+    key_of: Callable[[tuple[Any, ...]], tuple[Any, ...]],
+    fields_of: Callable[[tuple[Any, ...]], bytes],
+    request_id: int,
+) -> bytes:
+    """Each row's COPY tuple: its ``size`` bytes of ``fixed`` (the numpy-encoded columns), the
+    fields its key encodes to (encoded once per distinct key: the arm, experiment… repeat), and
+    its request id, the last column."""
+    cache: dict[tuple[Any, ...], bytes] = {}
     parts: list[bytes] = []
     add = parts.extend
     start = 0
-    for row, key in zip(rows, map(_arm_key, rows), strict=True):
-        arm = arms.get(key)
-        if arm is None:
-            arm = arms[key] = _arm_fields(key)
-        rid = row[_REQUEST_ID].encode()
-        add((fixed[start : start + size], arm, _int32(len(rid)), rid))
+    for row, key in zip(rows, map(key_of, rows), strict=True):
+        encoded = cache.get(key)
+        if encoded is None:
+            encoded = cache[key] = fields_of(key)
+        rid = row[request_id].encode()
+        add((fixed[start : start + size], encoded, _int32(len(rid)), rid))
         start += size
     return b"".join(parts)
 
@@ -260,19 +274,11 @@ def encode_feature_rows(rows: Sequence[tuple[Any, ...]]) -> bytes:
         elements = a["elements"]
         elements["len"] = 4
         elements["value"] = np.frombuffer(b"".join(map(_f_features, rows)), "<f4").reshape(n, width)
-    fixed, size = a.tobytes(), dtype.itemsize
-    texts: dict[tuple[Any, ...], bytes] = {}
-    parts: list[bytes] = []
-    add = parts.extend
-    start = 0
-    for row, key in zip(rows, map(_f_key, rows), strict=True):
-        text = texts.get(key)
-        if text is None:
-            text = texts[key] = _text(key[0]) + _text(key[1])
-        rid = row[_F_REQUEST_ID].encode()
-        add((fixed[start : start + size], text, _int32(len(rid)), rid))
-        start += size
-    return b"".join(parts)
+    return _assemble(rows, a.tobytes(), dtype.itemsize, _f_key, _f_texts, _F_REQUEST_ID)
+
+
+def _f_texts(key: tuple[Any, ...]) -> bytes:
+    return _text(key[0]) + _text(key[1])
 
 
 async def feature_chunks(rows: Sequence[tuple[Any, ...]]) -> list[bytes]:
