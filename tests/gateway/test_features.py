@@ -25,7 +25,7 @@ from abgate.v1 import gateway_pb2 as pb
 from gateway.config import parse_config
 from gateway.hashing import feature_sampled, feature_threshold
 from tests.conftest import DemoStore, InProcessGateway, gateway_settings
-from tests.gateway.test_log_durability import kill_9_under_traffic
+from tests.gateway.test_log_durability import kill_9_under_traffic, predict_call
 from tests.gateway.test_oip import infer_request
 
 
@@ -384,7 +384,7 @@ def test_kill_9_in_local_mode_loses_no_answered_feature_row(
     args = ("--config", str(config), "--log-durability", "local", "--log-batch-rows", "200",
             "--log-max-age", "0.2")  # fmt: skip
     gp = gateway_process(*args)
-    answered = kill_9_under_traffic(gp, demo_store.X[0], 2.0)
+    answered = kill_9_under_traffic(gp, predict_call(demo_store.X[0]), 2.0)
     gateway_process(*args)  # same state dir: replays both local logs
     url = gateway_process.database_url
     deadline = time.monotonic() + 20
