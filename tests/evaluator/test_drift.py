@@ -19,6 +19,8 @@ import pytest
 from abgate.db.migrate import migrate
 from abgate.v1 import control_pb2 as cpb
 from evaluator.aggregate import aggregate, drift_totals, reset
+from evaluator.cli import _print_view
+from evaluator.metrics import EvaluatorCollector
 from evaluator.service import view_json
 from evaluator.stats import psi, sequential_drift
 from tests.conftest import DemoStore
@@ -117,7 +119,7 @@ def test_reference_and_current_bins_are_the_rows_in_ingest_order(fresh_db: str) 
 
 
 def test_a_score_shift_is_measured_audited_once_and_shown(
-    demo_store: DemoStore, tmp_path: Path, fresh_db: str
+    demo_store: DemoStore, tmp_path: Path, fresh_db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shas = {m.id: m.sha256 for m in demo_store.metas.values()}
     ev = InProcessEvaluator(
@@ -204,5 +206,23 @@ def test_a_score_shift_is_measured_audited_once_and_shown(
         assert control["score"]["level"] == "ok" and not control["score"]["rejected"]
         assert control["score"]["psi"] < 0.1
         assert json.dumps(view)  # what --json prints
+        # The /metrics gauges, as the collector yields them at a scrape.
+        families = {f.name: f for f in EvaluatorCollector(ev.server).collect()}
+        gauges = {
+            (f.name, s.labels["arm"], s.labels["kind"]): s.value
+            for f in (families["abgate_drift_psi"], families["abgate_drift_p_value"])
+            for s in f.samples
+        }
+        assert gauges[("abgate_drift_psi", "treatment", "score")] == pytest.approx(t["psi"])
+        assert gauges[("abgate_drift_p_value", "treatment", "score")] == pytest.approx(
+            t["p_value"], abs=1e-12
+        )
+        assert gauges[("abgate_drift_psi", "control", "class")] < 0.1
+        assert len(gauges) == 8  # 2 arms x 2 kinds x 2 gauges
+        # The text `abgate experiments show` prints.
+        _print_view(ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="exp")), False)
+        text = capsys.readouterr().out
+        assert "drift treatment score: PSI" in text and "act" in text
+        assert "drift control class: PSI" in text
     finally:
         ev.close()
