@@ -451,11 +451,12 @@ async def analyze_stale(
 
 
 async def reset(conn: asyncpg.Connection) -> None:
-    """Forget every aggregate (the next tick recomputes from the first row: a full pass)."""
+    """Forget every aggregate (the next tick recomputes from the first row: a full pass).
+    ``drift_alerts`` stays: it records what the audit table already holds."""
     async with conn.transaction():
         await conn.execute(
             "TRUNCATE arm_stats, arm_latency, shadow_stats, ignored_rows, duplicate_rows, "
-            "drift_windows, drift_bins, drift_alerts"
+            "drift_windows, drift_bins"
         )
         await conn.execute("UPDATE evaluation_watermark SET prediction_seq = 0, outcome_seq = 0")
 

@@ -364,7 +364,7 @@ class EvaluatorServer:
                     if m.rejected and not rejected:
                         crossed.append(f"sequential test rejected (p={m.p_value:.2g})")
                     recommendation = f"drift of {kind} in arm {arm.name}: " + "; ".join(crossed)
-                    await self._store()._insert_decision(
+                    await self._store().record_decision_on(
                         conn,
                         name,
                         {
@@ -375,7 +375,6 @@ class EvaluatorServer:
                             "inputs": {"version": row.version},
                         },
                         row.version,
-                        None,
                     )
                     await conn.execute(
                         "INSERT INTO drift_alerts AS a (experiment, arm, kind, psi_level, rejected)"

@@ -224,5 +224,11 @@ def test_a_score_shift_is_measured_audited_once_and_shown(
         text = capsys.readouterr().out
         assert "drift treatment score: PSI" in text and "act" in text
         assert "drift control class: PSI" in text
+        # Another evaluator (a restart, a new leader) does not audit the same crossings again.
+        ev.close()
+        ev = InProcessEvaluator(ev.settings)
+        ev.call(ev.server.tick())
+        assert ("exp", "treatment") in ev.server.drift
+        assert len(drift_audits()) == len(audits)
     finally:
         ev.close()
