@@ -182,6 +182,9 @@ class EvaluatorSettings:
     evaluate: bool = doc("run the policies each tick (off: config stream and admin only)", True)
     partition_days_ahead: int = doc("dated predictions partitions kept ready ahead", 7)
     retention_days: int = doc("drop predictions partitions older than this (0 = keep)", 0)
+    drift_reference_rows: int = doc(
+        "rows of an arm's drift reference window (its first successful served rows)", 1000
+    )
     tls_cert: Path | None = doc("PEM certificate: serve TLS (with --tls-key)", None)
     tls_key: Path | None = doc("PEM private key of --tls-cert", None)
     tls_client_ca: Path | None = doc("PEM CA bundle: require client certificates (mTLS)", None)

@@ -312,6 +312,42 @@ ON CONFLICT (experiment, shadow) DO UPDATE SET
 """
 
 
+# Drift bins (migration 0009): the new first served rows that succeeded, numbered per arm by
+# ingest order after the rows the arm's reference already holds; the first reference_size
+# of them are the reference, the rest the current window. A sort of the new rows only.
+DEFAULT_DRIFT_REFERENCE_ROWS = 1000
+SCORE_BINS = 10
+_DRIFT_NEW = f"""
+WITH new AS (
+    SELECT q.experiment, q.arm, q.label, q.scores[2] AS s,
+           row_number() OVER (PARTITION BY q.experiment, q.arm ORDER BY q.seq) AS k
+    FROM predictions q
+    WHERE q.seq > $1 AND q.seq <= $2 AND NOT q.shadow AND q.status = 0
+          AND {_NOT_DUPLICATE.format("q")}
+), w AS (
+    SELECT new.*, coalesce(d.reference_size, $3) AS size,
+           CASE WHEN new.k + coalesce(d.reference_rows, 0) <= coalesce(d.reference_size, $3)
+                THEN 'reference' ELSE 'current' END AS win
+    FROM new LEFT JOIN drift_windows d USING (experiment, arm)
+), windows AS (
+    INSERT INTO drift_windows AS d (experiment, arm, reference_size, reference_rows)
+    SELECT experiment, arm, min(size), count(*) FILTER (WHERE win = 'reference')
+    FROM w GROUP BY 1, 2
+    ON CONFLICT (experiment, arm) DO UPDATE SET
+        reference_rows = d.reference_rows + EXCLUDED.reference_rows
+), scores AS (
+    INSERT INTO drift_bins AS b (experiment, arm, "window", kind, bin, n)
+    SELECT experiment, arm, win, 'score', least(floor(s * {SCORE_BINS}), {SCORE_BINS - 1})::bigint,
+           count(*)
+    FROM w WHERE s >= 0 AND s <= 1 GROUP BY 1, 2, 3, 5
+    ON CONFLICT (experiment, arm, "window", kind, bin) DO UPDATE SET n = b.n + EXCLUDED.n
+)
+INSERT INTO drift_bins AS b (experiment, arm, "window", kind, bin, n)
+SELECT experiment, arm, win, 'class', label, count(*) FROM w GROUP BY 1, 2, 3, 5
+ON CONFLICT (experiment, arm, "window", kind, bin) DO UPDATE SET n = b.n + EXCLUDED.n
+"""
+
+
 @dataclass(frozen=True)
 class TickResult:
     predictions: int  # rows read this tick
@@ -322,21 +358,29 @@ class TickResult:
 
 
 async def aggregate(
-    conn: asyncpg.Connection, *, settle: float = 2.0, now: float | None = None
+    conn: asyncpg.Connection,
+    *,
+    settle: float = 2.0,
+    now: float | None = None,
+    drift_reference_rows: int = DEFAULT_DRIFT_REFERENCE_ROWS,
 ) -> TickResult:
-    """Fold the rows ingested since the last tick into the aggregates; one transaction."""
+    """Fold the rows ingested since the last tick into the aggregates; one transaction.
+    ``drift_reference_rows``: the reference window's size of an arm whose first row this
+    tick reads (an arm keeps the size its reference started with)."""
+    if drift_reference_rows < 1:
+        raise ValueError(f"drift_reference_rows must be >= 1, got {drift_reference_rows!r}")
     started = time.perf_counter()
     # One aggregator at a time, across processes: a session lock taken before the snapshot
     # (a lock inside a repeatable-read transaction would wait with a stale snapshot).
     await conn.execute("SELECT pg_advisory_lock($1)", AGGREGATE_LOCK)
     try:
-        return await _aggregate(conn, settle, now, started)
+        return await _aggregate(conn, settle, now, started, drift_reference_rows)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", AGGREGATE_LOCK)
 
 
 async def _aggregate(
-    conn: asyncpg.Connection, settle: float, now: float | None, started: float
+    conn: asyncpg.Connection, settle: float, now: float | None, started: float, drift_rows: int
 ) -> TickResult:
     cutoff = time.time() - settle if now is None else now - settle
     async with conn.transaction(isolation="repeatable_read"):
@@ -358,6 +402,8 @@ async def _aggregate(
             status = await conn.execute(_PREDICTIONS_NEW, wp, up, wo)
             n_pred = _count(status)
             await conn.execute(_SHADOW_PAIRS_NEW, wp, up, wo)
+            # After _PREDICTIONS_NEW: this batch's duplicates are in duplicate_rows.
+            await conn.execute(_DRIFT_NEW, wp, up, drift_rows)
         if uo > wo:
             status = await conn.execute(_OUTCOMES_NEW, wo, uo, up)
             n_out = _count(status)
@@ -405,10 +451,12 @@ async def analyze_stale(
 
 
 async def reset(conn: asyncpg.Connection) -> None:
-    """Forget every aggregate (the next tick recomputes from the first row: a full pass)."""
+    """Forget every aggregate (the next tick recomputes from the first row: a full pass).
+    ``drift_alerts`` stays: it records what the audit table already holds."""
     async with conn.transaction():
         await conn.execute(
-            "TRUNCATE arm_stats, arm_latency, shadow_stats, ignored_rows, duplicate_rows"
+            "TRUNCATE arm_stats, arm_latency, shadow_stats, ignored_rows, duplicate_rows, "
+            "drift_windows, drift_bins"
         )
         await conn.execute("UPDATE evaluation_watermark SET prediction_seq = 0, outcome_seq = 0")
 
@@ -517,6 +565,40 @@ async def ignored_totals(
         experiment,
     )
     return {(r["experiment"], r["reason"]): int(r["n"]) for r in rows}
+
+
+@dataclass
+class DriftBins:
+    """One arm's drift bins: bin -> rows, per kind ('score', 'class'), per window."""
+
+    reference_size: int
+    reference_rows: int
+    reference: dict[str, dict[int, int]] = field(default_factory=dict)
+    current: dict[str, dict[int, int]] = field(default_factory=dict)
+
+
+async def drift_totals(
+    conn: asyncpg.Connection | asyncpg.Pool, experiment: str | None = None
+) -> dict[tuple[str, str], DriftBins]:
+    """(experiment, arm) -> its drift windows (migration 0009), for one experiment or all."""
+    out: dict[tuple[str, str], DriftBins] = {}
+    for r in await conn.fetch(
+        "SELECT * FROM drift_windows WHERE $1::text IS NULL OR experiment = $1", experiment
+    ):
+        out[(r["experiment"], r["arm"])] = DriftBins(
+            int(r["reference_size"]), int(r["reference_rows"])
+        )
+    for r in await conn.fetch(
+        'SELECT experiment, arm, "window", kind, bin, n FROM drift_bins'
+        " WHERE $1::text IS NULL OR experiment = $1",
+        experiment,
+    ):
+        bins = out.get((r["experiment"], r["arm"]))
+        if bins is None:
+            continue
+        side = bins.reference if r["window"] == "reference" else bins.current
+        side.setdefault(r["kind"], {})[int(r["bin"])] = int(r["n"])
+    return out
 
 
 async def shadow_totals(

@@ -211,6 +211,17 @@ def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
                 f"shadow (McNemar p={s['mcnemar']['p_value']:.3g})"
             )
         print(line)
+    drift = json.loads(view.details_json or "{}").get("drift", {})
+    for arm, d in sorted(drift.items()):
+        if not d.get("measures"):
+            print(f"  drift {arm}: reference {d['reference_rows']}/{d['reference_size']} rows")
+            continue
+        for kind, m in sorted(d["measures"].items()):
+            print(
+                f"  drift {arm} {kind}: PSI {m['psi']:.3f} ({m['level']}), sequential "
+                f"p={m['p_value']:.3g}{' REJECTED' if m['rejected'] else ''}; "
+                f"{m['current_rows']} current vs {m['reference_rows']} reference rows"
+            )
     v = view.verdict
     if v.recommendation:
         ci = ", ".join(f"{x:.4g}" for x in v.ci)

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from evaluator.aggregate import TickResult
+    from evaluator.drift import DriftMeasure
     from evaluator.service import Publisher
     from evaluator.store import VersionRow
 
@@ -40,6 +41,8 @@ class EvaluatorView(Protocol):
     def decision_counts(self) -> Mapping[str, int]: ...
     @property
     def leader(self) -> bool: ...
+    @property
+    def drift(self) -> Mapping[tuple[str, str], Mapping[str, DriftMeasure]]: ...
 
 
 class EvaluatorCollector(Collector):
@@ -169,3 +172,22 @@ class EvaluatorCollector(Collector):
             agreements.add_metric([exp, shadow], sums["agree"])
         yield pairs
         yield agreements
+        drift_psi = GaugeMetricFamily(
+            "abgate_drift_psi",
+            "Population stability index of the arm's current rows against its reference window,"
+            " per kind (score: 10 bins of the positive-class score; class: predicted labels);"
+            " 0.1 warn, 0.25 act",
+            labels=["experiment", "arm", "kind"],
+        )
+        drift_p = GaugeMetricFamily(
+            "abgate_drift_p_value",
+            "Anytime-valid p-value of 'current rows fall into the bins with the reference's"
+            " shares' (evaluator.stats.sequential_drift), valid at every look",
+            labels=["experiment", "arm", "kind"],
+        )
+        for (exp, arm), measures in sorted(srv.drift.items()):
+            for kind, m in sorted(measures.items()):
+                drift_psi.add_metric([exp, arm, kind], m.psi)
+                drift_p.add_metric([exp, arm, kind], m.p_value)
+        yield drift_psi
+        yield drift_p

@@ -14,7 +14,7 @@ import logging
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import asyncpg
@@ -31,14 +31,17 @@ from abgate.surface import Surface
 from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
 from evaluator.aggregate import (
+    DriftBins,
     TickResult,
     aggregate,
     all_shadow_totals,
     analyze_stale,
     arm_data,
+    drift_totals,
     ignored_totals,
     shadow_totals,
 )
+from evaluator.drift import LEVELS, DriftMeasure, as_json, level_of, measure
 from evaluator.experiments import (
     ARCHIVED,
     ExperimentState,
@@ -121,6 +124,8 @@ class EvaluatorServer:
         # (experiment, reason) -> rows the aggregation left out (ignored_rows), as of the last tick
         self.ignored: dict[tuple[str, str], int] = {}
         self.decision_counts: dict[str, int] = {}
+        # (experiment, arm) -> kind -> drift measures as of the last tick (evaluator.drift)
+        self.drift: dict[tuple[str, str], dict[str, DriftMeasure]] = {}
         self.metrics_httpd: Any = None
         self.metrics_port = 0
         # Leadership: only the evaluator holding LEADER_LOCK on its own connection aggregates
@@ -287,17 +292,27 @@ class EvaluatorServer:
             analyzed = await analyze_stale(conn)
             if analyzed:
                 log.debug("analyzed %s before the tick", analyzed)
-            result = await aggregate(conn, settle=self.settings.settle)
+            result = await aggregate(
+                conn,
+                settle=self.settings.settle,
+                drift_reference_rows=self.settings.drift_reference_rows,
+            )
             self.shadow_sums = await all_shadow_totals(conn)
             self.ignored = await ignored_totals(conn)
+            drift_bins = await drift_totals(conn)
         self.last_tick = result
         self.rows_aggregated["predictions"] += result.predictions
         self.rows_aggregated["outcomes"] += result.outcomes
         now = time.time() if now is None else now
         decided = []
+        self.drift = {}
         for name, row in sorted(self.latest.items()):
             if row.state.status != "running":
                 continue
+            try:
+                await self._drift(row, drift_bins)
+            except Exception:
+                log.exception("drift of %s failed; retrying next tick", name)
             try:
                 data = await arm_data(self._store().pool, row.state, row.since)
                 decision = decide(row.state, data, now, self._rng)
@@ -313,6 +328,65 @@ class EvaluatorServer:
             decided.append((name, decision))
         self.last_tick_at = time.time()
         return decided
+
+    async def _drift(self, row: VersionRow, bins: Mapping[tuple[str, str], DriftBins]) -> None:
+        """Drift measures of a running experiment's arms, and an audit row (action 'drift')
+        the first time a (arm, kind) reaches a PSI level (warn, act) or its sequential test
+        rejects; what was audited is kept in drift_alerts, so a restart or another leader
+        does not audit it again."""
+        name = row.state.name
+        for arm in row.state.arms:
+            arm_bins = bins.get((name, arm.name))
+            if arm_bins is None:
+                continue
+            measures = measure(arm_bins)
+            if not measures:
+                continue
+            self.drift[(name, arm.name)] = measures
+            async with self._store().pool.acquire() as conn, conn.transaction():
+                seen = {
+                    r["kind"]: (int(r["psi_level"]), bool(r["rejected"]))
+                    for r in await conn.fetch(
+                        "SELECT kind, psi_level, rejected FROM drift_alerts"
+                        " WHERE experiment = $1 AND arm = $2 FOR UPDATE",
+                        name,
+                        arm.name,
+                    )
+                }
+                for kind, m in measures.items():
+                    level, rejected = seen.get(kind, (0, False))
+                    new_level = max(level, level_of(m.psi))
+                    if new_level == level and (rejected or not m.rejected):
+                        continue
+                    crossed = []
+                    if new_level > level:
+                        crossed.append(f"PSI {m.psi:.3f} reached {LEVELS[new_level]}")
+                    if m.rejected and not rejected:
+                        crossed.append(f"sequential test rejected (p={m.p_value:.2g})")
+                    recommendation = f"drift of {kind} in arm {arm.name}: " + "; ".join(crossed)
+                    await self._store().record_decision_on(
+                        conn,
+                        name,
+                        {
+                            "action": "drift",
+                            "recommendation": recommendation,
+                            "source": "drift",
+                            "statistics": {"arm": arm.name, **asdict(m)},
+                            "inputs": {"version": row.version},
+                        },
+                        row.version,
+                    )
+                    await conn.execute(
+                        "INSERT INTO drift_alerts AS a (experiment, arm, kind, psi_level, rejected)"
+                        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (experiment, arm, kind) DO UPDATE"
+                        " SET psi_level = EXCLUDED.psi_level, rejected = EXCLUDED.rejected",
+                        name,
+                        arm.name,
+                        kind,
+                        new_level,
+                        rejected or m.rejected,
+                    )
+                    log.warning("experiment %s: %s", name, recommendation)
 
     async def maintain(self) -> None:
         """Hourly: dated partitions for the coming days, and retention when configured."""
@@ -434,6 +508,20 @@ class EvaluatorServer:
     async def view(self, name: str) -> cpb.ExperimentView:
         row = await self._store().get(name)
         view = self._view(row)
+        # Drift, from the stored bins (any evaluator, leader or not): per arm, the reference's
+        # progress and, once complete, the measures per kind.
+        bins = await drift_totals(self._store().pool, name)
+        if bins:
+            details = json.loads(view.details_json)
+            details["drift"] = {
+                arm: {
+                    "reference_rows": b.reference_rows,
+                    "reference_size": b.reference_size,
+                    "measures": as_json(measure(b)),
+                }
+                for (_, arm), b in sorted(bins.items())
+            }
+            view.details_json = json.dumps(details, sort_keys=True)
         if row.state.shadows:
             details = json.loads(view.details_json)
             sums = await shadow_totals(self._store().pool, name)

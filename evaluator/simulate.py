@@ -163,3 +163,61 @@ def rate(outcomes: list[Outcome], *actions: str) -> tuple[float, float, float, i
     k = sum(o.action in actions for o in outcomes)
     lo, hi = clopper_pearson(k, len(outcomes))
     return k / len(outcomes), lo, hi, k
+
+
+# -- drift monitoring ---------------------------------------------------------------------------
+SCORE_BINS = 10  # as evaluator.drift bins scores: 10 equal-width bins of [0, 1]
+
+
+def score_bins(scores: np.ndarray) -> np.ndarray:
+    """Counts of ``scores`` in the drift monitor's bins (``evaluator.drift.score_bin``'s rule:
+    floor(10·s), 1.0 in the last bin)."""
+    b = np.minimum(np.floor(scores * SCORE_BINS).astype(np.int64), SCORE_BINS - 1)
+    return np.bincount(b, minlength=SCORE_BINS)
+
+
+@dataclass(frozen=True)
+class DriftScenario:
+    """One arm's positive-class scores, Beta(a, b), and after ``shift_after`` current rows
+    Beta(a2, b2); looked at every ``rows_per_tick`` rows as the tick looks at the stored bins."""
+
+    a: float = 2.0
+    b: float = 5.0
+    a2: float | None = None  # None: stationary
+    b2: float | None = None
+    shift_after: int = 0
+    reference_rows: int = 1000
+    rows_per_tick: int = 200
+    ticks: int = 500
+    alpha: float = 0.01
+
+
+@dataclass(frozen=True)
+class DriftOutcome:
+    detected_tick: int  # first look the sequential test rejected at (-1: never)
+    delay_rows: int  # current rows after the shift until then (-1: never)
+    final_psi: float
+
+
+def run_drift(s: DriftScenario, rng: np.random.Generator) -> DriftOutcome:
+    """The reference window (the first ``reference_rows`` rows), then ``ticks`` looks at PSI
+    and ``sequential_drift`` of the cumulative current window, as the evaluator does each tick."""
+    from evaluator.stats import psi, sequential_drift
+
+    ref = score_bins(rng.beta(s.a, s.b, s.reference_rows))
+    cur = np.zeros(SCORE_BINS, dtype=np.int64)
+    seen = 0
+    for tick in range(s.ticks):
+        shifted = s.a2 is not None and s.b2 is not None
+        n_before = (
+            max(0, min(s.rows_per_tick, s.shift_after - seen)) if shifted else s.rows_per_tick
+        )
+        n_after = s.rows_per_tick - n_before
+        cur += score_bins(rng.beta(s.a, s.b, n_before))
+        if n_after:
+            cur += score_bins(rng.beta(s.a2, s.b2, n_after))  # type: ignore[arg-type]
+        seen += s.rows_per_tick
+        if sequential_drift(ref.tolist(), cur.tolist(), s.alpha).drift:
+            delay = seen - s.shift_after if shifted and seen > s.shift_after else -1
+            return DriftOutcome(tick, delay, psi(ref.tolist(), cur.tolist()))
+    return DriftOutcome(-1, -1, psi(ref.tolist(), cur.tolist()))

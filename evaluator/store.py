@@ -150,6 +150,12 @@ class EvaluatorStore:
         async with self.pool.acquire() as conn:
             await self._insert_decision(conn, experiment, decision, version, None)
 
+    async def record_decision_on(
+        self, conn: asyncpg.Connection, experiment: str, decision: Mapping[str, Any], version: int
+    ) -> None:
+        """``record_decision`` on the caller's connection (inside its transaction)."""
+        await self._insert_decision(conn, experiment, decision, version, None)
+
     async def last_verdict(self, experiment: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """(verdict, statistics) of the latest policy decision, if any."""
         stats = await self.pool.fetchval(

@@ -33,7 +33,9 @@ from abgate.cli import build_parser
 from abgate.oip.v2 import grpc_predict_v2_pb2
 from abgate.settings import EvaluatorSettings, GatewaySettings, load_settings
 from abgate.v1 import gateway_pb2
+from evaluator.drift import DRIFT_ALPHA
 from evaluator.policy import SRM_ALPHA
+from evaluator.stats import PSI_ACT
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -876,6 +878,11 @@ def test_alert_rules_parse_and_cover_the_guardrails() -> None:
     uses("AbgateExperimentRejected", "abgate_experiment_rejecting_gateways")
     # The alert fires where the evaluator pauses.
     assert f"<= {SRM_ALPHA:g}" in rules["AbgateExperimentSRM"]["expr"]
+    # The drift alerts fire at the act band and at the level the evaluator audits.
+    uses("AbgateDriftPsiHigh", "abgate_drift_psi")
+    uses("AbgateDriftDetected", "abgate_drift_p_value")
+    assert f">= {PSI_ACT:g}" in rules["AbgateDriftPsiHigh"]["expr"]
+    assert f"<= {DRIFT_ALPHA:g}" in rules["AbgateDriftDetected"]["expr"]
     uses(
         "AbgateGatewayConfigStale",
         "abgate_gateway_config_version",
