@@ -119,7 +119,7 @@ class LocalLog:
         except Exception as exc:  # disk full, I/O error: these answers fail, the rows stay queued
             log.error("local log cannot write %d rows: %s", len(rows), exc)
             if fut is not None and not fut.done():
-                fut.set_exception(Unavailable("the local prediction log cannot be written"))
+                fut.set_exception(Unavailable("the local write-ahead log cannot be written"))
                 fut.exception()  # retrieved: a group nobody awaited must not log it again
             return
         paths = self._segments.setdefault(gen, [])

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from abgate.cli_common import EXIT_FAILURE, EXIT_OK, UsageError, error
+from abgate.cli_common import EXIT_FAILURE, EXIT_OK, UsageError, error, resolve_token
 from loadtest.settings import MODES, LoadTestSettings
 
 DEFAULTS = LoadTestSettings()
@@ -68,12 +68,22 @@ def add_loadtest_parser(subparsers: Any) -> None:
     add("--outcome-source", default=DEFAULTS.outcome_source, help=_help("outcome_source"))
     add("--seed", type=int, default=DEFAULTS.seed, help=_help("seed"))
     add("--run-id", default=None, help="tag in request ids lt-RUN-WORKER-SEQ (default random)")
+    add("--client-token", default=None,
+        help=_help("client_token") + "; prefer ABGATE_CLIENT_TOKEN or --client-token-file: a "
+        "command line shows in ps")  # fmt: skip
+    add("--client-token-file", type=Path, default=None,
+        help="file holding that token (env ABGATE_CLIENT_TOKEN_FILE)")  # fmt: skip
     add("--quiet", action="store_true", help="no progress line on stderr")
     add("--json", action="store_true", help="print one JSON document instead of the table")
     add("--plot", type=Path, default=None, help="write a latency plot (PNG)")
     add("--histogram-out", type=Path, default=None,
         help="write the measured latency histogram (HdrHistogram base64 encoding, µs)")  # fmt: skip
     p.set_defaults(func=cmd_loadtest)
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
 
 
 def settings_from_args(args: argparse.Namespace) -> LoadTestSettings:
@@ -129,6 +139,11 @@ def settings_from_args(args: argparse.Namespace) -> LoadTestSettings:
         outcome_source=args.outcome_source,
         seed=args.seed,
         run_id=args.run_id or secrets.token_hex(4),
+        client_token=resolve_token(
+            args.client_token or os.environ.get("ABGATE_CLIENT_TOKEN"),
+            args.client_token_file or _env_path("ABGATE_CLIENT_TOKEN_FILE"),
+            "--client-token",
+        ),
     )
     try:
         settings.check()

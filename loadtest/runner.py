@@ -53,7 +53,11 @@ async def _worker_main(
     rows, labels = load_rows(settings)
     builder = RequestBuilder(settings.protocol, settings.experiment, rows, settings.oip_input_name)
     target = Target(
-        settings.target, builder.path, channels=settings.channels, timeout=settings.timeout
+        settings.target,
+        builder.path,
+        channels=settings.channels,
+        timeout=settings.timeout,
+        token=settings.client_token,
     )
     try:
         try:

@@ -47,6 +47,9 @@ class LoadTestSettings:
     outcome_interval: float = doc("seconds between outcome flushes, at most", 0.1)
     seed: int = doc("seed of arrivals, users, rows and outcome sampling", 0)
     run_id: str = doc("tag in every request id: lt-RUN-WORKER-SEQ", "")
+    client_token: str = doc(
+        "bearer token sent with every call (a gateway run with --client-tokens-file)", ""
+    )
 
     def check(self) -> None:
         """Raise ValueError naming the flag for settings that cannot run."""

@@ -78,7 +78,15 @@ def status_name(exc: BaseException) -> str:
 class Target:
     """One or more grpc.aio channels to HOST:PORT; calls go round-robin over the channels."""
 
-    def __init__(self, address: str, path: str, *, channels: int = 1, timeout: float = 10.0):
+    def __init__(
+        self,
+        address: str,
+        path: str,
+        *,
+        channels: int = 1,
+        timeout: float = 10.0,
+        token: str = "",
+    ):
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -88,6 +96,8 @@ class Target:
         ]
         self.address = address
         self.timeout = timeout
+        # Sent with every call when the gateway wants a client identity (--client-tokens-file).
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._channels = [
             grpc.aio.insecure_channel(address, options=options) for _ in range(channels)
         ]
@@ -115,13 +125,13 @@ class Target:
         """Send one request; raises grpc.aio.AioRpcError on a non-OK status."""
         i = self._next
         self._next = (i + 1) % len(self._calls)
-        await self._calls[i](payload, timeout=self.timeout)
+        await self._calls[i](payload, timeout=self.timeout, metadata=self.metadata)
 
     async def record_outcomes(self, outcomes: Sequence[tuple[str, float]], source: str) -> int:
         request = pb.RecordOutcomeRequest(
             outcomes=[pb.Outcome(request_id=r, value=v, source=source) for r, v in outcomes]
         )
-        response = await self._outcomes(request, timeout=self.timeout)
+        response = await self._outcomes(request, timeout=self.timeout, metadata=self.metadata)
         return int(response.accepted)
 
     async def close(self) -> None:
