@@ -16,7 +16,6 @@ import grpc
 import numpy as np
 import pytest
 
-from abgate.client import GatewayClient
 from abgate.v1 import control_pb2 as cpb
 from tests.conftest import DemoStore, GatewayProcess, free_port
 from tests.evaluator.conftest import (
@@ -25,19 +24,14 @@ from tests.evaluator.conftest import (
     evaluator_settings,
     gateway_args,
 )
+from tests.evaluator.conftest import arms_of as arms_of_users
 
 USERS = [f"user-{i}" for i in range(200)]
 
 
 def arms_of(target: str, X: np.ndarray, experiment: str = "exp") -> tuple[list[str], set[int]]:
     """The arm every test user gets from the gateway at ``target``, and the config versions."""
-    arms, versions = [], set()
-    with GatewayClient(target) as client:
-        for i, user in enumerate(USERS):
-            r = client.predict(experiment, user, X[i % len(X)])
-            arms.append(r["arm"])
-            versions.add(r["config_version"])
-    return arms, versions
+    return arms_of_users(target, X, experiment, USERS)
 
 
 def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
