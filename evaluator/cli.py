@@ -190,6 +190,10 @@ def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
         f"{d.name}: {view.status}, kind {cpb.ExperimentKind.Name(d.kind).lower()}, "
         f"version {view.version} (snapshot {view.snapshot_version}), {weights}"
     )
+    details = json.loads(view.details_json or "{}")
+    if details.get("round", 1) > 1:
+        arms = " vs ".join(f"{a.name} ({a.model[:12]})" for a in d.arms)
+        print(f"  round {details['round']}: {arms}")
     if d.feature_sample_rate:
         print(f"  feature capture: {d.feature_sample_rate:.4g} of served predictions")
     for r in view.rejections:
@@ -275,6 +279,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         "archive": "Archive",
         "unarchive": "Unarchive",
         "update": "UpdateExperiment",
+        "approve": "Approve",
         "gateways": "Gateways",
     }[action]
     client = AdminClient(args.evaluator, token, ca=args.ca, timeout=args.timeout)
@@ -454,6 +459,7 @@ def add_evaluator_parsers(subparsers: Any) -> None:
         ("archive", "take out of every snapshot, keep for audit (from any status)"),
         ("unarchive", "back into the snapshot with its old buckets (a running one: paused)"),
         ("update", "change a running experiment in place (--feature-sample-rate)"),
+        ("approve", "start a next round left awaiting approval (abgate trainer --approve manual)"),
     ):
         q = sub.add_parser(name, help=text)
         common(q)
