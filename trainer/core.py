@@ -41,7 +41,7 @@ from converters.sklearn_onnx import (
     convert_checked,
     register_converted,
 )
-from gateway.modelstore import ModelMetadata, ModelStore, ModelStoreError
+from gateway.modelstore import ModelMetadata, ModelStore, ModelStoreError, sha256_hex
 from gateway.variants import SessionOptions
 
 log = logging.getLogger(__name__)
@@ -532,6 +532,7 @@ async def retrain(
             "registered",
             base,
         )
+    known = store.contains(sha256_hex(converted.onnx_bytes))  # the same bytes trained before
     meta = register_converted(
         model, converted, X_hold, store, id=champ.id, y_holdout=y_hold, parent=champ.sha256,
         training={"window": window, "rows": len(y_train), "holdout_rows": len(y_hold),
@@ -539,8 +540,11 @@ async def retrain(
                   "data": "prediction_features+outcomes"},
     )  # fmt: skip
     base["model"] = {"sha256": meta.sha256, "ref": f"{meta.id}:{meta.version}"}
+    if known:
+        base["model"]["already_registered"] = True
     reason = (
-        f"registered {meta.id}:{meta.version} ({meta.sha256[:12]}), parent {champ.sha256[:12]}: "
+        f"{'already registered' if known else 'registered'} {meta.id}:{meta.version} "
+        f"({meta.sha256[:12]}), parent {champ.sha256[:12]}: "
         f"accuracy {new_metrics['accuracy']:.4f} vs champion {champ_metrics['accuracy']:.4f} "
         f"on {len(y_hold)} holdout rows, trained on {len(y_train)}"
     )

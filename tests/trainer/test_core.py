@@ -175,6 +175,17 @@ def test_a_retrain_registers_a_child_of_the_champion_and_starts_round_2(setup: S
     # Nothing more to do.
     assert _process(s, CONFIG) is None
 
+    # Again while round 2 runs: the champion (still "treatment") trains to the same bytes on
+    # the same rows; no second model, and no round can start while one runs.
+    _retrain(s)
+    _, outcome = _process(s, CONFIG)
+    assert outcome.state == "registered"
+    assert outcome.result["model"] == {**result["model"], "already_registered": True}
+    assert outcome.result["round"]["error"].startswith("FAILED_PRECONDITION: experiment 'exp' "
+                                                       "is running (round 2)")  # fmt: skip
+    assert "next round not started" in outcome.reason
+    assert {m.sha256 for m in ModelStore(s.store).list()} - before == new
+
 
 def test_too_few_labelled_rows_is_rejected_naming_the_counts(setup: Setup) -> None:
     s = setup
