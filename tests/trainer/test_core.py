@@ -300,3 +300,36 @@ def test_two_trainers_at_once_take_different_requests(
     assert [o.state for o in outcomes] == ["registered", "registered"]
     for rid in claimed:
         assert _request(s.url, rid)["attempts"] == 1
+
+
+def _champion_experiment(s: Setup, name: str, champion_sha: str) -> None:
+    promoted(s.ev, name, s.control, champion_sha)
+    ids, X, y = window_rows(prefix=name)
+    insert_rows(s.url, name, ids, X, y)
+
+
+def test_a_champion_whose_recipe_cannot_be_rebuilt_is_refused(setup: Setup, tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from converters.sklearn_onnx import convert_and_register
+    from tests.evaluator.onnx_models import constant_model, register
+    from tests.trainer.conftest import N_FEATURES, concept_rows
+
+    s = setup
+    X, y = concept_rows(200, shifted=False, seed=5)
+    weighted = LogisticRegression(class_weight={0: 1.0, 1: 2.0}).fit(X, y)
+    meta = convert_and_register(weighted, X, ModelStore(s.store), id="weighted")
+    assert meta.recipe["estimator"]["params"]["class_weight"] == "{0: 1.0, 1: 2.0}"  # a repr
+    _champion_experiment(s, "weighted", meta.sha256)
+    onnx_only = register(s.store, tmp_path, "onnx-only", constant_model(N_FEATURES))
+    _champion_experiment(s, "onnx-only", onnx_only)
+    before = ModelStore(s.store).list()
+    for name, message in (
+        ("weighted", "estimator: parameter class_weight='{0: 1.0, 1: 2.0}' was kept only as its "
+                     "repr; it cannot be rebuilt"),
+        ("onnx-only", "has no recipe (registered as ONNX): nothing to retrain from"),
+    ):  # fmt: skip
+        _retrain(s, name)
+        _, outcome = _process(s, CONFIG)
+        assert outcome.state == "rejected" and message in outcome.reason, outcome.reason
+    assert ModelStore(s.store).list() == before

@@ -278,3 +278,21 @@ def test_manual_approval(cycle: Cycle) -> None:
     assert "exp: running" in r.stdout and "treatment=50%, r2=50%" in r.stdout
     r = c.cli("experiments", "approve", "exp")
     assert r.returncode == 1 and "FAILED_PRECONDITION" in r.stderr
+
+
+def test_sigterm_mid_training_leaves_the_request_pending(cycle: Cycle, tmp_path: Path) -> None:
+    c = cycle
+    c.experiment("exp")
+    ids, X, y = window_rows()
+    insert_rows(c.url, "exp", ids, X, y)
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    trainer = c.trainer("t1", hold=hold)
+    request_id = _request_id(c.cli("retrain", "--experiment", "exp").stdout)
+    wait_for(lambda: list(hold.glob(f"claimed-{request_id}-*")), what="the claim")
+    trainer.send_signal(signal.SIGTERM)
+    assert trainer.wait(30) == 0
+    row = c.request(request_id)
+    assert (row["state"], row["attempts"]) == ("pending", 1)
+    c.trainer("t2")
+    assert c.answered(request_id)["state"] == "registered"
