@@ -255,6 +255,11 @@ def cmd_experiments(args: argparse.Namespace) -> int:
             request = cpb.ListExperimentsRequest(include_archived=args.all)
         elif action == "gateways":
             request = cpb.GatewaysRequest()
+        elif action == "start-round":
+            request = cpb.StartRoundRequest(
+                experiment=args.name, model=args.model, require_approval=args.require_approval,
+                reason=args.reason, actor=args.by or "",
+            )  # fmt: skip
         elif action == "update":
             request = cpb.ExperimentRequest(name=args.name, reason=args.reason, actor=args.by or "")
             if args.feature_sample_rate is not None:
@@ -280,6 +285,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         "unarchive": "Unarchive",
         "update": "UpdateExperiment",
         "approve": "Approve",
+        "start-round": "StartRound",
         "gateways": "Gateways",
     }[action]
     client = AdminClient(args.evaluator, token, ca=args.ca, timeout=args.timeout)
@@ -460,6 +466,7 @@ def add_evaluator_parsers(subparsers: Any) -> None:
         ("unarchive", "back into the snapshot with its old buckets (a running one: paused)"),
         ("update", "change a running experiment in place (--feature-sample-rate)"),
         ("approve", "start a next round left awaiting approval (abgate trainer --approve manual)"),
+        ("start-round", "the next round by hand: the champion against --model (the trainer's RPC)"),
     ):
         q = sub.add_parser(name, help=text)
         common(q)
@@ -473,6 +480,11 @@ def add_evaluator_parsers(subparsers: Any) -> None:
             )
         if name == "promote":
             q.add_argument("--arm", default="", help="arm to promote")
+        if name == "start-round":
+            q.add_argument("--model", required=True, help="challenger: sha256, id or id:version")
+            q.add_argument(
+                "--require-approval", action="store_true", help="leave it awaiting approval"
+            )
         if name == "show":
             q.add_argument("--full", action="store_true", help="with --json: everything")
         if name == "update":

@@ -178,3 +178,23 @@ def test_request_retrain(ev: InProcessEvaluator) -> None:
         ev.settings.database_url, "SELECT inputs FROM decisions WHERE action = 'retrain_requested'"
     )
     assert len(audits) == 1 and json.loads(audits[0]["inputs"])["request"] == first.id
+
+
+def test_start_round_and_approve_from_the_command_line(
+    ev: InProcessEvaluator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from abgate.cli import main
+
+    champ, control = ev.shas  # type: ignore[attr-defined]
+    promoted(ev, "exp", control, champ)
+    common = ["--evaluator", ev.target, "--token", ev.settings.token]
+    assert main(["experiments", "start-round", "exp", "--model", "no-such", *common]) == 1
+    assert "NOT_FOUND: model: no model 'no-such' in the store" in capsys.readouterr().err
+    assert main(["experiments", "start-round", "exp", "--model", "churn-stump",
+                 "--require-approval", *common]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "exp: awaiting_approval" in out and "round 2: treatment" in out
+    assert main(["experiments", "start-round", "exp", "--model", "churn-stump", *common]) == 1
+    assert "FAILED_PRECONDITION" in capsys.readouterr().err
+    assert main(["experiments", "approve", "exp", *common]) == 0
+    assert "treatment=50%, r2=50%" in capsys.readouterr().out
