@@ -30,6 +30,7 @@ from converters.cli import add_models_parser
 from evaluator.cli import add_evaluator_parsers
 from gateway.cli import add_gateway_parsers
 from loadtest.cli import add_loadtest_parser
+from trainer.cli import add_trainer_parsers
 
 
 # -- demo -----------------------------------------------------------------------------------
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_parser(sub)
     add_evaluator_parsers(sub)
     add_loadtest_parser(sub)
+    add_trainer_parsers(sub)
     add_db_parser(sub)
 
     p = sub.add_parser("demo", help="train demo models, start a gateway, route some users")

@@ -190,3 +190,39 @@ class EvaluatorSettings:
     tls_client_ca: Path | None = doc("PEM CA bundle: require client certificates (mTLS)", None)
     metrics_listen: str = doc("host:port for Prometheus /metrics (empty = off)", "")
     seed: int = doc("random seed of the bandit policy (0 = from the OS)", 0)
+    round_cooldown: float = doc(
+        "seconds after a round ends (promote, keep, rollback) before StartRound may begin the "
+        "next one",
+        3600.0,
+    )
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """The trainer process (``abgate trainer``): claims retrain requests, trains, registers,
+    asks the evaluator for the next round; see README "Retraining"."""
+
+    database_url: str = doc("PostgreSQL URL (the evaluator's database); required", "")
+    model_store: Path = doc(
+        "content-addressed model store (the gateways' and the evaluator's one)", Path("var/models")
+    )
+    evaluator: str = doc("host:port of the evaluator's admin API (StartRound)", "127.0.0.1:50061")
+    token: str = doc(
+        "the evaluator's bearer token; prefer ABGATE_TOKEN or --token-file: a command line "
+        "shows in ps",
+        "",
+    )
+    token_file: Path | None = doc("file holding the token (instead of --token)", None)
+    evaluator_ca: Path | None = doc("PEM CA of the evaluator's TLS certificate (TLS on)", None)
+    poll_interval: float = doc(
+        "seconds between looks at the queue (a NOTIFY on abgate_retrain wakes it sooner)", 5.0
+    )
+    window_days: float = doc("training data: features and outcomes of the last N days", 7.0)
+    min_rows: int = doc("fewest labelled rows to train on (else the request is rejected)", 200)
+    holdout_share: float = doc("share of rows held out (by a hash of the request id), 0..1", 0.2)
+    max_regression: float = doc(
+        "largest accuracy drop below the champion's on the holdout that still registers", 0.01
+    )
+    max_attempts: int = doc("claims of one request before it is given up as failed", 3)
+    approve: str = doc("auto: start the next round; manual: leave it awaiting approval", "auto")
+    trainer_id: str = doc("identity of this trainer in the queue and the audit table", "")

@@ -147,6 +147,72 @@ def check_parity(
     return ParityReport(diff, len(X), equal, atol)
 
 
+@dataclass(frozen=True)
+class Converted:
+    """A converted model whose parity held, not yet registered (``convert_checked``)."""
+
+    onnx_bytes: bytes
+    fields: dict[str, Any]
+    parity: ParityReport
+
+
+def convert_checked(
+    model: Any,
+    X_holdout: np.ndarray,
+    *,
+    feature_names: Sequence[str] | None = None,
+    atol: float = DEFAULT_ATOL,
+    session_options: SessionOptions | None = None,
+) -> Converted:
+    """Convert and check parity on ``X_holdout``; raises ParityError on a mismatch. Nothing is
+    stored: a caller that still has to decide (the trainer's no-worse check) registers the
+    result with ``register_converted``."""
+    onnx_bytes, fields = convert(model, X_holdout, feature_names=feature_names)
+    check_self_contained(onnx_bytes)  # ExternalData: what the gateway would refuse to load
+    report = check_parity(model, onnx_bytes, X_holdout, atol=atol, session_options=session_options)
+    if not report.ok:
+        raise ParityError(
+            f"ONNX output differs from the source model: max |Δprob| = {report.max_abs_diff:.3g} "
+            f"(limit {atol:g}), labels equal: {report.labels_equal}, on {report.rows} rows; "
+            "not registered"
+        )
+    return Converted(onnx_bytes, fields, report)
+
+
+def register_converted(
+    model: Any,
+    converted: Converted,
+    X_holdout: np.ndarray,
+    store: ModelStore,
+    *,
+    id: str,
+    version: str | None = None,
+    y_holdout: np.ndarray | None = None,
+    training: Mapping[str, Any] | None = None,
+    parent: str | None = None,
+) -> ModelMetadata:
+    """Register what ``convert_checked`` made, with the model's recipe."""
+    holdout = (
+        holdout_metrics(y_holdout, model.predict(X_holdout)) if y_holdout is not None else None
+    )
+    meta = ModelMetadata(
+        sha256="",
+        id=id,
+        version=version or "",
+        parity_max_abs_diff=converted.parity.max_abs_diff,
+        parity_rows=converted.parity.rows,
+        recipe=recipe_of(
+            model,
+            feature_names=converted.fields["feature_names"],
+            training=training,
+            holdout=holdout,
+            parent=parent,
+        ),
+        **converted.fields,
+    )
+    return store.put(converted.onnx_bytes, meta)
+
+
 def convert_and_register(
     model: Any,
     X_holdout: np.ndarray,
@@ -165,31 +231,10 @@ def convert_and_register(
     ``training`` as the caller knows it, holdout metrics when ``y_holdout`` labels
     ``X_holdout``, the ``parent`` it was retrained from); raises ParityError (nothing stored)
     on a mismatch."""
-    onnx_bytes, fields = convert(model, X_holdout, feature_names=feature_names)
-    check_self_contained(onnx_bytes)  # ExternalData: what the gateway would refuse to load
-    report = check_parity(model, onnx_bytes, X_holdout, atol=atol, session_options=session_options)
-    if not report.ok:
-        raise ParityError(
-            f"ONNX output differs from the source model: max |Δprob| = {report.max_abs_diff:.3g} "
-            f"(limit {atol:g}), labels equal: {report.labels_equal}, on {report.rows} rows; "
-            "not registered"
-        )
-    holdout = (
-        holdout_metrics(y_holdout, model.predict(X_holdout)) if y_holdout is not None else None
+    converted = convert_checked(
+        model, X_holdout, feature_names=feature_names, atol=atol, session_options=session_options
     )
-    meta = ModelMetadata(
-        sha256="",
-        id=id,
-        version=version or "",
-        parity_max_abs_diff=report.max_abs_diff,
-        parity_rows=report.rows,
-        recipe=recipe_of(
-            model,
-            feature_names=fields["feature_names"],
-            training=training,
-            holdout=holdout,
-            parent=parent,
-        ),
-        **fields,
-    )
-    return store.put(onnx_bytes, meta)
+    return register_converted(
+        model, converted, X_holdout, store, id=id, version=version, y_holdout=y_holdout,
+        training=training, parent=parent,
+    )  # fmt: skip

@@ -190,6 +190,10 @@ def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
         f"{d.name}: {view.status}, kind {cpb.ExperimentKind.Name(d.kind).lower()}, "
         f"version {view.version} (snapshot {view.snapshot_version}), {weights}"
     )
+    details = json.loads(view.details_json or "{}")
+    if details.get("round", 1) > 1:
+        arms = " vs ".join(f"{a.name} ({a.model[:12]})" for a in d.arms)
+        print(f"  round {details['round']}: {arms}")
     if d.feature_sample_rate:
         print(f"  feature capture: {d.feature_sample_rate:.4g} of served predictions")
     for r in view.rejections:
@@ -251,6 +255,11 @@ def cmd_experiments(args: argparse.Namespace) -> int:
             request = cpb.ListExperimentsRequest(include_archived=args.all)
         elif action == "gateways":
             request = cpb.GatewaysRequest()
+        elif action == "start-round":
+            request = cpb.StartRoundRequest(
+                experiment=args.name, model=args.model, require_approval=args.require_approval,
+                reason=args.reason, actor=args.by or "",
+            )  # fmt: skip
         elif action == "update":
             request = cpb.ExperimentRequest(name=args.name, reason=args.reason, actor=args.by or "")
             if args.feature_sample_rate is not None:
@@ -275,6 +284,8 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         "archive": "Archive",
         "unarchive": "Unarchive",
         "update": "UpdateExperiment",
+        "approve": "Approve",
+        "start-round": "StartRound",
         "gateways": "Gateways",
     }[action]
     client = AdminClient(args.evaluator, token, ca=args.ca, timeout=args.timeout)
@@ -454,6 +465,8 @@ def add_evaluator_parsers(subparsers: Any) -> None:
         ("archive", "take out of every snapshot, keep for audit (from any status)"),
         ("unarchive", "back into the snapshot with its old buckets (a running one: paused)"),
         ("update", "change a running experiment in place (--feature-sample-rate)"),
+        ("approve", "start a next round left awaiting approval (abgate trainer --approve manual)"),
+        ("start-round", "the next round by hand: the champion against --model (the trainer's RPC)"),
     ):
         q = sub.add_parser(name, help=text)
         common(q)
@@ -467,6 +480,11 @@ def add_evaluator_parsers(subparsers: Any) -> None:
             )
         if name == "promote":
             q.add_argument("--arm", default="", help="arm to promote")
+        if name == "start-round":
+            q.add_argument("--model", required=True, help="challenger: sha256, id or id:version")
+            q.add_argument(
+                "--require-approval", action="store_true", help="leave it awaiting approval"
+            )
         if name == "show":
             q.add_argument("--full", action="store_true", help="with --json: everything")
         if name == "update":

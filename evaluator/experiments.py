@@ -21,7 +21,9 @@ from gateway.config import NAME
 
 KINDS = ("ab", "canary", "bandit")
 METRICS = ("accuracy", "outcome", "score")
-STATUSES = ("running", "paused", "promoted", "rolled_back", "stopped", "archived")
+STATUSES = (
+    "running", "paused", "promoted", "rolled_back", "stopped", "awaiting_approval", "archived"
+)  # fmt: skip
 # Out of every snapshot; versions, decisions and logged predictions stay for audit.
 ARCHIVED = "archived"
 # Treatment share of a canary at each stage, percent.
@@ -84,6 +86,10 @@ class ExperimentState:
     archived_from: str = ""
     # Share of served predictions whose request features gateways log, 0..1 (0: off).
     feature_sample_rate: float = 0.0
+    # The round (issue #16): 1 for the experiment as created, + 1 for each StartRound
+    # (evaluator.rounds), and the retrain request the current round comes from (0: none).
+    round: int = 1
+    round_request: int = 0
 
     @property
     def archived(self) -> bool:

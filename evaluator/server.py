@@ -53,6 +53,8 @@ from evaluator.experiments import (
 )
 from evaluator.metrics import EvaluatorCollector
 from evaluator.policy import Decision, decide
+from evaluator.retrain import request_retrain
+from evaluator.rounds import approved, next_round
 from evaluator.service import (
     AdminServicer,
     ConfigStreamServicer,
@@ -581,6 +583,8 @@ class EvaluatorServer:
                     raise InvalidArgument("nothing to update", field="feature_sample_rate")
                 rate = feature_sample_rate(req.feature_sample_rate, "feature_sample_rate")
                 new = replace(state, feature_sample_rate=rate)
+            elif action == "approve":
+                new = approved(state, now=time.time())  # FAILED_PRECONDITION unless awaiting
             elif action == "pause":
                 if state.status != "running":
                     raise FailedPrecondition(f"experiment {req.name!r} is {state.status}")
@@ -609,6 +613,95 @@ class EvaluatorServer:
                 },
             }
             row = await self._write(new, row, req.reason or action, decision)
+        return self._view(row)
+
+    # -- retraining and rounds (issue #16) -----------------------------------------------------
+    async def request_retrain(
+        self, req: cpb.RequestRetrainRequest, caller: dict[str, str] | None = None
+    ) -> cpb.RequestRetrainResponse:
+        """Queue a manual retrain (``evaluator.retrain``) of a known experiment, audit it as
+        ``retrain_requested`` and wake the trainers (NOTIFY abgate_retrain)."""
+        store = self._store()
+        row = await store.get(req.experiment)  # NOT_FOUND for an unknown one
+        who = (caller or {}).get("actor", "")
+        async with store.pool.acquire() as conn, conn.transaction():
+            r = await request_retrain(
+                conn, req.experiment, "manual", req.reason, requested_by=who,
+                details={"version": row.version, **(caller or {})},
+            )  # fmt: skip
+            if r.created:
+                await store.record_decision_on(
+                    conn,
+                    req.experiment,
+                    {
+                        "action": "retrain_requested",
+                        "source": "admin",
+                        "recommendation": req.reason or "manual retrain",
+                        "inputs": {"request": r.id, "source": "manual", **(caller or {})},
+                    },
+                    row.version,
+                )
+                await conn.execute("SELECT pg_notify('abgate_retrain', $1)", str(r.id))
+        return cpb.RequestRetrainResponse(
+            id=r.id, created=r.created, state=r.state, attempts=r.attempts
+        )
+
+    async def start_round(
+        self, req: cpb.StartRoundRequest, caller: dict[str, str] | None = None
+    ) -> cpb.ExperimentView:
+        """The next round of an ended experiment (``evaluator.rounds.next_round``), after the
+        cooldown; the same retrain request asking again gets the round it started."""
+        if not req.model:
+            raise InvalidArgument("must name the challenger's model", field="model")
+        if req.retrain_request < 0:
+            raise InvalidArgument("must not be negative", field="retrain_request")
+        try:
+            sha = await asyncio.to_thread(self._resolve_model, req.model)
+        except (NotFound, InvalidArgument) as exc:
+            raise type(exc)(exc.message, field="model") from None
+        async with self._lock:
+            row = await self._store().get(req.experiment)
+            state = row.state
+            if req.retrain_request and state.round_request == req.retrain_request:
+                return self._view(row)  # started by this request already (a retried trainer)
+            if state.archived:
+                raise FailedPrecondition(f"experiment {req.experiment!r} is archived")
+            now = time.time()
+            cooldown = self.settings.round_cooldown
+            if cooldown > 0 and state.status in ("promoted", "stopped", "rolled_back"):
+                ended = await self._store().status_since(req.experiment)
+                waited = now - ended
+                if waited < cooldown:
+                    raise FailedPrecondition(
+                        f"experiment {req.experiment!r}: round {state.round} ended "
+                        f"{waited:.0f} s ago; the next may start after the {cooldown:g} s "
+                        f"cooldown (--round-cooldown), in {cooldown - waited:.0f} s"
+                    )
+            new = next_round(
+                state, sha, now=now, retrain_request=int(req.retrain_request),
+                require_approval=req.require_approval,
+            )  # fmt: skip
+            champ, challenger = new.arms
+            decision = {
+                "action": "round_started",
+                "source": "round",
+                "recommendation": req.reason
+                or f"round {new.round}: {challenger.name} ({sha[:12]}) challenges {champ.name}",
+                "inputs": {
+                    "round": new.round,
+                    "champion": {"arm": champ.name, "model": champ.model},
+                    "challenger": {"arm": challenger.name, "model": sha},
+                    "retrain_request": int(req.retrain_request),
+                    "weights": new.weights,
+                    "status_before": state.status,
+                    "status": new.status,
+                    **(caller or {}),
+                },
+            }
+            row = await self._write(new, row, f"round {new.round}", decision)
+            # The previous round's verdict is not this round's.
+            self.verdicts.pop(req.experiment, None)
+            self._audited.pop(req.experiment, None)
         return self._view(row)
 
     def _winner(self, name: str) -> str:
@@ -644,6 +737,8 @@ class EvaluatorServer:
             details_json=json.dumps(
                 {
                     "canary_stage": s.canary_stage,
+                    "round": s.round,
+                    **({"round_request": s.round_request} if s.round_request else {}),
                     "since_version": row.since,
                     "allocation": dict(s.allocation),
                     "statistics": statistics,

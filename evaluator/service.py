@@ -313,6 +313,12 @@ class AdminCore(Protocol):
         self, action: str, req: cpb.ExperimentRequest, caller: dict[str, str] | None = None
     ) -> cpb.ExperimentView: ...
     def gateways(self) -> cpb.GatewaysResponse: ...
+    async def request_retrain(
+        self, req: cpb.RequestRetrainRequest, caller: dict[str, str] | None = None
+    ) -> cpb.RequestRetrainResponse: ...
+    async def start_round(
+        self, req: cpb.StartRoundRequest, caller: dict[str, str] | None = None
+    ) -> cpb.ExperimentView: ...
 
 
 async def _call(context: grpc.aio.ServicerContext, coro: Awaitable[Any]) -> Any:
@@ -402,8 +408,33 @@ class AdminServicer(cpb_grpc.EvaluatorAdminServicer):
     ) -> cpb.GatewaysResponse:
         return self.core.gateways()
 
+    async def RequestRetrain(
+        self, request: cpb.RequestRetrainRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.RequestRetrainResponse:
+        async def run() -> cpb.RequestRetrainResponse:
+            _experiment(request.experiment)
+            no_nul(request)
+            return await self.core.request_retrain(request, caller(request, context))
 
-def caller(request: cpb.ExperimentRequest, context: grpc.aio.ServicerContext) -> dict[str, str]:
+        return await _call(context, run())
+
+    async def StartRound(
+        self, request: cpb.StartRoundRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ExperimentView:
+        async def run() -> cpb.ExperimentView:
+            _experiment(request.experiment)
+            no_nul(request)
+            return await self.core.start_round(request, caller(request, context))
+
+        return await _call(context, run())
+
+    async def Approve(
+        self, request: cpb.ExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ExperimentView:
+        return await self._operate("approve", request, context)
+
+
+def caller(request: Any, context: grpc.aio.ServicerContext) -> dict[str, str]:
     """Who asks, for the audit row: the name the client states (``actor``, not authenticated:
     every token holder may write any), its address, and its verified client certificate's
     subject when the listener requires mTLS."""
@@ -414,6 +445,15 @@ def caller(request: cpb.ExperimentRequest, context: grpc.aio.ServicerContext) ->
     if subject:
         out["identity"] = b",".join(subject).decode(errors="replace")
     return out
+
+
+def _experiment(name: str) -> str:
+    """An experiment name given in a request field ``experiment``."""
+    if not name:
+        raise InvalidArgument("must name an experiment", field="experiment")
+    if not NAME.fullmatch(name):
+        raise NotFound(f"unknown experiment {shown(name)}", field="experiment")
+    return name
 
 
 def _name(request: cpb.ExperimentRequest) -> str:

@@ -78,6 +78,24 @@ class EvaluatorStore:
             raise NotFound(f"unknown experiment {shown(name)}", field="name")
         return VersionRow(ExperimentState.from_json(r["config"]), r["version"], r["seq"])
 
+    async def status_since(self, name: str) -> float:
+        """When (epoch seconds) the experiment entered its current status: the first version of
+        the latest run of versions in that status (the end of a round, for the cooldown)."""
+        value = await self.pool.fetchval(
+            """WITH latest AS (
+                   SELECT version, config->>'status' AS status FROM experiment_versions
+                   WHERE experiment = $1 ORDER BY version DESC LIMIT 1)
+               SELECT extract(epoch FROM min(v.created_at))::float8
+               FROM experiment_versions v, latest
+               WHERE v.experiment = $1 AND v.version > coalesce(
+                   (SELECT max(o.version) FROM experiment_versions o
+                    WHERE o.experiment = $1 AND o.config->>'status' <> latest.status), 0)""",
+            name,
+        )
+        if value is None:
+            raise NotFound(f"unknown experiment {shown(name)}", field="name")
+        return float(value)
+
     async def snapshot_version(self) -> int:
         return int(
             await self.pool.fetchval("SELECT coalesce(max(seq), 0) FROM experiment_versions")

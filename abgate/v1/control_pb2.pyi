@@ -268,3 +268,41 @@ class GatewaysResponse(_message.Message):
     snapshot_version: int
     gateways: _containers.RepeatedCompositeFieldContainer[GatewayState]
     def __init__(self, snapshot_version: _Optional[int] = ..., gateways: _Optional[_Iterable[_Union[GatewayState, _Mapping]]] = ...) -> None: ...
+
+class RequestRetrainRequest(_message.Message):
+    __slots__ = ("experiment", "reason", "actor")
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    reason: str
+    actor: str
+    def __init__(self, experiment: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class RequestRetrainResponse(_message.Message):
+    __slots__ = ("id", "created", "state", "attempts")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    created: bool
+    state: str
+    attempts: int
+    def __init__(self, id: _Optional[int] = ..., created: _Optional[bool] = ..., state: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
+
+class StartRoundRequest(_message.Message):
+    __slots__ = ("experiment", "model", "retrain_request", "require_approval", "reason", "actor")
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RETRAIN_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    model: str
+    retrain_request: int
+    require_approval: bool
+    reason: str
+    actor: str
+    def __init__(self, experiment: _Optional[str] = ..., model: _Optional[str] = ..., retrain_request: _Optional[int] = ..., require_approval: _Optional[bool] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...

@@ -161,6 +161,21 @@ class EvaluatorAdminStub:
                 request_serializer=abgate_dot_v1_dot_control__pb2.GatewaysRequest.SerializeToString,
                 response_deserializer=abgate_dot_v1_dot_control__pb2.GatewaysResponse.FromString,
                 _registered_method=True)
+        self.RequestRetrain = channel.unary_unary(
+                '/abgate.v1.EvaluatorAdmin/RequestRetrain',
+                request_serializer=abgate_dot_v1_dot_control__pb2.RequestRetrainRequest.SerializeToString,
+                response_deserializer=abgate_dot_v1_dot_control__pb2.RequestRetrainResponse.FromString,
+                _registered_method=True)
+        self.StartRound = channel.unary_unary(
+                '/abgate.v1.EvaluatorAdmin/StartRound',
+                request_serializer=abgate_dot_v1_dot_control__pb2.StartRoundRequest.SerializeToString,
+                response_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
+                _registered_method=True)
+        self.Approve = channel.unary_unary(
+                '/abgate.v1.EvaluatorAdmin/Approve',
+                request_serializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
+                response_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
+                _registered_method=True)
 
 
 class EvaluatorAdminServicer:
@@ -237,6 +252,27 @@ class EvaluatorAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestRetrain(self, request, context):
+        """Queues a retrain (NOT_FOUND: unknown experiment); audited as "retrain_requested".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartRound(self, request, context):
+        """The next round (see StartRoundRequest); audited as "round_started".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Approve(self, request, context):
+        """Starts a round left "awaiting_approval" (FAILED_PRECONDITION otherwise); audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvaluatorAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -294,6 +330,21 @@ def add_EvaluatorAdminServicer_to_server(servicer, server):
                     servicer.Gateways,
                     request_deserializer=abgate_dot_v1_dot_control__pb2.GatewaysRequest.FromString,
                     response_serializer=abgate_dot_v1_dot_control__pb2.GatewaysResponse.SerializeToString,
+            ),
+            'RequestRetrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestRetrain,
+                    request_deserializer=abgate_dot_v1_dot_control__pb2.RequestRetrainRequest.FromString,
+                    response_serializer=abgate_dot_v1_dot_control__pb2.RequestRetrainResponse.SerializeToString,
+            ),
+            'StartRound': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRound,
+                    request_deserializer=abgate_dot_v1_dot_control__pb2.StartRoundRequest.FromString,
+                    response_serializer=abgate_dot_v1_dot_control__pb2.ExperimentView.SerializeToString,
+            ),
+            'Approve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Approve,
+                    request_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.FromString,
+                    response_serializer=abgate_dot_v1_dot_control__pb2.ExperimentView.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -593,6 +644,87 @@ class EvaluatorAdmin:
             '/abgate.v1.EvaluatorAdmin/Gateways',
             abgate_dot_v1_dot_control__pb2.GatewaysRequest.SerializeToString,
             abgate_dot_v1_dot_control__pb2.GatewaysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestRetrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/abgate.v1.EvaluatorAdmin/RequestRetrain',
+            abgate_dot_v1_dot_control__pb2.RequestRetrainRequest.SerializeToString,
+            abgate_dot_v1_dot_control__pb2.RequestRetrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRound(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/abgate.v1.EvaluatorAdmin/StartRound',
+            abgate_dot_v1_dot_control__pb2.StartRoundRequest.SerializeToString,
+            abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Approve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/abgate.v1.EvaluatorAdmin/Approve',
+            abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
+            abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
             options,
             channel_credentials,
             insecure,
