@@ -26,11 +26,11 @@ from abgate.cli_common import (
 )
 from abgate.db.cli import add_db_parser
 from abgate.errors import AbgateError
+from abgate.trainer.cli import add_trainer_parsers
 from converters.cli import add_models_parser
 from evaluator.cli import add_evaluator_parsers
 from gateway.cli import add_gateway_parsers
 from loadtest.cli import add_loadtest_parser
-from trainer.cli import add_trainer_parsers
 
 
 # -- demo -----------------------------------------------------------------------------------

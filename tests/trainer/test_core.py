@@ -1,4 +1,4 @@
-"""trainer.core on a real PostgreSQL with a real evaluator: the split, recipes rebuilt from
+"""abgate.trainer.core on a real PostgreSQL with a real evaluator: the split, recipes rebuilt from
 data, the claim (attempts, giving up, two claimers), and each verdict on one request:
 registered with lineage and round 2 started, too few rows, one class, a worse model."""
 
@@ -14,13 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from abgate.v1 import control_pb2 as cpb
-from converters.recipe import lineage, recipe_of
-from gateway.modelstore import ModelStore
-from tests.conftest import DemoStore
-from tests.evaluator.conftest import TOKEN, fetch
-from tests.trainer.conftest import Setup, insert_rows, promoted, window_rows
-from trainer.core import (
+from abgate.trainer.core import (
     TEST_HOLD_ENV,
     Outcome,
     RecipeError,
@@ -30,7 +24,13 @@ from trainer.core import (
     holdout_mask,
     process_next,
 )
-from trainer.service import round_starter
+from abgate.trainer.service import round_starter
+from abgate.v1 import control_pb2 as cpb
+from converters.recipe import lineage, recipe_of
+from gateway.modelstore import ModelStore
+from tests.conftest import DemoStore
+from tests.evaluator.conftest import TOKEN, fetch
+from tests.trainer.conftest import Setup, insert_rows, promoted, window_rows
 
 
 # -- pure parts -------------------------------------------------------------------------------

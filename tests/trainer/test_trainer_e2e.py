@@ -20,10 +20,10 @@ import pytest
 
 from abgate.addresses import free_port
 from abgate.demo import wait_serving
+from abgate.trainer.core import TEST_HOLD_ENV, holdout_mask
 from gateway.modelstore import ModelStore
 from tests.evaluator.conftest import TOKEN, fetch
 from tests.trainer.conftest import insert_rows, register_models, window_rows
-from trainer.core import TEST_HOLD_ENV, holdout_mask
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "ABGATE_TOKEN": TOKEN}

@@ -24,7 +24,7 @@ def _login() -> str:
 
 def cmd_trainer(args: argparse.Namespace) -> int:
     from abgate.settings import TrainerSettings
-    from trainer.service import config_of, run
+    from abgate.trainer.service import config_of, run
 
     settings: TrainerSettings = cli.settings_from_args(TrainerSettings, args)
     settings = cli.with_token_file(settings, "token")

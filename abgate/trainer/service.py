@@ -17,10 +17,10 @@ import asyncpg
 import grpc
 
 from abgate.settings import TrainerSettings
+from abgate.trainer.core import NOTIFY_CHANNEL, StartRound, TrainerConfig, process_next
 from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
 from gateway.modelstore import ModelStore
-from trainer.core import NOTIFY_CHANNEL, StartRound, TrainerConfig, process_next
 
 log = logging.getLogger(__name__)
 
