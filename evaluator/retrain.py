@@ -3,7 +3,8 @@
 The evaluator (when drift or decay acts), a schedule, or an operator asks; the trainer service
 (``evaluator.trainer``) claims and answers. At most one request per experiment is pending at a
 time: asking while one waits returns the waiting one (``created`` False) instead of queueing a
-second training.
+second training. A new request wakes the trainers listening on ``NOTIFY_CHANNEL`` (delivered
+when the asker's transaction commits); a trainer also polls, so a lost wake-up only delays.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncpg
 
 SOURCES = ("drift", "decay", "schedule", "manual")
 STATES = ("pending", "registered", "rejected", "failed")
+NOTIFY_CHANNEL = "abgate_retrain"
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ async def request_retrain(
         json.dumps(dict(details or {})),
     )
     if row is not None:
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(row["id"]))
         return RetrainRequest.from_row(row, created=True)
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM retrain_requests WHERE experiment = $1 AND state = 'pending'",

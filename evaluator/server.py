@@ -620,7 +620,7 @@ class EvaluatorServer:
         self, req: cpb.RequestRetrainRequest, caller: dict[str, str] | None = None
     ) -> cpb.RequestRetrainResponse:
         """Queue a manual retrain (``evaluator.retrain``) of a known experiment, audit it as
-        ``retrain_requested`` and wake the trainers (NOTIFY abgate_retrain)."""
+        ``retrain_requested``; ``request_retrain`` wakes the trainers."""
         store = self._store()
         row = await store.get(req.experiment)  # NOT_FOUND for an unknown one
         who = (caller or {}).get("actor", "")
@@ -641,7 +641,6 @@ class EvaluatorServer:
                     },
                     row.version,
                 )
-                await conn.execute("SELECT pg_notify('abgate_retrain', $1)", str(r.id))
         return cpb.RequestRetrainResponse(
             id=r.id, created=r.created, state=r.state, attempts=r.attempts
         )

@@ -52,7 +52,6 @@ log = logging.getLogger(__name__)
 # registering" a moment a test can reach deterministically. Never set it in production.
 TEST_HOLD_ENV = "ABGATE_TRAINER_TEST_HOLD_DIR"
 
-NOTIFY_CHANNEL = "abgate_retrain"
 _SPLIT_PREFIX = b"holdout:"
 _FULL = 1 << 32
 

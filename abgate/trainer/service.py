@@ -17,9 +17,10 @@ import asyncpg
 import grpc
 
 from abgate.settings import TrainerSettings
-from abgate.trainer.core import NOTIFY_CHANNEL, StartRound, TrainerConfig, process_next
+from abgate.trainer.core import StartRound, TrainerConfig, process_next
 from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
+from evaluator.retrain import NOTIFY_CHANNEL
 from gateway.modelstore import ModelStore
 
 log = logging.getLogger(__name__)

@@ -42,3 +42,27 @@ def test_one_pending_request_per_experiment(fresh_db: str) -> None:
             await conn.close()
 
     asyncio.run(run())
+
+
+def test_a_new_request_wakes_the_trainers(fresh_db: str) -> None:
+    """Every asker (the evaluator's drift/decay trigger as much as RequestRetrain) notifies
+    NOTIFY_CHANNEL with the new request's id; a repeat that queued nothing does not."""
+    from evaluator.retrain import NOTIFY_CHANNEL
+
+    async def run() -> None:
+        await migrate(fresh_db)
+        listener = await asyncpg.connect(fresh_db)
+        conn = await asyncpg.connect(fresh_db)
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        try:
+            await listener.add_listener(NOTIFY_CHANNEL, lambda *a: heard.put_nowait(a[3]))
+            first = await request_retrain(conn, "exp", "decay", "accuracy fell")
+            assert await asyncio.wait_for(heard.get(), 10) == str(first.id)
+            await request_retrain(conn, "exp", "drift", "again")  # already pending
+            await conn.execute("SELECT pg_notify($1, 'marker')", NOTIFY_CHANNEL)
+            assert await asyncio.wait_for(heard.get(), 10) == "marker"
+        finally:
+            await listener.close()
+            await conn.close()
+
+    asyncio.run(run())
