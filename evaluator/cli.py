@@ -255,6 +255,10 @@ def cmd_experiments(args: argparse.Namespace) -> int:
             request = cpb.ListExperimentsRequest(include_archived=args.all)
         elif action == "gateways":
             request = cpb.GatewaysRequest()
+        elif action == "history":
+            if not 0 <= args.limit <= 10_000:
+                raise ValueError("--limit must be 0..10000")
+            request = cpb.HistoryRequest(name=args.name, limit=args.limit, steps_only=not args.all)
         elif action == "start-round":
             request = cpb.StartRoundRequest(
                 experiment=args.name, model=args.model, require_approval=args.require_approval,
@@ -287,6 +291,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         "approve": "Approve",
         "start-round": "StartRound",
         "gateways": "Gateways",
+        "history": "History",
     }[action]
     client = AdminClient(args.evaluator, token, ca=args.ca, timeout=args.timeout)
     try:
@@ -321,6 +326,8 @@ def cmd_experiments(args: argparse.Namespace) -> int:
                         f"    rejects {r.experiment} version {r.version} (serves {serving}): "
                         f"{r.error}"
                     )
+    elif action == "history":
+        _print_history(response, args.json)
     elif action == "show" and args.json:
         # The verdict alone, in the documented shape; --full adds everything else.
         from evaluator.service import verdict_json, view_json
@@ -335,6 +342,31 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     else:
         _print_view(response, args.json)
     return cli.EXIT_OK
+
+
+def _print_history(response: cpb.HistoryResponse, as_json: bool) -> None:
+    if as_json:
+        rows = [
+            {
+                "ts": e.ts,
+                "action": e.action,
+                "recommendation": e.recommendation,
+                "source": e.source,
+                "from_version": e.from_version,
+                "to_version": e.to_version,
+                "inputs": json.loads(e.inputs_json or "{}"),
+                "statistics": json.loads(e.statistics_json or "{}"),
+            }
+            for e in response.entries
+        ]
+        print(json.dumps(rows, indent=1, sort_keys=True))
+        return
+    import datetime as dt
+
+    for e in response.entries:
+        when = dt.datetime.fromtimestamp(e.ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        versions = f"v{e.from_version}" + (f"->v{e.to_version}" if e.to_version else "")
+        print(f"{when}  {versions:<9} {e.action:<18} {e.source:<8} {e.recommendation}")
 
 
 # -- report -------------------------------------------------------------------------------
@@ -494,6 +526,16 @@ def add_evaluator_parsers(subparsers: Any) -> None:
                 default=None,
                 help="share of served predictions whose request features are logged, 0..1",
             )
+
+    q = sub.add_parser(
+        "history", help="the audit trail: decisions, drift, retrains, rounds (oldest first)"
+    )
+    common(q)
+    q.add_argument("name", help="experiment name")
+    q.add_argument("--limit", type=int, default=0, help="newest rows kept (default 1000)")
+    q.add_argument(
+        "--all", action="store_true", help="with the unchanged 'continue' verdicts of the ticks"
+    )
 
     _add_report_parser(subparsers)
 

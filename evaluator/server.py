@@ -69,6 +69,7 @@ from gateway.modelstore import InvalidModelRef, ModelNotFound, ModelStore
 log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL = 3600.0  # seconds between partition upkeep runs
+MAX_HISTORY = 10_000  # rows one History call returns at most
 
 
 def server_credentials(s: EvaluatorSettings) -> grpc.ServerCredentials | None:
@@ -702,6 +703,29 @@ class EvaluatorServer:
             self.verdicts.pop(req.experiment, None)
             self._audited.pop(req.experiment, None)
         return self._view(row)
+
+    async def history(self, req: cpb.HistoryRequest) -> cpb.HistoryResponse:
+        """The audit trail of a known experiment (archived ones too), oldest first."""
+        if not 0 <= req.limit <= MAX_HISTORY:
+            raise InvalidArgument(f"must be 0..{MAX_HISTORY}", field="limit")
+        store = self._store()
+        await store.get(req.name)  # NOT_FOUND for an unknown one
+        rows = await store.decisions(req.name, req.limit or 1000, steps_only=req.steps_only)
+        return cpb.HistoryResponse(
+            entries=[
+                cpb.HistoryEntry(
+                    ts=r["ts"],
+                    action=r["action"],
+                    recommendation=r["recommendation"],
+                    source=r["source"],
+                    from_version=r["from_version"] or 0,
+                    to_version=r["to_version"] or 0,
+                    inputs_json=json.dumps(r["inputs"], sort_keys=True),
+                    statistics_json=json.dumps(r["statistics"], sort_keys=True),
+                )
+                for r in rows
+            ]
+        )
 
     def _winner(self, name: str) -> str:
         verdict = self.verdicts.get(name, ({}, {}))[0]

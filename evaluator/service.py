@@ -319,6 +319,7 @@ class AdminCore(Protocol):
     async def start_round(
         self, req: cpb.StartRoundRequest, caller: dict[str, str] | None = None
     ) -> cpb.ExperimentView: ...
+    async def history(self, req: cpb.HistoryRequest) -> cpb.HistoryResponse: ...
 
 
 async def _call(context: grpc.aio.ServicerContext, coro: Awaitable[Any]) -> Any:
@@ -432,6 +433,18 @@ class AdminServicer(cpb_grpc.EvaluatorAdminServicer):
         self, request: cpb.ExperimentRequest, context: grpc.aio.ServicerContext
     ) -> cpb.ExperimentView:
         return await self._operate("approve", request, context)
+
+    async def History(
+        self, request: cpb.HistoryRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.HistoryResponse:
+        async def run() -> cpb.HistoryResponse:
+            if not request.name:
+                raise InvalidArgument("must name an experiment", field="name")
+            if not NAME.fullmatch(request.name):
+                raise NotFound(f"unknown experiment {shown(request.name)}", field="name")
+            return await self.core.history(request)
+
+        return await _call(context, run())
 
 
 def caller(request: Any, context: grpc.aio.ServicerContext) -> dict[str, str]:

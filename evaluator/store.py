@@ -186,13 +186,19 @@ class EvaluatorStore:
         verdict = stats.pop("verdict")
         return verdict, stats
 
-    async def decisions(self, experiment: str, limit: int = 1000) -> list[dict[str, Any]]:
+    async def decisions(
+        self, experiment: str, limit: int = 1000, *, steps_only: bool = False
+    ) -> list[dict[str, Any]]:
+        """The experiment's audit rows, oldest first: the newest ``limit`` of them; without the
+        unchanged "continue" verdicts when ``steps_only``."""
         rows = await self.pool.fetch(
-            """SELECT id, extract(epoch FROM ts) AS ts, action, recommendation, source,
+            """SELECT id, extract(epoch FROM ts)::float8 AS ts, action, recommendation, source,
                       statistics, inputs, from_version, to_version
-               FROM decisions WHERE experiment = $1 ORDER BY id DESC LIMIT $2""",
+               FROM decisions WHERE experiment = $1 AND NOT ($3 AND action = 'continue')
+               ORDER BY id DESC LIMIT $2""",
             experiment,
             limit,
+            steps_only,
         )
         return [dict(r) for r in reversed(rows)]
 

@@ -306,3 +306,39 @@ class StartRoundRequest(_message.Message):
     reason: str
     actor: str
     def __init__(self, experiment: _Optional[str] = ..., model: _Optional[str] = ..., retrain_request: _Optional[int] = ..., require_approval: _Optional[bool] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class HistoryRequest(_message.Message):
+    __slots__ = ("name", "limit", "steps_only")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    STEPS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    limit: int
+    steps_only: bool
+    def __init__(self, name: _Optional[str] = ..., limit: _Optional[int] = ..., steps_only: _Optional[bool] = ...) -> None: ...
+
+class HistoryEntry(_message.Message):
+    __slots__ = ("ts", "action", "recommendation", "source", "from_version", "to_version", "inputs_json", "statistics_json")
+    TS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    STATISTICS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ts: float
+    action: str
+    recommendation: str
+    source: str
+    from_version: int
+    to_version: int
+    inputs_json: str
+    statistics_json: str
+    def __init__(self, ts: _Optional[float] = ..., action: _Optional[str] = ..., recommendation: _Optional[str] = ..., source: _Optional[str] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., inputs_json: _Optional[str] = ..., statistics_json: _Optional[str] = ...) -> None: ...
+
+class HistoryResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[HistoryEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ...) -> None: ...

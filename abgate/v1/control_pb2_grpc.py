@@ -176,6 +176,11 @@ class EvaluatorAdminStub:
                 request_serializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
                 response_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
                 _registered_method=True)
+        self.History = channel.unary_unary(
+                '/abgate.v1.EvaluatorAdmin/History',
+                request_serializer=abgate_dot_v1_dot_control__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=abgate_dot_v1_dot_control__pb2.HistoryResponse.FromString,
+                _registered_method=True)
 
 
 class EvaluatorAdminServicer:
@@ -273,6 +278,13 @@ class EvaluatorAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def History(self, request, context):
+        """The experiment's audit trail, oldest first (NOT_FOUND: unknown experiment).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvaluatorAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -345,6 +357,11 @@ def add_EvaluatorAdminServicer_to_server(servicer, server):
                     servicer.Approve,
                     request_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.FromString,
                     response_serializer=abgate_dot_v1_dot_control__pb2.ExperimentView.SerializeToString,
+            ),
+            'History': grpc.unary_unary_rpc_method_handler(
+                    servicer.History,
+                    request_deserializer=abgate_dot_v1_dot_control__pb2.HistoryRequest.FromString,
+                    response_serializer=abgate_dot_v1_dot_control__pb2.HistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -725,6 +742,33 @@ class EvaluatorAdmin:
             '/abgate.v1.EvaluatorAdmin/Approve',
             abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
             abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def History(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/abgate.v1.EvaluatorAdmin/History',
+            abgate_dot_v1_dot_control__pb2.HistoryRequest.SerializeToString,
+            abgate_dot_v1_dot_control__pb2.HistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -198,3 +198,38 @@ def test_start_round_and_approve_from_the_command_line(
     assert "FAILED_PRECONDITION" in capsys.readouterr().err
     assert main(["experiments", "approve", "exp", *common]) == 0
     assert "treatment=50%, r2=50%" in capsys.readouterr().out
+
+
+def test_history_lists_the_steps_of_the_cycle(
+    ev: InProcessEvaluator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`abgate experiments history` (the History RPC): the audit rows oldest first, the
+    tick's 'continue' verdicts only with --all, errors by status and exit code."""
+    from abgate.cli import main
+
+    champ, control = ev.shas  # type: ignore[attr-defined]
+    promoted(ev, "exp", control, champ)
+    ev.admin.call("RequestRetrain", cpb.RequestRetrainRequest(experiment="exp", reason="drifted"))
+    _start(ev, experiment="exp", model=control)
+    url = ev.settings.database_url
+    fetch(url, "INSERT INTO decisions (experiment, action, recommendation) VALUES "
+               "('exp', 'continue', 'continue: waiting')  RETURNING id")  # fmt: skip
+    actions = [r["action"] for r in fetch(url, "SELECT action FROM decisions ORDER BY id")]
+    common = ["--evaluator", ev.target, "--token", ev.settings.token]
+    assert main(["experiments", "history", "exp", "--json", *common]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["action"] for r in rows] == [a for a in actions if a != "continue"]
+    assert rows[-1]["action"] == "round_started" and rows[-1]["to_version"] > 0
+    assert [r["ts"] for r in rows] == sorted(r["ts"] for r in rows)
+    requested = next(r for r in rows if r["action"] == "retrain_requested")
+    assert requested["recommendation"] == "drifted" and requested["inputs"]["request"] >= 1
+    assert main(["experiments", "history", "exp", "--all", "--limit", "2", *common]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "continue" in lines[-1] and "round_started" in lines[0]
+    assert main(["experiments", "history", "nope", *common]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+    assert main(["experiments", "history", "exp", "--limit", "-1", *common]) == 2
+    call = ev.admin.stub.History
+    assert rpc_code(call, cpb.HistoryRequest(name="exp", limit=20_000),
+                    metadata=ev.admin.metadata) == grpc.StatusCode.INVALID_ARGUMENT  # fmt: skip
+    assert rpc_code(call, cpb.HistoryRequest(name="exp")) == grpc.StatusCode.UNAUTHENTICATED
