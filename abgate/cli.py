@@ -38,6 +38,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from abgate.demo import run_demo
 
     writable_dir(args.workdir, "--workdir")
+    if args.cycle:
+        if args.canary:
+            raise UsageError("--cycle runs A/B rounds: leave out --canary")
+        from abgate.demo_cycle import run_cycle_demo
+
+        return run_cycle_demo(workdir=args.workdir / "cycle", quick=args.quick)
     return run_demo(
         workdir=args.workdir,
         users=args.users,
@@ -77,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="gateway worker processes")
     p.add_argument("--quick", action="store_true", help="shorter traffic phase (for CI)")
     p.add_argument("--canary", action="store_true", help="a canary ramp instead of an A/B test")
+    p.add_argument(
+        "--cycle",
+        action="store_true",
+        help="the continuous-learning cycle: round 1, drift and decay, retrain, round 2",
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 

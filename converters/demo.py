@@ -82,6 +82,37 @@ def load_demo_holdout(store_root: Path) -> tuple[np.ndarray, np.ndarray]:
         return data["X"].astype(np.float32), data["y"].astype(np.int64)
 
 
+# The cycle demo's changed world (``write_shifted_traffic``): the outcome now follows the mean
+# texture (above the dataset's median: 1) instead of the diagnosis, and for a share of the rows
+# the area features read higher (a new instrument).
+SHIFTED_LABEL_FEATURE = "mean_texture"
+SHIFTED_FEATURES = ("mean_area", "worst_area", "area_error")
+
+
+def write_shifted_traffic(
+    out_root: Path, *, seed: int = 0, shifted_share: float = 0.4, scale: float = 1.6
+) -> Path:
+    """Traffic after the world changed, for the cycle demo (``abgate demo --cycle``), as a
+    holdout file the load generator reads (``--model-store out_root``): every row of the
+    breast-cancer data, labelled by a new concept (mean texture above its median), and for
+    ``shifted_share`` of the rows the ``SHIFTED_FEATURES`` multiplied by ``scale`` (a covariate
+    shift). A model trained on the old labels scores near chance on it; one retrained on it
+    learns the new concept."""
+    data = load_breast_cancer()
+    names = [str(n).replace(" ", "_") for n in data.feature_names]
+    X = data.data.astype(np.float32)
+    texture = X[:, names.index(SHIFTED_LABEL_FEATURE)]
+    y = (texture > np.median(texture)).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    shifted = rng.random(len(X)) < shifted_share
+    for name in SHIFTED_FEATURES:
+        X[shifted, names.index(name)] *= np.float32(scale)
+    out_root.mkdir(parents=True, exist_ok=True)
+    path = out_root / HOLDOUT_FILE
+    np.savez(path, X=X, y=y)
+    return path
+
+
 DEMO_EXPERIMENTS = {
     # name: (salt, [(arm, model id, weight %)])
     "demo": ("demo-v1", [("control", "demo-logreg", 50.0), ("treatment", "demo-gbdt", 50.0)]),
