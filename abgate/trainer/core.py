@@ -92,6 +92,9 @@ class Claim:
     attempts: int
     created_at: dt.datetime
     claimer: str
+    # The request's details.since (Unix seconds), when its asker knows where the changed data
+    # begins (the evaluator: the start of the window whose drift or decay acted).
+    since: dt.datetime | None = None
 
 
 @dataclass
@@ -234,7 +237,7 @@ _CLAIM = """
 UPDATE retrain_requests SET attempts = attempts + 1, claimed_at = now(), claimed_by = $1
 WHERE id = (SELECT id FROM retrain_requests WHERE state = 'pending'
             ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
-RETURNING id, experiment, source, reason, attempts, created_at
+RETURNING id, experiment, source, reason, attempts, created_at, details
 """
 
 
@@ -268,6 +271,14 @@ async def audit(
     )
 
 
+def _since(details: Any) -> dt.datetime | None:
+    doc = json.loads(details) if isinstance(details, str) else details or {}
+    value = doc.get("since") if isinstance(doc, Mapping) else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return dt.datetime.fromtimestamp(float(value), dt.UTC)
+    return None
+
+
 async def claim(conn: asyncpg.Connection, claimer: str) -> Claim | None:
     """Step one of a claim (see the module docstring): the oldest pending request no one
     holds, its attempt counted and a ``retrain_started`` audit row, committed."""
@@ -277,7 +288,7 @@ async def claim(conn: asyncpg.Connection, claimer: str) -> Claim | None:
             return None
         c = Claim(
             row["id"], row["experiment"], row["source"], row["reason"], row["attempts"],
-            row["created_at"], claimer,
+            row["created_at"], claimer, _since(row["details"]),
         )  # fmt: skip
         await audit(
             conn, c.experiment, "retrain_started",
@@ -388,11 +399,15 @@ async def training_data(
     end: dt.datetime,
     window_days: float,
     n_features: int,
+    since: dt.datetime | None = None,
 ) -> TrainingData:
     """Captured features joined with outcomes (label = the outcome value as a class; a request
     with several outcomes takes its first by time) from ``window_days`` before ``end`` to
-    ``end`` (the request's creation: a retry reads the same rows)."""
+    ``end`` (the request's creation: a retry reads the same rows), or from ``since`` when that
+    is later (the data after a drift: what the world looks like now)."""
     start = end - dt.timedelta(days=window_days)
+    if since is not None and start < since < end:
+        start = since
     rows = await conn.fetch(_ROWS, experiment, start, end)
     captured = int(await conn.fetchval(_CAPTURED, experiment, start, end) or 0)
     ids: list[str] = []
@@ -473,7 +488,7 @@ async def retrain(
 
     data = await training_data(
         conn, c.experiment, end=c.created_at, window_days=config.window_days,
-        n_features=champ.n_features,
+        n_features=champ.n_features, since=c.since,
     )  # fmt: skip
     hold = holdout_mask(data.request_ids, config.holdout_share)
     window = f"{data.start.isoformat(timespec='seconds')}/{data.end.isoformat(timespec='seconds')}"
@@ -486,7 +501,7 @@ async def retrain(
         return Outcome(
             "rejected",
             f"too few labelled rows: {len(data.y)} (of {data.captured} captured feature rows in "
-            f"the last {config.window_days:g} days); at least {config.min_rows} needed "
+            f"the window {window}); at least {config.min_rows} needed "
             "(--min-rows)",
             base,
         )

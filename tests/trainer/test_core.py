@@ -333,3 +333,37 @@ def test_a_champion_whose_recipe_cannot_be_rebuilt_is_refused(setup: Setup, tmp_
         _, outcome = _process(s, CONFIG)
         assert outcome.state == "rejected" and message in outcome.reason, outcome.reason
     assert ModelStore(s.store).list() == before
+
+
+def test_a_request_naming_where_the_change_began_trains_on_what_came_after(
+    setup: Setup,
+) -> None:
+    """details.since (the evaluator's drift/decay request: the start of the window that acted)
+    moves the window's start: rows logged before it are not trained on."""
+    import time
+
+    from evaluator.retrain import request_retrain
+
+    s = setup
+    ids, X, y = window_rows(600, prefix="new")
+    insert_rows(s.url, "exp", [f"old-{i}" for i in range(400)], X[:400], 1 - y[:400])
+    insert_rows(s.url, "exp", ids, X, y)
+    fetch(s.url, "UPDATE prediction_features SET ts = now() - interval '10 seconds' "
+                 "WHERE request_id LIKE 'new-%' RETURNING 1")  # fmt: skip
+
+    async def ask() -> int:
+        conn = await asyncpg.connect(s.url)
+        try:
+            r = await request_retrain(
+                conn, "exp", "decay", "accuracy fell", details={"since": time.time() - 30}
+            )
+            return r.id
+        finally:
+            await conn.close()
+
+    req = asyncio.run(ask())
+    _, outcome = _process(s, CONFIG)
+    assert outcome.state == "registered", outcome.reason
+    row = _request(s.url, req)
+    result = json.loads(row["result"]) if isinstance(row["result"], str) else row["result"]
+    assert result["rows"]["captured"] == 600 and result["rows"]["labelled"] == 600
