@@ -52,6 +52,14 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
     except InvalidArgument as exc:  # "tls_cert: give both ..." -> "--tls-cert: give both ..."
         flag = "--" + (exc.field or "").replace("_", "-")
         raise cli.UsageError(flag + exc.message[len(exc.field or "") :]) from None
+    for flag, rows in (
+        ("--drift-reference-rows", settings.drift_reference_rows),
+        ("--decay-reference-rows", settings.decay_reference_rows),
+    ):
+        if rows < 1:
+            raise cli.UsageError(
+                f"{flag} must be at least 1 (rows of a reference window), not {rows}"
+            )
     cli.database_url_arg(settings.database_url)
     if not settings.database_url:
         cli.writable_dir(settings.pg_data, "--pg-data")
