@@ -38,12 +38,24 @@ class DriftMeasure:
     current: dict[str, int]
 
 
-def level_of(value: float, current_rows: int | None = None, reference_rows: int = 0) -> int:
-    """0 ok, 1 warn, 2 act. With ``current_rows`` given, a level needs at least as many
-    current rows as the reference holds: PSI's chance level is about (K−1)·(1/N + 1/n), so on
-    a few dozen current rows it passes 0.25 on unchanged traffic (10 bins, n = 30: ≈ 0.3)."""
-    if current_rows is not None and current_rows < reference_rows:
-        return 0
+# A PSI level counts only when PSI's chance level on unchanged traffic, about
+# (K − 1)·(1/N + 1/n) for K bins, N reference and n current rows, is at most this share of
+# the warn band: on 30 current rows in 10 bins PSI is ≈ 0.3 by chance alone, and on a
+# 100-row reference ≥ 0.09 however many current rows there are.
+PSI_NOISE_SHARE = 0.25
+
+
+def level_of(
+    value: float, current_rows: int | None = None, reference_rows: int = 0, bins: int = 10
+) -> int:
+    """0 ok, 1 warn, 2 act. With the window sizes given, 0 while PSI's chance level is above
+    ``PSI_NOISE_SHARE`` of the warn band (N = 1,000 in 10 bins: from n ≈ 570 current rows)."""
+    if current_rows is not None:
+        if current_rows <= 0 or reference_rows <= 0:
+            return 0
+        chance = (bins - 1) * (1.0 / reference_rows + 1.0 / current_rows)
+        if chance > PSI_NOISE_SHARE * PSI_WARN:
+            return 0
     return 2 if value >= PSI_ACT else 1 if value >= PSI_WARN else 0
 
 
@@ -60,7 +72,7 @@ def _measure_bins(
     return DriftMeasure(
         kind=kind,
         psi=value,
-        level=LEVELS[level_of(value, sum(c), sum(r))],
+        level=LEVELS[level_of(value, sum(c), sum(r), len(keys))],
         p_value=p_value,
         log_e=test.log_e,
         rejected=test.drift,

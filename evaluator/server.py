@@ -51,7 +51,6 @@ from evaluator.drift import (
     DecayMeasure,
     DriftMeasure,
     as_json,
-    level_of,
     measure,
     measure_decay,
     measure_features,
@@ -451,7 +450,7 @@ class EvaluatorServer:
 
             for kind, m in drift.items():
                 level, rejected = seen.get(kind, (0, False))
-                new_level = max(level, level_of(m.psi, m.current_rows, m.reference_rows))
+                new_level = max(level, LEVELS.index(m.level))
                 if new_level == level and (rejected or not m.rejected):
                     continue
                 what = []
