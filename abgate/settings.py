@@ -185,6 +185,12 @@ class EvaluatorSettings:
     drift_reference_rows: int = doc(
         "rows of an arm's drift reference window (its first successful served rows)", 1000
     )
+    decay_reference_rows: int = doc(
+        "labelled rows of an arm's decay reference window (its first outcomes counted)", 1000
+    )
+    retrain_on_drift: bool = doc(
+        "queue a retrain of the champion when its drift acts or its decay test rejects", True
+    )
     tls_cert: Path | None = doc("PEM certificate: serve TLS (with --tls-key)", None)
     tls_key: Path | None = doc("PEM private key of --tls-cert", None)
     tls_client_ca: Path | None = doc("PEM CA bundle: require client certificates (mTLS)", None)

@@ -87,6 +87,37 @@ _EARLIER_OUTCOMES = f"""earlier AS (
     WHERE $1 > 0
 )"""
 
+# Decay bins (migration 0011), from the pairs (a served row and an outcome counted for it) the
+# statement counts: per arm, numbered in the order they are counted after the pairs its
+# reference already holds, the first reference_size ($4) are the reference, the rest current.
+# Pairs of a row answered before the arm's monitor epoch are in no window.
+_DECAY_NEW = """decay_new AS (
+    SELECT pr.experiment, pr.arm, pr.label, pr.value,
+           row_number() OVER (PARTITION BY pr.experiment, pr.arm ORDER BY pr.seq, pr.source)
+               AS k
+    FROM pairs pr LEFT JOIN monitor_epochs e USING (experiment, arm)
+    WHERE pr.eligible AND pr.first AND pr.pts >= coalesce(e.from_ts, '-infinity')
+), decay_w AS (
+    SELECT dn.*, coalesce(d.reference_size, $4) AS size,
+           CASE WHEN dn.k + coalesce(d.reference_rows, 0) <= coalesce(d.reference_size, $4)
+                THEN 'reference' ELSE 'current' END AS win
+    FROM decay_new dn LEFT JOIN decay_windows d USING (experiment, arm)
+), decay_windows_new AS (
+    INSERT INTO decay_windows AS d (experiment, arm, reference_size, reference_rows)
+    SELECT experiment, arm, min(size), count(*) FILTER (WHERE win = 'reference')
+    FROM decay_w GROUP BY 1, 2
+    ON CONFLICT (experiment, arm) DO UPDATE SET
+        reference_rows = d.reference_rows + EXCLUDED.reference_rows
+), decay_bins_new AS (
+    INSERT INTO decay_bins AS b (experiment, arm, "window", kind, bin, n)
+    SELECT experiment, arm, win, 'accuracy', (value = label)::int, count(*)
+    FROM decay_w GROUP BY 1, 2, 3, 5
+    UNION ALL
+    SELECT experiment, arm, win, 'outcome', (value > 0)::int, count(*)
+    FROM decay_w GROUP BY 1, 2, 3, 5
+    ON CONFLICT (experiment, arm, "window", kind, bin) DO UPDATE SET n = b.n + EXCLUDED.n
+)"""
+
 # One pass over the new rows (materialised once) decides which are first and feeds both
 # aggregates. Outcomes join separately so a prediction with several outcome sources is still
 # served once; they were all read in earlier ticks, so the first eligible one per request id
@@ -110,7 +141,7 @@ WITH older AS (
     FROM predictions WHERE seq > $1 AND seq <= $2
     GROUP BY 1, 2, 3 HAVING count(*) > 1
 ), n AS MATERIALIZED (
-    SELECT q.seq, q.request_id, experiment, config_version, arm, status, label, scores,
+    SELECT q.seq, q.request_id, q.ts, experiment, config_version, arm, status, label, scores,
            latency_us, client_identity, q.shadow,
            coalesce(m.first_seq = q.seq, true) AND older.seq IS NULL AS first
     FROM predictions q
@@ -143,7 +174,7 @@ WITH older AS (
     FROM p GROUP BY 1, 2, 3
 ), met AS (
     SELECT p.experiment, p.config_version, p.arm, p.label, o.value, o.request_id, o.source,
-           o.seq, {_eligible("o", "p.client_identity")} AS eligible
+           o.seq, p.ts AS pts, {_eligible("o", "p.client_identity")} AS eligible
     FROM p JOIN outcomes o ON o.request_id = p.request_id AND o.seq <= $3
     WHERE p.status = 0
 ), multi_met AS (
@@ -158,7 +189,7 @@ WITH older AS (
            count(*) FILTER (WHERE value = label) AS correct
     FROM pairs WHERE eligible AND first
     GROUP BY 1, 2, 3
-)
+), {_DECAY_NEW}
 INSERT INTO arm_stats AS a (experiment, config_version, arm, served, errors, score_sum,
                             score_sumsq, outcome_n, outcome_sum, outcome_sumsq, correct)
 SELECT s.experiment, s.config_version, s.arm, s.served, s.errors, s.score_sum, s.score_sumsq,
@@ -181,7 +212,8 @@ ON CONFLICT (experiment, config_version, arm) DO UPDATE SET
 _OUTCOMES_NEW = f"""
 WITH met AS (
     SELECT p.experiment, p.config_version, p.arm, p.label, o.value, o.request_id, o.source,
-           o.seq, p.client_identity AS pid, {_eligible("o", "p.client_identity")} AS eligible
+           o.seq, p.ts AS pts, p.client_identity AS pid,
+           {_eligible("o", "p.client_identity")} AS eligible
     FROM outcomes o
     JOIN predictions p ON p.request_id = o.request_id AND NOT p.shadow AND p.status = 0
                       AND p.seq <= $3 AND {_NOT_DUPLICATE.format("p")}
@@ -193,7 +225,7 @@ WITH met AS (
     SELECT met.*, coalesce(m.first_seq = met.seq, true) AND earlier.seq IS NULL AS first
     FROM met LEFT JOIN multi m USING (request_id, source, eligible)
     LEFT JOIN earlier ON earlier.seq = met.seq
-), {_SKIPPED_OUTCOMES}
+), {_SKIPPED_OUTCOMES}, {_DECAY_NEW}
 INSERT INTO arm_stats AS a (experiment, config_version, arm, outcome_n, outcome_sum,
                             outcome_sumsq, correct)
 SELECT experiment, config_version, arm, count(*), sum(value), sum(value * value),
@@ -322,8 +354,9 @@ WITH new AS (
     SELECT q.experiment, q.arm, q.label, q.scores[2] AS s,
            row_number() OVER (PARTITION BY q.experiment, q.arm ORDER BY q.seq) AS k
     FROM predictions q
+    LEFT JOIN monitor_epochs e ON e.experiment = q.experiment AND e.arm = q.arm
     WHERE q.seq > $1 AND q.seq <= $2 AND NOT q.shadow AND q.status = 0
-          AND {_NOT_DUPLICATE.format("q")}
+          AND {_NOT_DUPLICATE.format("q")} AND q.ts >= coalesce(e.from_ts, '-infinity')
 ), w AS (
     SELECT new.*, coalesce(d.reference_size, $3) AS size,
            CASE WHEN new.k + coalesce(d.reference_rows, 0) <= coalesce(d.reference_size, $3)
@@ -348,6 +381,103 @@ ON CONFLICT (experiment, arm, "window", kind, bin) DO UPDATE SET n = b.n + EXCLU
 """
 
 
+# Feature drift (migration 0011): the new captured feature rows, one per request id (the first
+# by ingest order; a row whose request id an earlier tick read is left out) and none answered
+# before its arm's monitor epoch. $1/$2: the feature watermark before/after the tick.
+FEATURE_DECILES = tuple(round(0.1 * i, 1) for i in range(1, 10))
+_FEATURES_NEW_ROWS = """
+older AS (
+    SELECT q.seq FROM prediction_features q
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM prediction_features d
+        WHERE d.request_id = q.request_id AND d.seq <= $1
+        LIMIT 1
+    ) d
+    WHERE q.seq > $1 AND q.seq <= $2 AND $1 > 0
+), firsts AS (
+    SELECT request_id, min(seq) AS first_seq FROM prediction_features
+    WHERE seq > $1 AND seq <= $2 GROUP BY 1
+), fnew AS MATERIALIZED (
+    SELECT q.seq, q.experiment, q.arm, q.features
+    FROM prediction_features q
+    JOIN firsts f ON f.first_seq = q.seq
+    LEFT JOIN older o ON o.seq = q.seq
+    LEFT JOIN monitor_epochs e ON e.experiment = q.experiment AND e.arm = q.arm
+    WHERE q.seq > $1 AND q.seq <= $2 AND o.seq IS NULL
+          AND q.ts >= coalesce(e.from_ts, '-infinity')
+)"""
+
+# 1. The new rows that complete an arm's reference ($3: its size when the arm is new) are kept
+# in feature_reference.
+_FEATURES_REFERENCE_NEW = f"""
+WITH {_FEATURES_NEW_ROWS}, numbered AS (
+    SELECT fnew.*, row_number() OVER (PARTITION BY experiment, arm ORDER BY seq) AS k FROM fnew
+), w AS (
+    SELECT n.*, coalesce(d.reference_size, $3) AS size,
+           n.k + coalesce(d.reference_rows, 0) <= coalesce(d.reference_size, $3) AS is_ref
+    FROM numbered n LEFT JOIN feature_windows d USING (experiment, arm)
+), windows AS (
+    INSERT INTO feature_windows AS d (experiment, arm, reference_size, reference_rows)
+    SELECT experiment, arm, min(size), count(*) FILTER (WHERE is_ref) FROM w GROUP BY 1, 2
+    ON CONFLICT (experiment, arm) DO UPDATE SET
+        reference_rows = d.reference_rows + EXCLUDED.reference_rows
+)
+INSERT INTO feature_reference (experiment, arm, seq, features)
+SELECT experiment, arm, seq, features FROM w WHERE is_ref
+"""
+
+# 2. An arm whose reference just became complete gets its edges (per feature, the distinct
+# deciles of the reference's finite values) and its reference bins, once. NaN compares above
+# every number in PostgreSQL, so "< 'Infinity'" leaves NaN out too.
+_FINITE = "{0} > '-Infinity' AND {0} < 'Infinity'"
+_FEATURE_EDGES = f"""
+WITH ready AS (
+    SELECT experiment, arm FROM feature_windows
+    WHERE NOT edges_ready AND reference_rows >= reference_size
+), vals AS (
+    SELECT r.experiment, r.arm, (u.i - 1)::int AS feature, u.v::float8 AS v
+    FROM feature_reference r JOIN ready USING (experiment, arm)
+    CROSS JOIN LATERAL unnest(r.features) WITH ORDINALITY AS u(v, i)
+    WHERE {_FINITE.format("u.v")}
+), q AS (
+    SELECT experiment, arm, feature,
+           percentile_cont(ARRAY{list(FEATURE_DECILES)}::float8[]) WITHIN GROUP (ORDER BY v) AS e
+    FROM vals GROUP BY 1, 2, 3
+), edges AS (
+    INSERT INTO feature_edges (experiment, arm, feature, edges)
+    SELECT experiment, arm, feature, ARRAY(SELECT DISTINCT x FROM unnest(q.e) AS x ORDER BY x)
+    FROM q
+    RETURNING experiment, arm, feature, edges
+), bins AS (
+    INSERT INTO feature_bins AS b (experiment, arm, "window", feature, bin, n)
+    SELECT v.experiment, v.arm, 'reference', v.feature, width_bucket(v.v, e.edges), count(*)
+    FROM vals v JOIN edges e USING (experiment, arm, feature)
+    GROUP BY 1, 2, 3, 4, 5
+)
+UPDATE feature_windows d SET edges_ready = true
+FROM ready WHERE d.experiment = ready.experiment AND d.arm = ready.arm
+"""
+
+# 3. Every other new row of an arm with edges is current: one bin per feature value.
+_FEATURES_CURRENT_NEW = f"""
+WITH {_FEATURES_NEW_ROWS}, cur AS (
+    SELECT fnew.experiment, fnew.arm, (u.i - 1)::int AS feature, u.v::float8 AS v
+    FROM fnew
+    JOIN feature_windows d ON d.experiment = fnew.experiment AND d.arm = fnew.arm
+                          AND d.edges_ready
+    LEFT JOIN feature_reference r ON r.experiment = fnew.experiment AND r.arm = fnew.arm
+                                 AND r.seq = fnew.seq
+    CROSS JOIN LATERAL unnest(fnew.features) WITH ORDINALITY AS u(v, i)
+    WHERE r.seq IS NULL AND {_FINITE.format("u.v")}
+)
+INSERT INTO feature_bins AS b (experiment, arm, "window", feature, bin, n)
+SELECT c.experiment, c.arm, 'current', c.feature, width_bucket(c.v, e.edges), count(*)
+FROM cur c JOIN feature_edges e USING (experiment, arm, feature)
+GROUP BY 1, 2, 3, 4, 5
+ON CONFLICT (experiment, arm, "window", feature, bin) DO UPDATE SET n = b.n + EXCLUDED.n
+"""
+
+
 @dataclass(frozen=True)
 class TickResult:
     predictions: int  # rows read this tick
@@ -363,25 +493,39 @@ async def aggregate(
     settle: float = 2.0,
     now: float | None = None,
     drift_reference_rows: int = DEFAULT_DRIFT_REFERENCE_ROWS,
+    feature_reference_rows: int | None = None,
+    decay_reference_rows: int | None = None,
 ) -> TickResult:
     """Fold the rows ingested since the last tick into the aggregates; one transaction.
     ``drift_reference_rows``: the reference window's size of an arm whose first row this
-    tick reads (an arm keeps the size its reference started with)."""
-    if drift_reference_rows < 1:
-        raise ValueError(f"drift_reference_rows must be >= 1, got {drift_reference_rows!r}")
+    tick reads (an arm keeps the size its reference started with); the feature rows' and the
+    labelled rows' (decay) references default to it."""
+    sizes = (
+        drift_reference_rows,
+        drift_reference_rows if feature_reference_rows is None else feature_reference_rows,
+        drift_reference_rows if decay_reference_rows is None else decay_reference_rows,
+    )
+    for name, size in zip(("drift", "feature", "decay"), sizes, strict=True):
+        if size < 1:
+            raise ValueError(f"{name}_reference_rows must be >= 1, got {size!r}")
     started = time.perf_counter()
     # One aggregator at a time, across processes: a session lock taken before the snapshot
     # (a lock inside a repeatable-read transaction would wait with a stale snapshot).
     await conn.execute("SELECT pg_advisory_lock($1)", AGGREGATE_LOCK)
     try:
-        return await _aggregate(conn, settle, now, started, drift_reference_rows)
+        return await _aggregate(conn, settle, now, started, sizes)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", AGGREGATE_LOCK)
 
 
 async def _aggregate(
-    conn: asyncpg.Connection, settle: float, now: float | None, started: float, drift_rows: int
+    conn: asyncpg.Connection,
+    settle: float,
+    now: float | None,
+    started: float,
+    sizes: tuple[int, int, int],
 ) -> TickResult:
+    drift_rows, feature_rows, decay_rows = sizes
     cutoff = time.time() - settle if now is None else now - settle
     async with conn.transaction(isolation="repeatable_read"):
         # asyncpg prepares these statements; after five runs PostgreSQL would switch to a
@@ -389,31 +533,37 @@ async def _aggregate(
         # 7x slower per tick on 1M rows; benchmarks/bench_evaluator.py).
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         row = await conn.fetchrow(
-            "SELECT prediction_seq, outcome_seq FROM evaluation_watermark FOR UPDATE"
+            "SELECT prediction_seq, outcome_seq, feature_seq FROM evaluation_watermark FOR UPDATE"
         )
         assert row is not None, "migration 0003 inserts the watermark row"
-        wp, wo = int(row["prediction_seq"]), int(row["outcome_seq"])
+        wp, wo, wf = int(row["prediction_seq"]), int(row["outcome_seq"]), int(row["feature_seq"])
         cut = _timestamp(cutoff)
         up = int(await conn.fetchval(_UPPER.format(table="predictions"), wp, cut))
         uo = int(await conn.fetchval(_UPPER.format(table="outcomes"), wo, cut))
+        uf = int(await conn.fetchval(_UPPER.format(table="prediction_features"), wf, cut))
         n_pred = n_out = 0
         if up > wp:
             # Outcomes read in earlier ticks (seq <= wo) meet their late predictions here.
-            status = await conn.execute(_PREDICTIONS_NEW, wp, up, wo)
+            status = await conn.execute(_PREDICTIONS_NEW, wp, up, wo, decay_rows)
             n_pred = _count(status)
             await conn.execute(_SHADOW_PAIRS_NEW, wp, up, wo)
             # After _PREDICTIONS_NEW: this batch's duplicates are in duplicate_rows.
             await conn.execute(_DRIFT_NEW, wp, up, drift_rows)
         if uo > wo:
-            status = await conn.execute(_OUTCOMES_NEW, wo, uo, up)
+            status = await conn.execute(_OUTCOMES_NEW, wo, uo, up, decay_rows)
             n_out = _count(status)
             await conn.execute(_SHADOW_OUTCOMES_NEW, wo, uo, up)
-        if up > wp or uo > wo:
+        if uf > wf:
+            await conn.execute(_FEATURES_REFERENCE_NEW, wf, uf, feature_rows)
+            await conn.execute(_FEATURE_EDGES)
+            await conn.execute(_FEATURES_CURRENT_NEW, wf, uf)
+        if up > wp or uo > wo or uf > wf:
             await conn.execute(
                 "UPDATE evaluation_watermark SET prediction_seq = $1, outcome_seq = $2, "
-                "updated_at = now()",
+                "feature_seq = $3, updated_at = now()",
                 up,
                 uo,
+                uf,
             )
     return TickResult(n_pred, n_out, up, uo, time.perf_counter() - started)
 
@@ -452,13 +602,66 @@ async def analyze_stale(
 
 async def reset(conn: asyncpg.Connection) -> None:
     """Forget every aggregate (the next tick recomputes from the first row: a full pass).
-    ``drift_alerts`` stays: it records what the audit table already holds."""
+    ``drift_alerts`` stays: it records what the audit table already holds; so does
+    ``monitor_epochs``: where each arm's monitoring windows start."""
     async with conn.transaction():
         await conn.execute(
             "TRUNCATE arm_stats, arm_latency, shadow_stats, ignored_rows, duplicate_rows, "
-            "drift_windows, drift_bins"
+            "drift_windows, drift_bins, feature_windows, feature_reference, feature_edges, "
+            "feature_bins, decay_windows, decay_bins"
         )
-        await conn.execute("UPDATE evaluation_watermark SET prediction_seq = 0, outcome_seq = 0")
+        await conn.execute(
+            "UPDATE evaluation_watermark SET prediction_seq = 0, outcome_seq = 0, feature_seq = 0"
+        )
+
+
+_MONITORED_TABLES = (
+    "drift_windows", "drift_bins", "feature_windows", "feature_reference", "feature_edges",
+    "feature_bins", "decay_windows", "decay_bins", "drift_alerts",
+)  # fmt: skip
+
+
+async def restart_windows(
+    conn: asyncpg.Connection, experiment: str, arm: str, since_version: int
+) -> bool:
+    """Start ``arm``'s monitoring windows afresh at snapshot version ``since_version`` (a
+    promotion): its drift, feature and decay references become the first rows answered at or
+    after that version was written, and its crossings are news again. A no-op (False) when its
+    windows already start there, so the tick can ask every time."""
+    async with conn.transaction():
+        # Not while another process aggregates (it would add rows to the bins being dropped).
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", AGGREGATE_LOCK)
+        changed = await conn.fetchval(
+            """INSERT INTO monitor_epochs AS e (experiment, arm, since_version, from_ts)
+               SELECT $1, $2, $3, coalesce(
+                   (SELECT created_at FROM experiment_versions WHERE seq = $3), now())
+               ON CONFLICT (experiment, arm) DO UPDATE SET
+                   since_version = EXCLUDED.since_version, from_ts = EXCLUDED.from_ts
+               WHERE e.since_version <> EXCLUDED.since_version
+               RETURNING true""",
+            experiment,
+            arm,
+            since_version,
+        )
+        if not changed:
+            return False
+        for table in _MONITORED_TABLES:
+            await conn.execute(
+                f"DELETE FROM {table} WHERE experiment = $1 AND arm = $2", experiment, arm
+            )
+        return True
+
+
+async def monitor_epochs(
+    conn: asyncpg.Connection | asyncpg.Pool, experiment: str | None = None
+) -> dict[tuple[str, str], tuple[int, float]]:
+    """(experiment, arm) -> (since_version, from_ts as epoch seconds) of restarted windows."""
+    rows = await conn.fetch(
+        "SELECT experiment, arm, since_version, extract(epoch FROM from_ts) AS t"
+        " FROM monitor_epochs WHERE $1::text IS NULL OR experiment = $1",
+        experiment,
+    )
+    return {(r["experiment"], r["arm"]): (int(r["since_version"]), float(r["t"])) for r in rows}
 
 
 def _timestamp(epoch: float) -> object:
@@ -590,6 +793,75 @@ async def drift_totals(
         )
     for r in await conn.fetch(
         'SELECT experiment, arm, "window", kind, bin, n FROM drift_bins'
+        " WHERE $1::text IS NULL OR experiment = $1",
+        experiment,
+    ):
+        bins = out.get((r["experiment"], r["arm"]))
+        if bins is None:
+            continue
+        side = bins.reference if r["window"] == "reference" else bins.current
+        side.setdefault(r["kind"], {})[int(r["bin"])] = int(r["n"])
+    return out
+
+
+@dataclass
+class FeatureBins:
+    """One arm's feature drift windows: per feature (0-based), its edges and bin -> rows per
+    window; ``edges`` is empty until the reference is complete."""
+
+    reference_size: int
+    reference_rows: int
+    edges: dict[int, list[float]] = field(default_factory=dict)
+    reference: dict[int, dict[int, int]] = field(default_factory=dict)
+    current: dict[int, dict[int, int]] = field(default_factory=dict)
+
+
+async def feature_totals(
+    conn: asyncpg.Connection | asyncpg.Pool, experiment: str | None = None
+) -> dict[tuple[str, str], FeatureBins]:
+    """(experiment, arm) -> its feature drift windows (migration 0011)."""
+    out: dict[tuple[str, str], FeatureBins] = {}
+    for r in await conn.fetch(
+        "SELECT * FROM feature_windows WHERE $1::text IS NULL OR experiment = $1", experiment
+    ):
+        out[(r["experiment"], r["arm"])] = FeatureBins(
+            int(r["reference_size"]), int(r["reference_rows"])
+        )
+    for r in await conn.fetch(
+        "SELECT experiment, arm, feature, edges FROM feature_edges"
+        " WHERE $1::text IS NULL OR experiment = $1",
+        experiment,
+    ):
+        bins = out.get((r["experiment"], r["arm"]))
+        if bins is not None:
+            bins.edges[int(r["feature"])] = [float(x) for x in r["edges"]]
+    for r in await conn.fetch(
+        'SELECT experiment, arm, "window", feature, bin, n FROM feature_bins'
+        " WHERE $1::text IS NULL OR experiment = $1",
+        experiment,
+    ):
+        bins = out.get((r["experiment"], r["arm"]))
+        if bins is None:
+            continue
+        side = bins.reference if r["window"] == "reference" else bins.current
+        side.setdefault(int(r["feature"]), {})[int(r["bin"])] = int(r["n"])
+    return out
+
+
+async def decay_totals(
+    conn: asyncpg.Connection | asyncpg.Pool, experiment: str | None = None
+) -> dict[tuple[str, str], DriftBins]:
+    """(experiment, arm) -> its decay windows (migration 0011): kinds 'accuracy' and
+    'outcome', bins 0/1, in the shape of the drift bins."""
+    out: dict[tuple[str, str], DriftBins] = {}
+    for r in await conn.fetch(
+        "SELECT * FROM decay_windows WHERE $1::text IS NULL OR experiment = $1", experiment
+    ):
+        out[(r["experiment"], r["arm"])] = DriftBins(
+            int(r["reference_size"]), int(r["reference_rows"])
+        )
+    for r in await conn.fetch(
+        'SELECT experiment, arm, "window", kind, bin, n FROM decay_bins'
         " WHERE $1::text IS NULL OR experiment = $1",
         experiment,
     ):

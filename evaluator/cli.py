@@ -52,6 +52,14 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
     except InvalidArgument as exc:  # "tls_cert: give both ..." -> "--tls-cert: give both ..."
         flag = "--" + (exc.field or "").replace("_", "-")
         raise cli.UsageError(flag + exc.message[len(exc.field or "") :]) from None
+    for flag, rows in (
+        ("--drift-reference-rows", settings.drift_reference_rows),
+        ("--decay-reference-rows", settings.decay_reference_rows),
+    ):
+        if rows < 1:
+            raise cli.UsageError(
+                f"{flag} must be at least 1 (rows of a reference window), not {rows}"
+            )
     cli.database_url_arg(settings.database_url)
     if not settings.database_url:
         cli.writable_dir(settings.pg_data, "--pg-data")
@@ -226,6 +234,37 @@ def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
                 f"p={m['p_value']:.3g}{' REJECTED' if m['rejected'] else ''}; "
                 f"{m['current_rows']} current vs {m['reference_rows']} reference rows"
             )
+    details = json.loads(view.details_json or "{}")
+    for arm, d in sorted(details.get("feature_drift", {}).items()):
+        if not d.get("measures"):
+            print(
+                f"  feature drift {arm}: reference {d['reference_rows']}/{d['reference_size']} rows"
+            )
+            continue
+        for feature, m in sorted(d["measures"].items(), key=lambda kv: int(kv[0])):
+            print(
+                f"  feature drift {arm} feature {feature}: PSI {m['psi']:.3f} ({m['level']}), "
+                f"sequential p={m['p_value']:.3g}{' REJECTED' if m['rejected'] else ''}; "
+                f"{m['current_rows']} current vs {m['reference_rows']} reference rows"
+            )
+    for arm, d in sorted(details.get("decay", {}).items()):
+        champion = " (champion)" if details.get("champion") == arm else ""
+        if not d.get("measures"):
+            print(
+                f"  decay {arm}{champion}: reference {d['reference_rows']}/{d['reference_size']}"
+                " labelled rows"
+            )
+            continue
+        for kind, m in sorted(d["measures"].items()):
+            current = "-" if m["current_rate"] is None else f"{m['current_rate']:.4f}"
+            print(
+                f"  decay {arm}{champion} {kind}: {current} current vs "
+                f"{m['reference_rate']:.4f} reference, sequential p={m['p_value']:.3g}"
+                f"{' REJECTED' if m['rejected'] else ''}; {m['current_rows']} current vs "
+                f"{m['reference_rows']} reference rows"
+            )
+    for arm, e in sorted(details.get("monitor_epochs", {}).items()):
+        print(f"  monitoring {arm} from version {e['since_version']} (fresh reference)")
     v = view.verdict
     if v.recommendation:
         ci = ", ".join(f"{x:.4g}" for x in v.ci)

@@ -4,6 +4,7 @@ through ``EvaluatorView`` and imports no server."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -12,7 +13,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from evaluator.aggregate import TickResult
-    from evaluator.drift import DriftMeasure
+    from evaluator.drift import DecayMeasure, DriftMeasure
     from evaluator.service import Publisher
     from evaluator.store import VersionRow
 
@@ -43,6 +44,10 @@ class EvaluatorView(Protocol):
     def leader(self) -> bool: ...
     @property
     def drift(self) -> Mapping[tuple[str, str], Mapping[str, DriftMeasure]]: ...
+    @property
+    def feature_drift(self) -> Mapping[tuple[str, str], Mapping[str, DriftMeasure]]: ...
+    @property
+    def decay(self) -> Mapping[tuple[str, str], Mapping[str, DecayMeasure]]: ...
 
 
 class EvaluatorCollector(Collector):
@@ -191,3 +196,41 @@ class EvaluatorCollector(Collector):
                 drift_p.add_metric([exp, arm, kind], m.p_value)
         yield drift_psi
         yield drift_p
+        feature_psi = GaugeMetricFamily(
+            "abgate_feature_drift_psi",
+            "Population stability index of a captured feature's current rows against the arm's"
+            " reference window (bins: the reference's deciles); 0.1 warn, 0.25 act",
+            labels=["experiment", "arm", "feature"],
+        )
+        feature_p = GaugeMetricFamily(
+            "abgate_feature_drift_p_value",
+            "Anytime-valid p-value of 'this feature's current rows fall into the bins with the"
+            " reference's shares', Bonferroni-adjusted over the arm's features",
+            labels=["experiment", "arm", "feature"],
+        )
+        for (exp, arm), measures in sorted(srv.feature_drift.items()):
+            for feature, m in sorted(measures.items()):
+                feature_psi.add_metric([exp, arm, feature], m.psi)
+                feature_p.add_metric([exp, arm, feature], m.p_value)
+        yield feature_psi
+        yield feature_p
+        decay_rate = GaugeMetricFamily(
+            "abgate_decay_rate",
+            "Arm's accuracy (outcome equals the predicted label) or outcome rate (share of"
+            " positive outcomes), in its reference and current labelled rows",
+            labels=["experiment", "arm", "kind", "window"],
+        )
+        decay_p = GaugeMetricFamily(
+            "abgate_decay_p_value",
+            "Anytime-valid p-value of 'the current labelled rows have the reference's accuracy"
+            " (or outcome rate)' (evaluator.stats.sequential_drift on 2 bins)",
+            labels=["experiment", "arm", "kind"],
+        )
+        for (exp, arm), decays in sorted(srv.decay.items()):
+            for kind, d in sorted(decays.items()):
+                for window, rate in (("reference", d.reference_rate), ("current", d.current_rate)):
+                    if not math.isnan(rate):
+                        decay_rate.add_metric([exp, arm, kind, window], rate)
+                decay_p.add_metric([exp, arm, kind], d.p_value)
+        yield decay_rate
+        yield decay_p

@@ -14,7 +14,7 @@ import logging
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import asyncpg
@@ -32,16 +32,29 @@ from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
 from evaluator.aggregate import (
     DriftBins,
+    FeatureBins,
     TickResult,
     aggregate,
     all_shadow_totals,
     analyze_stale,
     arm_data,
+    decay_totals,
     drift_totals,
+    feature_totals,
     ignored_totals,
+    monitor_epochs,
+    restart_windows,
     shadow_totals,
 )
-from evaluator.drift import LEVELS, DriftMeasure, as_json, level_of, measure
+from evaluator.drift import (
+    LEVELS,
+    DecayMeasure,
+    DriftMeasure,
+    as_json,
+    measure,
+    measure_decay,
+    measure_features,
+)
 from evaluator.experiments import (
     ARCHIVED,
     ExperimentState,
@@ -87,6 +100,27 @@ def server_credentials(s: EvaluatorSettings) -> grpc.ServerCredentials | None:
     )
 
 
+# Experiments whose arms are monitored for drift and decay, and those whose champion alone is
+# (one arm serves everything, from the fresh reference taken after the change).
+CHAMPION_STATUSES = ("promoted", "rolled_back")
+MONITORED_STATUSES = ("running", *CHAMPION_STATUSES)
+
+
+def champion_of(state: ExperimentState) -> str:
+    """The arm serving as champion: the control while an experiment runs (or is paused), the
+    arm holding the largest weight once it is promoted or rolled back."""
+    if state.status in CHAMPION_STATUSES and state.weights:
+        return max(state.weights, key=lambda a: state.weights[a])
+    return state.control.name
+
+
+@dataclass(frozen=True)
+class _Monitored:
+    drift: Mapping[tuple[str, str], DriftBins]
+    features: Mapping[tuple[str, str], FeatureBins]
+    decay: Mapping[tuple[str, str], DriftBins]
+
+
 # Session-level advisory lock held by the one evaluator that aggregates and decides ("abgate" +
 # 4; migrations, aggregation and partitions use + 1, + 2, + 3).
 LEADER_LOCK = 0x61626761746504
@@ -127,8 +161,11 @@ class EvaluatorServer:
         # (experiment, reason) -> rows the aggregation left out (ignored_rows), as of the last tick
         self.ignored: dict[tuple[str, str], int] = {}
         self.decision_counts: dict[str, int] = {}
-        # (experiment, arm) -> kind -> drift measures as of the last tick (evaluator.drift)
+        # (experiment, arm) -> kind -> drift measures as of the last tick (evaluator.drift);
+        # the same per captured feature ("0", "1", ...) and the decay measures per kind.
         self.drift: dict[tuple[str, str], dict[str, DriftMeasure]] = {}
+        self.feature_drift: dict[tuple[str, str], dict[str, DriftMeasure]] = {}
+        self.decay: dict[tuple[str, str], dict[str, DecayMeasure]] = {}
         self.metrics_httpd: Any = None
         self.metrics_port = 0
         # Leadership: only the evaluator holding LEADER_LOCK on its own connection aggregates
@@ -295,27 +332,44 @@ class EvaluatorServer:
             analyzed = await analyze_stale(conn)
             if analyzed:
                 log.debug("analyzed %s before the tick", analyzed)
+            # A promoted (or rolled back) experiment's champion is monitored from a fresh
+            # reference: the first rows it served after that version was written.
+            for name, row in sorted(self.latest.items()):
+                if row.state.status in CHAMPION_STATUSES:
+                    champion = champion_of(row.state)
+                    if await restart_windows(conn, name, champion, row.since):
+                        log.info(
+                            "experiment %s: monitoring %s from a fresh reference (version %d)",
+                            name,
+                            champion,
+                            row.version,
+                        )
             result = await aggregate(
                 conn,
                 settle=self.settings.settle,
                 drift_reference_rows=self.settings.drift_reference_rows,
+                decay_reference_rows=self.settings.decay_reference_rows,
             )
             self.shadow_sums = await all_shadow_totals(conn)
             self.ignored = await ignored_totals(conn)
-            drift_bins = await drift_totals(conn)
+            monitored = _Monitored(
+                await drift_totals(conn), await feature_totals(conn), await decay_totals(conn)
+            )
         self.last_tick = result
         self.rows_aggregated["predictions"] += result.predictions
         self.rows_aggregated["outcomes"] += result.outcomes
         now = time.time() if now is None else now
         decided = []
-        self.drift = {}
+        self.drift, self.feature_drift, self.decay = {}, {}, {}
         for name, row in sorted(self.latest.items()):
-            if row.state.status != "running":
+            if row.state.status not in MONITORED_STATUSES:
                 continue
             try:
-                await self._drift(row, drift_bins)
+                await self._monitor(row, monitored)
             except Exception:
                 log.exception("drift of %s failed; retrying next tick", name)
+            if row.state.status != "running":
+                continue
             try:
                 data = await arm_data(self._store().pool, row.state, row.since)
                 decision = decide(row.state, data, now, self._rng)
@@ -332,64 +386,160 @@ class EvaluatorServer:
         self.last_tick_at = time.time()
         return decided
 
-    async def _drift(self, row: VersionRow, bins: Mapping[tuple[str, str], DriftBins]) -> None:
-        """Drift measures of a running experiment's arms, and an audit row (action 'drift')
-        the first time a (arm, kind) reaches a PSI level (warn, act) or its sequential test
-        rejects; what was audited is kept in drift_alerts, so a restart or another leader
-        does not audit it again."""
+    async def _monitor(self, row: VersionRow, bins: _Monitored) -> None:
+        """Drift (score, class, each captured feature) and decay measures of a monitored
+        experiment's arms (every arm of a running one; the champion of a promoted or rolled
+        back one), an audit row the first time each crosses (action 'drift': a PSI level,
+        warn or act, reached or the sequential test rejecting; 'decay': the decay test
+        rejecting), and, when the champion's drift acts or it decays, a retrain request
+        (audit 'retrain_requested'). What was audited is kept in drift_alerts, so a restart
+        or another leader does not audit it again."""
+        state = row.state
+        name = state.name
+        champion = champion_of(state)
+        arms = [a.name for a in state.arms]
+        if state.status != "running":
+            arms = [champion]
+        for arm in arms:
+            drift: dict[str, DriftMeasure] = {}
+            if (b := bins.drift.get((name, arm))) is not None and (m := measure(b)):
+                self.drift[(name, arm)] = m
+                drift.update(m)
+            if (f := bins.features.get((name, arm))) is not None and (fm := measure_features(f)):
+                self.feature_drift[(name, arm)] = fm
+                drift.update({x.kind: x for x in fm.values()})
+            decay: dict[str, DecayMeasure] = {}
+            if (d := bins.decay.get((name, arm))) is not None and (dm := measure_decay(d)):
+                self.decay[(name, arm)] = dm
+                decay = {f"decay:{k}": x for k, x in dm.items()}
+            if drift or decay:
+                await self._audit_crossings(row, arm, arm == champion, drift, decay)
+
+    async def _audit_crossings(
+        self,
+        row: VersionRow,
+        arm: str,
+        is_champion: bool,
+        drift: Mapping[str, DriftMeasure],
+        decay: Mapping[str, DecayMeasure],
+    ) -> None:
         name = row.state.name
-        for arm in row.state.arms:
-            arm_bins = bins.get((name, arm.name))
-            if arm_bins is None:
-                continue
-            measures = measure(arm_bins)
-            if not measures:
-                continue
-            self.drift[(name, arm.name)] = measures
-            async with self._store().pool.acquire() as conn, conn.transaction():
-                seen = {
-                    r["kind"]: (int(r["psi_level"]), bool(r["rejected"]))
-                    for r in await conn.fetch(
-                        "SELECT kind, psi_level, rejected FROM drift_alerts"
-                        " WHERE experiment = $1 AND arm = $2 FOR UPDATE",
-                        name,
-                        arm.name,
-                    )
-                }
-                for kind, m in measures.items():
-                    level, rejected = seen.get(kind, (0, False))
-                    new_level = max(level, level_of(m.psi))
-                    if new_level == level and (rejected or not m.rejected):
-                        continue
-                    crossed = []
-                    if new_level > level:
-                        crossed.append(f"PSI {m.psi:.3f} reached {LEVELS[new_level]}")
-                    if m.rejected and not rejected:
-                        crossed.append(f"sequential test rejected (p={m.p_value:.2g})")
-                    recommendation = f"drift of {kind} in arm {arm.name}: " + "; ".join(crossed)
-                    await self._store().record_decision_on(
-                        conn,
-                        name,
-                        {
-                            "action": "drift",
-                            "recommendation": recommendation,
-                            "source": "drift",
-                            "statistics": {"arm": arm.name, **asdict(m)},
-                            "inputs": {"version": row.version},
-                        },
-                        row.version,
-                    )
-                    await conn.execute(
-                        "INSERT INTO drift_alerts AS a (experiment, arm, kind, psi_level, rejected)"
-                        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (experiment, arm, kind) DO UPDATE"
-                        " SET psi_level = EXCLUDED.psi_level, rejected = EXCLUDED.rejected",
-                        name,
-                        arm.name,
-                        kind,
-                        new_level,
-                        rejected or m.rejected,
-                    )
-                    log.warning("experiment %s: %s", name, recommendation)
+        acted: list[dict[str, Any]] = []  # the champion's crossings that ask for a retrain
+        async with self._store().pool.acquire() as conn, conn.transaction():
+            seen = {
+                r["kind"]: (int(r["psi_level"]), bool(r["rejected"]))
+                for r in await conn.fetch(
+                    "SELECT kind, psi_level, rejected FROM drift_alerts"
+                    " WHERE experiment = $1 AND arm = $2 FOR UPDATE",
+                    name,
+                    arm,
+                )
+            }
+
+            async def crossed(kind: str, level: int, rejected: bool, doc: dict[str, Any]) -> None:
+                await self._store().record_decision_on(conn, name, doc, row.version)
+                await conn.execute(
+                    "INSERT INTO drift_alerts AS a (experiment, arm, kind, psi_level, rejected)"
+                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (experiment, arm, kind) DO UPDATE"
+                    " SET psi_level = EXCLUDED.psi_level, rejected = EXCLUDED.rejected",
+                    name,
+                    arm,
+                    kind,
+                    level,
+                    rejected,
+                )
+                log.warning("experiment %s: %s", name, doc["recommendation"])
+
+            for kind, m in drift.items():
+                level, rejected = seen.get(kind, (0, False))
+                new_level = max(level, LEVELS.index(m.level))
+                if new_level == level and (rejected or not m.rejected):
+                    continue
+                what = []
+                if new_level > level:
+                    what.append(f"PSI {m.psi:.3f} reached {LEVELS[new_level]}")
+                if m.rejected and not rejected:
+                    what.append(f"sequential test rejected (p={m.p_value:.2g})")
+                recommendation = f"drift of {kind} in arm {arm}: " + "; ".join(what)
+                await crossed(
+                    kind,
+                    new_level,
+                    rejected or m.rejected,
+                    {
+                        "action": "drift",
+                        "recommendation": recommendation,
+                        "source": "drift",
+                        "statistics": {"arm": arm, **asdict(m)},
+                        "inputs": {"version": row.version},
+                    },
+                )
+                if (new_level == 2 > level) or (m.rejected and not rejected):
+                    acted.append(
+                        {"source": "drift", "measure": kind, "psi": m.psi, "level": m.level,
+                         "p_value": m.p_value, "text": recommendation}
+                    )  # fmt: skip
+            for kind, d in decay.items():
+                level, rejected = seen.get(kind, (0, False))
+                if rejected or not d.rejected:
+                    continue
+                recommendation = (
+                    f"{kind} of arm {arm}: {d.current_rate:.4f} on {d.current_rows} current rows "
+                    f"vs {d.reference_rate:.4f} on {d.reference_rows} reference rows, sequential "
+                    f"test rejected (p={d.p_value:.2g})"
+                )
+                await crossed(
+                    kind,
+                    0,
+                    True,
+                    {
+                        "action": "decay",
+                        "recommendation": recommendation,
+                        "source": "decay",
+                        "statistics": {"arm": arm, **as_json({kind: d})[kind]},
+                        "inputs": {"version": row.version},
+                    },
+                )
+                if d.worse:
+                    acted.append(
+                        {"source": "decay", "measure": kind, "reference_rate": d.reference_rate,
+                         "current_rate": d.current_rate, "p_value": d.p_value,
+                         "text": recommendation}
+                    )  # fmt: skip
+            if acted and is_champion and self.settings.retrain_on_drift:
+                await self._request_retrain(conn, row, arm, acted)
+
+    async def _request_retrain(
+        self, conn: asyncpg.Connection, row: VersionRow, arm: str, acted: list[dict[str, Any]]
+    ) -> None:
+        """One retrain request for the champion's crossings of this tick (on the audit's
+        transaction: both or neither), and its audit row."""
+        name = row.state.name
+        source = "decay" if any(a["source"] == "decay" for a in acted) else "drift"
+        reason = "; ".join(a["text"] for a in acted)
+        details = {
+            "arm": arm,
+            "version": row.version,
+            "status": row.state.status,
+            "model": next((a.model for a in row.state.arms if a.name == arm), ""),
+            "measures": [{k: v for k, v in a.items() if k != "text"} for a in acted],
+        }
+        request = await request_retrain(
+            conn, name, source, reason, requested_by="evaluator", details=details
+        )
+        await self._store().record_decision_on(
+            conn,
+            name,
+            {
+                "action": "retrain_requested",
+                "recommendation": f"retrain of {name} requested (request {request.id}"
+                f"{'' if request.created else ', already pending'}): {reason}",
+                "source": source,
+                "statistics": {"request_id": request.id, "created": request.created, **details},
+                "inputs": {"version": row.version},
+            },
+            row.version,
+        )
+        log.warning("experiment %s: retrain requested (request %d): %s", name, request.id, reason)
 
     async def maintain(self) -> None:
         """Hourly: dated partitions for the coming days, and retention when configured."""
@@ -513,7 +663,8 @@ class EvaluatorServer:
         view = self._view(row)
         # Drift, from the stored bins (any evaluator, leader or not): per arm, the reference's
         # progress and, once complete, the measures per kind.
-        bins = await drift_totals(self._store().pool, name)
+        pool = self._store().pool
+        bins = await drift_totals(pool, name)
         if bins:
             details = json.loads(view.details_json)
             details["drift"] = {
@@ -523,6 +674,34 @@ class EvaluatorServer:
                     "measures": as_json(measure(b)),
                 }
                 for (_, arm), b in sorted(bins.items())
+            }
+            view.details_json = json.dumps(details, sort_keys=True)
+        features = await feature_totals(pool, name)
+        decay = await decay_totals(pool, name)
+        epochs = await monitor_epochs(pool, name)
+        if features or decay or epochs:
+            details = json.loads(view.details_json)
+            details["feature_drift"] = {
+                arm: {
+                    "reference_rows": f.reference_rows,
+                    "reference_size": f.reference_size,
+                    "edges": {str(i): e for i, e in sorted(f.edges.items())},
+                    "measures": as_json(measure_features(f)),
+                }
+                for (_, arm), f in sorted(features.items())
+            }
+            details["decay"] = {
+                arm: {
+                    "reference_rows": d.reference_rows,
+                    "reference_size": d.reference_size,
+                    "measures": as_json(measure_decay(d)),
+                }
+                for (_, arm), d in sorted(decay.items())
+            }
+            details["champion"] = champion_of(row.state)
+            details["monitor_epochs"] = {
+                arm: {"since_version": v, "from_ts": t}
+                for (_, arm), (v, t) in sorted(epochs.items())
             }
             view.details_json = json.dumps(details, sort_keys=True)
         if row.state.shadows:

@@ -221,3 +221,120 @@ def run_drift(s: DriftScenario, rng: np.random.Generator) -> DriftOutcome:
             delay = seen - s.shift_after if shifted and seen > s.shift_after else -1
             return DriftOutcome(tick, delay, psi(ref.tolist(), cur.tolist()))
     return DriftOutcome(-1, -1, psi(ref.tolist(), cur.tolist()))
+
+
+# -- feature drift and decay --------------------------------------------------------------------
+@dataclass(frozen=True)
+class MonitorScenario:
+    """One arm's traffic as the feature drift and decay monitors see it: ``features``
+    independent N(0, 1) request features and labelled rows whose predicted label is right with
+    probability ``accuracy``. After ``shift_after`` current rows, feature 0's mean moves by
+    ``covariate_shift`` (a covariate shift) and/or the accuracy becomes ``accuracy_after`` (a
+    concept shift: the labels change, the features do not). Each look (tick) adds
+    ``rows_per_tick`` feature rows and ``labelled_per_tick`` labelled rows."""
+
+    features: int = 5
+    accuracy: float = 0.85
+    positive_rate: float = 0.4
+    covariate_shift: float = 0.0
+    accuracy_after: float | None = None
+    shift_after: int = 0
+    reference_rows: int = 1000
+    decay_reference_rows: int = 1000
+    rows_per_tick: int = 500
+    labelled_per_tick: int = 100
+    ticks: int = 100
+    alpha: float = 0.01
+
+
+@dataclass(frozen=True)
+class MonitorOutcome:
+    feature_tick: int  # first look a feature's crossing (PSI warn/act or the test) came at
+    feature_delay_rows: int  # current feature rows after the shift until then (-1: never)
+    decay_tick: int  # first look a decay test rejected at (-1: never)
+    decay_delay_rows: int  # current labelled rows after the shift until then (-1: never)
+
+
+def _feature_counts(values: np.ndarray, edges: list[np.ndarray]) -> list[np.ndarray]:
+    return [
+        np.bincount(np.searchsorted(e, values[:, f], side="right"), minlength=len(e) + 1)
+        for f, e in enumerate(edges)
+    ]
+
+
+def run_monitor(s: MonitorScenario, rng: np.random.Generator) -> MonitorOutcome:
+    """The tick's feature drift and decay measures (``evaluator.drift.measure_features`` and
+    ``measure_decay``, on bins built as the SQL builds them: decile edges of the reference
+    rows, width_bucket) after every look, on the cumulative current windows."""
+    from evaluator.aggregate import DriftBins, FeatureBins
+    from evaluator.drift import measure_decay, measure_features
+
+    deciles = [0.1 * i for i in range(1, 10)]
+    ref = rng.normal(0.0, 1.0, (s.reference_rows, s.features)).astype(np.float32)
+    edges = [
+        np.unique(np.quantile(ref[:, f].astype(np.float64), deciles)) for f in range(s.features)
+    ]
+    ref_counts = _feature_counts(ref.astype(np.float64), edges)
+    cur_counts = [np.zeros(len(e) + 1, dtype=np.int64) for e in edges]
+
+    def labelled(n: int, accuracy: float) -> tuple[np.ndarray, np.ndarray]:
+        outcome = rng.random(n) < s.positive_rate
+        right = rng.random(n) < accuracy
+        return right.astype(np.int64), outcome.astype(np.int64)
+
+    ref_right, ref_pos = labelled(s.decay_reference_rows, s.accuracy)
+    decay_ref = {
+        "accuracy": {0: int((ref_right == 0).sum()), 1: int(ref_right.sum())},
+        "outcome": {0: int((ref_pos == 0).sum()), 1: int(ref_pos.sum())},
+    }
+    decay_cur = {"accuracy": {0: 0, 1: 0}, "outcome": {0: 0, 1: 0}}
+    shifted = s.covariate_shift != 0.0 or s.accuracy_after is not None
+    feature_tick = decay_tick = -1
+    feature_delay = decay_delay = -1
+    seen = labelled_seen = 0
+    labelled_shift = s.shift_after * s.labelled_per_tick // s.rows_per_tick
+    for tick in range(s.ticks):
+        rows = rng.normal(0.0, 1.0, (s.rows_per_tick, s.features))
+        after = np.arange(seen, seen + s.rows_per_tick) >= s.shift_after
+        if s.covariate_shift:
+            rows[after, 0] += s.covariate_shift
+        for f, c in enumerate(_feature_counts(rows.astype(np.float32).astype(np.float64), edges)):
+            cur_counts[f] += c
+        seen += s.rows_per_tick
+        n_before = max(0, min(s.labelled_per_tick, labelled_shift - labelled_seen))
+        n_after = s.labelled_per_tick - n_before if s.accuracy_after is not None else 0
+        n_before = s.labelled_per_tick - n_after
+        for n, acc in ((n_before, s.accuracy), (n_after, s.accuracy_after or s.accuracy)):
+            right, pos = labelled(n, acc)
+            decay_cur["accuracy"][1] += int(right.sum())
+            decay_cur["accuracy"][0] += n - int(right.sum())
+            decay_cur["outcome"][1] += int(pos.sum())
+            decay_cur["outcome"][0] += n - int(pos.sum())
+        labelled_seen += s.labelled_per_tick
+        if feature_tick < 0:
+            bins = FeatureBins(
+                s.reference_rows,
+                s.reference_rows,
+                {f: e.tolist() for f, e in enumerate(edges)},
+                {f: dict(enumerate(c.tolist())) for f, c in enumerate(ref_counts)},
+                {f: dict(enumerate(c.tolist())) for f, c in enumerate(cur_counts)},
+            )
+            measures = measure_features(bins, s.alpha)
+            if any(m.rejected or m.level != "ok" for m in measures.values()):
+                feature_tick = tick
+                if shifted and seen > s.shift_after:
+                    feature_delay = seen - s.shift_after
+        if decay_tick < 0:
+            decay_bins = DriftBins(
+                s.decay_reference_rows,
+                s.decay_reference_rows,
+                {k: dict(v) for k, v in decay_ref.items()},
+                {k: dict(v) for k, v in decay_cur.items()},
+            )
+            if any(m.rejected for m in measure_decay(decay_bins, s.alpha).values()):
+                decay_tick = tick
+                if shifted and labelled_seen > labelled_shift:
+                    decay_delay = labelled_seen - labelled_shift
+        if feature_tick >= 0 and decay_tick >= 0:
+            break
+    return MonitorOutcome(feature_tick, feature_delay, decay_tick, decay_delay)
