@@ -82,22 +82,17 @@ def _line(view: dict[str, Any], steps: list[Any]) -> str:
     champion = details.get("champion", "")
     psi = [
         m.get("psi", 0.0)
-        for arm, kinds in details.get("drift", {}).items()
-        if arm == champion
-        for m in kinds.values()
-    ]
-    psi += [
-        m.get("psi", 0.0)
-        for arm, features in details.get("feature_drift", {}).items()
-        if arm == champion
-        for m in features.values()
+        for key in ("drift", "feature_drift")
+        for m in details.get(key, {}).get(champion, {}).get("measures", {}).values()
     ]
     if psi:
-        parts.append(f"drift max PSI {max(psi):.2f}")
-    decay = details.get("decay", {}).get(champion, {})
-    accuracy = decay.get("accuracy") if isinstance(decay, dict) else None
-    if isinstance(accuracy, dict) and accuracy.get("current_rows"):
-        parts.append(f"decay p={accuracy.get('p_value', 1.0):.2g}")
+        parts.append(f"{champion} drift: max PSI {max(psi):.2f}")
+    accuracy = _decay(details)
+    if accuracy is not None and accuracy.get("current_rows"):
+        parts.append(
+            f"decay: acc {accuracy['current_rate']:.2f} vs {accuracy['reference_rate']:.2f},"
+            f" p={accuracy.get('p_value', 1.0):.2g}"
+        )
     if steps:
         parts.append(f"last step: {steps[-1].action}")
     return " | ".join(parts)
@@ -122,12 +117,16 @@ def _wait(
     )
 
 
+def _decay(details: dict[str, Any]) -> dict[str, Any] | None:
+    """The champion's accuracy decay measure, once its reference is complete."""
+    window = details.get("decay", {}).get(details.get("champion", ""), {})
+    measure = window.get("measures", {}).get("accuracy")
+    return measure if isinstance(measure, dict) else None
+
+
 def _reference_full(view: dict[str, Any], _steps: list[Any]) -> bool:
     """The promoted champion's fresh decay reference holds its rows."""
-    details = view.get("details", {})
-    decay = details.get("decay", {}).get(details.get("champion", ""), {})
-    accuracy = decay.get("accuracy") if isinstance(decay, dict) else None
-    return isinstance(accuracy, dict) and accuracy.get("reference_rows", 0) >= REFERENCE_ROWS
+    return _decay(view.get("details", {})) is not None
 
 
 def run_cycle_demo(*, workdir: Path, quick: bool = False) -> int:
@@ -162,8 +161,7 @@ def run_cycle_demo(*, workdir: Path, quick: bool = False) -> int:
     watch: _Watch | None = None
     rc = 1
     try:
-        print("== 3. the evaluator (drift and decay references of 300 rows, no round cooldown),")
-        print("   a gateway subscribed to it, and a trainer taking retrain requests")
+        print("== 3. the evaluator (drift and decay references of 300 rows, no round cooldown)")
         evaluator = _start(
             _abgate("--log-level", "WARNING", "evaluator", "--listen", evaluator_target,
                     "--database-url", database_url, "--model-store", str(store_dir),
@@ -173,6 +171,13 @@ def run_cycle_demo(*, workdir: Path, quick: bool = False) -> int:
             workdir / "evaluator.log",
         )  # fmt: skip
         wait_serving(evaluator_target, proc=evaluator)
+        name = f"cycle-{int(time.time())}"
+        print(f"== 4. round 1 of {name!r}: control = demo-stump, treatment = demo-logreg,")
+        print("   every request's features captured (--feature-sample-rate 1)")
+        _cli("experiments", "create", "--evaluator", evaluator_target, "--name", name,
+             "--arm", "control=demo-stump", "--arm", "treatment=demo-logreg",
+             "--metric", "accuracy", "--min-samples", "200", "--min-effect", "0.02",
+             "--feature-sample-rate", "1")  # fmt: skip
         procs["gateway"] = _start(
             _abgate("--log-level", "WARNING", "serve", "--listen", target,
                     "--model-store", str(store_dir), "--state-dir", str(workdir / "state"),
@@ -181,6 +186,7 @@ def run_cycle_demo(*, workdir: Path, quick: bool = False) -> int:
             workdir / "gateway.log",
         )  # fmt: skip
         wait_serving(target, proc=procs["gateway"])
+        print("== 5. a gateway subscribed to the evaluator, and a trainer taking retrain requests")
         procs["trainer"] = _start(
             _abgate("--log-level", "WARNING", "trainer", "--database-url", database_url,
                     "--model-store", str(store_dir), "--evaluator", evaluator_target,
@@ -188,15 +194,8 @@ def run_cycle_demo(*, workdir: Path, quick: bool = False) -> int:
             workdir / "trainer.log",
         )  # fmt: skip
 
-        name = f"cycle-{int(time.time())}"
-        print(f"== 4. round 1 of {name!r}: control = demo-stump, treatment = demo-logreg,")
-        print("   every request's features captured (--feature-sample-rate 1)")
-        _cli("experiments", "create", "--evaluator", evaluator_target, "--name", name,
-             "--arm", "control=demo-stump", "--arm", "treatment=demo-logreg",
-             "--metric", "accuracy", "--min-samples", "200", "--min-effect", "0.02",
-             "--feature-sample-rate", "1")  # fmt: skip
         watch = _Watch(evaluator_target, token, name)
-        print(f"== 5. traffic as it was ({RATE} req/s with outcomes) until round 1 is decided")
+        print(f"== 6. traffic as it was ({RATE} req/s with outcomes) until round 1 is decided")
         print("   and the promoted champion's fresh reference holds its rows")
         before = _loadtest(target, name, store_dir, seed=1, seconds=600)
         try:
@@ -205,7 +204,7 @@ def run_cycle_demo(*, workdir: Path, quick: bool = False) -> int:
         finally:
             before.terminate()
             before.wait(30)
-        print(f"== 6. the world changes: the outcome now follows {SHIFTED_LABEL_FEATURE}, and")
+        print(f"== 7. the world changes: the outcome now follows {SHIFTED_LABEL_FEATURE}, and")
         print(f"   {', '.join(SHIFTED_FEATURES)} read 1.6x higher for 40 % of the rows")
         print("   the evaluator watches the champion: decay -> retrain request -> the trainer")
         print("   trains on the logged rows -> registers -> round 2 -> decided")
@@ -221,13 +220,13 @@ def run_cycle_demo(*, workdir: Path, quick: bool = False) -> int:
         finally:
             after.terminate()
             after.wait(30)
-        print(f"== 7. the cycle in the audit trail (`abgate experiments history {name}`)")
+        print(f"== 8. the cycle in the audit trail (`abgate experiments history {name}`)")
         print(_cli("experiments", "history", name, "--evaluator", evaluator_target).rstrip())
         new_model = next(
             (a["model"] for a in view["definition"]["arms"] if a["name"].startswith("r")), ""
         )
         if new_model:
-            print(f"== 8. the retrained model's lineage (`abgate models lineage {new_model[:12]}`)")
+            print(f"== 9. the retrained model's lineage (`abgate models lineage {new_model[:12]}`)")
             print(_cli("models", "lineage", new_model, "--store", str(store_dir)).rstrip())
         (workdir / "cycle.json").write_text(json.dumps(view, indent=1, sort_keys=True))
         rc = 0
@@ -237,7 +236,7 @@ def run_cycle_demo(*, workdir: Path, quick: bool = False) -> int:
     finally:
         if watch is not None:
             watch.close()
-        print("== 9. stopping everything")
+        print("== 10. stopping everything")
         for proc_name in ("trainer", "gateway"):
             if _stop(proc_name, procs[proc_name]) != 0 and proc_name == "gateway":
                 rc = 1

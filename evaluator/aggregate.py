@@ -92,7 +92,7 @@ _EARLIER_OUTCOMES = f"""earlier AS (
 # reference already holds, the first reference_size ($4) are the reference, the rest current.
 # Pairs of a row answered before the arm's monitor epoch are in no window.
 _DECAY_NEW = """decay_new AS (
-    SELECT pr.experiment, pr.arm, pr.label, pr.value,
+    SELECT pr.experiment, pr.arm, pr.label, pr.value, pr.pts,
            row_number() OVER (PARTITION BY pr.experiment, pr.arm ORDER BY pr.seq, pr.source)
                AS k
     FROM pairs pr LEFT JOIN monitor_epochs e USING (experiment, arm)
@@ -103,11 +103,14 @@ _DECAY_NEW = """decay_new AS (
                 THEN 'reference' ELSE 'current' END AS win
     FROM decay_new dn LEFT JOIN decay_windows d USING (experiment, arm)
 ), decay_windows_new AS (
-    INSERT INTO decay_windows AS d (experiment, arm, reference_size, reference_rows)
-    SELECT experiment, arm, min(size), count(*) FILTER (WHERE win = 'reference')
+    INSERT INTO decay_windows AS d (experiment, arm, reference_size, reference_rows,
+                                   current_from)
+    SELECT experiment, arm, min(size), count(*) FILTER (WHERE win = 'reference'),
+           min(pts) FILTER (WHERE win = 'current')
     FROM decay_w GROUP BY 1, 2
     ON CONFLICT (experiment, arm) DO UPDATE SET
-        reference_rows = d.reference_rows + EXCLUDED.reference_rows
+        reference_rows = d.reference_rows + EXCLUDED.reference_rows,
+        current_from = coalesce(d.current_from, EXCLUDED.current_from)
 ), decay_bins_new AS (
     INSERT INTO decay_bins AS b (experiment, arm, "window", kind, bin, n)
     SELECT experiment, arm, win, 'accuracy', (value = label)::int, count(*)
@@ -351,7 +354,7 @@ DEFAULT_DRIFT_REFERENCE_ROWS = 1000
 SCORE_BINS = 10
 _DRIFT_NEW = f"""
 WITH new AS (
-    SELECT q.experiment, q.arm, q.label, q.scores[2] AS s,
+    SELECT q.experiment, q.arm, q.label, q.scores[2] AS s, q.ts,
            row_number() OVER (PARTITION BY q.experiment, q.arm ORDER BY q.seq) AS k
     FROM predictions q
     LEFT JOIN monitor_epochs e ON e.experiment = q.experiment AND e.arm = q.arm
@@ -363,11 +366,13 @@ WITH new AS (
                 THEN 'reference' ELSE 'current' END AS win
     FROM new LEFT JOIN drift_windows d USING (experiment, arm)
 ), windows AS (
-    INSERT INTO drift_windows AS d (experiment, arm, reference_size, reference_rows)
-    SELECT experiment, arm, min(size), count(*) FILTER (WHERE win = 'reference')
+    INSERT INTO drift_windows AS d (experiment, arm, reference_size, reference_rows, current_from)
+    SELECT experiment, arm, min(size), count(*) FILTER (WHERE win = 'reference'),
+           min(ts) FILTER (WHERE win = 'current')
     FROM w GROUP BY 1, 2
     ON CONFLICT (experiment, arm) DO UPDATE SET
-        reference_rows = d.reference_rows + EXCLUDED.reference_rows
+        reference_rows = d.reference_rows + EXCLUDED.reference_rows,
+        current_from = coalesce(d.current_from, EXCLUDED.current_from)
 ), scores AS (
     INSERT INTO drift_bins AS b (experiment, arm, "window", kind, bin, n)
     SELECT experiment, arm, win, 'score', least(floor(s * {SCORE_BINS}), {SCORE_BINS - 1})::bigint,
@@ -398,7 +403,7 @@ older AS (
     SELECT request_id, min(seq) AS first_seq FROM prediction_features
     WHERE seq > $1 AND seq <= $2 GROUP BY 1
 ), fnew AS MATERIALIZED (
-    SELECT q.seq, q.experiment, q.arm, q.features
+    SELECT q.seq, q.experiment, q.arm, q.features, q.ts
     FROM prediction_features q
     JOIN firsts f ON f.first_seq = q.seq
     LEFT JOIN older o ON o.seq = q.seq
@@ -460,15 +465,21 @@ FROM ready WHERE d.experiment = ready.experiment AND d.arm = ready.arm
 
 # 3. Every other new row of an arm with edges is current: one bin per feature value.
 _FEATURES_CURRENT_NEW = f"""
-WITH {_FEATURES_NEW_ROWS}, cur AS (
-    SELECT fnew.experiment, fnew.arm, (u.i - 1)::int AS feature, u.v::float8 AS v
-    FROM fnew
+WITH {_FEATURES_NEW_ROWS}, rows AS (
+    SELECT fnew.* FROM fnew
     JOIN feature_windows d ON d.experiment = fnew.experiment AND d.arm = fnew.arm
                           AND d.edges_ready
     LEFT JOIN feature_reference r ON r.experiment = fnew.experiment AND r.arm = fnew.arm
                                  AND r.seq = fnew.seq
-    CROSS JOIN LATERAL unnest(fnew.features) WITH ORDINALITY AS u(v, i)
-    WHERE r.seq IS NULL AND {_FINITE.format("u.v")}
+    WHERE r.seq IS NULL
+), began AS (
+    UPDATE feature_windows d SET current_from = f.ts
+    FROM (SELECT experiment, arm, min(ts) AS ts FROM rows GROUP BY 1, 2) f
+    WHERE d.experiment = f.experiment AND d.arm = f.arm AND d.current_from IS NULL
+), cur AS (
+    SELECT rows.experiment, rows.arm, (u.i - 1)::int AS feature, u.v::float8 AS v
+    FROM rows CROSS JOIN LATERAL unnest(rows.features) WITH ORDINALITY AS u(v, i)
+    WHERE {_FINITE.format("u.v")}
 )
 INSERT INTO feature_bins AS b (experiment, arm, "window", feature, bin, n)
 SELECT c.experiment, c.arm, 'current', c.feature, width_bucket(c.v, e.edges), count(*)

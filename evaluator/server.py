@@ -126,6 +126,13 @@ class _Monitored:
 LEADER_LOCK = 0x61626761746504
 
 
+def _window_table(source: str, measure: str) -> str:
+    """The table holding the monitoring window of an acting measure."""
+    if source == "decay":
+        return "decay_windows"
+    return "feature_windows" if measure.startswith("feature:") else "drift_windows"
+
+
 class EvaluatorServer:
     def __init__(self, settings: EvaluatorSettings) -> None:
         if not settings.token:
@@ -516,6 +523,16 @@ class EvaluatorServer:
         name = row.state.name
         source = "decay" if any(a["source"] == "decay" for a in acted) else "drift"
         reason = "; ".join(a["text"] for a in acted)
+        tables = {_window_table(a["source"], a["measure"]) for a in acted}
+        # The trainer trains on the rows since the acting windows' current part began (where
+        # the change was seen), not on the rows their reference was taken from.
+        began = [
+            await conn.fetchval(
+                f"SELECT current_from FROM {t} WHERE experiment = $1 AND arm = $2", name, arm
+            )
+            for t in sorted(tables)
+        ]
+        since = min((b for b in began if b is not None), default=None)
         details = {
             "arm": arm,
             "version": row.version,
@@ -523,6 +540,8 @@ class EvaluatorServer:
             "model": next((a.model for a in row.state.arms if a.name == arm), ""),
             "measures": [{k: v for k, v in a.items() if k != "text"} for a in acted],
         }
+        if since is not None:
+            details["since"] = since.timestamp()
         request = await request_retrain(
             conn, name, source, reason, requested_by="evaluator", details=details
         )

@@ -171,7 +171,9 @@ def test_a_feature_shift_is_audited_once_shown_and_the_champion_asks_for_a_retra
         assert set(ev.server.feature_drift[("exp", "treatment")]) == {"0", "1", "2"}
         insert("control", _features(rng, 200, 300))
         # The champion (control) sees feature 1 move; the treatment stays put.
+        shifted_at = time.time()
         insert("control", _features(rng, 1500, 20_000, shift=(0.0, 1.0, 0.0)))
+        shifted_by = time.time()
         insert("treatment", _features(rng, 1500, 30_000))
         for _ in range(3):  # three looks: one audit per crossing
             ev.call(ev.server.tick())
@@ -195,6 +197,8 @@ def test_a_feature_shift_is_audited_once_shown_and_the_champion_asks_for_a_retra
         assert request.details["arm"] == "control"
         assert request.details["measures"][0]["measure"] == "feature:1"
         assert request.details["measures"][0]["psi"] == pytest.approx(m.psi)
+        # The trainer is to train on the rows since the current window began: the shift.
+        assert shifted_at - 0.5 <= request.details["since"] <= shifted_by + 0.5
         (asked,) = _audits(fresh_db, "retrain_requested")
         assert asked["statistics"]["request_id"] == request.id
         assert asked["statistics"]["created"] is True
@@ -308,7 +312,9 @@ def test_a_concept_shift_is_seen_by_decay_alone_and_the_champion_asks_for_a_retr
             sum(r["label"] == r["outcome"] for r in control_ref) / 400
         )
         control_cur = _labelled(rng, 1500, 20_000, 0.65)
+        shifted_at = time.time()
         insert("control", control_cur)
+        shifted_by = time.time()
         insert("treatment", _labelled(rng, 1500, 30_000, 0.85))
         for _ in range(2):
             ev.call(ev.server.tick())
@@ -330,6 +336,7 @@ def test_a_concept_shift_is_seen_by_decay_alone_and_the_champion_asks_for_a_retr
         (request,) = _run(fresh_db, lambda c: requests_of(c, "exp"))
         assert request.source == "decay" and "accuracy of arm control" in request.reason
         assert request.details["measures"][0]["current_rate"] == pytest.approx(d.current_rate)
+        assert shifted_at - 0.5 <= request.details["since"] <= shifted_by + 0.5
         (asked,) = _audits(fresh_db, "retrain_requested")
         assert asked["statistics"]["request_id"] == request.id
 
