@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import queue as queue_mod
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -125,10 +127,20 @@ def run_load(
         )
         for i in range(settings.workers)
     ]
+    # SIGTERM ends the run as Ctrl-C does: the workers are stopped with it. (Python's default
+    # ends only this process, and the workers went on sending their load.)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminated)
     for p in procs:
         p.start()
     try:
         return _drive(settings, procs, out, go, start_wall, on_second)
+    except BaseException:
+        for p in procs:  # an error, Ctrl-C or SIGTERM: the load stops now
+            if p.is_alive():
+                p.terminate()
+        raise
     finally:
         go.set()
         for p in procs:
@@ -136,6 +148,12 @@ def run_load(
             if p.is_alive():
                 p.kill()
                 p.join()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _get(out: Any, procs: list[Any], timeout: float) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -196,3 +197,22 @@ def test_oip_protocol_against_a_real_gateway(
         "WHERE o.request_id LIKE $1", like, answered,
     )  # fmt: skip
     assert paired == answered
+
+
+def test_sigterm_stops_the_workers_load_with_it(fake_server: FakeServer) -> None:
+    """SIGTERM to `abgate loadtest` ends its worker processes too: no request arrives after
+    it exits (before, the workers went on sending for the rest of --duration)."""
+    cmd = [sys.executable, "-m", "abgate", "loadtest", "--target", fake_server.target,
+           "--features", "8", "--rate", "200", "--duration", "60", "--workers", "2",
+           "--warmup", "0", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(fake_server.predicts) < 100:
+        assert proc.poll() is None and time.monotonic() < deadline, "no load arrived"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 128 + signal.SIGTERM
+    time.sleep(0.3)  # answers already in flight
+    stopped = len(fake_server.predicts)
+    time.sleep(1.5)  # 300 requests at the workers' rate
+    assert len(fake_server.predicts) == stopped
