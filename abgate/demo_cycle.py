@@ -29,6 +29,7 @@ from abgate.demo import _abgate, _cli, _count_rows, _start, _stop, wait_serving
 # The evaluator's and trainer's settings for a demo's minutes (the defaults are for days).
 REFERENCE_ROWS = 300  # drift and decay references: rows after the promotion
 RATE = 300  # requests per second, each with its outcome
+TRAIN_ROWS = 2000  # labelled rows the trainer waits for after the change
 
 
 class _Watch:
@@ -190,7 +191,8 @@ def run_cycle_demo(*, workdir: Path, quick: bool = False) -> int:
         procs["trainer"] = _start(
             _abgate("--log-level", "WARNING", "trainer", "--database-url", database_url,
                     "--model-store", str(store_dir), "--evaluator", evaluator_target,
-                    "--poll-interval", "1", "--min-rows", "300"),
+                    "--poll-interval", "1", "--min-rows", str(TRAIN_ROWS),
+                    "--recheck-interval", "1"),
             workdir / "trainer.log",
         )  # fmt: skip
 

@@ -224,11 +224,19 @@ class TrainerSettings:
         "seconds between looks at the queue (a NOTIFY on abgate_retrain wakes it sooner)", 5.0
     )
     window_days: float = doc("training data: features and outcomes of the last N days", 7.0)
-    min_rows: int = doc("fewest labelled rows to train on (else the request is rejected)", 200)
+    min_rows: int = doc(
+        "fewest labelled rows to train on (else the request waits, then is rejected)", 200
+    )
     holdout_share: float = doc("share of rows held out (by a hash of the request id), 0..1", 0.2)
     max_regression: float = doc(
         "largest accuracy drop below the champion's on the holdout that still registers", 0.01
     )
     max_attempts: int = doc("claims of one request before it is given up as failed", 3)
+    wait_for_rows: float = doc(
+        "seconds after its creation a request with too few labelled rows waits for more before "
+        "it is rejected (0: rejected at once)",
+        21600.0,
+    )
+    recheck_interval: float = doc("seconds between looks at a request waiting for rows", 60.0)
     approve: str = doc("auto: start the next round; manual: leave it awaiting approval", "auto")
     trainer_id: str = doc("identity of this trainer in the queue and the audit table", "")

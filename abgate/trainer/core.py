@@ -9,7 +9,14 @@ has still counted its attempt; then a transaction locks that row again (``FOR UP
 stays open while training, so no other trainer takes it, and a dead trainer's lock goes with
 its connection. The terminal state (registered, rejected, failed) and its audit row are
 written in that transaction. ``attempts`` counts claims: a request claimed more than
-``max_attempts`` times is given up as failed.
+``max_attempts`` times is given up as failed. The first claim that trains fixes the end of the
+training window (``window_end``), so a retry after a crash reads the same rows.
+
+A request whose window holds too few labelled rows waits for more (migration 0013): it is put
+back, pending, not to be claimed before ``recheck_interval`` seconds (its claim not counted as
+an attempt, its window end cleared), until ``wait_for_rows`` seconds after it was made; then it
+is rejected. The evaluator asks on the first sign of drift or decay, when the changed world has
+few outcomes yet.
 
 Rebuilding a recipe imports only classes under ``sklearn.`` and sets only JSON parameters: a
 recipe is data, never unpickled or executed (``converters.recipe``).
@@ -69,6 +76,8 @@ class TrainerConfig:
     max_attempts: int = 3
     require_approval: bool = False
     claimer: str = ""
+    wait_for_rows: float = 0.0  # seconds after its creation a request may wait for rows
+    recheck_interval: float = 60.0  # seconds between looks at a waiting request
 
     def __post_init__(self) -> None:
         if not self.window_days > 0:
@@ -81,6 +90,10 @@ class TrainerConfig:
             raise ValueError("--max-regression must be between 0 and 1")
         if self.max_attempts < 1:
             raise ValueError("--max-attempts must be at least 1")
+        if not self.wait_for_rows >= 0:
+            raise ValueError("--wait-for-rows must be 0 or more seconds")
+        if not self.recheck_interval > 0:
+            raise ValueError("--recheck-interval must be positive")
 
 
 @dataclass(frozen=True)
@@ -95,13 +108,15 @@ class Claim:
     # The request's details.since (Unix seconds), when its asker knows where the changed data
     # begins (the evaluator: the start of the window whose drift or decay acted).
     since: dt.datetime | None = None
+    # The end of the training window, fixed by the first claim that trains (now, then).
+    window_end: dt.datetime | None = None
 
 
 @dataclass
 class Outcome:
     """What became of one request: its terminal state, a one-line reason, the result JSON."""
 
-    state: str  # registered | rejected | failed
+    state: str  # registered | rejected | failed | waiting (put back for more rows)
     reason: str
     result: dict[str, Any] = field(default_factory=dict)
     model: ModelMetadata | None = None
@@ -234,10 +249,12 @@ def onnx_labels(store: ModelStore, meta: ModelMetadata, X: np.ndarray) -> np.nda
 
 # -- the queue ------------------------------------------------------------------------------
 _CLAIM = """
-UPDATE retrain_requests SET attempts = attempts + 1, claimed_at = now(), claimed_by = $1
-WHERE id = (SELECT id FROM retrain_requests WHERE state = 'pending'
+UPDATE retrain_requests SET attempts = attempts + 1, claimed_at = now(), claimed_by = $1,
+                            window_end = coalesce(window_end, now())
+WHERE id = (SELECT id FROM retrain_requests
+            WHERE state = 'pending' AND (not_before IS NULL OR not_before <= now())
             ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
-RETURNING id, experiment, source, reason, attempts, created_at, details
+RETURNING id, experiment, source, reason, attempts, created_at, details, window_end, waits
 """
 
 
@@ -281,22 +298,44 @@ def _since(details: Any) -> dt.datetime | None:
 
 async def claim(conn: asyncpg.Connection, claimer: str) -> Claim | None:
     """Step one of a claim (see the module docstring): the oldest pending request no one
-    holds, its attempt counted and a ``retrain_started`` audit row, committed."""
+    holds, its attempt counted and a ``retrain_started`` audit row (not on the later looks at
+    a request waiting for rows), committed."""
     async with conn.transaction():
         row = await conn.fetchrow(_CLAIM, claimer)
         if row is None:
             return None
         c = Claim(
             row["id"], row["experiment"], row["source"], row["reason"], row["attempts"],
-            row["created_at"], claimer, _since(row["details"]),
+            row["created_at"], claimer, _since(row["details"]), row["window_end"],
         )  # fmt: skip
-        await audit(
-            conn, c.experiment, "retrain_started",
-            f"retrain request {c.id} claimed by {claimer} (attempt {c.attempts})",
-            inputs={"request": c.id, "attempt": c.attempts, "trainer": claimer,
-                    "source": c.source, "reason": c.reason},
-        )  # fmt: skip
+        if row["waits"] == 0:
+            await audit(
+                conn, c.experiment, "retrain_started",
+                f"retrain request {c.id} claimed by {claimer} (attempt {c.attempts})",
+                inputs={"request": c.id, "attempt": c.attempts, "trainer": claimer,
+                        "source": c.source, "reason": c.reason},
+            )  # fmt: skip
     return c
+
+
+async def _put_back(
+    conn: asyncpg.Connection, c: Claim, outcome: Outcome, config: TrainerConfig
+) -> None:
+    """A request waiting for rows: pending again, its claim not counted, looked at again
+    after ``recheck_interval``; audited the first time only."""
+    waits = await conn.fetchval(
+        """UPDATE retrain_requests SET attempts = attempts - 1, claimed_by = '',
+               window_end = NULL, waits = waits + 1,
+               not_before = now() + make_interval(secs => $2)
+           WHERE id = $1 RETURNING waits""",
+        c.id,
+        config.recheck_interval,
+    )
+    if waits == 1:
+        await audit(
+            conn, c.experiment, "retrain_waiting", outcome.reason,
+            statistics=outcome.result, inputs={"request": c.id, "attempt": c.attempts},
+        )  # fmt: skip
 
 
 async def _finish(conn: asyncpg.Connection, c: Claim, outcome: Outcome) -> None:
@@ -363,7 +402,10 @@ async def process_next(
             except Exception as exc:
                 log.exception("retrain request %d failed", c.id)
                 outcome = Outcome("failed", f"{type(exc).__name__}: {exc}", {})
-        await _finish(conn, c, outcome)
+        if outcome.state == "waiting":
+            await _put_back(conn, c, outcome, config)
+        else:
+            await _finish(conn, c, outcome)
     log.info("retrain request %d (%s): %s: %s", c.id, c.experiment, outcome.state, outcome.reason)
     return c, outcome
 
@@ -403,8 +445,8 @@ async def training_data(
 ) -> TrainingData:
     """Captured features joined with outcomes (label = the outcome value as a class; a request
     with several outcomes takes its first by time) from ``window_days`` before ``end`` to
-    ``end`` (the request's creation: a retry reads the same rows), or from ``since`` when that
-    is later (the data after a drift: what the world looks like now)."""
+    ``end`` (fixed by the first claim that trains: a retry reads the same rows), or from
+    ``since`` when that is later (the data after a drift: what the world looks like now)."""
     start = end - dt.timedelta(days=window_days)
     if since is not None and start < since < end:
         start = since
@@ -487,7 +529,7 @@ async def retrain(
         return Outcome("rejected", f"champion {champ.id}:{champ.version}: {exc}", base)
 
     data = await training_data(
-        conn, c.experiment, end=c.created_at, window_days=config.window_days,
+        conn, c.experiment, end=c.window_end or c.created_at, window_days=config.window_days,
         n_features=champ.n_features, since=c.since,
     )  # fmt: skip
     hold = holdout_mask(data.request_ids, config.holdout_share)
@@ -498,13 +540,21 @@ async def retrain(
     }  # fmt: skip
     base.update(rows=counts, window=window)
     if len(data.y) < config.min_rows:
-        return Outcome(
-            "rejected",
+        few = (
             f"too few labelled rows: {len(data.y)} (of {data.captured} captured feature rows in "
-            f"the window {window}); at least {config.min_rows} needed "
-            "(--min-rows)",
-            base,
+            f"the window {window}); at least {config.min_rows} needed (--min-rows)"
         )
+        waited = (data.end - c.created_at).total_seconds()
+        if waited < config.wait_for_rows:
+            return Outcome(
+                "waiting",
+                f"{few}; waiting for more, looked at every {config.recheck_interval:g} s until "
+                f"{config.wait_for_rows:g} s after the request (--wait-for-rows)",
+                base,
+            )
+        if config.wait_for_rows > 0:
+            few += f" after waiting {waited:.0f} s (--wait-for-rows {config.wait_for_rows:g})"
+        return Outcome("rejected", few, base)
     classes = np.unique(data.y)
     if len(classes) < 2:
         return Outcome(

@@ -40,6 +40,8 @@ def config_of(settings: TrainerSettings) -> TrainerConfig:
         holdout_share=settings.holdout_share,
         max_regression=settings.max_regression,
         max_attempts=settings.max_attempts,
+        wait_for_rows=settings.wait_for_rows,
+        recheck_interval=settings.recheck_interval,
         require_approval=settings.approve == "manual",
         claimer=settings.trainer_id or f"{socket.gethostname()}-{os.getpid()}",
     )

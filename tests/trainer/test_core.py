@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,62 @@ def test_too_few_labelled_rows_is_rejected_naming_the_counts(setup: Setup) -> No
     assert _request(s.url, req.id)["state"] == "rejected"
     assert ModelStore(s.store).list() == before
     assert _actions(s.url)[-2:] == ["retrain_started", "retrain_rejected"]
+
+
+def test_a_request_with_too_few_rows_waits_for_more_then_trains_on_them(setup: Setup) -> None:
+    """--wait-for-rows: put back (pending, not claimable before the recheck, the claim not
+    counted, one retrain_waiting audit row however often it is looked at); then, with the rows,
+    the same request trains on every row up to the claim that trains."""
+    s = setup
+    ids, X, y = window_rows()
+    insert_rows(s.url, "exp", ids[:50], X[:50], y[:50])
+    waiting = TrainerConfig(claimer="patient", wait_for_rows=3600, recheck_interval=0.3)
+    req = _retrain(s)
+    claimed, outcome = _process(s, waiting)
+    assert claimed.id == req.id and outcome.state == "waiting"
+    assert "too few labelled rows: 50" in outcome.reason and "waiting for more" in outcome.reason
+    row = _request(s.url, req.id)
+    assert (row["state"], row["attempts"], row["waits"], row["claimed_by"]) == (
+        "pending", 0, 1, ""
+    )  # fmt: skip
+    assert row["window_end"] is None and row["not_before"] > row["claimed_at"]
+    assert _process(s, waiting) is None  # not before the recheck
+    time.sleep(0.4)
+    _, outcome = _process(s, waiting)
+    assert outcome.state == "waiting" and _request(s.url, req.id)["waits"] == 2
+    assert _actions(s.url)[-3:] == ["retrain_requested", "retrain_started", "retrain_waiting"]
+
+    insert_rows(s.url, "exp", ids[50:], X[50:], y[50:])  # after the request was made
+    time.sleep(0.4)
+    _, outcome = _process(s, waiting)
+    assert outcome.state == "registered", outcome.reason
+    assert outcome.result["rows"]["labelled"] == len(ids)
+    row = _request(s.url, req.id)
+    assert (row["state"], row["attempts"]) == ("registered", 1)
+    assert row["window_end"] >= row["created_at"]
+    assert _actions(s.url)[-4:] == [
+        "retrain_started", "retrain_waiting", "round_started", "retrained"
+    ]  # fmt: skip
+
+
+def test_a_request_still_short_of_rows_after_its_wait_is_rejected(setup: Setup) -> None:
+    s = setup
+    ids, X, y = window_rows()
+    insert_rows(s.url, "exp", ids[:50], X[:50], y[:50])
+    short = TrainerConfig(claimer="t", wait_for_rows=0.5, recheck_interval=0.2)
+    req = _retrain(s)
+    assert _process(s, short)[1].state == "waiting"
+    time.sleep(0.6)
+    _, outcome = _process(s, short)
+    assert outcome.state == "rejected"
+    assert "too few labelled rows: 50" in outcome.reason
+    assert "after waiting" in outcome.reason and "--wait-for-rows 0.5" in outcome.reason
+    assert _request(s.url, req.id)["state"] == "rejected"
+    assert _actions(s.url)[-3:] == ["retrain_started", "retrain_waiting", "retrain_rejected"]
+    with pytest.raises(ValueError, match="--wait-for-rows"):
+        TrainerConfig(wait_for_rows=-1)
+    with pytest.raises(ValueError, match="--recheck-interval"):
+        TrainerConfig(recheck_interval=0)
 
 
 def test_a_single_class_is_rejected(setup: Setup) -> None:

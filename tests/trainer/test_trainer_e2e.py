@@ -132,26 +132,28 @@ def _request_id(out: str) -> int:
 
 
 def test_manual_retrain_end_to_end(cycle: Cycle) -> None:
-    """Too few rows: rejected with the counts; then enough: a model registered as the
-    champion's child, round 2 running, shown by `experiments show` and `models lineage`;
-    SIGTERM stops the trainer cleanly."""
+    """Too few rows: the request waits for more (--wait-for-rows), saying the counts; then,
+    with the rows, the same request registers a model as the champion's child, round 2 running,
+    shown by `experiments show` and `models lineage`; SIGTERM stops the trainer cleanly."""
     c = cycle
     c.experiment("exp")
-    trainer = c.trainer("t1")
+    trainer = c.trainer("t1", "--recheck-interval", "0.3")
     ids, X, y = window_rows()
     insert_rows(c.url, "exp", ids[:50], X[:50], y[:50])
-    r = c.cli("retrain", "--experiment", "exp", "--reason", "weekly")
+    r = c.cli("retrain", "--experiment", "exp", "--reason", "weekly", "--json")
     assert r.returncode == 0, r.stderr
-    assert "queued for exp" in r.stdout
-    first = c.answered(_request_id(r.stdout))
-    assert first["state"] == "rejected"
-    assert "too few labelled rows: 50" in first["result"]["reason"]
-    assert "at least 200 needed" in first["result"]["reason"]
+    request_id = json.loads(r.stdout)["id"]
+    wait_for(lambda: c.request(request_id)["waits"] >= 2, 30, "the request waited twice")
+    (waiting,) = fetch(c.url, "SELECT recommendation FROM decisions WHERE action = $1",
+                       "retrain_waiting")  # fmt: skip
+    assert "too few labelled rows: 50" in waiting["recommendation"]
+    assert "at least 200 needed" in waiting["recommendation"]
+    assert c.request(request_id)["state"] == "pending"
+    r = c.cli("retrain", "--experiment", "exp")  # one open request per experiment
+    assert r.returncode == 0 and "already pending" in r.stdout, r.stdout
 
     insert_rows(c.url, "exp", ids[50:], X[50:], y[50:])
-    r = c.cli("retrain", "--experiment", "exp", "--json")
-    assert r.returncode == 0, r.stderr
-    second = c.answered(json.loads(r.stdout)["id"])
+    second = c.answered(request_id)
     assert second["state"] == "registered", second["result"]
     sha = second["result"]["model"]["sha256"]
     assert second["result"]["rows"]["labelled"] == 600
@@ -168,11 +170,10 @@ def test_manual_retrain_end_to_end(cycle: Cycle) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("sha256=") == 2
     assert f"parent: {c.champion[:12]}" in r.stdout
-    assert "retrain_request=2" in r.stdout
+    assert f"retrain_request={request_id}" in r.stdout
     cycle_actions = [a for a in c.actions("exp") if a.startswith(("retrain", "round"))]
     assert cycle_actions == [
-        "retrain_requested", "retrain_started", "retrain_rejected",
-        "retrain_requested", "retrain_started", "round_started", "retrained",
+        "retrain_requested", "retrain_started", "retrain_waiting", "round_started", "retrained",
     ]  # fmt: skip
     trainer.send_signal(signal.SIGTERM)
     assert trainer.wait(30) == 0
