@@ -283,10 +283,10 @@ def _experiment(
     return (0 if view.get("status") == "promoted" else 1), name, verdict
 
 
-def _report(workdir: Path, name: str, database_url: str) -> None:
+def _report(workdir: Path, name: str, database_url: str, step: int = 9) -> None:
     out = workdir / "report"
-    print(f"== 9. the report of {name!r} (`abgate report`): arm shares against the split, the")
-    print("   metric per arm with its confidence sequence, decisions, latency, shadow agreement")
+    print(f"== {step}. the report of {name!r} (`abgate report`): arm shares against the split,")
+    print("   the metric per arm with its confidence sequence, decisions, latency, shadows")
     subprocess.run(
         _abgate("--log-level", "WARNING", "report", "--experiment", name, "--out", str(out),
                 "--database-url", database_url),

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from abgate.addresses import free_port
-from abgate.demo import _abgate, _cli, _count_rows, _start, _stop, wait_serving
+from abgate.demo import _abgate, _cli, _count_rows, _report, _start, _stop, wait_serving
 
 # The evaluator's and trainer's settings for a demo's minutes (the defaults are for days).
 REFERENCE_ROWS = 300  # drift and decay references: rows after the promotion
@@ -126,8 +126,11 @@ def _decay(details: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _reference_full(view: dict[str, Any], _steps: list[Any]) -> bool:
-    """The promoted champion's fresh decay reference holds its rows."""
-    return _decay(view.get("details", {})) is not None
+    """The promoted champion's fresh decay reference holds its rows: its windows restarted at
+    the promotion (a monitor epoch; until then the view shows its round-1 windows) and filled."""
+    details = view.get("details", {})
+    restarted = details.get("champion", "") in details.get("monitor_epochs", {})
+    return restarted and _decay(details) is not None
 
 
 def run_cycle_demo(*, workdir: Path, quick: bool = False) -> int:
@@ -231,6 +234,7 @@ def run_cycle_demo(*, workdir: Path, quick: bool = False) -> int:
             print(f"== 9. the retrained model's lineage (`abgate models lineage {new_model[:12]}`)")
             print(_cli("models", "lineage", new_model, "--store", str(store_dir)).rstrip())
         (workdir / "cycle.json").write_text(json.dumps(view, indent=1, sort_keys=True))
+        _report(workdir, name, database_url, step=10)
         rc = 0
     except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", None) or ""
@@ -238,7 +242,7 @@ def run_cycle_demo(*, workdir: Path, quick: bool = False) -> int:
     finally:
         if watch is not None:
             watch.close()
-        print("== 10. stopping everything")
+        print("== 11. stopping everything")
         for proc_name in ("trainer", "gateway"):
             if _stop(proc_name, procs[proc_name]) != 0 and proc_name == "gateway":
                 rc = 1
