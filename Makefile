@@ -25,8 +25,10 @@ $(STAMP): pyproject.toml uv.lock .ci/bootstrap-requirements.txt
 	$(UV) sync --quiet --locked --extra dev --python $(PY)
 	touch $(STAMP)
 
+# The story of one experiment, then the cycle (drift -> retrain -> round 2), each ending 0.
 demo: $(STAMP)
 	$(VENV)/bin/abgate demo
+	$(VENV)/bin/abgate demo --cycle
 
 # Two worker processes (pytest-xdist): the suite waits on the processes it starts and on
 # PostgreSQL more than it computes (serially it kept 2 cores 37 % busy): 332 s -> 215 s here.
