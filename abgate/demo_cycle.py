@@ -76,7 +76,7 @@ def _line(view: dict[str, Any], steps: list[Any]) -> str:
     arms = details.get("statistics", {}).get("arms", {})
     parts = [f"round {details.get('round', 1)} {view.get('status')}"]
     parts += [
-        f"{a}: n={s.get('n', 0)} acc={s['mean']:.3f}"
+        f"{a}: n={s['n']} acc={s['mean']:.3f}" if s.get("n") else f"{a}: n=0"
         for a, s in arms.items()
         if s.get("mean") is not None
     ]
@@ -146,7 +146,11 @@ def run_cycle_demo(*, workdir: Path, quick: bool = False) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     store_dir = workdir / "models"
     print(f"== 1. training and converting demo models into {store_dir}")
-    for m in [*train_demo_models(ModelStore(store_dir)), train_demo_stump(ModelStore(store_dir))]:
+    models = [*train_demo_models(ModelStore(store_dir)), train_demo_stump(ModelStore(store_dir))]
+    # Round 1 names these versions: a name alone means its latest version, which after a first
+    # run is the model that run retrained.
+    ref = {m.id: f"{m.id}:{m.version}" for m in models}
+    for m in models:
         print(f"   {m.id:<12} v{m.version:<3} sha256={m.sha256[:12]}  {m.source}")
     shifted = write_shifted_traffic(workdir / "shifted").parent
 
@@ -179,7 +183,7 @@ def run_cycle_demo(*, workdir: Path, quick: bool = False) -> int:
         print(f"== 4. round 1 of {name!r}: control = demo-stump, treatment = demo-logreg,")
         print("   every request's features captured (--feature-sample-rate 1)")
         _cli("experiments", "create", "--evaluator", evaluator_target, "--name", name,
-             "--arm", "control=demo-stump", "--arm", "treatment=demo-logreg",
+             "--arm", f"control={ref['demo-stump']}", "--arm", f"treatment={ref['demo-logreg']}",
              "--metric", "accuracy", "--min-samples", "200", "--min-effect", "0.02",
              "--feature-sample-rate", "1")  # fmt: skip
         procs["gateway"] = _start(

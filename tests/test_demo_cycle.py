@@ -24,6 +24,9 @@ def test_demo_cycle_runs_the_whole_cycle(tmp_path: Path) -> None:
     )  # fmt: skip
     out = r.stdout.replace("\r", "\n")
     assert r.returncode == 0, (out[-4000:], r.stderr[-3000:])
+    # Round 1 names the versions it trained (a name alone would take, on a second run in the
+    # same directory, the model the first run retrained).
+    assert "--arm control=demo-stump:1 --arm treatment=demo-logreg:1" in out
     # The audit trail, oldest first: the steps of the cycle in their order.
     history = out[out.index("== 8. the cycle in the audit trail") : out.index("== 9.")]
     steps = [
