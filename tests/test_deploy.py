@@ -1197,6 +1197,12 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
         "grpc_server_handling_seconds_bucket",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
+        "abgate_drift_psi",
+        "abgate_drift_p_value",
+        "abgate_feature_drift_psi",
+        "abgate_feature_drift_p_value",
+        "abgate_decay_rate",
+        "abgate_decay_p_value",
     }
     assert required <= used, f"missing panels for {sorted(required - used)}"
 
