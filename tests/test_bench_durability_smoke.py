@@ -6,6 +6,7 @@ medians. Timings are not compared (too noisy at this size)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,13 @@ import pytest
 from benchmarks import bench_durability as bench
 from tests.conftest import DemoStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("h2load") is None,
+        reason="h2load not installed (Debian's nghttp2-client; .ci/run installs it)",
+    ),
+]
 
 
 def test_bench_durability_tiny(demo_store: DemoStore, fresh_db: str, tmp_path: Path) -> None:
