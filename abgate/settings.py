@@ -191,6 +191,11 @@ class EvaluatorSettings:
     retrain_on_drift: bool = doc(
         "queue a retrain of the champion when its drift acts or its decay test rejects", True
     )
+    retrain_every: float = doc(
+        "seconds between scheduled retrains of each champion (a promoted or rolled-back "
+        "experiment), counted from the round's end or its last retrain request; 0 = off",
+        0.0,
+    )
     tls_cert: Path | None = doc("PEM certificate: serve TLS (with --tls-key)", None)
     tls_key: Path | None = doc("PEM private key of --tls-cert", None)
     tls_client_ca: Path | None = doc("PEM CA bundle: require client certificates (mTLS)", None)

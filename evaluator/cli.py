@@ -60,6 +60,10 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
             raise cli.UsageError(
                 f"{flag} must be at least 1 (rows of a reference window), not {rows}"
             )
+    if not settings.retrain_every >= 0:
+        raise cli.UsageError(
+            f"--retrain-every must be 0 (off) or more seconds, not {settings.retrain_every}"
+        )
     cli.database_url_arg(settings.database_url)
     if not settings.database_url:
         cli.writable_dir(settings.pg_data, "--pg-data")

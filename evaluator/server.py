@@ -351,6 +351,8 @@ class EvaluatorServer:
                             champion,
                             row.version,
                         )
+            if self.settings.retrain_every > 0:
+                await self._scheduled_retrains(conn)
             result = await aggregate(
                 conn,
                 settle=self.settings.settle,
@@ -514,6 +516,53 @@ class EvaluatorServer:
                     )  # fmt: skip
             if acted and is_champion and self.settings.retrain_on_drift:
                 await self._request_retrain(conn, row, arm, acted)
+
+    async def _scheduled_retrains(self, conn: asyncpg.Connection) -> None:
+        """``--retrain-every``: a retrain request (source ``schedule``) for each champion whose
+        round ended, or whose last request was made, that long ago; with its audit row."""
+        every = self.settings.retrain_every
+        for name, row in sorted(self.latest.items()):
+            if row.state.status not in CHAMPION_STATUSES:
+                continue
+            async with conn.transaction():
+                due = await conn.fetchval(
+                    """SELECT greatest(
+                           (SELECT max(created_at) FROM retrain_requests WHERE experiment = $1),
+                           (SELECT created_at FROM experiment_versions WHERE experiment = $1
+                            ORDER BY version DESC LIMIT 1)
+                       ) <= now() - make_interval(secs => $2)""",
+                    name,
+                    every,
+                )
+                if not due:
+                    continue
+                arm = champion_of(row.state)
+                reason = f"scheduled retrain of champion {arm} (--retrain-every {every:g} s)"
+                details = {
+                    "arm": arm,
+                    "version": row.version,
+                    "status": row.state.status,
+                    "model": next((a.model for a in row.state.arms if a.name == arm), ""),
+                }
+                request = await request_retrain(
+                    conn, name, "schedule", reason, requested_by="evaluator", details=details
+                )
+                await self._store().record_decision_on(
+                    conn,
+                    name,
+                    {
+                        "action": "retrain_requested",
+                        "recommendation": f"retrain of {name} requested (request {request.id}"
+                        f"{'' if request.created else ', already pending'}): {reason}",
+                        "source": "schedule",
+                        "statistics": {
+                            "request_id": request.id, "created": request.created, **details
+                        },
+                        "inputs": {"version": row.version, "retrain_every": every},
+                    },
+                    row.version,
+                )  # fmt: skip
+            log.info("experiment %s: scheduled retrain (request %d)", name, request.id)
 
     async def _request_retrain(
         self, conn: asyncpg.Connection, row: VersionRow, arm: str, acted: list[dict[str, Any]]

@@ -4,6 +4,7 @@ StartRound and Approve on a real evaluator (statuses, cooldown, idempotence, aud
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import grpc
@@ -233,3 +234,63 @@ def test_history_lists_the_steps_of_the_cycle(
     assert rpc_code(call, cpb.HistoryRequest(name="exp", limit=20_000),
                     metadata=ev.admin.metadata) == grpc.StatusCode.INVALID_ARGUMENT  # fmt: skip
     assert rpc_code(call, cpb.HistoryRequest(name="exp")) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_schedule_asks_for_a_retrain_of_each_champion(fresh_db: str, tmp_path: Path) -> None:
+    """--retrain-every: a champion whose round ended (or whose last request was made) that long
+    ago gets a request (source schedule) with its audit row; a running experiment does not; a
+    pending request is not asked again; after an answer the clock starts from the request."""
+    store = tmp_path / "models"
+    champ, control = register_models(store)
+    ev = InProcessEvaluator(
+        evaluator_settings(fresh_db, store, settle=0.0, tick_interval=3600, retrain_every=1.0)
+    )
+    try:
+        promoted(ev, "exp", control, champ)
+        ev.admin.call(
+            "CreateExperiment",
+            cpb.CreateExperimentRequest(definition=ab_definition("run", control, champ)),
+        )
+        ev.call(ev.server.tick())
+        assert fetch(fresh_db, "SELECT id FROM retrain_requests") == []  # not a second yet
+        time.sleep(1.1)
+        for _ in range(3):
+            ev.call(ev.server.tick())
+        (row,) = fetch(fresh_db, "SELECT * FROM retrain_requests")
+        assert (row["experiment"], row["source"], row["requested_by"]) == (
+            "exp", "schedule", "evaluator"
+        )  # fmt: skip
+        assert "scheduled retrain of champion treatment (--retrain-every 1 s)" in row["reason"]
+        assert json.loads(row["details"])["model"] == champ
+        audits = fetch(
+            fresh_db,
+            "SELECT source, inputs FROM decisions WHERE action = 'retrain_requested'",
+        )
+        assert [a["source"] for a in audits] == ["schedule"]
+        fetch(fresh_db, "UPDATE retrain_requests SET state = 'rejected' RETURNING id")
+        ev.call(ev.server.tick())
+        assert len(fetch(fresh_db, "SELECT id FROM retrain_requests")) == 1  # from the request
+        time.sleep(1.1)
+        ev.call(ev.server.tick())
+        rows = fetch(fresh_db, "SELECT experiment, source FROM retrain_requests ORDER BY id")
+        assert [(r["experiment"], r["source"]) for r in rows] == [("exp", "schedule")] * 2
+    finally:
+        ev.close()
+
+
+def test_retrain_every_must_not_be_negative(
+    fresh_db: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from abgate.cli import main
+
+    monkeypatch.setenv("ABGATE_TOKEN", "t" * 32)
+
+    store = tmp_path / "models"
+    store.mkdir()
+    code = main(["evaluator", "--database-url", fresh_db, "--model-store", str(store),
+                 "--retrain-every", "-1"])  # fmt: skip
+    assert code == 2
+    assert "--retrain-every must be 0 (off) or more seconds, not -1.0" in capsys.readouterr().err
