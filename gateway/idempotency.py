@@ -47,6 +47,19 @@ class Failed(AbgateError):
         self.code = code
 
 
+class OipAnswer:
+    """The answer of an OIP ``ModelInfer`` (``gateway.oip``): what the call asked for
+    (``signature``: raw or typed, the outputs, the user or users) and its answer — the
+    serialized or built response, a ``Failed``, or None while the call still runs. A native call
+    never takes it as its own answer."""
+
+    __slots__ = ("answer", "signature")
+
+    def __init__(self, signature: Any) -> None:
+        self.signature = signature
+        self.answer: Any = None
+
+
 class RecentRequests:
     """Request id → the entry of its answer, for ``window`` seconds and at most ``max_entries``
     request ids (0 entries: off, nothing is remembered)."""

@@ -29,6 +29,10 @@ Semantics (the OIP view of an experiment):
 - **Request id**: the request's ``id`` (≤ 128 bytes, field ``id``) or a generated one; it is the
   answer's ``id``. A one-row request is logged under that id (the idempotency key, as
   ``Predict``); row *i* of a multi-row request is logged as ``"<id>:<i>"``.
+- **Retries**: a request that repeats an ``id`` within ``--idempotency-window`` gets the
+  original answer again and is neither run nor logged a second time (as ``Predict``); the same
+  id for a call that cannot be its retry (another client, model, user or users, row count,
+  outputs, raw or typed), or for a native call's id, is ALREADY_EXISTS (field ``id``).
 - **Outputs**: ``label`` (INT64 ``[n]``) and ``probabilities`` (FP32 ``[n, n_classes]``) by
   default; a request naming ``outputs`` gets those, in its order, and may also ask for the
   per-row ``arm`` (BYTES), ``bucket`` (INT64) and ``request_id`` (BYTES), all ``[n]``. An
@@ -57,8 +61,10 @@ import abgate
 from abgate.errors import AbgateError, InvalidArgument, NotFound, Unavailable, shown
 from abgate.oip.v2 import grpc_predict_v2_pb2 as oip
 from gateway import oip_codec
+from gateway.auth import CLIENT_IDENTITY
 from gateway.dataplane import ArmRuntime, BatchResult, DataPlane, ExperimentRuntime, synced
-from gateway.servicer import status_of
+from gateway.idempotency import ANSWER, EXPERIMENT, IDENTITY, KEY, Failed, OipAnswer
+from gateway.servicer import REUSED_MESSAGE, status_of
 
 OIP_SERVICE_NAME = "inference.GRPCInferenceService"
 SERVER_NAME = "abgate"
@@ -182,10 +188,20 @@ class OipServicer:
         dp = self._dp
         exp = experiment_of(dp, request.model_name)
         call = oip_codec.decode_infer(request, exp, self._max_rows, context.invocation_metadata)
-        matrix = call.matrix
-        n = len(matrix)
+        n = len(call.matrix)
         request_id = call.request_id or dp.next_request_id()
         rids = oip_codec.row_request_ids(request_id, n)
+        # A call of many rows is remembered under its own id as well as its rows' ids: no other
+        # call may answer with that id either.
+        key: Any = request_id if n == 1 else (request_id, *rids)
+        users = call.user_ids
+        signature = (call.raw, call.outputs, call.user_id, None if users is None else tuple(users))
+        identity = CLIENT_IDENTITY.get()
+        recent = dp.recent
+        if call.request_id:
+            seen = self._seen(key, signature, identity, exp.name, started)
+            if seen is not None:
+                return seen
         arm: ArmRuntime | None
         bucket: int | None
         if call.user_ids is None:
@@ -194,14 +210,37 @@ class OipServicer:
         else:
             bucket, arm = None, None
             buckets = dp.route_batch(exp, call.user_ids)
+        # Taken before the call may wait on a thread: a repeat meanwhile is refused.
+        box = OipAnswer(signature)
+        entry = (key, started, identity, exp.name, call.user_id, box)
+        recent.put(entry, 1 if n == 1 else n + 1)
         try:
-            if n >= self._offload_rows:
+            result = await self._result(exp, arm, buckets, rids, box, call, started)
+            return self._answer(exp, call, arm, bucket, rids, request_id, box, started, result)
+        except BaseException:
+            if box.answer is None:
+                recent.discard(entry)  # nothing logged: the id is free for a retry
+            raise
+
+    async def _result(
+        self,
+        exp: ExperimentRuntime,
+        arm: ArmRuntime | None,
+        buckets: np.ndarray,
+        rids: list[str],
+        box: OipAnswer,
+        call: oip_codec.InferCall,
+        started: float,
+    ) -> BatchResult:
+        """The model's answer; a model failure is logged (one failure row per row) and kept
+        as this request's answer."""
+        dp = self._dp
+        matrix = call.matrix
+        try:
+            if len(matrix) >= self._offload_rows:
                 # Big calls would stall every other call on the event loop (see servicer).
-                result = await dp.offload(
-                    self._executor, self._run, exp, arm, buckets, matrix, rids
-                )
-            else:
-                result = self._run(exp, arm, buckets, matrix, rids)
+                return await dp.offload(self._executor, self._run, exp, arm, buckets, matrix, rids)
+            return self._run(exp, arm, buckets, matrix, rids)
         except Exception as exc:
             code = exc.code if isinstance(exc, AbgateError) else grpc.StatusCode.INTERNAL
             arms = exp.arms
@@ -209,8 +248,26 @@ class OipServicer:
                 rids, buckets.tolist(), exp.table_np[buckets].tolist(), strict=True
             ):
                 dp.log_failure(exp, arms[ai], b, rid, code.value[0], started)
+            # The failure rows are this request's predictions: a retry gets the same failure.
+            box.answer = Failed(code, status_of(exc)[1])
             raise
-        if n == 1 and arm is not None and bucket is not None:
+
+    def _answer(
+        self,
+        exp: ExperimentRuntime,
+        call: oip_codec.InferCall,
+        arm: ArmRuntime | None,
+        bucket: int | None,
+        rids: list[str],
+        request_id: str,
+        box: OipAnswer,
+        started: float,
+        result: BatchResult,
+    ) -> bytes | oip.ModelInferResponse:
+        """Log the rows, mirror them to the shadows and encode the answer (kept in ``box``)."""
+        dp = self._dp
+        matrix = call.matrix
+        if len(matrix) == 1 and arm is not None and bucket is not None:
             # Exactly the log row of a native Predict.
             dp.log_prediction(
                 exp, arm, bucket, rids[0], int(result.labels[0]), result.scores[0], started, matrix
@@ -221,10 +278,52 @@ class OipServicer:
             dp.mirror.submit(exp, matrix, rids, result.buckets.tolist())
         if arm is None and len(set(result.arm_index.tolist())) == 1:
             arm = exp.arms[int(result.arm_index[0])]
+        answer: bytes | oip.ModelInferResponse
         if call.raw:
             prefix = self._prefix(exp, arm)
-            return oip_codec.encode_infer_raw(prefix, result, request_id, call.outputs, bucket)
-        return oip_codec.encode_infer(exp, result, request_id, call.outputs, False, arm, bucket)
+            answer = oip_codec.encode_infer_raw(prefix, result, request_id, call.outputs, bucket)
+        else:
+            answer = oip_codec.encode_infer(
+                exp, result, request_id, call.outputs, False, arm, bucket
+            )
+        box.answer = answer
+        return answer
+
+    def _seen(
+        self,
+        key: Any,
+        signature: Any,
+        identity: str,
+        experiment: str,
+        now: float,
+    ) -> bytes | oip.ModelInferResponse | None:
+        """The original answer when this call repeats an earlier one's id (its retry), None
+        when the id is new; ALREADY_EXISTS when it cannot be that call's retry."""
+        recent = self._dp.recent
+        ids = (key,) if type(key) is str else key
+        if not recent.any_of(ids):
+            return None
+        hits = [e for e in map(recent.get, ids, (now,) * len(ids)) if e is not None]
+        if not hits:
+            return None  # only expired entries
+        entry = hits[0]
+        box = entry[ANSWER]
+        if (
+            not isinstance(box, OipAnswer)  # a native call's id
+            or entry[KEY] != key
+            or len(hits) != len(ids)
+            or entry[IDENTITY] != identity
+            or entry[EXPERIMENT] != experiment
+            or box.signature != signature
+        ):
+            raise recent.conflict(REUSED_MESSAGE, field="id")
+        answer = box.answer
+        if answer is None:
+            raise recent.conflict("a call with this id is still running", field="id")
+        recent.repeats += 1
+        if isinstance(answer, Failed):
+            raise Failed(answer.code, answer.message)
+        return answer
 
     def _run(
         self,

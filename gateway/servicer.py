@@ -116,15 +116,16 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
     def _repeat(self, seen: Entry, identity: str, experiment: str, user_id: str) -> bytes:
         """The answer of a request id seen before, if this call can be that request's retry."""
         recent = self._dp.recent
+        answer = seen[ANSWER]
         if (
             not isinstance(seen[KEY], str)  # a row of a PredictBatch
+            or not isinstance(answer, bytes | Failed)  # an OIP ModelInfer
             or seen[IDENTITY] != identity
             or seen[EXPERIMENT] != experiment
             or seen[USER] != user_id
         ):
             raise recent.conflict(REUSED_MESSAGE, field="request_id")
         recent.repeats += 1
-        answer = seen[ANSWER]
         if isinstance(answer, Failed):
             raise Failed(answer.code, answer.message)
         return answer
@@ -145,6 +146,7 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
         field = f"request_ids[{j}]"
         if (
             entry[KEY] != key
+            or not isinstance(entry[ANSWER], list)  # an OIP ModelInfer's rows
             or len(hits) != len(key)
             or entry[IDENTITY] != identity
             or entry[EXPERIMENT] != experiment

@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -376,15 +377,103 @@ def test_requested_outputs_and_given_request_id(
     stub = oip_stub(gateway)
     rows = demo_store.X[:2]
     for raw in (True, False):
+        mine = f"mine-{raw}"
         resp = stub.ModelInfer(
-            infer_request(rows, "o", raw=raw, outputs=("probabilities",), request_id="mine"),
+            infer_request(rows, "o", raw=raw, outputs=("probabilities",), request_id=mine),
             timeout=5,
         )
         assert [o.name for o in resp.outputs] == ["probabilities"]
         assert len(resp.raw_output_contents) == (1 if raw else 0)
-        assert resp.id == "mine"
+        assert resp.id == mine
     generated = {stub.ModelInfer(infer_request(rows[:1], "g"), timeout=5).id for _ in range(50)}
     assert len(generated) == 50
+
+
+def test_a_repeated_id_answers_the_original_and_is_logged_once(
+    gateway: InProcessGateway, demo_store: DemoStore, counted_runs: list[int]
+) -> None:
+    """A ModelInfer retried with its id (as tritonclient and KServe clients retry) gets the
+    original answer, is not run again and is logged once; an id used by a call that cannot be its
+    retry is ALREADY_EXISTS naming ``id`` (issue #15, item 3)."""
+    stub = oip_stub(gateway)
+    X = demo_store.X
+    calls = {
+        "oip-r1": infer_request(X[:1], "alice", request_id="oip-r1"),
+        "oip-r3": infer_request(X[:3], "bob", raw=False, request_id="oip-r3"),
+        "oip-rows": infer_request(X[:2], None, row_users=["u1", "u2"], request_id="oip-rows"),
+    }
+    first = {rid: stub.ModelInfer(req, timeout=5) for rid, req in calls.items()}
+    runs = counted_runs[0]
+    for rid, req in calls.items():
+        assert stub.ModelInfer(req, timeout=5) == first[rid]
+    # The id names the request: a retry with other features still gets the original answer.
+    other = infer_request(X[7:8], "alice", request_id="oip-r1")
+    assert stub.ModelInfer(other, timeout=5) == first["oip-r1"]
+    assert counted_runs[0] == runs  # not run again
+    refused = [
+        infer_request(X[:1], "mallory", request_id="oip-r1"),  # another user
+        infer_request(X[:2], "alice", request_id="oip-r1"),  # another row count
+        infer_request(X[:1], "alice", raw=False, request_id="oip-r1"),  # typed, not raw
+        infer_request(X[:1], "alice", request_id="oip-r1", outputs=("label",)),
+        infer_request(X[:2], None, row_users=["u1", "u3"], request_id="oip-rows"),
+        infer_request(X[:1], "carol", request_id="oip-r3:1"),  # a row of another call
+    ]
+    for req in refused:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(req, timeout=5)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS, req
+        assert err.value.details().startswith("id: "), err.value.details()
+    # Native and OIP ids live in one space: neither answers the other's call.
+    arr = f32(X[0])
+    with pytest.raises(grpc.RpcError) as err:
+        gateway.stub.Predict(
+            pb.PredictRequest(experiment="demo", user_id="alice", request_id="oip-r1",
+                              features=pb.Tensor(shape=[N], raw=arr.tobytes())),
+            timeout=5,
+        )  # fmt: skip
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    gateway.stub.Predict(
+        pb.PredictRequest(experiment="demo", user_id="alice", request_id="native-r",
+                          features=pb.Tensor(shape=[N], raw=arr.tobytes())),
+        timeout=5,
+    )  # fmt: skip
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(infer_request(X[:1], "alice", request_id="native-r"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    ids = ["oip-r1", "native-r"] + [f"oip-r3:{i}" for i in range(3)] + ["oip-rows:0", "oip-rows:1"]
+    url = gateway.server.settings.database_url
+    logged = logged_rows(url, ids)
+    time.sleep(0.3)  # a second row of any of them would have been flushed by now
+    counts = Counter(
+        r["request_id"] for r in asyncio.run(_fetch(url, "SELECT request_id FROM predictions"))
+    )
+    assert sorted(logged) == sorted(ids)
+    assert all(counts[rid] == 1 for rid in ids), counts
+
+
+def test_a_retry_of_a_failed_call_gets_the_same_failure(
+    gateway: InProcessGateway, demo_store: DemoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Variant, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise RuntimeError("secret onnxruntime detail")
+
+    monkeypatch.setattr(Variant, "run", broken)
+    stub = oip_stub(gateway)
+    req = infer_request(demo_store.X[:1], "f", request_id="oip-boom")
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(req, timeout=5)
+        assert (err.value.code(), err.value.details()) == (
+            grpc.StatusCode.INTERNAL,
+            "internal error",
+        )
+    monkeypatch.undo()
+    # Still the failure once the model works again: the failure row is the request's one row.
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(req, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    rows = logged_rows(gateway.server.settings.database_url, ["oip-boom"])
+    assert rows["oip-boom"]["status"] == grpc.StatusCode.INTERNAL.value[0]
 
 
 # -- bad input ----------------------------------------------------------------------------------
