@@ -166,45 +166,71 @@ SELECT extract(epoch FROM min(ts))::float8 AS lo, extract(epoch FROM max(ts))::f
        count(*) AS n
 FROM decisions WHERE experiment = $1
 """
-_SERVED = f"""
+# Each request id counts once, as in evaluator.aggregate: its first served row by ingest order
+# (a retry that reached another worker or gateway, or a reused id, is logged twice), and per
+# shadow its first shadow row. Repeated ids are few: finding them is one hash aggregate over the
+# experiment's rows, and the join to that short list is a hash join.
+_SERVED_ONCE = """WITH repeated AS (
+    SELECT request_id, min(seq) AS first_seq FROM predictions
+    WHERE experiment = $1 AND NOT shadow GROUP BY 1 HAVING count(*) > 1
+), served AS (
+    SELECT p.* FROM predictions p LEFT JOIN repeated r USING (request_id)
+    WHERE p.experiment = $1 AND NOT p.shadow AND (r.first_seq IS NULL OR r.first_seq = p.seq)
+)
+"""
+_SERVED = f"""{_SERVED_ONCE}
 SELECT {_bucket("ts")} AS b, arm, count(*) AS n, count(*) FILTER (WHERE status <> 0) AS errors
-FROM predictions WHERE experiment = $1 AND NOT shadow GROUP BY 1, 2
+FROM served GROUP BY 1, 2
 """
 # A prediction and its outcome count from when the later of the two was logged: the cumulative
 # series at time t is (up to the evaluator's settle delay) what the evaluator could know at t.
-# Several outcome sources of one request each count, as in evaluator.aggregate.
-_METRIC_OUTCOMES = f"""
-SELECT {_bucket("greatest(p.ts, o.ts)")} AS b, p.arm, count(*) AS n,
-       sum(o.value) AS s, sum(o.value * o.value) AS ss,
-       count(*) FILTER (WHERE o.value = p.label) AS correct
-FROM predictions p JOIN outcomes o ON o.request_id = p.request_id
-WHERE p.experiment = $1 AND NOT p.shadow AND p.status = 0
-GROUP BY 1, 2
+# Several outcome sources of one request each count, as in evaluator.aggregate, but of one
+# source only the first outcome (by ingest order) from the prediction's client identity or
+# accepted for any identity.
+_METRIC_OUTCOMES = f"""{_SERVED_ONCE}, pairs AS (
+    SELECT DISTINCT ON (o.request_id, o.source) p.ts AS pts, o.ts AS ots, p.arm, p.label, o.value
+    FROM served p JOIN outcomes o ON o.request_id = p.request_id
+    WHERE p.status = 0 AND (o.client_identity = p.client_identity OR o.any_identity)
+    ORDER BY o.request_id, o.source, o.seq
+)
+SELECT {_bucket("greatest(pts, ots)")} AS b, arm, count(*) AS n,
+       sum(value) AS s, sum(value * value) AS ss,
+       count(*) FILTER (WHERE value = label) AS correct
+FROM pairs GROUP BY 1, 2
 """
-_METRIC_SCORE = f"""
+_METRIC_SCORE = f"""{_SERVED_ONCE}
 SELECT {_bucket("ts")} AS b, arm, count(*) AS n, sum(scores[2]::float8) AS s,
        sum(scores[2]::float8 * scores[2]::float8) AS ss, 0 AS correct
-FROM predictions WHERE experiment = $1 AND NOT shadow AND status = 0
+FROM served WHERE status = 0
 GROUP BY 1, 2
 """
-_LATENCY = f"""
+_LATENCY = f"""{_SERVED_ONCE}
 SELECT arm, floor(ln(greatest(latency_us, 1)) / ln(2) * {LATENCY_BINS_PER_OCTAVE})::int AS b,
        count(*) AS n
-FROM predictions WHERE experiment = $1 AND NOT shadow GROUP BY 1, 2
+FROM served GROUP BY 1, 2
 """
 # A shadow row and the served row of the same request (both answered), by the shadow's time.
 # Each shadow row against the served row of its request, in one scan of the experiment's rows
 # (a window per request id) rather than a self-join: on a partition not yet ANALYZEd the planner
 # expects one row and nests a loop of index scans, 13.9 s for 10k pairs (0.08 s like this).
+# Only the first row of each (request id, served or shadow arm) takes part.
 _SHADOW_PAIRS = f"""
 SELECT b, shadow, count(*) AS pairs, count(*) FILTER (WHERE label = served_label) AS agree
 FROM (
-    SELECT {_bucket("ts")} AS b, arm AS shadow, shadow AS is_shadow, label,
-           max(label) FILTER (WHERE NOT shadow) OVER (PARTITION BY request_id) AS served_label,
-           count(*) FILTER (WHERE NOT shadow) OVER (PARTITION BY request_id) AS served
-    FROM predictions WHERE experiment = $1 AND status = 0
+    SELECT {_bucket("ts")} AS b, arm AS shadow, shadow AS is_shadow, label, status,
+           max(label) FILTER (WHERE NOT shadow AND status = 0)
+               OVER (PARTITION BY request_id) AS served_label,
+           count(*) FILTER (WHERE NOT shadow AND status = 0)
+               OVER (PARTITION BY request_id) AS served
+    FROM (
+        SELECT ts, arm, shadow, label, status, request_id,
+               row_number() OVER (PARTITION BY request_id, shadow,
+                                  CASE WHEN shadow THEN arm ELSE '' END ORDER BY seq) AS k
+        FROM predictions WHERE experiment = $1
+    ) AS once
+    WHERE k = 1
 ) AS x
-WHERE is_shadow AND served > 0
+WHERE is_shadow AND status = 0 AND served > 0
 GROUP BY 1, 2
 """
 _DECISIONS = """
