@@ -91,8 +91,8 @@ async def ensure_partitions(
 
 async def drop_partitions_before(conn: asyncpg.Connection, day: dt.date) -> list[str]:
     """Drop the dated partitions of days before ``day`` (retention), of every table in PARENTS;
-    returns the names dropped. The evaluator's aggregates already hold what those rows
-    contributed."""
+    returns the names dropped, and forgets the dropped rows in ``duplicate_rows``. The evaluator's
+    aggregates already hold what those rows contributed."""
     dropped = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
@@ -100,6 +100,14 @@ async def drop_partitions_before(conn: asyncpg.Connection, day: dt.date) -> list
             if p.day is not None and p.day < day:
                 await conn.execute(f"DROP TABLE {p.name}")
                 dropped.append(p.name)
+        if dropped:
+            # The evaluator's record of rows it skipped as repeats (evaluator.aggregate) must
+            # not outlive them: every tick reads the whole table. One index probe per entry,
+            # and it holds only repeated request ids.
+            await conn.execute(
+                "DELETE FROM duplicate_rows d WHERE NOT EXISTS "
+                "(SELECT 1 FROM predictions p WHERE p.seq = d.seq)"
+            )
     return dropped
 
 

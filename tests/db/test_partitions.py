@@ -53,12 +53,19 @@ def test_partitions_lifecycle(fresh_db: str) -> None:
             for i, day in enumerate([DAY, DAY + dt.timedelta(days=1), DAY]):
                 where = await conn.fetchval(INSERT, f"r{i}", at(day), "a" * 64)
                 assert where == f"predictions_{day:%Y%m%d}"
+            # A request id logged twice on each of the two days (a retry on another worker).
+            await conn.fetchval(INSERT, "r0", at(DAY, 13), "a" * 64)
+            await conn.fetchval(INSERT, "r1", at(DAY + dt.timedelta(days=1), 13), "a" * 64)
             # The evaluator folds them in; retention drops the first day afterwards.
             await aggregate(conn, settle=0.0, now=time.time() + 1)
             before = await arm_totals(conn, "exp")
+            assert before["control"].served == 4  # early, r0, r1, r2: each once
+            assert await conn.fetchval("SELECT count(*) FROM duplicate_rows") == 2
             dropped = await drop_partitions_before(conn, DAY + dt.timedelta(days=1))
             assert sorted(dropped) == ["prediction_features_20300110", "predictions_20300110"]
-            assert await conn.fetchval("SELECT count(*) FROM predictions") == 2
+            assert await conn.fetchval("SELECT count(*) FROM predictions") == 3
+            # The record of the dropped day's repeat goes with it; the other day's stays.
+            assert [r["request_id"] for r in await conn.fetch("TABLE duplicate_rows")] == ["r1"]
             assert (await arm_totals(conn, "exp"))["control"].served == before["control"].served
             names = [p.name for p in await list_partitions(conn)]
             assert "predictions_20300110" not in names and "predictions_default" in names
