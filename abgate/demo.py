@@ -98,8 +98,9 @@ def run_demo(
     token = secrets.token_hex(16)
     evaluator_target = f"127.0.0.1:{free_port()}"
     target = f"127.0.0.1:{free_port()}"
-    env_token = {"ABGATE_TOKEN": token}
-    os.environ.update(env_token)  # for the `abgate experiments` commands below
+    # In the environment, not on a command line where `ps` would show it: the evaluator reads
+    # ABGATE_TOKEN, the gateway ABGATE_EVALUATOR_TOKEN, and so do the commands below.
+    os.environ.update({"ABGATE_TOKEN": token, "ABGATE_EVALUATOR_TOKEN": token})
     evaluator = gateway = None
     rc = rc_gw = 1
     try:
@@ -118,7 +119,7 @@ def run_demo(
                     "--model-store", str(store_dir),
                     "--state-dir", str(workdir / "state"), "--workers", str(workers),
                     "--database-url", database_url, "--evaluator", evaluator_target,
-                    "--evaluator-token", token, "--log-max-age", "0.1"),
+                    "--log-max-age", "0.1"),
             workdir / "gateway.log",
         )  # fmt: skip
         wait_serving(target, proc=gateway)

@@ -26,6 +26,9 @@ def test_demo_story_twice(tmp_path: Path) -> None:
         assert "sticky" in out and "NOT STICKY" not in out
         assert "status: promoted" in out and "gateway exited with 0" in out
         assert "evaluator exited with 0" in out
+        # Every process it starts is shown; none takes a secret on its command line (`ps`).
+        started = [line for line in out.splitlines() if line.strip().startswith("$ abgate ")]
+        assert len(started) >= 2 and not any("token" in line for line in started), started
         # The live line shows the SRM check and the guardrails as they are evaluated.
         assert "SRM p=" in out and "guardrails: ok (errors 0/" in out
         # It ends with the report's paths and the verdict JSON.
