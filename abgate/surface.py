@@ -14,7 +14,8 @@ integer increments, with label sets resolved once (``benchmarks/bench_call_metri
   would answer UNKNOWN with the exception's class and log a traceback per call), logged at
   most once per ``UNDECODABLE_LOG_INTERVAL`` with the count since (``note_undecodable``); in
   a request stream it ends the stream, unless the service decodes its stream itself (the
-  gateway's PredictStream answers such a message with a per-message error and goes on).
+  gateway's PredictStream answers such a message with a per-message error and goes on; the
+  evaluator's StreamConfig sends its snapshot again).
   Then the status the handler left in its context, its
   exception (an abort's code, CANCELLED, DEADLINE_EXCEEDED, UNKNOWN) or OK is counted in
   ``grpc_server_handled_total`` and the handling time in ``grpc_server_handling_seconds``;

@@ -1066,8 +1066,9 @@ class EvaluatorServer:
                 self.verdicts[name] = last
         server = grpc.aio.server()
         surface = self.surface
-        surface.add_servicer(
-            cpb_grpc.add_ConfigStreamServicer_to_server, ConfigStreamServicer(self.publisher)
+        surface.add(
+            cpb.DESCRIPTOR.services_by_name["ConfigStream"].full_name,
+            ConfigStreamServicer(self.publisher).method_handlers(),
         )
         surface.add_servicer(cpb_grpc.add_EvaluatorAdminServicer_to_server, AdminServicer(self))
         surface.install(server)  # + health (no token needed) and reflection, for the same names

@@ -23,6 +23,7 @@ import grpc
 from google.protobuf.message import Message
 
 from abgate.errors import AbgateError, InvalidArgument, NotFound, shown
+from abgate.surface import UNDECODABLE_MESSAGE, note_undecodable
 from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
 from gateway.config import NAME
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 # The first message must arrive this soon after a gateway opens the stream.
 HELLO_TIMEOUT = 10.0
 MAX_NODE_ID = 256  # characters of a gateway's node id
+_STREAM_METHOD = "abgate.v1.ConfigStream/StreamConfig"
+UNDECODABLE_ANSWER = "undecodable ACK/NACK (the current snapshot was sent again)"
 MAX_NACK_MESSAGE = 4096  # characters of a NACK's error message kept
 
 
@@ -129,6 +132,7 @@ class Publisher:
         self._rejection_sink = rejections
         self.acks = 0
         self.nacks = 0
+        self.undecodable = 0  # stream messages after the hello that did not parse
 
     @property
     def version(self) -> int:
@@ -175,6 +179,19 @@ class Publisher:
         if view.streams <= 0:
             view.connected = False
             self._emit(sub.node_id, version=view.version, connected=False, acked=False, error="")
+
+    def undecodable_answer(self, sub: _Subscriber) -> None:
+        """A message of ``sub``'s stream that does not parse: whatever it acknowledged is
+        unknown, so the gateway is shown the error and sent the current snapshot again (its
+        answer to that one tells); the stream stays open."""
+        self.undecodable += 1
+        view = self.gateways[sub.node_id]
+        view.last_error = f"INVALID_ARGUMENT: {UNDECODABLE_ANSWER}"
+        self._emit(
+            sub.node_id, version=view.version, connected=True, acked=False, error=view.last_error
+        )
+        sub.sent_nonce = ""  # next_for sends the current snapshot again
+        sub.changed.set()
 
     async def answer(self, sub: _Subscriber, req: cpb.ConfigRequest) -> None:
         view = self.gateways[sub.node_id]
@@ -256,18 +273,36 @@ class ConfigStreamServicer(cpb_grpc.ConfigStreamServicer):
     def __init__(self, publisher: Publisher) -> None:
         self.publisher = publisher
 
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """The generated registration, except that StreamConfig decodes its messages itself:
+        one that does not parse fails alone instead of ending the stream."""
+        return {
+            "StreamConfig": grpc.stream_stream_rpc_method_handler(
+                self.StreamConfig,
+                request_deserializer=None,
+                response_serializer=cpb.ConfigSnapshot.SerializeToString,
+            )
+        }
+
     async def StreamConfig(
         self,
-        request_iterator: AsyncIterator[cpb.ConfigRequest],
+        request_iterator: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[cpb.ConfigSnapshot]:
         requests = request_iterator.__aiter__()
+        decode = cpb.ConfigRequest.FromString
         try:
-            hello = await asyncio.wait_for(anext(requests), HELLO_TIMEOUT)
+            raw = await asyncio.wait_for(anext(requests), HELLO_TIMEOUT)
         except (StopAsyncIteration, TimeoutError):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "node_id: open the stream with a ConfigRequest"
             )
+        try:
+            hello = decode(raw)
+        except Exception:
+            # Without a hello there is no gateway to answer: the stream ends.
+            note_undecodable(_STREAM_METHOD)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_MESSAGE)
         if not hello.node_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id: must not be empty")
         if len(hello.node_id) > MAX_NODE_ID or "\x00" in hello.node_id:
@@ -281,7 +316,13 @@ class ConfigStreamServicer(cpb_grpc.ConfigStreamServicer):
         log.info("gateway %s connected, serving version %d", hello.node_id, hello.version)
 
         async def read_answers() -> None:
-            async for req in requests:
+            async for raw in requests:
+                try:
+                    req = decode(raw)
+                except Exception:
+                    note_undecodable(_STREAM_METHOD)  # a log line at most every 10 s
+                    pub.undecodable_answer(sub)
+                    continue
                 await pub.answer(sub, req)
 
         reader = asyncio.create_task(read_answers())

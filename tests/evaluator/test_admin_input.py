@@ -5,6 +5,10 @@ hold (huge, NUL) get their status, never INTERNAL."""
 
 from __future__ import annotations
 
+import queue
+import time
+from collections.abc import Iterator
+
 import grpc
 import pytest
 
@@ -112,3 +116,56 @@ def test_config_stream_refuses_a_node_id_the_database_cannot_hold(
                 )
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert info.value.details() == "node_id: at most 256 characters, no NUL"
+
+
+def test_an_undecodable_ack_fails_alone_and_the_stream_stays(
+    evaluator: InProcessEvaluator, demo_store: DemoStore
+) -> None:
+    """Issue #15, item 4, on the config stream: a message that does not parse after the hello
+    is shown as the gateway's error and answered with the current snapshot again; the stream
+    stays open and the next ACK clears the error. An undecodable hello ends the stream."""
+    sha = demo_store.metas["demo-logreg"].sha256
+    created = evaluator.admin.call(
+        "CreateExperiment", cpb.CreateExperimentRequest(definition=ab_definition("acks", sha, sha))
+    )
+    sent: queue.Queue[bytes | None] = queue.Queue()
+
+    def messages() -> Iterator[bytes]:
+        while (m := sent.get()) is not None:
+            yield m
+
+    def gateway(node_id: str) -> cpb.GatewayState:
+        listed = evaluator.admin.call("Gateways", cpb.GatewaysRequest())
+        return next(g for g in listed.gateways if g.node_id == node_id)
+
+    with grpc.insecure_channel(evaluator.target) as channel:
+        raw_stream = channel.stream_stream("/abgate.v1.ConfigStream/StreamConfig")
+        with pytest.raises(grpc.RpcError) as info:
+            list(raw_stream(iter([b"\xff\xff\x0a"]), metadata=(GOOD,), timeout=10))
+        assert (info.value.code(), info.value.details()) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "undecodable request",
+        )
+        sent.put(cpb.ConfigRequest(node_id="gw-garbled").SerializeToString())
+        answers = raw_stream(messages(), metadata=(GOOD,), timeout=30)
+        try:
+            first = cpb.ConfigSnapshot.FromString(next(answers))
+            assert first.version >= created.snapshot_version
+            sent.put(b"\xff\xff\x0a")  # an ACK mangled on the way
+            again = cpb.ConfigSnapshot.FromString(next(answers))
+            assert again.version == first.version and again.nonce != first.nonce
+            status_now = gateway("gw-garbled")
+            assert status_now.connected
+            assert status_now.last_error.startswith("INVALID_ARGUMENT: undecodable ACK/NACK")
+            ack = cpb.ConfigRequest(
+                node_id="gw-garbled", version=again.version, response_nonce=again.nonce
+            )
+            sent.put(ack.SerializeToString())
+            deadline = time.monotonic() + 10
+            while gateway("gw-garbled").last_error and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert gateway("gw-garbled").last_error == ""
+            assert evaluator.server.publisher.undecodable == 1
+        finally:
+            sent.put(None)
+            answers.cancel()
