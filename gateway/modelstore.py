@@ -4,8 +4,9 @@ The serving path imports this module, so it needs only the standard library and 
 model is found by a validated 64-hex sha256 (never a path from outside) and its bytes are
 re-hashed when read. A model must be self-contained (``check_self_contained``): weights in an
 ONNX external-data file would be read from wherever the loading process runs, so the same
-sha256 could score differently. ``abgate models register``/``convert`` refuse such a model and
-the gateway refuses to load one.
+sha256 could score differently. ``ModelStore.put`` refuses such a model (and bytes that are no
+ONNX model), whoever calls it; the gateway refuses to load one that a store written by hand
+holds.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class InvalidModelRef(ModelStoreError):
 
 class ExternalData(ModelStoreError):
     """An ONNX model that keeps tensor data outside its own bytes."""
+
+
+class NotOnnx(ModelStoreError):
+    """Bytes that are no ONNX model (they do not parse, or hold no graph)."""
 
 
 # -- self-contained ONNX models -----------------------------------------------------------------
@@ -122,6 +127,18 @@ def external_tensors(onnx_bytes: bytes) -> list[str]:
             if f.message_type is not None:  # every field is repeated (see _SKELETON)
                 stack.extend(value)
     return found
+
+
+def check_storable(onnx_bytes: bytes) -> None:
+    """What the store holds: an ONNX model with a graph (NotOnnx) and every tensor inside its
+    bytes (ExternalData). Whether onnxruntime can run it is checked by register and convert."""
+    try:
+        model = _skeleton().FromString(onnx_bytes)
+    except DecodeError:
+        raise NotOnnx("not an ONNX model (it does not parse)") from None
+    if not len(model.graph):  # type: ignore[attr-defined]
+        raise NotOnnx("not an ONNX model (it holds no graph)")
+    check_self_contained(onnx_bytes)
 
 
 def check_self_contained(onnx_bytes: bytes) -> None:
@@ -212,7 +229,9 @@ class ModelStore:
 
     def put(self, onnx_bytes: bytes, metadata: ModelMetadata) -> ModelMetadata:
         """Store bytes and metadata (its sha256 is computed here, its version assigned when
-        empty). Putting the same bytes again returns the stored metadata unchanged."""
+        empty). Putting the same bytes again returns the stored metadata unchanged. Bytes that
+        are no ONNX model (NotOnnx) or keep data outside themselves (ExternalData) are refused."""
+        check_storable(onnx_bytes)  # whoever calls: a model is its sha256 alone
         sha = sha256_hex(onnx_bytes)
         if self.contains(sha):
             return self.get(sha)

@@ -18,7 +18,7 @@ import gateway.variants
 from abgate.cli import main as abgate_main
 from abgate.errors import ConfigError
 from gateway.config import load_config_file
-from gateway.modelstore import ModelMetadata, ModelStore, external_tensors
+from gateway.modelstore import ModelMetadata, ModelStore, external_tensors, sha256_hex
 from tests.conftest import DemoStore, InProcessGateway, gateway_settings
 
 N = 30  # features; a [30, 2] weight is big enough that no graph optimisation reads it early
@@ -84,16 +84,17 @@ def test_the_gateway_refuses_to_load_one(
     refused, the one before keeps serving."""
     monkeypatch.chdir(tmp_path)
     root = shutil.copytree(demo_store.root, tmp_path / "models")  # the shared one stays clean
-    store = ModelStore(root)
-    meta = store.put(
-        classifier_with_external_weights(tmp_path),
-        ModelMetadata(
-            sha256="", id="ext-weights", version="", input_name="X", n_features=N,
-            feature_names=tuple(f"f{i}" for i in range(N)), label_output="label",
-            scores_output="probabilities", classes=(0, 1), opset=17, source="test",
-            parity_max_abs_diff=0.0, parity_rows=0,
-        ),
+    # ModelStore.put refuses it, so as an older abgate or a script would have: by hand.
+    data = classifier_with_external_weights(tmp_path)
+    meta = ModelMetadata(
+        sha256=sha256_hex(data), id="ext-weights", version="1", input_name="X", n_features=N,
+        feature_names=tuple(f"f{i}" for i in range(N)), label_output="label",
+        scores_output="probabilities", classes=(0, 1), opset=17, source="test",
+        parity_max_abs_diff=0.0, parity_rows=0,
     )  # fmt: skip
+    (root / "objects" / f"{meta.sha256}.onnx").write_bytes(data)
+    (root / "meta" / f"{meta.sha256}.json").write_text(json.dumps(meta.to_dict()))
+    assert ModelStore(root).get(meta.sha256) == meta
     logreg = demo_store.metas["demo-logreg"].sha256
     path = tmp_path / "exp.json"
 

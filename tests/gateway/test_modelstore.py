@@ -10,14 +10,28 @@ import numpy as np
 import pytest
 
 from gateway.modelstore import (
+    ExternalData,
     InvalidModelRef,
     ModelIntegrityError,
     ModelMetadata,
     ModelNotFound,
     ModelStore,
+    NotOnnx,
     sha256_hex,
 )
 from tests.conftest import DemoStore
+from tests.gateway.test_external_data import classifier_with_external_weights
+
+
+def onnx(name: str) -> bytes:
+    """A small ONNX model; ``name`` (its graph's) makes its bytes its own."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 2])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 2])
+    graph = helper.make_graph([helper.make_node("Identity", ["X"], ["Y"])], name, [x], [y])
+    return helper.make_model(graph).SerializeToString()
+
 
 META = ModelMetadata(
     sha256="",
@@ -38,19 +52,19 @@ META = ModelMetadata(
 
 def test_put_get_resolve_list(tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
-    one = store.put(b"model one", META)
-    assert one.sha256 == sha256_hex(b"model one") and one.version == "1"
-    two = store.put(b"model two", META)
+    one = store.put(onnx("model one"), META)
+    assert one.sha256 == sha256_hex(onnx("model one")) and one.version == "1"
+    two = store.put(onnx("model two"), META)
     assert two.version == "2"
-    again = store.put(b"model one", replace(META, id="other"))
+    again = store.put(onnx("model one"), replace(META, id="other"))
     assert again == one  # idempotent: same bytes, same entry
-    named = store.put(b"model three", replace(META, id="n", version="7"))
+    named = store.put(onnx("model three"), replace(META, id="n", version="7"))
     assert store.resolve("m") == two
     assert store.resolve("m:1") == one
     assert store.resolve(one.sha256) == one
     assert store.resolve("n:7") == named
     assert [m.sha256 for m in store.list()] == [one.sha256, two.sha256, named.sha256]
-    assert store.load_bytes(two.sha256) == b"model two"
+    assert store.load_bytes(two.sha256) == onnx("model two")
     with pytest.raises(ModelNotFound):
         store.resolve("m:9")
     with pytest.raises(ModelNotFound):
@@ -59,7 +73,7 @@ def test_put_get_resolve_list(tmp_path: Path) -> None:
 
 def test_tampered_bytes_are_detected(tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
-    meta = store.put(b"original", META)
+    meta = store.put(onnx("original"), META)
     (tmp_path / "objects" / f"{meta.sha256}.onnx").write_bytes(b"tampered")
     with pytest.raises(ModelIntegrityError):
         store.load_bytes(meta.sha256)
@@ -67,10 +81,10 @@ def test_tampered_bytes_are_detected(tmp_path: Path) -> None:
 
 def test_symlinked_object_is_refused(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "s")
-    meta = store.put(b"original", META)
+    meta = store.put(onnx("original"), META)
     obj = tmp_path / "s" / "objects" / f"{meta.sha256}.onnx"
     outside = tmp_path / "outside"
-    outside.write_bytes(b"original")
+    outside.write_bytes(onnx("original"))
     obj.unlink()
     os.symlink(outside, obj)
     with pytest.raises(ModelIntegrityError, match="regular file"):
@@ -88,7 +102,19 @@ def test_bad_references_never_become_paths(tmp_path: Path, ref: str) -> None:
 
 def test_bad_ids_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidModelRef):
-        ModelStore(tmp_path).put(b"x", replace(META, id="../x"))
+        ModelStore(tmp_path).put(onnx("x"), replace(META, id="../x"))
+
+
+def test_put_refuses_what_is_no_self_contained_onnx_model(tmp_path: Path) -> None:
+    """Whoever calls it (a script, a trainer, register): a model is its sha256 alone."""
+    store = ModelStore(tmp_path / "s")
+    with pytest.raises(NotOnnx, match="does not parse"):
+        store.put(b"\xff\xff\xff", META)
+    with pytest.raises(NotOnnx, match="no graph"):
+        store.put(b"", META)
+    with pytest.raises(ExternalData, match=r"1 tensor\(s\) keep their data in an external file"):
+        store.put(classifier_with_external_weights(tmp_path), META)
+    assert store.list() == []
 
 
 @pytest.mark.numeric
