@@ -188,6 +188,11 @@ class EvaluatorSettings:
     decay_reference_rows: int = doc(
         "labelled rows of an arm's decay reference window (its first outcomes counted)", 1000
     )
+    drift_history_interval: float = doc(
+        "seconds between two rows of drift_history per experiment (each arm's drift and decay "
+        "measures, for the report's drift over time); 0 = keep none",
+        60.0,
+    )
     retrain_on_drift: bool = doc(
         "queue a retrain of the champion when its drift acts or its decay test rejects", True
     )

@@ -60,6 +60,11 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
             raise cli.UsageError(
                 f"{flag} must be at least 1 (rows of a reference window), not {rows}"
             )
+    if not settings.drift_history_interval >= 0:
+        raise cli.UsageError(
+            "--drift-history-interval must be 0 (off) or more seconds, not "
+            f"{settings.drift_history_interval}"
+        )
     if not settings.retrain_every >= 0:
         raise cli.UsageError(
             f"--retrain-every must be 0 (off) or more seconds, not {settings.retrain_every}"

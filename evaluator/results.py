@@ -15,8 +15,8 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -55,6 +55,21 @@ class VersionInfo:
     state: ExperimentState
 
 
+class DriftPoint(NamedTuple):
+    """One arm's drift or decay measure as a tick measured it (drift_history), the last one
+    of its time bucket."""
+
+    t: float  # epoch s
+    psi: float | None  # None for decay
+    level: str  # ok | warn | act
+    p_value: float  # anytime-valid
+    rejected: bool
+    rate: float | None  # decay: current accuracy or outcome rate
+    reference_rate: float | None
+    reference_rows: int
+    current_rows: int
+
+
 @dataclass
 class ExperimentResults:
     """An experiment's results, already reduced by PostgreSQL to one row per bucket/arm.
@@ -81,6 +96,9 @@ class ExperimentResults:
     shadow_pairs: dict[str, np.ndarray]  # (n_buckets, 2): pairs, agreeing pairs, by shadow
     shadow_summary: dict[str, dict[str, Any]]  # evaluator.shadows.compare of shadow_stats
     generated_at: float
+    # (arm, measure) -> its drift_history points, oldest first, at most one per bucket;
+    # measure: score, class, feature:NAME, decay:accuracy, decay:outcome
+    drift: dict[tuple[str, str], list[DriftPoint]] = field(default_factory=dict)
 
     @property
     def state(self) -> ExperimentState:
@@ -161,6 +179,10 @@ _PRED_SPAN = """
 SELECT extract(epoch FROM min(ts))::float8 AS lo, extract(epoch FROM max(ts))::float8 AS hi
 FROM predictions WHERE experiment = $1
 """
+_DRIFT_SPAN = """
+SELECT extract(epoch FROM min(ts))::float8 AS lo, extract(epoch FROM max(ts))::float8 AS hi
+FROM drift_history WHERE experiment = $1
+"""
 _DECISION_SPAN = """
 SELECT extract(epoch FROM min(ts))::float8 AS lo, extract(epoch FROM max(ts))::float8 AS hi,
        count(*) AS n
@@ -233,6 +255,15 @@ FROM (
 WHERE is_shadow AND status = 0 AND served > 0
 GROUP BY 1, 2
 """
+# The last measure of each bucket: at most n_buckets points per (arm, measure), however often
+# the evaluator kept one.
+_DRIFT_HISTORY = f"""
+SELECT DISTINCT ON (arm, measure, b) {_bucket("ts")} AS b, arm, measure,
+       extract(epoch FROM ts)::float8 AS t, psi, level, p_value, rejected, rate, reference_rate,
+       reference_rows, current_rows
+FROM drift_history WHERE experiment = $1
+ORDER BY arm, measure, b, ts DESC
+"""
 _DECISIONS = """
 SELECT id, extract(epoch FROM ts)::float8 AS ts, action, source, recommendation,
        from_version, to_version
@@ -289,9 +320,11 @@ async def _load(
 
     pred = await conn.fetchrow(_PRED_SPAN, name)
     dec = await conn.fetchrow(_DECISION_SPAN, name)
-    assert pred is not None and dec is not None
-    starts = [versions[0].created_at] + [x for x in (pred["lo"], dec["lo"]) if x is not None]
-    ends = [versions[-1].created_at] + [x for x in (pred["hi"], dec["hi"]) if x is not None]
+    measured = await conn.fetchrow(_DRIFT_SPAN, name)
+    assert pred is not None and dec is not None and measured is not None
+    spans = (pred, dec, measured)
+    starts = [versions[0].created_at] + [r["lo"] for r in spans if r["lo"] is not None]
+    ends = [versions[-1].created_at] + [r["hi"] for r in spans if r["hi"] is not None]
     t0, t1 = min(starts), max(ends)
     width = bucket_width(t1 - t0, bucket_seconds)
     if bucket_seconds is not None and width != bucket_seconds:
@@ -335,6 +368,15 @@ async def _load(
     for r in await conn.fetch(_LATENCY, name):
         latency.setdefault(r["arm"], {})[int(r["b"])] = int(r["n"])
 
+    drift: dict[tuple[str, str], list[DriftPoint]] = {}
+    for r in await conn.fetch(_DRIFT_HISTORY, *args):
+        point = DriftPoint(
+            r["t"], r["psi"], r["level"], r["p_value"], r["rejected"], r["rate"],
+            r["reference_rate"], int(r["reference_rows"]), int(r["current_rows"]),
+        )  # fmt: skip
+        drift.setdefault((r["arm"], r["measure"]), []).append(point)
+    for points in drift.values():
+        points.sort()
     recent = await conn.fetch(_DECISIONS.format(where=""), name, DECISION_ROWS)
     markers = await conn.fetch(
         _DECISIONS.format(where="AND action <> 'continue'"), name, DECISION_ROWS
@@ -361,6 +403,7 @@ async def _load(
         shadow_pairs=pairs,
         shadow_summary=summary,
         generated_at=time.time(),
+        drift=drift,
     )
 
 

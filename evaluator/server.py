@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import signal
 import time
 from collections.abc import Mapping
@@ -126,6 +127,35 @@ class _Monitored:
 LEADER_LOCK = 0x61626761746504
 
 
+_HISTORY_INSERT = """
+INSERT INTO drift_history (experiment, arm, measure, ts, psi, level, p_value, rejected, rate,
+                           reference_rate, reference_rows, current_rows)
+VALUES ($1, $2, $3, to_timestamp($4), $5, $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT DO NOTHING
+"""
+
+
+def _history_rows(
+    name: str,
+    arm: str,
+    now: float,
+    drift: Mapping[str, DriftMeasure],
+    decay: Mapping[str, DecayMeasure],
+) -> list[tuple[Any, ...]]:
+    """drift_history rows of one arm's measures at tick time ``now``."""
+    rows: list[tuple[Any, ...]] = [
+        (name, arm, kind, now, m.psi, m.level, m.p_value, m.rejected, None, None,
+         m.reference_rows, m.current_rows)
+        for kind, m in sorted(drift.items())
+    ]  # fmt: skip
+    rows += [
+        (name, arm, kind, now, None, "act" if d.worse else "ok", d.p_value, d.rejected,
+         d.current_rate, d.reference_rate, d.reference_rows, d.current_rows)
+        for kind, d in sorted(decay.items())
+    ]  # fmt: skip
+    return rows
+
+
 def _window_table(source: str, measure: str) -> str:
     """The table holding the monitoring window of an acting measure."""
     if source == "decay":
@@ -160,6 +190,8 @@ class EvaluatorServer:
         # Latest verdict and statistics per experiment, and what was last audited when.
         self.verdicts: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._audited: dict[str, tuple[str, float]] = {}
+        # experiment -> when its measures were last kept in drift_history (tick time)
+        self._history_at: dict[str, float] = {}
         self.last_tick: TickResult | None = None
         self.last_tick_at: float | None = None  # time.time() when the last tick completed
         # (experiment, shadow) -> shadow_stats sums as of the last tick (for /metrics)
@@ -374,7 +406,7 @@ class EvaluatorServer:
             if row.state.status not in MONITORED_STATUSES:
                 continue
             try:
-                await self._monitor(row, monitored)
+                await self._monitor(row, monitored, now)
             except Exception:
                 log.exception("drift of %s failed; retrying next tick", name)
             if row.state.status != "running":
@@ -395,20 +427,22 @@ class EvaluatorServer:
         self.last_tick_at = time.time()
         return decided
 
-    async def _monitor(self, row: VersionRow, bins: _Monitored) -> None:
+    async def _monitor(self, row: VersionRow, bins: _Monitored, now: float) -> None:
         """Drift (score, class, each captured feature) and decay measures of a monitored
         experiment's arms (every arm of a running one; the champion of a promoted or rolled
         back one), an audit row the first time each crosses (action 'drift': a PSI level,
         warn or act, reached or the sequential test rejecting; 'decay': the decay test
         rejecting), and, when the champion's drift acts or it decays, a retrain request
         (audit 'retrain_requested'). What was audited is kept in drift_alerts, so a restart
-        or another leader does not audit it again."""
+        or another leader does not audit it again; the measures themselves in drift_history,
+        every --drift-history-interval."""
         state = row.state
         name = state.name
         champion = champion_of(state)
         arms = [a.name for a in state.arms]
         if state.status != "running":
             arms = [champion]
+        history: list[tuple[Any, ...]] = []
         for arm in arms:
             drift: dict[str, DriftMeasure] = {}
             if (b := bins.drift.get((name, arm))) is not None and (m := measure(b)):
@@ -423,6 +457,11 @@ class EvaluatorServer:
                 decay = {f"decay:{k}": x for k, x in dm.items()}
             if drift or decay:
                 await self._audit_crossings(row, arm, arm == champion, drift, decay)
+                history += _history_rows(name, arm, now, drift, decay)
+        interval = self.settings.drift_history_interval
+        if history and interval > 0 and now - self._history_at.get(name, -math.inf) >= interval:
+            await self._store().pool.executemany(_HISTORY_INSERT, history)
+            self._history_at[name] = now
 
     async def _audit_crossings(
         self,
@@ -620,6 +659,10 @@ class EvaluatorServer:
                 today = dt.datetime.now(dt.UTC).date()
                 cutoff = today - dt.timedelta(days=s.retention_days)
                 dropped = await drop_partitions_before(conn, cutoff)
+                await conn.execute(
+                    "DELETE FROM drift_history WHERE ts < $1",
+                    dt.datetime.combine(cutoff, dt.time(), dt.UTC),
+                )
         if created or dropped:
             log.info("partitions created %s, dropped %s", created, dropped)
 

@@ -1,6 +1,6 @@
 """The report's figures, drawn with matplotlib's object API only (no pyplot state, nothing shared
 between reports or threads): arm shares against the split, the primary metric with its confidence
-sequence, latency, shadow agreement.
+sequence, latency, shadow agreement, drift and decay over time.
 
 Each ``fig_*`` draws loaded results and their series (``evaluator.results``) into a new figure
 for the HTML page, or into a sub-figure of a PDF page (``into``); ``render`` places them.
@@ -12,11 +12,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evaluator.report.tables import _duration
+from evaluator.report.tables import _duration, drift_keys
 from evaluator.results import (
     LATENCY_BINS_PER_OCTAVE,
     ExperimentResults,
@@ -400,6 +400,59 @@ def fig_shadows(data: ExperimentResults, into: FigureBase | None = None) -> Figu
     return fig
 
 
+_MEASURE_STYLE = {"score": "-", "class": "--"}
+_FEATURE_STYLES = (":", "-.", (0, (5, 1, 1, 1)))
+
+
+def fig_drift(data: ExperimentResults, into: FigureBase | None = None) -> FigureBase:
+    """PSI of each shown drift series against the warn and act lines, and the anytime-valid
+    p-values of every shown drift and decay test, over time (drift_history)."""
+    from evaluator.drift import DRIFT_ALPHA
+    from evaluator.stats import PSI_ACT, PSI_WARN
+
+    title = "Drift and decay over time (the evaluator's measures, the last of each bucket)"
+    keys = drift_keys(data)
+    if not keys:
+        return _empty(title, into, "no drift measures yet")
+    fig = _figure(6.0, into)
+    fig.suptitle(title)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    features = 0
+    for arm, measure in keys:
+        points = data.drift[(arm, measure)]
+        t = _times(np.array([p.t for p in points]))
+        color = _arm_color(data, arm) if arm in data.arms else "0.4"
+        if measure.startswith("decay:"):
+            style: Any = (0, (1, 1))
+        elif measure.startswith("feature:"):
+            style = _FEATURE_STYLES[features % len(_FEATURE_STYLES)]
+            features += 1
+        else:
+            style = _MEASURE_STYLE[measure]
+        label = f"{arm} {measure}"
+        if not measure.startswith("decay:"):
+            psi = np.array([np.nan if p.psi is None else p.psi for p in points])
+            top.plot(t, psi, linestyle=style, marker=".", color=color, label=label)
+        p_values = np.array([max(p.p_value, 1e-16) for p in points])
+        bottom.plot(t, p_values, linestyle=style, marker=".", color=color, label=label)
+    top.axhline(PSI_WARN, color="#ff7f0e", lw=1, ls="--", label=f"warn ({PSI_WARN})")
+    top.axhline(PSI_ACT, color="#d62728", lw=1, ls="--", label=f"act ({PSI_ACT})")
+    top.set_ylabel("PSI")
+    top.set_ylim(bottom=0)
+    top.grid(alpha=0.3)
+    top.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    bottom.axhline(DRIFT_ALPHA, color="#d62728", lw=1, ls="--", label=f"α = {DRIFT_ALPHA}")
+    bottom.set_yscale("log")
+    bottom.set_ylim(top=1.5)
+    bottom.set_ylabel("p-value (anytime-valid)")
+    bottom.set_xlabel("time (UTC)")
+    bottom.grid(alpha=0.3)
+    _decision_lines(data, (top, bottom), bottom)
+    bottom.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    _date_axis(bottom)
+    return fig
+
+
 @dataclass
 class Figures:
     """The HTML page's figures (the PDF draws them again, into its A4 pages)."""
@@ -408,6 +461,7 @@ class Figures:
     metric: FigureBase
     latency: FigureBase
     shadows: FigureBase | None
+    drift: FigureBase | None
 
 
 def build_figures(data: ExperimentResults, series: MetricSeries) -> Figures:
@@ -416,4 +470,5 @@ def build_figures(data: ExperimentResults, series: MetricSeries) -> Figures:
         metric=fig_metric(data, series),
         latency=fig_latency(data),
         shadows=fig_shadows(data) if data.shadows else None,
+        drift=fig_drift(data) if data.drift else None,
     )

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from evaluator.report.figures import (
     Figures,
     build_figures,
+    fig_drift,
     fig_latency,
     fig_metric,
     fig_shadows,
@@ -27,12 +28,14 @@ from evaluator.report.figures import (
 )
 from evaluator.report.tables import (
     ARM_COLUMNS,
+    DRIFT_COLUMNS,
     SHADOW_COLUMNS,
     _decision_table,
     _duration,
     _when,
     arm_rows,
     definition_rows,
+    drift_rows,
     shadow_rows,
     verdict_rows,
 )
@@ -157,6 +160,12 @@ def captions(data: ExperimentResults) -> dict[str, str]:
         "requests slower than x; each curve crosses the dotted 1 % line at its p99. p50 and p99 "
         "come from a 32-bins-per-octave histogram computed in SQL over every row (within about "
         "1 %).",
+        "drift": "Top: the population stability index (PSI) of each arm's score and "
+        "predicted-class distribution, and of the captured features with the highest PSI, "
+        "against its reference window; dashed: the warn and act levels. Bottom: the p-values "
+        "of the anytime-valid two-sample tests (drift) and of the decay test on accuracy or "
+        "outcome rate (dotted), valid at every look; a series crossing the α line rejected. "
+        "Kept by the evaluator every --drift-history-interval (drift_history).",
         "shadows": "Agreement: the shadow and the served prediction of the same request have the "
         "same label. Dots per bucket, the line cumulative with a 95 % Wilson interval. The table "
         "is the evaluator's pairwise comparison (shadow_stats).",
@@ -261,6 +270,19 @@ def render_html(data: ExperimentResults, series: MetricSeries, figs: Figures) ->
         "<h2>Latency</h2>",
         notes["latency"],
         _img(figs.latency, "latency distribution per arm"),
+        "<h2>Drift over time</h2>",
+    ]
+    if figs.drift is None:
+        parts.append(
+            "<p>No drift or decay measures yet (they start once an arm has a reference window).</p>"
+        )
+    else:
+        parts += [
+            notes["drift"],
+            _img(figs.drift, "drift and decay measures over time"),
+            _html_table(DRIFT_COLUMNS, drift_rows(data)),
+        ]
+    parts += [
         "<h2>Shadow models</h2>",
     ]
     if figs.shadows is None:
@@ -299,6 +321,8 @@ def write_report(data: ExperimentResults, out: Path) -> tuple[Path, Path]:
         pdf.savefig(_pdf_page(lambda f: fig_metric(data, series, f), text["metric"]))
         pdf.savefig(decision_page(data))
         pdf.savefig(_pdf_page(lambda f: fig_latency(data, f), text["latency"]))
+        if data.drift:
+            pdf.savefig(_pdf_page(lambda f: fig_drift(data, f), text["drift"]))
         if data.shadows:
             pdf.savefig(_pdf_page(lambda f: fig_shadows(data, f), text["shadows"]))
     os.replace(tmp, pdf_path)

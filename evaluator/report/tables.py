@@ -232,3 +232,63 @@ def _decision_table(data: ExperimentResults) -> list[list[str]]:
         ]
         for d in data.decisions
     ]
+
+
+def drift_keys(data: ExperimentResults, features_per_arm: int = 3) -> list[tuple[str, str]]:
+    """The (arm, measure) series the report shows, by arm: score and class drift, the
+    ``features_per_arm`` captured features with the highest PSI seen, then decay."""
+    arms = data.arms + sorted({a for a, _ in data.drift if a not in data.arms})
+    out: list[tuple[str, str]] = []
+    for arm in arms:
+        own = sorted(k for k in data.drift if k[0] == arm)
+        features = sorted(
+            (k for k in own if k[1].startswith("feature:")),
+            key=lambda k: -max((p.psi or 0.0) for p in data.drift[k]),
+        )[:features_per_arm]
+        out += [k for k in own if k[1] in ("score", "class")] + features
+        out += [k for k in own if k[1].startswith("decay:")]
+    return out
+
+
+def drift_rows(data: ExperimentResults) -> list[list[str]]:
+    """Per shown series: its latest measure, and when it first reached warn and act."""
+    rows = []
+    for key in drift_keys(data):
+        points = data.drift[key]
+        last = points[-1]
+        first = {lv: next((p.t for p in points if p.level in lvs), None)
+                 for lv, lvs in (("warn", ("warn", "act")), ("act", ("act",)))}  # fmt: skip
+        rate = (
+            f"{last.rate:.3f} / {last.reference_rate:.3f}"
+            if last.rate is not None and last.reference_rate is not None
+            else "–"
+        )
+        rows.append(
+            [
+                key[0],
+                key[1],
+                _fmt(last.psi, 3),
+                last.level + (" (test rejected)" if last.rejected else ""),
+                f"{last.p_value:.3g}",
+                rate,
+                f"{last.reference_rows:,} / {last.current_rows:,}",
+                _when(first["warn"]),
+                _when(first["act"]),
+                _when(last.t),
+            ]
+        )
+    return rows
+
+
+DRIFT_COLUMNS = (
+    "arm",
+    "measure",
+    "PSI",
+    "level",
+    "p-value (anytime-valid)",
+    "rate now / reference",
+    "rows reference / current",
+    "first warn",
+    "first act",
+    "measured",
+)

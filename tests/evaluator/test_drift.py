@@ -232,3 +232,92 @@ def test_a_score_shift_is_measured_audited_once_and_shown(
         assert len(drift_audits()) == len(audits)
     finally:
         ev.close()
+
+
+def test_drift_over_time_is_kept_and_reported(
+    demo_store: DemoStore, tmp_path: Path, fresh_db: str
+) -> None:
+    """Each tick's drift measures go to drift_history at most every --drift-history-interval;
+    the report draws them over time and tables the latest, with when warn and act were first
+    reached (issue #16: drift over time in the HTML/PDF report)."""
+    import time
+
+    from evaluator.report import write_report
+    from evaluator.results import load_results
+
+    shas = {m.id: m.sha256 for m in demo_store.metas.values()}
+    ev = InProcessEvaluator(
+        evaluator_settings(
+            fresh_db, demo_store.root, settle=0.0, tick_interval=3600, drift_reference_rows=500,
+            drift_history_interval=10.0,
+        )
+    )  # fmt: skip
+    rng = np.random.default_rng(9)
+    t0 = time.time()
+    try:
+        ev.admin.call(
+            "CreateExperiment",
+            cpb.CreateExperimentRequest(
+                definition=ab_definition("exp", shas["demo-logreg"], shas["demo-gbdt"])
+            ),
+        )
+
+        async def insert(arm: str, rows: list[dict[str, Any]]) -> None:
+            conn = await asyncpg.connect(fresh_db)
+            try:
+                await _insert(conn, "exp", arm, rows)
+            finally:
+                await conn.close()
+
+        asyncio.run(insert("treatment", _rows(rng, 500, 2.0, 5.0, 0)))
+        asyncio.run(insert("control", _rows(rng, 500, 2.0, 5.0, 10_000)))
+        ev.call(ev.server.tick(now=t0))  # the references are complete: nothing current yet
+        # Steady traffic, then the treatment's scores shift; a tick every 5 s of tick time.
+        for k in range(1, 7):
+            shifted = k >= 4
+            a, b = (5.0, 2.0) if shifted else (2.0, 5.0)
+            asyncio.run(insert("treatment", _rows(rng, 300, a, b, 1000 * k)))
+            asyncio.run(insert("control", _rows(rng, 300, 2.0, 5.0, 20_000 + 1000 * k)))
+            ev.call(ev.server.tick(now=t0 + 5 * k))
+        rows = fetch(
+            fresh_db,
+            "SELECT arm, measure, extract(epoch FROM ts)::float8 AS t, psi, level, current_rows"
+            " FROM drift_history ORDER BY ts, arm, measure",
+        )
+        # Kept at ticks 0, 10 and 20 s (and 30 s): every other tick, 10 s apart.
+        times = sorted({round(r["t"] - t0) for r in rows})
+        assert times == [0, 10, 20, 30], times
+        assert {(r["arm"], r["measure"]) for r in rows} == {
+            (arm, kind) for arm in ("control", "treatment") for kind in ("score", "class")
+        }
+        score = [r for r in rows if (r["arm"], r["measure"]) == ("treatment", "score")]
+        assert [r["current_rows"] for r in score] == [0, 600, 1200, 1800]
+        assert score[1]["level"] == "ok" and score[-1]["level"] == "act"
+        data = asyncio.run(load_results(fresh_db, "exp", None))
+        points = data.drift[("treatment", "score")]
+        assert [p.current_rows for p in points] == [0, 600, 1200, 1800]
+        assert points[-1].psi == pytest.approx(score[-1]["psi"])
+        html_path, pdf_path = write_report(data, tmp_path / "report")
+        html = html_path.read_text()
+        section = html[html.index("<h2>Drift over time</h2>") : html.index("<h2>Shadow models")]
+        assert "drift and decay measures over time" in section  # the figure
+        row = next(r for r in section.split("<tr") if "<td>treatment</td><td>score</td>" in r)
+        assert f"<td>{score[-1]['psi']:.3g}</td>" in row and "act" in row
+        assert pdf_path.read_bytes().startswith(b"%PDF")
+    finally:
+        ev.close()
+
+
+def test_drift_history_interval_must_not_be_negative(
+    fresh_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from abgate.cli import main
+
+    monkeypatch.setenv("ABGATE_TOKEN", "t" * 32)
+    store = tmp_path / "models"
+    store.mkdir()
+    code = main(["evaluator", "--database-url", fresh_db, "--model-store", str(store),
+                 "--drift-history-interval", "-1"])  # fmt: skip
+    assert code == 2
+    assert "--drift-history-interval must be 0 (off) or more seconds" in capsys.readouterr().err
