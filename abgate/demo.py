@@ -287,7 +287,8 @@ def _experiment(
 def _report(workdir: Path, name: str, database_url: str, step: int = 9) -> None:
     out = workdir / "report"
     print(f"== {step}. the report of {name!r} (`abgate report`): arm shares against the split,")
-    print("   the metric per arm with its confidence sequence, decisions, latency, shadows")
+    print("   the metric per arm with its confidence sequence, decisions, latency, drift over")
+    print("   time, shadows")
     subprocess.run(
         _abgate("--log-level", "WARNING", "report", "--experiment", name, "--out", str(out),
                 "--database-url", database_url),

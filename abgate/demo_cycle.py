@@ -175,7 +175,8 @@ def run_cycle_demo(*, workdir: Path, quick: bool = False) -> int:
                     "--database-url", database_url, "--model-store", str(store_dir),
                     "--tick-interval", "0.5", "--settle", "0.5",
                     "--drift-reference-rows", str(REFERENCE_ROWS),
-                    "--decay-reference-rows", str(REFERENCE_ROWS), "--round-cooldown", "0"),
+                    "--decay-reference-rows", str(REFERENCE_ROWS), "--round-cooldown", "0",
+                    "--drift-history-interval", "2"),
             workdir / "evaluator.log",
         )  # fmt: skip
         wait_serving(evaluator_target, proc=evaluator)

@@ -57,6 +57,12 @@ def test_demo_cycle_runs_the_whole_cycle(tmp_path: Path) -> None:
     html = next(line.split("report: ", 1)[1] for line in out.splitlines() if "report: " in line)
     page = Path(html).read_text()
     assert "retrain_requested" in page and "round_started" in page
+    # Drift over time: the champion's decay, first acting at a time the table gives.
+    section = page[page.index("<h2>Drift over time</h2>") : page.index("<h2>Shadow models")]
+    decay = [r for r in section.split("<tr") if "<td>treatment</td><td>decay:accuracy</td>" in r]
+    assert decay, section[-3000:]
+    cells = re.findall(r"<td>(.*?)</td>", decay[0])
+    assert cells[8].endswith("Z"), cells  # first act
     assert "trainer exited with 0" in out and "gateway exited with 0" in out
     assert "evaluator exited with 0" in out
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
