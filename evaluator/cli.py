@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from abgate import cli_common as cli
 from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
+from evaluator.levels import DRIFT_ALPHA, PSI_ACT, PSI_WARN
 
 _KINDS = {"ab": cpb.AB, "canary": cpb.CANARY, "bandit": cpb.BANDIT}
 
@@ -190,8 +191,39 @@ def _definition_from_args(args: argparse.Namespace) -> cpb.ExperimentDefinition:
         if args.bandit_interval is not None:
             definition.bandit_interval_s = args.bandit_interval
         definition.feature_sample_rate = args.feature_sample_rate
+        if (levels := _drift_thresholds(args)) is not None:
+            definition.drift.CopyFrom(levels)
     # Model ids are resolved and pinned to their sha256 by the evaluator, in its own store.
     return definition
+
+
+def _drift_flags(q: argparse.ArgumentParser, defaults: bool) -> None:
+    """--psi-warn, --psi-act, --drift-alpha (DriftThresholds)."""
+    shown = " (default 0.1)", " (default 0.25)", " (default 0.01)"
+    if not defaults:
+        shown = ("", "", "")
+    q.add_argument(
+        "--psi-warn", type=float, default=None, help="PSI at which drift warns" + shown[0]
+    )
+    q.add_argument(
+        "--psi-act", type=float, default=None,
+        help="PSI at which drift acts: audited, and the champion's retrain asked" + shown[1],
+    )  # fmt: skip
+    q.add_argument(
+        "--drift-alpha", type=float, default=None,
+        help="level of the anytime-valid drift and decay tests" + shown[2],
+    )  # fmt: skip
+
+
+def _drift_thresholds(args: argparse.Namespace) -> cpb.DriftThresholds | None:
+    """The --psi-warn/--psi-act/--drift-alpha given, or None."""
+    given = {
+        k: v
+        for k, v in (("psi_warn", args.psi_warn), ("psi_act", args.psi_act),
+                     ("alpha", args.drift_alpha))
+        if v is not None
+    }  # fmt: skip
+    return cpb.DriftThresholds(**given) if given else None
 
 
 def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
@@ -213,6 +245,9 @@ def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
         print(f"  round {details['round']}: {arms}")
     if d.feature_sample_rate:
         print(f"  feature capture: {d.feature_sample_rate:.4g} of served predictions")
+    t = d.drift
+    if (t.psi_warn, t.psi_act, t.alpha) not in ((0.0, 0.0, 0.0), (PSI_WARN, PSI_ACT, DRIFT_ALPHA)):
+        print(f"  drift levels: PSI warn {t.psi_warn:g}, act {t.psi_act:g}; tests at α {t.alpha:g}")
     for r in view.rejections:
         serving = f"serves version {r.serving_version}" if r.serving_version else "serves none"
         print(f"  rejected by gateway {r.node_id} (version {r.version}; it {serving}): {r.error}")
@@ -316,6 +351,8 @@ def cmd_experiments(args: argparse.Namespace) -> int:
             request = cpb.ExperimentRequest(name=args.name, reason=args.reason, actor=args.by or "")
             if args.feature_sample_rate is not None:
                 request.feature_sample_rate = args.feature_sample_rate
+            if (levels := _drift_thresholds(args)) is not None:
+                request.drift.CopyFrom(levels)
         else:
             request = cpb.ExperimentRequest(
                 name=args.name,
@@ -524,6 +561,7 @@ def add_evaluator_parsers(subparsers: Any) -> None:
         help="share of served predictions whose request features are logged, 0..1 (default 0: "
         "off); may be personal data, dropped with the partitions (--retention-days)",
     )
+    _drift_flags(q, defaults=True)
     q.add_argument(
         "--model-store",
         default=None,
@@ -544,7 +582,7 @@ def add_evaluator_parsers(subparsers: Any) -> None:
         ("resume", "resume deciding"),
         ("archive", "take out of every snapshot, keep for audit (from any status)"),
         ("unarchive", "back into the snapshot with its old buckets (a running one: paused)"),
-        ("update", "change a running experiment in place (--feature-sample-rate)"),
+        ("update", "change an experiment in place (--feature-sample-rate, drift levels)"),
         ("approve", "start a next round left awaiting approval (abgate trainer --approve manual)"),
         ("start-round", "the next round by hand: the champion against --model (the trainer's RPC)"),
     ):
@@ -574,6 +612,7 @@ def add_evaluator_parsers(subparsers: Any) -> None:
                 default=None,
                 help="share of served predictions whose request features are logged, 0..1",
             )
+            _drift_flags(q, defaults=False)
 
     q = sub.add_parser(
         "history", help="the audit trail: decisions, drift, retrains, rounds (oldest first)"

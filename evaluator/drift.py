@@ -2,10 +2,11 @@
 model's score distribution and predicted-class shares in the current window against the
 reference window, from the bins ``evaluator.aggregate`` keeps (migration 0009).
 
-Per arm and kind, once the reference holds its N rows: PSI (``stats.psi``; level 'warn' from
-``PSI_WARN``, 'act' from ``PSI_ACT``) and the anytime-valid two-sample test
-(``stats.sequential_drift``), valid however often the tick looks. The current window is every
-row after the reference (cumulative; a rolling window is a later refinement)."""
+Per arm and kind, once the reference holds its N rows: PSI (``stats.psi``; level 'warn' and
+'act' from the experiment's levels, by default ``PSI_WARN`` and ``PSI_ACT``) and the
+anytime-valid two-sample test (``stats.sequential_drift``), valid however often the tick looks.
+The current window is every row after the reference (cumulative; a rolling window is a later
+refinement)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from evaluator.aggregate import SCORE_BINS, DriftBins, FeatureBins
-from evaluator.stats import PSI_ACT, PSI_WARN, psi, sequential_drift
+from evaluator.levels import DRIFT_ALPHA as DRIFT_ALPHA
+from evaluator.levels import PSI_ACT, PSI_WARN
+from evaluator.stats import psi, sequential_drift
 
 KINDS = ("score", "class")
 LEVELS = ("ok", "warn", "act")
-DRIFT_ALPHA = 0.01
 DRIFT_CONCENTRATION = 100.0
 DECAY_KINDS = ("accuracy", "outcome")
 
@@ -46,21 +48,34 @@ PSI_NOISE_SHARE = 0.25
 
 
 def level_of(
-    value: float, current_rows: int | None = None, reference_rows: int = 0, bins: int = 10
+    value: float,
+    current_rows: int | None = None,
+    reference_rows: int = 0,
+    bins: int = 10,
+    warn: float = PSI_WARN,
+    act: float = PSI_ACT,
 ) -> int:
-    """0 ok, 1 warn, 2 act. With the window sizes given, 0 while PSI's chance level is above
-    ``PSI_NOISE_SHARE`` of the warn band (N = 1,000 in 10 bins: from n ≈ 570 current rows)."""
+    """0 ok, 1 warn (PSI ≥ ``warn``), 2 act (≥ ``act``). With the window sizes given, 0 while
+    PSI's chance level is above ``PSI_NOISE_SHARE`` of the warn band (N = 1,000 in 10 bins, warn
+    0.1: from n ≈ 570 current rows)."""
     if current_rows is not None:
         if current_rows <= 0 or reference_rows <= 0:
             return 0
         chance = (bins - 1) * (1.0 / reference_rows + 1.0 / current_rows)
-        if chance > PSI_NOISE_SHARE * PSI_WARN:
+        if chance > PSI_NOISE_SHARE * warn:
             return 0
-    return 2 if value >= PSI_ACT else 1 if value >= PSI_WARN else 0
+    return 2 if value >= act else 1 if value >= warn else 0
 
 
 def _measure_bins(
-    kind: str, keys: list[int], ref: dict[int, int], cur: dict[int, int], alpha: float, tests: int
+    kind: str,
+    keys: list[int],
+    ref: dict[int, int],
+    cur: dict[int, int],
+    alpha: float,
+    tests: int,
+    warn: float,
+    act: float,
 ) -> DriftMeasure:
     """PSI and the sequential test of one set of bins; ``tests``: how many are tested together
     at ``alpha`` (Bonferroni: p is multiplied by it)."""
@@ -72,7 +87,7 @@ def _measure_bins(
     return DriftMeasure(
         kind=kind,
         psi=value,
-        level=LEVELS[level_of(value, sum(c), sum(r), len(keys))],
+        level=LEVELS[level_of(value, sum(c), sum(r), len(keys), warn, act)],
         p_value=p_value,
         log_e=test.log_e,
         rejected=test.drift,
@@ -83,9 +98,12 @@ def _measure_bins(
     )
 
 
-def measure(bins: DriftBins, alpha: float = DRIFT_ALPHA) -> dict[str, DriftMeasure]:
+def measure(
+    bins: DriftBins, alpha: float = DRIFT_ALPHA, warn: float = PSI_WARN, act: float = PSI_ACT
+) -> dict[str, DriftMeasure]:
     """kind -> measures of one arm; empty while its reference is incomplete. A kind without
-    current rows yet is measured too (PSI 0, p 1)."""
+    current rows yet is measured too (PSI 0, p 1). ``alpha``, ``warn``, ``act``: the
+    experiment's levels (DriftThresholds)."""
     if bins.reference_rows < bins.reference_size:
         return {}
     out = {}
@@ -95,11 +113,13 @@ def measure(bins: DriftBins, alpha: float = DRIFT_ALPHA) -> dict[str, DriftMeasu
         keys = list(range(SCORE_BINS)) if kind == "score" else sorted(set(ref) | set(cur))
         if len(keys) < 2:
             keys = [*keys, max(keys, default=0) + 1]  # one class only: a second, empty bin
-        out[kind] = _measure_bins(kind, keys, ref, cur, alpha, 1)
+        out[kind] = _measure_bins(kind, keys, ref, cur, alpha, 1, warn, act)
     return out
 
 
-def measure_features(bins: FeatureBins, alpha: float = DRIFT_ALPHA) -> dict[str, DriftMeasure]:
+def measure_features(
+    bins: FeatureBins, alpha: float = DRIFT_ALPHA, warn: float = PSI_WARN, act: float = PSI_ACT
+) -> dict[str, DriftMeasure]:
     """feature ("0", "1", ...) -> measures of one arm's captured features; empty until its
     reference is complete and binned. The arm's F features are tested together at ``alpha``
     (each at alpha/F, its p-value multiplied by F), so stationary traffic raises a false
@@ -117,6 +137,8 @@ def measure_features(bins: FeatureBins, alpha: float = DRIFT_ALPHA) -> dict[str,
             bins.current.get(feature, {}),
             alpha,
             tests,
+            warn,
+            act,
         )
     return out
 

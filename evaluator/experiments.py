@@ -16,6 +16,7 @@ from typing import Any
 
 from abgate.errors import AbgateError, InvalidArgument, shown
 from abgate.v1 import control_pb2 as cpb
+from evaluator.levels import DRIFT_ALPHA, PSI_ACT, PSI_WARN
 from gateway.allocation import WEIGHT_TOLERANCE, Allocation, AllocationError
 from gateway.config import NAME
 
@@ -86,6 +87,10 @@ class ExperimentState:
     archived_from: str = ""
     # Share of served predictions whose request features gateways log, 0..1 (0: off).
     feature_sample_rate: float = 0.0
+    # Drift monitoring levels (DriftThresholds): PSI warn and act, the tests' alpha.
+    psi_warn: float = PSI_WARN
+    psi_act: float = PSI_ACT
+    drift_alpha: float = DRIFT_ALPHA
     # The round (issue #16): 1 for the experiment as created, + 1 for each StartRound
     # (evaluator.rounds), and the retrain request the current round comes from (0: none).
     round: int = 1
@@ -148,6 +153,29 @@ def _finite(value: float, fld: str, lo: float, hi: float) -> float:
 def feature_sample_rate(value: float, fld: str) -> float:
     """A valid feature_sample_rate (0..1, NaN refused) or InvalidArgument naming ``fld``."""
     return _finite(value, fld, 0.0, 1.0)
+
+
+def drift_thresholds(
+    t: cpb.DriftThresholds, fld: str, base: ExperimentState | None = None
+) -> tuple[float, float, float]:
+    """(psi_warn, psi_act, drift_alpha) of an ExperimentState from ``t``: a field it does
+    not set keeps ``base``'s value (the defaults without one); InvalidArgument naming
+    ``fld.psi_warn`` … unless 0 < psi_warn < psi_act and 0 < alpha < 1."""
+    warn = t.psi_warn if t.HasField("psi_warn") else base.psi_warn if base else PSI_WARN
+    act = t.psi_act if t.HasField("psi_act") else base.psi_act if base else PSI_ACT
+    alpha = t.alpha if t.HasField("alpha") else base.drift_alpha if base else DRIFT_ALPHA
+    for name, value in (("psi_warn", warn), ("psi_act", act)):
+        if not (math.isfinite(value) and value > 0):
+            raise InvalidArgument(f"must be a PSI above 0, got {value!r}", field=f"{fld}.{name}")
+    if not warn < act:
+        raise InvalidArgument(
+            f"must be above psi_warn ({warn:g}), got {act:g}", field=f"{fld}.psi_act"
+        )
+    if not (math.isfinite(alpha) and 0 < alpha < 1):
+        raise InvalidArgument(
+            f"must be between 0 and 1 (exclusive), got {alpha!r}", field=f"{fld}.alpha"
+        )
+    return float(warn), float(act), float(alpha)
 
 
 def validate_definition(d: cpb.ExperimentDefinition, now: float | None = None) -> ExperimentState:
@@ -215,6 +243,7 @@ def validate_definition(d: cpb.ExperimentDefinition, now: float | None = None) -
         allocation = Allocation.initial({a.name: a.weight for a in arms})
     except AllocationError as exc:
         raise InvalidArgument(str(exc), field="definition.arms") from None
+    levels = drift_thresholds(d.drift, "definition.drift")
     return ExperimentState(
         name=name,
         salt=salt,
@@ -247,6 +276,9 @@ def validate_definition(d: cpb.ExperimentDefinition, now: float | None = None) -
         feature_sample_rate=feature_sample_rate(
             d.feature_sample_rate, "definition.feature_sample_rate"
         ),
+        psi_warn=levels[0],
+        psi_act=levels[1],
+        drift_alpha=levels[2],
     )
 
 
@@ -306,6 +338,9 @@ def definition_message(state: ExperimentState) -> cpb.ExperimentDefinition:
         bandit_interval_s=state.bandit_interval_s,
         shadows=[_shadow_message(s) for s in state.shadows],
         feature_sample_rate=state.feature_sample_rate,
+        drift=cpb.DriftThresholds(
+            psi_warn=state.psi_warn, psi_act=state.psi_act, alpha=state.drift_alpha
+        ),
     )
 
 

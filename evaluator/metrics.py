@@ -181,7 +181,7 @@ class EvaluatorCollector(Collector):
             "abgate_drift_psi",
             "Population stability index of the arm's current rows against its reference window,"
             " per kind (score: 10 bins of the positive-class score; class: predicted labels);"
-            " 0.1 warn, 0.25 act",
+            " levels: abgate_drift_psi_warn/_act",
             labels=["experiment", "arm", "kind"],
         )
         drift_p = GaugeMetricFamily(
@@ -199,7 +199,7 @@ class EvaluatorCollector(Collector):
         feature_psi = GaugeMetricFamily(
             "abgate_feature_drift_psi",
             "Population stability index of a captured feature's current rows against the arm's"
-            " reference window (bins: the reference's deciles); 0.1 warn, 0.25 act",
+            " reference window (bins: the reference's deciles); levels: abgate_drift_psi_warn/_act",
             labels=["experiment", "arm", "feature"],
         )
         feature_p = GaugeMetricFamily(
@@ -234,3 +234,28 @@ class EvaluatorCollector(Collector):
                 decay_p.add_metric([exp, arm, kind], d.p_value)
         yield decay_rate
         yield decay_p
+        # Each experiment's drift levels (DriftThresholds), which the alert rules compare the
+        # PSI and p-value gauges against (so an experiment's own levels alert, not fixed ones).
+        psi_warn = GaugeMetricFamily(
+            "abgate_drift_psi_warn",
+            "PSI at which this experiment's drift warns (default 0.1)",
+            labels=["experiment"],
+        )
+        psi_act = GaugeMetricFamily(
+            "abgate_drift_psi_act",
+            "PSI at which this experiment's drift acts (default 0.25)",
+            labels=["experiment"],
+        )
+        alpha = GaugeMetricFamily(
+            "abgate_drift_alpha",
+            "Level of this experiment's anytime-valid drift and decay tests (default 0.01)",
+            labels=["experiment"],
+        )
+        for name, row in sorted(srv.latest.items()):
+            if not row.state.archived:
+                psi_warn.add_metric([name], row.state.psi_warn)
+                psi_act.add_metric([name], row.state.psi_act)
+                alpha.add_metric([name], row.state.drift_alpha)
+        yield psi_warn
+        yield psi_act
+        yield alpha

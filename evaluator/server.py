@@ -60,6 +60,7 @@ from evaluator.experiments import (
     ARCHIVED,
     ExperimentState,
     definition_message,
+    drift_thresholds,
     feature_sample_rate,
     pin_models,
     snapshot_message,
@@ -443,16 +444,19 @@ class EvaluatorServer:
         if state.status != "running":
             arms = [champion]
         history: list[tuple[Any, ...]] = []
+        levels = (state.drift_alpha, state.psi_warn, state.psi_act)
         for arm in arms:
             drift: dict[str, DriftMeasure] = {}
-            if (b := bins.drift.get((name, arm))) is not None and (m := measure(b)):
+            if (b := bins.drift.get((name, arm))) is not None and (m := measure(b, *levels)):
                 self.drift[(name, arm)] = m
                 drift.update(m)
-            if (f := bins.features.get((name, arm))) is not None and (fm := measure_features(f)):
+            f = bins.features.get((name, arm))
+            if f is not None and (fm := measure_features(f, *levels)):
                 self.feature_drift[(name, arm)] = fm
                 drift.update({x.kind: x for x in fm.values()})
             decay: dict[str, DecayMeasure] = {}
-            if (d := bins.decay.get((name, arm))) is not None and (dm := measure_decay(d)):
+            d = bins.decay.get((name, arm))
+            if d is not None and (dm := measure_decay(d, state.drift_alpha)):
                 self.decay[(name, arm)] = dm
                 decay = {f"decay:{k}": x for k, x in dm.items()}
             if drift or decay:
@@ -775,6 +779,8 @@ class EvaluatorServer:
         # Drift, from the stored bins (any evaluator, leader or not): per arm, the reference's
         # progress and, once complete, the measures per kind.
         pool = self._store().pool
+        state = row.state
+        levels = (state.drift_alpha, state.psi_warn, state.psi_act)
         bins = await drift_totals(pool, name)
         if bins:
             details = json.loads(view.details_json)
@@ -782,7 +788,7 @@ class EvaluatorServer:
                 arm: {
                     "reference_rows": b.reference_rows,
                     "reference_size": b.reference_size,
-                    "measures": as_json(measure(b)),
+                    "measures": as_json(measure(b, *levels)),
                 }
                 for (_, arm), b in sorted(bins.items())
             }
@@ -797,7 +803,7 @@ class EvaluatorServer:
                     "reference_rows": f.reference_rows,
                     "reference_size": f.reference_size,
                     "edges": {str(i): e for i, e in sorted(f.edges.items())},
-                    "measures": as_json(measure_features(f)),
+                    "measures": as_json(measure_features(f, *levels)),
                 }
                 for (_, arm), f in sorted(features.items())
             }
@@ -805,7 +811,7 @@ class EvaluatorServer:
                 arm: {
                     "reference_rows": d.reference_rows,
                     "reference_size": d.reference_size,
-                    "measures": as_json(measure_decay(d)),
+                    "measures": as_json(measure_decay(d, state.drift_alpha)),
                 }
                 for (_, arm), d in sorted(decay.items())
             }
@@ -870,10 +876,15 @@ class EvaluatorServer:
                 weights = {a: 100.0 if a == control else 0.0 for a in state.weights}
                 new = state.with_weights(weights, status="rolled_back")
             elif action == "update":
-                if not req.HasField("feature_sample_rate"):
+                if not (req.HasField("feature_sample_rate") or req.HasField("drift")):
                     raise InvalidArgument("nothing to update", field="feature_sample_rate")
-                rate = feature_sample_rate(req.feature_sample_rate, "feature_sample_rate")
-                new = replace(state, feature_sample_rate=rate)
+                new = state
+                if req.HasField("feature_sample_rate"):
+                    rate = feature_sample_rate(req.feature_sample_rate, "feature_sample_rate")
+                    new = replace(new, feature_sample_rate=rate)
+                if req.HasField("drift"):
+                    warn, act, alpha = drift_thresholds(req.drift, "drift", state)
+                    new = replace(new, psi_warn=warn, psi_act=act, drift_alpha=alpha)
             elif action == "approve":
                 new = approved(state, now=time.time())  # FAILED_PRECONDITION unless awaiting
             elif action == "pause":
@@ -896,7 +907,14 @@ class EvaluatorServer:
                     "status_before": state.status,
                     "status": new.status,
                     **(
-                        {"feature_sample_rate": new.feature_sample_rate}
+                        {
+                            "feature_sample_rate": new.feature_sample_rate,
+                            "drift": {
+                                "psi_warn": new.psi_warn,
+                                "psi_act": new.psi_act,
+                                "alpha": new.drift_alpha,
+                            },
+                        }
                         if action == "update"
                         else {}
                     ),

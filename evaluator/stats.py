@@ -15,6 +15,9 @@ import numpy as np
 from scipy import special as _special
 from scipy import stats as _sp
 
+from evaluator.levels import PSI_ACT as PSI_ACT
+from evaluator.levels import PSI_WARN as PSI_WARN
+
 __all__ = [
     "ArmStats",
     "RateLimitResult",
@@ -401,11 +404,7 @@ def sequential_srm(
 
 
 # -- drift of a binned distribution ------------------------------------------------------------
-# The conventional PSI bands, from credit scoring (Siddiqi, "Credit Risk Scorecards", 2006;
-# Yurdakul, "Statistical properties of the population stability index", 2018): below 0.1 no
-# significant change, 0.1-0.25 a moderate one worth a look, above 0.25 a significant one.
-PSI_WARN = 0.1
-PSI_ACT = 0.25
+# The default PSI bands (evaluator.levels: 0.1 warn, 0.25 act); an experiment may set its own.
 PSI_EPS = 1e-4
 
 

@@ -33,9 +33,8 @@ from abgate.cli import build_parser
 from abgate.oip.v2 import grpc_predict_v2_pb2
 from abgate.settings import EvaluatorSettings, GatewaySettings, load_settings
 from abgate.v1 import gateway_pb2
-from evaluator.drift import DRIFT_ALPHA
+from evaluator.levels import DRIFT_ALPHA, PSI_ACT
 from evaluator.policy import SRM_ALPHA
-from evaluator.stats import PSI_ACT
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -878,11 +877,16 @@ def test_alert_rules_parse_and_cover_the_guardrails() -> None:
     uses("AbgateExperimentRejected", "abgate_experiment_rejecting_gateways")
     # The alert fires where the evaluator pauses.
     assert f"<= {SRM_ALPHA:g}" in rules["AbgateExperimentSRM"]["expr"]
-    # The drift alerts fire at the act band and at the level the evaluator audits.
-    uses("AbgateDriftPsiHigh", "abgate_drift_psi")
-    uses("AbgateDriftDetected", "abgate_drift_p_value")
-    assert f">= {PSI_ACT:g}" in rules["AbgateDriftPsiHigh"]["expr"]
-    assert f"<= {DRIFT_ALPHA:g}" in rules["AbgateDriftDetected"]["expr"]
+    # The drift alerts fire at each experiment's act level and test level, the ones the
+    # evaluator audits at (its exported DriftThresholds), never at fixed numbers.
+    uses("AbgateDriftPsiHigh", "abgate_drift_psi", "abgate_drift_psi_act")
+    uses("AbgateFeatureDriftPsiHigh", "abgate_feature_drift_psi", "abgate_drift_psi_act")
+    for name in ("AbgateDriftDetected", "AbgateFeatureDriftDetected", "AbgateChampionDecay"):
+        uses(name, "abgate_drift_alpha")
+    for name in ("AbgateDriftPsiHigh", "AbgateFeatureDriftPsiHigh"):
+        assert f"{PSI_ACT:g}" not in rules[name]["expr"], name
+    for name in ("AbgateDriftDetected", "AbgateFeatureDriftDetected", "AbgateChampionDecay"):
+        assert f"{DRIFT_ALPHA:g}" not in rules[name]["expr"], name
     uses(
         "AbgateGatewayConfigStale",
         "abgate_gateway_config_version",

@@ -120,8 +120,18 @@ class Guardrails(_message.Message):
     max_rate_increase: float
     def __init__(self, max_error_rate: _Optional[float] = ..., max_p99_latency_ms: _Optional[float] = ..., rollback_threshold: _Optional[float] = ..., max_rate_increase: _Optional[float] = ...) -> None: ...
 
+class DriftThresholds(_message.Message):
+    __slots__ = ("psi_warn", "psi_act", "alpha")
+    PSI_WARN_FIELD_NUMBER: _ClassVar[int]
+    PSI_ACT_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    psi_warn: float
+    psi_act: float
+    alpha: float
+    def __init__(self, psi_warn: _Optional[float] = ..., psi_act: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
+
 class ExperimentDefinition(_message.Message):
-    __slots__ = ("name", "salt", "kind", "arms", "primary_metric", "min_effect", "confidence", "min_samples", "max_duration_s", "guardrails", "stage_hold_s", "bandit_floor", "bandit_interval_s", "shadows", "stage_min_rows", "feature_sample_rate")
+    __slots__ = ("name", "salt", "kind", "arms", "primary_metric", "min_effect", "confidence", "min_samples", "max_duration_s", "guardrails", "stage_hold_s", "bandit_floor", "bandit_interval_s", "shadows", "stage_min_rows", "feature_sample_rate", "drift")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SALT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +148,7 @@ class ExperimentDefinition(_message.Message):
     SHADOWS_FIELD_NUMBER: _ClassVar[int]
     STAGE_MIN_ROWS_FIELD_NUMBER: _ClassVar[int]
     FEATURE_SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
     name: str
     salt: str
     kind: ExperimentKind
@@ -154,7 +165,8 @@ class ExperimentDefinition(_message.Message):
     shadows: _containers.RepeatedCompositeFieldContainer[ShadowConfig]
     stage_min_rows: int
     feature_sample_rate: float
-    def __init__(self, name: _Optional[str] = ..., salt: _Optional[str] = ..., kind: _Optional[_Union[ExperimentKind, str]] = ..., arms: _Optional[_Iterable[_Union[ArmConfig, _Mapping]]] = ..., primary_metric: _Optional[str] = ..., min_effect: _Optional[float] = ..., confidence: _Optional[float] = ..., min_samples: _Optional[int] = ..., max_duration_s: _Optional[float] = ..., guardrails: _Optional[_Union[Guardrails, _Mapping]] = ..., stage_hold_s: _Optional[float] = ..., bandit_floor: _Optional[float] = ..., bandit_interval_s: _Optional[float] = ..., shadows: _Optional[_Iterable[_Union[ShadowConfig, _Mapping]]] = ..., stage_min_rows: _Optional[int] = ..., feature_sample_rate: _Optional[float] = ...) -> None: ...
+    drift: DriftThresholds
+    def __init__(self, name: _Optional[str] = ..., salt: _Optional[str] = ..., kind: _Optional[_Union[ExperimentKind, str]] = ..., arms: _Optional[_Iterable[_Union[ArmConfig, _Mapping]]] = ..., primary_metric: _Optional[str] = ..., min_effect: _Optional[float] = ..., confidence: _Optional[float] = ..., min_samples: _Optional[int] = ..., max_duration_s: _Optional[float] = ..., guardrails: _Optional[_Union[Guardrails, _Mapping]] = ..., stage_hold_s: _Optional[float] = ..., bandit_floor: _Optional[float] = ..., bandit_interval_s: _Optional[float] = ..., shadows: _Optional[_Iterable[_Union[ShadowConfig, _Mapping]]] = ..., stage_min_rows: _Optional[int] = ..., feature_sample_rate: _Optional[float] = ..., drift: _Optional[_Union[DriftThresholds, _Mapping]] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("winner", "p_value", "effect_size", "ci", "recommendation")
@@ -230,18 +242,20 @@ class ListExperimentsResponse(_message.Message):
     def __init__(self, experiments: _Optional[_Iterable[_Union[ExperimentView, _Mapping]]] = ...) -> None: ...
 
 class ExperimentRequest(_message.Message):
-    __slots__ = ("name", "arm", "reason", "actor", "feature_sample_rate")
+    __slots__ = ("name", "arm", "reason", "actor", "feature_sample_rate", "drift")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARM_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     FEATURE_SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
     name: str
     arm: str
     reason: str
     actor: str
     feature_sample_rate: float
-    def __init__(self, name: _Optional[str] = ..., arm: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., feature_sample_rate: _Optional[float] = ...) -> None: ...
+    drift: DriftThresholds
+    def __init__(self, name: _Optional[str] = ..., arm: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., feature_sample_rate: _Optional[float] = ..., drift: _Optional[_Union[DriftThresholds, _Mapping]] = ...) -> None: ...
 
 class GatewayState(_message.Message):
     __slots__ = ("node_id", "version", "connected", "last_error", "rejections")

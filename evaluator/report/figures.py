@@ -406,10 +406,9 @@ _FEATURE_STYLES = (":", "-.", (0, (5, 1, 1, 1)))
 
 def fig_drift(data: ExperimentResults, into: FigureBase | None = None) -> FigureBase:
     """PSI of each shown drift series against the warn and act lines, and the anytime-valid
-    p-values of every shown drift and decay test, over time (drift_history)."""
-    from evaluator.drift import DRIFT_ALPHA
-    from evaluator.stats import PSI_ACT, PSI_WARN
-
+    p-values of every shown drift and decay test, over time (drift_history); the lines are the
+    experiment's levels as they stand (DriftThresholds)."""
+    state = data.state
     title = "Drift and decay over time (the evaluator's measures, the last of each bucket)"
     keys = drift_keys(data)
     if not keys:
@@ -435,13 +434,14 @@ def fig_drift(data: ExperimentResults, into: FigureBase | None = None) -> Figure
             top.plot(t, psi, linestyle=style, marker=".", color=color, label=label)
         p_values = np.array([max(p.p_value, 1e-16) for p in points])
         bottom.plot(t, p_values, linestyle=style, marker=".", color=color, label=label)
-    top.axhline(PSI_WARN, color="#ff7f0e", lw=1, ls="--", label=f"warn ({PSI_WARN})")
-    top.axhline(PSI_ACT, color="#d62728", lw=1, ls="--", label=f"act ({PSI_ACT})")
+    top.axhline(state.psi_warn, color="#ff7f0e", lw=1, ls="--", label=f"warn ({state.psi_warn:g})")
+    top.axhline(state.psi_act, color="#d62728", lw=1, ls="--", label=f"act ({state.psi_act:g})")
     top.set_ylabel("PSI")
     top.set_ylim(bottom=0)
     top.grid(alpha=0.3)
     top.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    bottom.axhline(DRIFT_ALPHA, color="#d62728", lw=1, ls="--", label=f"α = {DRIFT_ALPHA}")
+    alpha = state.drift_alpha
+    bottom.axhline(alpha, color="#d62728", lw=1, ls="--", label=f"α = {alpha:g}")
     bottom.set_yscale("log")
     bottom.set_ylim(top=1.5)
     bottom.set_ylabel("p-value (anytime-valid)")
