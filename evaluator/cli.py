@@ -285,10 +285,13 @@ def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
                 f"  feature drift {arm}: reference {d['reference_rows']}/{d['reference_size']} rows"
             )
             continue
+        names = d.get("names", {})
         for feature, m in sorted(d["measures"].items(), key=lambda kv: int(kv[0])):
+            named = f" ({names[feature]})" if feature in names else ""
             print(
-                f"  feature drift {arm} feature {feature}: PSI {m['psi']:.3f} ({m['level']}), "
-                f"sequential p={m['p_value']:.3g}{' REJECTED' if m['rejected'] else ''}; "
+                f"  feature drift {arm} feature {feature}{named}: PSI {m['psi']:.3f} "
+                f"({m['level']}), sequential p={m['p_value']:.3g}"
+                f"{' REJECTED' if m['rejected'] else ''}; "
                 f"{m['current_rows']} current vs {m['reference_rows']} reference rows"
             )
     for arm, d in sorted(details.get("decay", {}).items()):

@@ -11,7 +11,7 @@ refinement)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -115,6 +115,15 @@ def measure(
             keys = [*keys, max(keys, default=0) + 1]  # one class only: a second, empty bin
         out[kind] = _measure_bins(kind, keys, ref, cur, alpha, 1, warn, act)
     return out
+
+
+def feature_name(kind: str, names: Sequence[str]) -> str:
+    """The model's name of the feature a measure ``feature:I`` is of ("" when it is another
+    kind or the model names no feature I)."""
+    index = kind.removeprefix("feature:")
+    if index == kind or not index.isdigit() or int(index) >= len(names):
+        return ""
+    return names[int(index)]
 
 
 def measure_features(

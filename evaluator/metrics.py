@@ -48,6 +48,7 @@ class EvaluatorView(Protocol):
     def feature_drift(self) -> Mapping[tuple[str, str], Mapping[str, DriftMeasure]]: ...
     @property
     def decay(self) -> Mapping[tuple[str, str], Mapping[str, DecayMeasure]]: ...
+    def feature_names(self, experiment: str, arm: str) -> tuple[str, ...]: ...
 
 
 class EvaluatorCollector(Collector):
@@ -199,19 +200,23 @@ class EvaluatorCollector(Collector):
         feature_psi = GaugeMetricFamily(
             "abgate_feature_drift_psi",
             "Population stability index of a captured feature's current rows against the arm's"
-            " reference window (bins: the reference's deciles); levels: abgate_drift_psi_warn/_act",
-            labels=["experiment", "arm", "feature"],
+            " reference window (bins: the reference's deciles); levels: abgate_drift_psi_warn/_act;"
+            " name: the model's name of the feature",
+            labels=["experiment", "arm", "feature", "name"],
         )
         feature_p = GaugeMetricFamily(
             "abgate_feature_drift_p_value",
             "Anytime-valid p-value of 'this feature's current rows fall into the bins with the"
             " reference's shares', Bonferroni-adjusted over the arm's features",
-            labels=["experiment", "arm", "feature"],
+            labels=["experiment", "arm", "feature", "name"],
         )
         for (exp, arm), measures in sorted(srv.feature_drift.items()):
+            names = srv.feature_names(exp, arm)
             for feature, m in sorted(measures.items()):
-                feature_psi.add_metric([exp, arm, feature], m.psi)
-                feature_p.add_metric([exp, arm, feature], m.p_value)
+                i = int(feature)
+                labels = [exp, arm, feature, names[i] if i < len(names) else ""]
+                feature_psi.add_metric(labels, m.psi)
+                feature_p.add_metric(labels, m.p_value)
         yield feature_psi
         yield feature_p
         decay_rate = GaugeMetricFamily(

@@ -52,6 +52,7 @@ from evaluator.drift import (
     DecayMeasure,
     DriftMeasure,
     as_json,
+    feature_name,
     measure,
     measure_decay,
     measure_features,
@@ -193,6 +194,8 @@ class EvaluatorServer:
         self._audited: dict[str, tuple[str, float]] = {}
         # experiment -> when its measures were last kept in drift_history (tick time)
         self._history_at: dict[str, float] = {}
+        # sha256 -> the feature names in its metadata (content-addressed: they never change).
+        self._names: dict[str, tuple[str, ...]] = {}
         self.last_tick: TickResult | None = None
         self.last_tick_at: float | None = None  # time.time() when the last tick completed
         # (experiment, shadow) -> shadow_stats sums as of the last tick (for /metrics)
@@ -467,6 +470,21 @@ class EvaluatorServer:
             await self._store().pool.executemany(_HISTORY_INSERT, history)
             self._history_at[name] = now
 
+    def feature_names(self, experiment: str, arm: str) -> tuple[str, ...]:
+        """The names of the features the arm's current model reads (its metadata in the model
+        store; captured features are positions in that input vector), () when unknown."""
+        row = self.latest.get(experiment)
+        sha = next((a.model for a in row.state.arms if a.name == arm), None) if row else None
+        if sha is None:
+            return ()
+        if (names := self._names.get(sha)) is None:
+            try:
+                names = tuple(self.models.get(sha).feature_names)
+            except (ModelNotFound, OSError, ValueError, KeyError, TypeError):
+                return ()  # not cached: the model may reach the store later
+            self._names[sha] = names
+        return names
+
     async def _audit_crossings(
         self,
         row: VersionRow,
@@ -476,6 +494,7 @@ class EvaluatorServer:
         decay: Mapping[str, DecayMeasure],
     ) -> None:
         name = row.state.name
+        names = self.feature_names(name, arm)
         acted: list[dict[str, Any]] = []  # the champion's crossings that ask for a retrain
         async with self._store().pool.acquire() as conn, conn.transaction():
             seen = {
@@ -512,7 +531,9 @@ class EvaluatorServer:
                     what.append(f"PSI {m.psi:.3f} reached {LEVELS[new_level]}")
                 if m.rejected and not rejected:
                     what.append(f"sequential test rejected (p={m.p_value:.2g})")
-                recommendation = f"drift of {kind} in arm {arm}: " + "; ".join(what)
+                named = feature_name(kind, names)
+                shown = f"{kind} ({named})" if named else kind
+                recommendation = f"drift of {shown} in arm {arm}: " + "; ".join(what)
                 await crossed(
                     kind,
                     new_level,
@@ -521,7 +542,11 @@ class EvaluatorServer:
                         "action": "drift",
                         "recommendation": recommendation,
                         "source": "drift",
-                        "statistics": {"arm": arm, **asdict(m)},
+                        "statistics": {
+                            "arm": arm,
+                            **asdict(m),
+                            **({"feature_name": named} if named else {}),
+                        },
                         "inputs": {"version": row.version},
                     },
                 )
@@ -803,6 +828,7 @@ class EvaluatorServer:
                     "reference_rows": f.reference_rows,
                     "reference_size": f.reference_size,
                     "edges": {str(i): e for i, e in sorted(f.edges.items())},
+                    "names": {str(i): n for i, n in enumerate(self.feature_names(name, arm))},
                     "measures": as_json(measure_features(f, *levels)),
                 }
                 for (_, arm), f in sorted(features.items())

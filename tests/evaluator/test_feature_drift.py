@@ -185,7 +185,10 @@ def test_a_feature_shift_is_audited_once_shown_and_the_champion_asks_for_a_retra
         m = ev.server.feature_drift[("exp", "control")]["1"]
         assert audit["statistics"]["psi"] == pytest.approx(m.psi, rel=1e-12)
         assert m.level == "act" and m.rejected and m.current_rows == 1500
-        assert "drift of feature:1 in arm control: PSI" in audit["recommendation"]
+        # Features are positions in the model's input vector; the audit names them too.
+        names = demo_store.metas["demo-logreg"].feature_names
+        assert f"drift of feature:1 ({names[1]}) in arm control: PSI" in audit["recommendation"]
+        assert audit["statistics"]["feature_name"] == names[1]
         for f in ("0", "2"):
             assert ev.server.feature_drift[("exp", "control")][f].level == "ok"
         # One retrain request, from the drift, with its audit row naming it.
@@ -207,6 +210,7 @@ def test_a_feature_shift_is_audited_once_shown_and_the_champion_asks_for_a_retra
         view = view_json(ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="exp")))
         shown = view["details"]["feature_drift"]["control"]
         assert shown["reference_rows"] == 500 and set(shown["edges"]) == {"0", "1", "2"}
+        assert shown["names"] == {str(i): n for i, n in enumerate(names)}
         f1 = shown["measures"]["1"]
         keys = sorted(f1["reference"], key=int)
         r = [f1["reference"][k] for k in keys]
@@ -229,11 +233,17 @@ def test_a_feature_shift_is_audited_once_shown_and_the_champion_asks_for_a_retra
             f1["p_value"], abs=1e-12
         )
         assert gauges[("abgate_feature_drift_psi", "treatment", "1")] < 0.1
+        named = {
+            (s.labels["arm"], s.labels["feature"]): s.labels["name"]
+            for s in families["abgate_feature_drift_psi"].samples
+        }
+        assert named[("control", "1")] == names[1]
+        assert named[("treatment", "2")] == demo_store.metas["demo-gbdt"].feature_names[2]
         _print_view(ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="exp")), False)
         text = capsys.readouterr().out
-        assert "feature drift control feature 1: PSI" in text and "(act)" in text
+        assert f"feature drift control feature 1 ({names[1]}): PSI" in text and "(act)" in text
         assert "REJECTED" in text
-        assert "feature drift treatment feature 0: PSI" in text
+        assert "feature drift treatment feature 0 (" in text
 
         # Another evaluator (a restart, a new leader) neither audits nor asks again.
         ev.close()
