@@ -239,7 +239,20 @@ class TrainerSettings:
     )
     holdout_share: float = doc("share of rows held out (by a hash of the request id), 0..1", 0.2)
     max_regression: float = doc(
-        "largest accuracy drop below the champion's on the holdout that still registers", 0.01
+        "largest drop of --no-worse-metric below the champion's on the holdout (a rise, for "
+        "fpr) that still registers",
+        0.01,
+    )
+    no_worse_metric: str = doc(
+        "holdout metric the retrained model is compared with the champion's on: accuracy, "
+        "precision, recall (higher is better) or fpr (lower is better; the last three of "
+        "class 1, two classes only)",
+        "accuracy",
+    )
+    base_dataset: str = doc(
+        "labelled rows merged into every training side: sklearn:NAME (breast_cancer, digits, "
+        "iris, wine), a .npz (arrays X, y) or a .csv (label last); '' none",
+        "",
     )
     max_attempts: int = doc("claims of one request before it is given up as failed", 3)
     wait_for_rows: float = doc(

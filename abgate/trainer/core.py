@@ -41,6 +41,7 @@ import asyncpg
 import mmh3
 import numpy as np
 
+from abgate.trainer.base import BaseDataset
 from converters.recipe import holdout_metrics
 from converters.sklearn_onnx import (
     ConversionError,
@@ -67,6 +68,10 @@ class RecipeError(Exception):
     """A recipe that cannot be rebuilt (a class outside sklearn., a parameter kept as repr)."""
 
 
+# Holdout metrics the no-worse check may use -> True when higher is better.
+NO_WORSE_METRICS = {"accuracy": True, "precision": True, "recall": True, "fpr": False}
+
+
 @dataclass(frozen=True)
 class TrainerConfig:
     window_days: float = 7.0
@@ -78,8 +83,17 @@ class TrainerConfig:
     claimer: str = ""
     wait_for_rows: float = 0.0  # seconds after its creation a request may wait for rows
     recheck_interval: float = 60.0  # seconds between looks at a waiting request
+    # The holdout metric of the no-worse check (NO_WORSE_METRICS), and rows merged into the
+    # training side of every retrain (--base-dataset).
+    no_worse_metric: str = "accuracy"
+    base: BaseDataset | None = None
 
     def __post_init__(self) -> None:
+        if self.no_worse_metric not in NO_WORSE_METRICS:
+            raise ValueError(
+                f"--no-worse-metric must be one of {', '.join(NO_WORSE_METRICS)}, not "
+                f"{self.no_worse_metric!r}"
+            )
         if not self.window_days > 0:
             raise ValueError("--window-days must be positive")
         if self.min_rows < 2:
@@ -562,6 +576,18 @@ async def retrain(
         )
     X_train, y_train = data.X[~hold], data.y[~hold]
     X_hold, y_hold = data.X[hold], data.y[hold]
+    if (b := config.base) is not None:
+        if b.n_features != champ.n_features:
+            return Outcome(
+                "rejected",
+                f"the base dataset ({b.spec}) has {b.n_features} features, the champion "
+                f"{champ.id}:{champ.version} reads {champ.n_features}",
+                base,
+            )
+        # Base rows train only: the holdout stays logged rows, the world the model will serve.
+        X_train = np.concatenate([b.X, X_train])
+        y_train = np.concatenate([b.y, y_train])
+        counts.update(base=len(b.y), train=len(y_train))
     if len(X_hold) == 0 or len(np.unique(y_train)) < 2:
         return Outcome(
             "rejected",
@@ -586,14 +612,29 @@ async def retrain(
     champ_metrics = holdout_metrics(y_hold, onnx_labels(store, champ, X_hold))
     new_metrics = holdout_metrics(y_hold, model.predict(X_hold))
     base["holdout"] = {"champion": _rounded(champ_metrics), "challenger": _rounded(new_metrics)}
-    delta = new_metrics["accuracy"] - champ_metrics["accuracy"]
-    if delta < -config.max_regression:
+    metric = config.no_worse_metric
+    if metric not in new_metrics or metric not in champ_metrics:
+        return Outcome(
+            "rejected",
+            f"--no-worse-metric {metric} needs two classes (0 and 1) in the holdout and the "
+            f"predictions; these have {sorted({int(v) for v in np.unique(y_hold)})}",
+            base,
+        )
+    higher = NO_WORSE_METRICS[metric]
+    delta = new_metrics[metric] - champ_metrics[metric]
+    loss = -delta if higher else delta  # how much worse the retrained model is
+    base["no_worse"] = {
+        "metric": metric, "higher_is_better": higher, "champion": round(champ_metrics[metric], 6),
+        "challenger": round(new_metrics[metric], 6), "allowed": config.max_regression,
+    }  # fmt: skip
+    if loss > config.max_regression:
+        allowed = f"{'-' if higher else '+'}{config.max_regression:g}"
         return Outcome(
             "rejected",
             f"the retrained model is worse than the champion on the same {len(y_hold)} holdout "
-            f"rows: accuracy {new_metrics['accuracy']:.4f} vs {champ_metrics['accuracy']:.4f} "
-            f"({delta:+.4f}, allowed -{config.max_regression:g}, --max-regression); not "
-            "registered",
+            f"rows: {metric} {new_metrics[metric]:.4f} vs {champ_metrics[metric]:.4f} "
+            f"({delta:+.4f}, allowed {allowed}, --max-regression"
+            f"{'' if higher else '; lower is better'}); not registered",
             base,
         )
     known = store.contains(sha256_hex(converted.onnx_bytes))  # the same bytes trained before
@@ -601,7 +642,9 @@ async def retrain(
         model, converted, X_hold, store, id=champ.id, y_holdout=y_hold, parent=champ.sha256,
         training={"window": window, "rows": len(y_train), "holdout_rows": len(y_hold),
                   "experiment": c.experiment, "retrain_request": c.id,
-                  "data": "prediction_features+outcomes"},
+                  "data": "prediction_features+outcomes"
+                          + (f"+{config.base.spec}" if config.base else ""),
+                  **({"base_rows": len(config.base.y)} if config.base else {})},
     )  # fmt: skip
     base["model"] = {"sha256": meta.sha256, "ref": f"{meta.id}:{meta.version}"}
     if known:
@@ -609,8 +652,9 @@ async def retrain(
     reason = (
         f"{'already registered' if known else 'registered'} {meta.id}:{meta.version} "
         f"({meta.sha256[:12]}), parent {champ.sha256[:12]}: "
-        f"accuracy {new_metrics['accuracy']:.4f} vs champion {champ_metrics['accuracy']:.4f} "
+        f"{metric} {new_metrics[metric]:.4f} vs champion {champ_metrics[metric]:.4f} "
         f"on {len(y_hold)} holdout rows, trained on {len(y_train)}"
+        + (f" ({len(config.base.y)} from {config.base.spec})" if config.base else "")
     )
     if start_round is not None:
         try:

@@ -17,6 +17,7 @@ import asyncpg
 import grpc
 
 from abgate.settings import TrainerSettings
+from abgate.trainer.base import load_base_dataset
 from abgate.trainer.core import StartRound, TrainerConfig, process_next
 from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
@@ -34,7 +35,10 @@ def config_of(settings: TrainerSettings) -> TrainerConfig:
     """The core's configuration; ValueError naming the flag when a value is out of range."""
     if settings.approve not in ("auto", "manual"):
         raise ValueError(f"--approve must be auto or manual, not {settings.approve!r}")
+    base = load_base_dataset(settings.base_dataset) if settings.base_dataset else None
     return TrainerConfig(
+        base=base,
+        no_worse_metric=settings.no_worse_metric,
         window_days=settings.window_days,
         min_rows=settings.min_rows,
         holdout_share=settings.holdout_share,

@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
+from abgate.trainer.base import load_base_dataset
 from abgate.trainer.core import (
     TEST_HOLD_ENV,
     Outcome,
@@ -31,7 +32,14 @@ from converters.recipe import lineage, recipe_of
 from gateway.modelstore import ModelStore
 from tests.conftest import DemoStore
 from tests.evaluator.conftest import TOKEN, fetch
-from tests.trainer.conftest import Setup, insert_rows, promoted, window_rows
+from tests.trainer.conftest import (
+    N_FEATURES,
+    Setup,
+    concept_rows,
+    insert_rows,
+    promoted,
+    window_rows,
+)
 
 
 # -- pure parts -------------------------------------------------------------------------------
@@ -424,3 +432,102 @@ def test_a_request_naming_where_the_change_began_trains_on_what_came_after(
     row = _request(s.url, req)
     result = json.loads(row["result"]) if isinstance(row["result"], str) else row["result"]
     assert result["rows"]["captured"] == 600 and result["rows"]["labelled"] == 600
+
+
+def test_a_base_dataset_trains_beside_the_logged_rows_never_in_the_holdout(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """The logged rows' training labels are flipped (as in the worse-model test): alone they
+    teach the opposite of the truth and nothing registers; with a base dataset of 2,000 true
+    rows beside them the model learns the concept and registers, measured on the same logged
+    holdout, its recipe naming the base."""
+    s = setup
+    ids, X, y = window_rows()
+    hold = holdout_mask(ids, 0.2)
+    insert_rows(s.url, "exp", ids, X, np.where(hold, y, 1 - y))
+    Xb, yb = concept_rows(2000, shifted=True, seed=11)
+    path = tmp_path / "base.npz"
+    np.savez(path, X=Xb, y=yb)
+    config = TrainerConfig(claimer="t", base=load_base_dataset(str(path)))
+    req = _retrain(s)
+    _, outcome = _process(s, config)
+    assert outcome.state == "registered", outcome.reason
+    result = _request(s.url, req.id)["result"]
+    assert result["rows"]["base"] == 2000
+    assert result["rows"]["train"] == 2000 + int((~hold).sum())
+    assert result["rows"]["holdout"] == int(hold.sum())  # logged rows only
+    assert result["holdout"]["challenger"]["accuracy"] > 0.9
+    assert f"(2000 from {path})" in outcome.reason
+    meta = ModelStore(s.store).get(result["model"]["sha256"])
+    assert meta.recipe["training"]["base_rows"] == 2000
+    assert meta.recipe["training"]["data"] == f"prediction_features+outcomes+{path}"
+    assert meta.recipe["training"]["rows"] == result["rows"]["train"]
+
+    # A base dataset of another width than the champion's input is refused by name.
+    _retrain(s)
+    wide = tmp_path / "wide.csv"
+    wide.write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(20)))
+    _, outcome = _process(s, TrainerConfig(claimer="t", base=load_base_dataset(str(wide))))
+    assert outcome.state == "rejected"
+    assert outcome.reason == (
+        f"the base dataset ({wide}) has 2 features, the champion churn:1 reads {N_FEATURES}"
+    )
+
+
+def test_the_no_worse_check_uses_the_chosen_metric(setup: Setup) -> None:
+    """fpr is lower-is-better: the flipped model's higher false-positive rate is its loss, and
+    at 0.01 it is refused; with accuracy and a bound of 1 the same model registers."""
+    s = setup
+    ids, X, y = window_rows()
+    hold = holdout_mask(ids, 0.2)
+    insert_rows(s.url, "exp", ids, X, np.where(hold, y, 1 - y))
+    req = _retrain(s)
+    _, outcome = _process(s, TrainerConfig(claimer="t", no_worse_metric="fpr"))
+    assert outcome.state == "rejected"
+    assert "worse than the champion" in outcome.reason and "fpr " in outcome.reason
+    assert "lower is better" in outcome.reason
+    result = _request(s.url, req.id)["result"]
+    nw = result["no_worse"]
+    assert (nw["metric"], nw["higher_is_better"], nw["allowed"]) == ("fpr", False, 0.01)
+    assert nw["challenger"] > nw["champion"] + 0.01
+    assert nw["champion"] == pytest.approx(result["holdout"]["champion"]["fpr"], abs=1e-6)
+    _retrain(s)
+    _, outcome = _process(s, TrainerConfig(claimer="t", max_regression=1.0), with_round=False)
+    assert outcome.state == "registered", outcome.reason
+    with pytest.raises(ValueError, match="--no-worse-metric must be one of"):
+        TrainerConfig(no_worse_metric="f1")
+
+
+def test_base_datasets_load_or_are_refused_by_name(tmp_path: Path) -> None:
+    bc = load_base_dataset("sklearn:breast_cancer")  # ships inside scikit-learn
+    assert bc.X.shape == (569, 30) and bc.X.dtype == np.float32
+    assert set(np.unique(bc.y)) == {0, 1}
+    csv = tmp_path / "rows.csv"
+    csv.write_text("x0,x1,label\n0.5,1,0\n\n2,3.25,1\n")
+    got = load_base_dataset(str(csv))
+    assert got.X.tolist() == [[0.5, 1.0], [2.0, 3.25]] and got.y.tolist() == [0, 1]
+    headless = tmp_path / "headless.csv"
+    headless.write_text("0.5,1,0\n2,3.25,1\n")
+    assert load_base_dataset(str(headless)).y.tolist() == [0, 1]
+    bad = {
+        "bad_label.csv": ("1,2,0\n1,2,0.5\n", "row 2: the label is not an integer"),
+        "nan.csv": ("1,2,0\nnan,2,1\n", "row 2 has a value that is not finite"),
+        "ragged.csv": ("1,2,0\n1,1\n", "line 2 has 2 columns, expected 3"),
+        "text.csv": ("a,b\n1,x\n", "line 2: not a number"),
+        "one_class.csv": ("1,2,1\n3,4,1\n", "every row has the same label"),
+        "rows.txt": ("1,2,0\n", r"give a \.npz or \.csv file"),
+    }
+    for name, (text, message) in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_base_dataset(str(tmp_path / name))
+    np.savez(tmp_path / "noy.npz", X=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"needs arrays X and y, has \['X'\]"):
+        load_base_dataset(str(tmp_path / "noy.npz"))
+    np.savez(tmp_path / "obj.npz", X=np.array([{}], dtype=object), y=np.zeros(1))
+    with pytest.raises(ValueError, match=r"not a readable \.npz"):
+        load_base_dataset(str(tmp_path / "obj.npz"))  # object arrays are never unpickled
+    for spec, message in (("sklearn:nope", "not one of sklearn:breast_cancer"),
+                          (str(tmp_path / "missing.npz"), "no such file")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            load_base_dataset(spec)

@@ -23,7 +23,7 @@ from abgate.demo import wait_serving
 from abgate.trainer.core import TEST_HOLD_ENV, holdout_mask
 from gateway.modelstore import ModelStore
 from tests.evaluator.conftest import TOKEN, fetch
-from tests.trainer.conftest import insert_rows, register_models, window_rows
+from tests.trainer.conftest import concept_rows, insert_rows, register_models, window_rows
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "ABGATE_TOKEN": TOKEN}
@@ -193,6 +193,14 @@ def test_retrain_cli_errors(cycle: Cycle) -> None:
     assert r.returncode == 2 and "--approve must be auto or manual" in r.stderr
     r = abgate("trainer", "--database-url", cycle.url, "--model-store", str(cycle.tmp / "no"))
     assert r.returncode == 2 and "no such directory" in r.stderr
+    for flag, value, message in (
+        ("--base-dataset", "sklearn:nope", "not one of sklearn:breast_cancer"),
+        ("--base-dataset", str(cycle.tmp / "none.csv"), "no such file"),
+        ("--no-worse-metric", "f1", "--no-worse-metric must be one of"),
+    ):
+        r = abgate("trainer", "--database-url", cycle.url, "--model-store", str(cycle.store),
+                   flag, value)  # fmt: skip
+        assert r.returncode == 2 and message in r.stderr, r.stderr
 
 
 def test_a_trainer_killed_mid_training_is_retried_once(cycle: Cycle, tmp_path: Path) -> None:
@@ -262,6 +270,20 @@ def test_a_worse_model_is_not_registered_and_is_audited(cycle: Cycle) -> None:
     assert [a for a in c.actions("exp") if a.startswith("retrain")][-1] == "retrain_rejected"
     r = c.cli("experiments", "show", "exp")
     assert "exp: promoted" in r.stdout and "round 2" not in r.stdout
+
+    # The same rows with a base dataset of true rows beside them (a trainer started with
+    # --base-dataset): the model learns the concept and registers, round 2 starts.
+    Xb, yb = concept_rows(2000, shifted=True, seed=11)
+    base = c.tmp / "base.npz"
+    np.savez(base, X=Xb, y=yb)
+    for proc in c.trainers:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    c.trainer("t2", "--base-dataset", str(base))
+    row = c.answered(_request_id(c.cli("retrain", "--experiment", "exp").stdout))
+    assert row["state"] == "registered", row["result"]
+    assert row["result"]["rows"]["base"] == 2000
+    assert row["result"]["round"]["round"] == 2
 
 
 def test_manual_approval(cycle: Cycle) -> None:
