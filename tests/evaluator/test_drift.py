@@ -47,6 +47,19 @@ async def _insert(conn: asyncpg.Connection, exp: str, arm: str, rows: list[dict[
     )  # fmt: skip
 
 
+def insert_rows(url: str, exp: str, arm: str, rows: list[dict[str, Any]]) -> None:
+    """``rows`` as served predictions of ``arm``, on a connection of their own."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await _insert(conn, exp, arm, rows)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
 def _bins(rows: list[dict[str, Any]]) -> tuple[dict[int, int], dict[int, int]]:
     score: dict[int, int] = {}
     cls: dict[int, int] = {}
@@ -141,13 +154,6 @@ def test_a_score_shift_is_measured_audited_once_and_shown(
         steady = _rows(rng, 2500, 2.0, 5.0, 10_000)
         shifted = _rows(rng, 2000, 5.0, 2.0, 20_000)
 
-        async def insert(arm: str, rows: list[dict[str, Any]]) -> None:
-            conn = await asyncpg.connect(fresh_db)
-            try:
-                await _insert(conn, "exp", arm, rows)
-            finally:
-                await conn.close()
-
         def drift_audits() -> list[dict[str, Any]]:
             rows = fetch(
                 fresh_db,
@@ -157,16 +163,16 @@ def test_a_score_shift_is_measured_audited_once_and_shown(
             return [{"statistics": json.loads(r["s"]), **r} for r in rows]
 
         # The references, in two ticks: nothing measured before they are complete.
-        asyncio.run(insert("treatment", ref[:600]))
-        asyncio.run(insert("control", control_ref[:600]))
+        insert_rows(fresh_db, "exp", "treatment", ref[:600])
+        insert_rows(fresh_db, "exp", "control", control_ref[:600])
         ev.call(ev.server.tick())
         assert ev.server.drift == {}
-        asyncio.run(insert("treatment", ref[600:]))
-        asyncio.run(insert("control", control_ref[600:]))
+        insert_rows(fresh_db, "exp", "treatment", ref[600:])
+        insert_rows(fresh_db, "exp", "control", control_ref[600:])
         ev.call(ev.server.tick())
         assert set(ev.server.drift) == {("exp", "control"), ("exp", "treatment")}
-        asyncio.run(insert("control", steady[:2000]))
-        asyncio.run(insert("treatment", shifted))
+        insert_rows(fresh_db, "exp", "control", steady[:2000])
+        insert_rows(fresh_db, "exp", "treatment", shifted)
         for _ in range(3):  # three looks at the same shift: one audit row per crossing
             ev.call(ev.server.tick())
         audits = drift_audits()
@@ -186,8 +192,8 @@ def test_a_score_shift_is_measured_audited_once_and_shown(
         assert "reached act" in score["recommendation"]
         assert "sequential test rejected" in score["recommendation"]
         # More shifted rows: the same crossings are not audited again.
-        asyncio.run(insert("treatment", _rows(rng, 500, 5.0, 2.0, 30_000)))
-        asyncio.run(insert("control", steady[2000:]))
+        insert_rows(fresh_db, "exp", "treatment", _rows(rng, 500, 5.0, 2.0, 30_000))
+        insert_rows(fresh_db, "exp", "control", steady[2000:])
         ev.call(ev.server.tick())
         assert len(drift_audits()) == len(audits)
 
@@ -262,22 +268,15 @@ def test_drift_over_time_is_kept_and_reported(
             ),
         )
 
-        async def insert(arm: str, rows: list[dict[str, Any]]) -> None:
-            conn = await asyncpg.connect(fresh_db)
-            try:
-                await _insert(conn, "exp", arm, rows)
-            finally:
-                await conn.close()
-
-        asyncio.run(insert("treatment", _rows(rng, 500, 2.0, 5.0, 0)))
-        asyncio.run(insert("control", _rows(rng, 500, 2.0, 5.0, 10_000)))
+        insert_rows(fresh_db, "exp", "treatment", _rows(rng, 500, 2.0, 5.0, 0))
+        insert_rows(fresh_db, "exp", "control", _rows(rng, 500, 2.0, 5.0, 10_000))
         ev.call(ev.server.tick(now=t0))  # the references are complete: nothing current yet
         # Steady traffic, then the treatment's scores shift; a tick every 5 s of tick time.
         for k in range(1, 7):
             shifted = k >= 4
             a, b = (5.0, 2.0) if shifted else (2.0, 5.0)
-            asyncio.run(insert("treatment", _rows(rng, 300, a, b, 1000 * k)))
-            asyncio.run(insert("control", _rows(rng, 300, 2.0, 5.0, 20_000 + 1000 * k)))
+            insert_rows(fresh_db, "exp", "treatment", _rows(rng, 300, a, b, 1000 * k))
+            insert_rows(fresh_db, "exp", "control", _rows(rng, 300, 2.0, 5.0, 20_000 + 1000 * k))
             ev.call(ev.server.tick(now=t0 + 5 * k))
         rows = fetch(
             fresh_db,

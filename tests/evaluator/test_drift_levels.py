@@ -6,13 +6,11 @@ set and shown by ``abgate experiments create/update/show``."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import grpc
 import numpy as np
 import pytest
@@ -24,7 +22,7 @@ from evaluator.service import view_json
 from tests.conftest import DemoStore
 from tests.evaluator.conftest import InProcessEvaluator, ab_definition, evaluator_settings, fetch
 from tests.evaluator.test_control_plane import abgate
-from tests.evaluator.test_drift import _insert, _rows
+from tests.evaluator.test_drift import _rows, insert_rows
 
 
 def _refused(call: Any, method: str, request: Any) -> str:
@@ -72,13 +70,6 @@ def test_the_experiments_levels_decide_its_drift(
         d = ab_definition("exp", control, treatment, drift=cpb.DriftThresholds(psi_act=100.0))
         ev.admin.call("CreateExperiment", cpb.CreateExperimentRequest(definition=d))
 
-        async def insert(arm: str, rows: list[dict[str, Any]]) -> None:
-            conn = await asyncpg.connect(fresh_db)
-            try:
-                await _insert(conn, "exp", arm, rows)
-            finally:
-                await conn.close()
-
         def audits() -> list[dict[str, Any]]:
             rows = fetch(
                 fresh_db,
@@ -91,13 +82,13 @@ def test_the_experiments_levels_decide_its_drift(
             drift = view["details"]["drift"]
             return {arm: drift[arm]["measures"]["score"] for arm in ("control", "treatment")}
 
-        asyncio.run(insert("treatment", _rows(rng, 1000, 2.0, 5.0, 0)))
-        asyncio.run(insert("control", _rows(rng, 1000, 2.0, 5.0, 10_000)))
+        insert_rows(fresh_db, "exp", "treatment", _rows(rng, 1000, 2.0, 5.0, 0))
+        insert_rows(fresh_db, "exp", "control", _rows(rng, 1000, 2.0, 5.0, 10_000))
         ev.call(ev.server.tick())
         # Control: a mild shift (its p-value between the alphas tried below); treatment: a
         # large one.
-        asyncio.run(insert("control", _rows(rng, 2000, 2.8, 5.0, 20_000)))
-        asyncio.run(insert("treatment", _rows(rng, 2000, 5.0, 2.0, 30_000)))
+        insert_rows(fresh_db, "exp", "control", _rows(rng, 2000, 2.8, 5.0, 20_000))
+        insert_rows(fresh_db, "exp", "treatment", _rows(rng, 2000, 5.0, 2.0, 30_000))
         ev.call(ev.server.tick())
         got = measures()
         assert got["treatment"]["psi"] > 0.25  # act at the default levels
