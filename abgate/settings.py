@@ -188,6 +188,12 @@ class EvaluatorSettings:
     decay_reference_rows: int = doc(
         "labelled rows of an arm's decay reference window (its first outcomes counted)", 1000
     )
+    drift_window: float = doc(
+        "seconds of the rolling current window drift PSI and the current rates are taken over "
+        "(the rows answered that recently, in 24 slots); the sequential tests keep every row "
+        "after the reference",
+        86400.0,
+    )
     drift_history_interval: float = doc(
         "seconds between two rows of drift_history per experiment (each arm's drift and decay "
         "measures, for the report's drift over time); 0 = keep none",

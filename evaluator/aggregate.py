@@ -87,11 +87,15 @@ _EARLIER_OUTCOMES = f"""earlier AS (
     WHERE $1 > 0
 )"""
 
+# The slot (migration 0015) of a current row answered at {0}: the start of its slot of {1}
+# seconds, the rolling window's unit.
+_SLOT = "to_timestamp(floor(extract(epoch FROM {0}) / {1}) * {1})"
+
 # Decay bins (migration 0011), from the pairs (a served row and an outcome counted for it) the
 # statement counts: per arm, numbered in the order they are counted after the pairs its
 # reference already holds, the first reference_size ($4) are the reference, the rest current.
 # Pairs of a row answered before the arm's monitor epoch are in no window.
-_DECAY_NEW = """decay_new AS (
+_DECAY_NEW = f"""decay_new AS (
     SELECT pr.experiment, pr.arm, pr.label, pr.value, pr.pts,
            row_number() OVER (PARTITION BY pr.experiment, pr.arm ORDER BY pr.seq, pr.source)
                AS k
@@ -119,6 +123,16 @@ _DECAY_NEW = """decay_new AS (
     SELECT experiment, arm, win, 'outcome', (value > 0)::int, count(*)
     FROM decay_w GROUP BY 1, 2, 3, 5
     ON CONFLICT (experiment, arm, "window", kind, bin) DO UPDATE SET n = b.n + EXCLUDED.n
+), decay_slots_new AS (
+    INSERT INTO drift_slots AS b (experiment, arm, measure, slot, bin, n)
+    SELECT experiment, arm, 'decay:accuracy', {_SLOT.format("pts", "$5")}, (value = label)::int,
+           count(*)
+    FROM decay_w WHERE win = 'current' GROUP BY 1, 2, 4, 5
+    UNION ALL
+    SELECT experiment, arm, 'decay:outcome', {_SLOT.format("pts", "$5")}, (value > 0)::int,
+           count(*)
+    FROM decay_w WHERE win = 'current' GROUP BY 1, 2, 4, 5
+    ON CONFLICT (experiment, arm, measure, slot, bin) DO UPDATE SET n = b.n + EXCLUDED.n
 )"""
 
 # One pass over the new rows (materialised once) decides which are first and feeds both
@@ -351,6 +365,11 @@ ON CONFLICT (experiment, shadow) DO UPDATE SET
 # ingest order after the rows the arm's reference already holds; the first reference_size
 # of them are the reference, the rest the current window. A sort of the new rows only.
 DEFAULT_DRIFT_REFERENCE_ROWS = 1000
+# The rolling current window (migration 0015): the last DEFAULT_DRIFT_WINDOW seconds of answer
+# time by default, counted in DRIFT_SLOTS slots; a read takes the slots that began inside it,
+# so it holds between (DRIFT_SLOTS - 1) / DRIFT_SLOTS of the window and all of it.
+DEFAULT_DRIFT_WINDOW = 86400.0
+DRIFT_SLOTS = 24
 SCORE_BINS = 10
 _DRIFT_NEW = f"""
 WITH new AS (
@@ -379,6 +398,15 @@ WITH new AS (
            count(*)
     FROM w WHERE s >= 0 AND s <= 1 GROUP BY 1, 2, 3, 5
     ON CONFLICT (experiment, arm, "window", kind, bin) DO UPDATE SET n = b.n + EXCLUDED.n
+), slots AS (
+    INSERT INTO drift_slots AS b (experiment, arm, measure, slot, bin, n)
+    SELECT experiment, arm, 'score', {_SLOT.format("ts", "$4")},
+           least(floor(s * {SCORE_BINS}), {SCORE_BINS - 1})::bigint, count(*)
+    FROM w WHERE win = 'current' AND s >= 0 AND s <= 1 GROUP BY 1, 2, 4, 5
+    UNION ALL
+    SELECT experiment, arm, 'class', {_SLOT.format("ts", "$4")}, label, count(*)
+    FROM w WHERE win = 'current' GROUP BY 1, 2, 4, 5
+    ON CONFLICT (experiment, arm, measure, slot, bin) DO UPDATE SET n = b.n + EXCLUDED.n
 )
 INSERT INTO drift_bins AS b (experiment, arm, "window", kind, bin, n)
 SELECT experiment, arm, win, 'class', label, count(*) FROM w GROUP BY 1, 2, 3, 5
@@ -477,14 +505,21 @@ WITH {_FEATURES_NEW_ROWS}, rows AS (
     FROM (SELECT experiment, arm, min(ts) AS ts FROM rows GROUP BY 1, 2) f
     WHERE d.experiment = f.experiment AND d.arm = f.arm AND d.current_from IS NULL
 ), cur AS (
-    SELECT rows.experiment, rows.arm, (u.i - 1)::int AS feature, u.v::float8 AS v
+    SELECT rows.experiment, rows.arm, rows.ts, (u.i - 1)::int AS feature, u.v::float8 AS v
     FROM rows CROSS JOIN LATERAL unnest(rows.features) WITH ORDINALITY AS u(v, i)
     WHERE {_FINITE.format("u.v")}
+), binned AS MATERIALIZED (
+    SELECT c.experiment, c.arm, c.feature, c.ts, width_bucket(c.v, e.edges) AS bin
+    FROM cur c JOIN feature_edges e USING (experiment, arm, feature)
+), slots AS (
+    INSERT INTO drift_slots AS b (experiment, arm, measure, slot, bin, n)
+    SELECT experiment, arm, 'feature:' || feature, {_SLOT.format("ts", "$3")}, bin, count(*)
+    FROM binned GROUP BY 1, 2, 3, 4, 5
+    ON CONFLICT (experiment, arm, measure, slot, bin) DO UPDATE SET n = b.n + EXCLUDED.n
 )
 INSERT INTO feature_bins AS b (experiment, arm, "window", feature, bin, n)
-SELECT c.experiment, c.arm, 'current', c.feature, width_bucket(c.v, e.edges), count(*)
-FROM cur c JOIN feature_edges e USING (experiment, arm, feature)
-GROUP BY 1, 2, 3, 4, 5
+SELECT experiment, arm, 'current', feature, bin, count(*)
+FROM binned GROUP BY 1, 2, 3, 4, 5
 ON CONFLICT (experiment, arm, "window", feature, bin) DO UPDATE SET n = b.n + EXCLUDED.n
 """
 
@@ -506,11 +541,13 @@ async def aggregate(
     drift_reference_rows: int = DEFAULT_DRIFT_REFERENCE_ROWS,
     feature_reference_rows: int | None = None,
     decay_reference_rows: int | None = None,
+    drift_window: float = DEFAULT_DRIFT_WINDOW,
 ) -> TickResult:
     """Fold the rows ingested since the last tick into the aggregates; one transaction.
     ``drift_reference_rows``: the reference window's size of an arm whose first row this
     tick reads (an arm keeps the size its reference started with); the feature rows' and the
-    labelled rows' (decay) references default to it."""
+    labelled rows' (decay) references default to it. ``drift_window``: seconds of the rolling
+    current window (``DRIFT_SLOTS`` slots; slots that ended before it are deleted)."""
     sizes = (
         drift_reference_rows,
         drift_reference_rows if feature_reference_rows is None else feature_reference_rows,
@@ -519,12 +556,14 @@ async def aggregate(
     for name, size in zip(("drift", "feature", "decay"), sizes, strict=True):
         if size < 1:
             raise ValueError(f"{name}_reference_rows must be >= 1, got {size!r}")
+    if not (drift_window > 0 and math.isfinite(drift_window)):
+        raise ValueError(f"drift_window must be a positive number of seconds, got {drift_window!r}")
     started = time.perf_counter()
     # One aggregator at a time, across processes: a session lock taken before the snapshot
     # (a lock inside a repeatable-read transaction would wait with a stale snapshot).
     await conn.execute("SELECT pg_advisory_lock($1)", AGGREGATE_LOCK)
     try:
-        return await _aggregate(conn, settle, now, started, sizes)
+        return await _aggregate(conn, settle, now, started, sizes, drift_window)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", AGGREGATE_LOCK)
 
@@ -535,8 +574,10 @@ async def _aggregate(
     now: float | None,
     started: float,
     sizes: tuple[int, int, int],
+    window: float,
 ) -> TickResult:
     drift_rows, feature_rows, decay_rows = sizes
+    slot = window / DRIFT_SLOTS
     cutoff = time.time() - settle if now is None else now - settle
     async with conn.transaction(isolation="repeatable_read"):
         # asyncpg prepares these statements; after five runs PostgreSQL would switch to a
@@ -555,19 +596,26 @@ async def _aggregate(
         n_pred = n_out = 0
         if up > wp:
             # Outcomes read in earlier ticks (seq <= wo) meet their late predictions here.
-            status = await conn.execute(_PREDICTIONS_NEW, wp, up, wo, decay_rows)
+            status = await conn.execute(_PREDICTIONS_NEW, wp, up, wo, decay_rows, slot)
             n_pred = _count(status)
             await conn.execute(_SHADOW_PAIRS_NEW, wp, up, wo)
             # After _PREDICTIONS_NEW: this batch's duplicates are in duplicate_rows.
-            await conn.execute(_DRIFT_NEW, wp, up, drift_rows)
+            await conn.execute(_DRIFT_NEW, wp, up, drift_rows, slot)
         if uo > wo:
-            status = await conn.execute(_OUTCOMES_NEW, wo, uo, up, decay_rows)
+            status = await conn.execute(_OUTCOMES_NEW, wo, uo, up, decay_rows, slot)
             n_out = _count(status)
             await conn.execute(_SHADOW_OUTCOMES_NEW, wo, uo, up)
         if uf > wf:
             await conn.execute(_FEATURES_REFERENCE_NEW, wf, uf, feature_rows)
             await conn.execute(_FEATURE_EDGES)
-            await conn.execute(_FEATURES_CURRENT_NEW, wf, uf)
+            await conn.execute(_FEATURES_CURRENT_NEW, wf, uf, slot)
+        # Slots that ended before the window: none is read again.
+        await conn.execute(
+            "DELETE FROM drift_slots WHERE slot + make_interval(secs => $1) <= now()"
+            " - make_interval(secs => $2)",
+            slot,
+            window,
+        )
         if up > wp or uo > wo or uf > wf:
             await conn.execute(
                 "UPDATE evaluation_watermark SET prediction_seq = $1, outcome_seq = $2, "
@@ -619,7 +667,7 @@ async def reset(conn: asyncpg.Connection) -> None:
         await conn.execute(
             "TRUNCATE arm_stats, arm_latency, shadow_stats, ignored_rows, duplicate_rows, "
             "drift_windows, drift_bins, feature_windows, feature_reference, feature_edges, "
-            "feature_bins, decay_windows, decay_bins"
+            "feature_bins, decay_windows, decay_bins, drift_slots"
         )
         await conn.execute(
             "UPDATE evaluation_watermark SET prediction_seq = 0, outcome_seq = 0, feature_seq = 0"
@@ -628,7 +676,7 @@ async def reset(conn: asyncpg.Connection) -> None:
 
 _MONITORED_TABLES = (
     "drift_windows", "drift_bins", "feature_windows", "feature_reference", "feature_edges",
-    "feature_bins", "decay_windows", "decay_bins", "drift_alerts",
+    "feature_bins", "decay_windows", "decay_bins", "drift_slots", "drift_alerts",
 )  # fmt: skip
 
 
@@ -783,18 +831,44 @@ async def ignored_totals(
 
 @dataclass
 class DriftBins:
-    """One arm's drift bins: bin -> rows, per kind ('score', 'class'), per window."""
+    """One arm's drift bins: bin -> rows, per kind ('score', 'class'), per window:
+    ``current`` every row after the reference, ``window`` those of the rolling current window
+    (None: not read, the current rows stand for it)."""
 
     reference_size: int
     reference_rows: int
     reference: dict[str, dict[int, int]] = field(default_factory=dict)
     current: dict[str, dict[int, int]] = field(default_factory=dict)
+    window: dict[str, dict[int, int]] | None = None
+
+
+async def window_totals(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    experiment: str | None = None,
+    seconds: float = DEFAULT_DRIFT_WINDOW,
+) -> dict[tuple[str, str], dict[str, dict[int, int]]]:
+    """(experiment, arm) -> measure -> bin -> rows in the slots (migration 0015) that began in
+    the last ``seconds``: the rolling current window."""
+    out: dict[tuple[str, str], dict[str, dict[int, int]]] = {}
+    for r in await conn.fetch(
+        "SELECT experiment, arm, measure, bin, sum(n)::bigint AS n FROM drift_slots"
+        " WHERE ($1::text IS NULL OR experiment = $1)"
+        " AND slot > now() - make_interval(secs => $2) GROUP BY 1, 2, 3, 4",
+        experiment,
+        seconds,
+    ):
+        key = (r["experiment"], r["arm"])
+        out.setdefault(key, {}).setdefault(r["measure"], {})[int(r["bin"])] = int(r["n"])
+    return out
 
 
 async def drift_totals(
-    conn: asyncpg.Connection | asyncpg.Pool, experiment: str | None = None
+    conn: asyncpg.Connection | asyncpg.Pool,
+    experiment: str | None = None,
+    window: float = DEFAULT_DRIFT_WINDOW,
 ) -> dict[tuple[str, str], DriftBins]:
-    """(experiment, arm) -> its drift windows (migration 0009), for one experiment or all."""
+    """(experiment, arm) -> its drift windows (migration 0009) and its rolling window of
+    ``window`` seconds, for one experiment or all."""
     out: dict[tuple[str, str], DriftBins] = {}
     for r in await conn.fetch(
         "SELECT * FROM drift_windows WHERE $1::text IS NULL OR experiment = $1", experiment
@@ -812,6 +886,10 @@ async def drift_totals(
             continue
         side = bins.reference if r["window"] == "reference" else bins.current
         side.setdefault(r["kind"], {})[int(r["bin"])] = int(r["n"])
+    recent = await window_totals(conn, experiment, window)
+    for key, bins in out.items():
+        got = recent.get(key, {})
+        bins.window = {kind: got[kind] for kind in ("score", "class") if kind in got}
     return out
 
 
@@ -825,12 +903,15 @@ class FeatureBins:
     edges: dict[int, list[float]] = field(default_factory=dict)
     reference: dict[int, dict[int, int]] = field(default_factory=dict)
     current: dict[int, dict[int, int]] = field(default_factory=dict)
+    window: dict[int, dict[int, int]] | None = None  # as DriftBins.window
 
 
 async def feature_totals(
-    conn: asyncpg.Connection | asyncpg.Pool, experiment: str | None = None
+    conn: asyncpg.Connection | asyncpg.Pool,
+    experiment: str | None = None,
+    window: float = DEFAULT_DRIFT_WINDOW,
 ) -> dict[tuple[str, str], FeatureBins]:
-    """(experiment, arm) -> its feature drift windows (migration 0011)."""
+    """(experiment, arm) -> its feature drift windows (migration 0011) and rolling window."""
     out: dict[tuple[str, str], FeatureBins] = {}
     for r in await conn.fetch(
         "SELECT * FROM feature_windows WHERE $1::text IS NULL OR experiment = $1", experiment
@@ -856,14 +937,20 @@ async def feature_totals(
             continue
         side = bins.reference if r["window"] == "reference" else bins.current
         side.setdefault(int(r["feature"]), {})[int(r["bin"])] = int(r["n"])
+    recent = await window_totals(conn, experiment, window)
+    for key, bins in out.items():
+        got = recent.get(key, {})
+        bins.window = {f: got[f"feature:{f}"] for f in bins.edges if f"feature:{f}" in got}
     return out
 
 
 async def decay_totals(
-    conn: asyncpg.Connection | asyncpg.Pool, experiment: str | None = None
+    conn: asyncpg.Connection | asyncpg.Pool,
+    experiment: str | None = None,
+    window: float = DEFAULT_DRIFT_WINDOW,
 ) -> dict[tuple[str, str], DriftBins]:
     """(experiment, arm) -> its decay windows (migration 0011): kinds 'accuracy' and
-    'outcome', bins 0/1, in the shape of the drift bins."""
+    'outcome', bins 0/1, in the shape of the drift bins, with the rolling window."""
     out: dict[tuple[str, str], DriftBins] = {}
     for r in await conn.fetch(
         "SELECT * FROM decay_windows WHERE $1::text IS NULL OR experiment = $1", experiment
@@ -881,6 +968,10 @@ async def decay_totals(
             continue
         side = bins.reference if r["window"] == "reference" else bins.current
         side.setdefault(r["kind"], {})[int(r["bin"])] = int(r["n"])
+    recent = await window_totals(conn, experiment, window)
+    for key, bins in out.items():
+        got = recent.get(key, {})
+        bins.window = {k: got[f"decay:{k}"] for k in ("accuracy", "outcome") if f"decay:{k}" in got}
     return out
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -61,6 +62,11 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
             raise cli.UsageError(
                 f"{flag} must be at least 1 (rows of a reference window), not {rows}"
             )
+    if not (settings.drift_window > 0 and math.isfinite(settings.drift_window)):
+        raise cli.UsageError(
+            "--drift-window must be a positive number of seconds (the rolling current window), "
+            f"not {settings.drift_window}"
+        )
     if not settings.drift_history_interval >= 0:
         raise cli.UsageError(
             "--drift-history-interval must be 0 (off) or more seconds, not "
@@ -226,6 +232,16 @@ def _drift_thresholds(args: argparse.Namespace) -> cpb.DriftThresholds | None:
     return cpb.DriftThresholds(**given) if given else None
 
 
+def _span(seconds: float | None) -> str:
+    """A rolling window's length as people say it: 24 h, 30 min, 90 s."""
+    if not seconds:
+        return "window"
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size and seconds % size == 0 and (unit != "d" or seconds > 86400):
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
 def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
     from evaluator.service import view_json
 
@@ -272,10 +288,12 @@ def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
         if not d.get("measures"):
             print(f"  drift {arm}: reference {d['reference_rows']}/{d['reference_size']} rows")
             continue
+        span = _span(d.get("window_seconds"))
         for kind, m in sorted(d["measures"].items()):
             print(
-                f"  drift {arm} {kind}: PSI {m['psi']:.3f} ({m['level']}), sequential "
-                f"p={m['p_value']:.3g}{' REJECTED' if m['rejected'] else ''}; "
+                f"  drift {arm} {kind}: PSI {m['psi']:.3f} ({m['level']}) on {m['window_rows']} "
+                f"rows of the last {span}, sequential p={m['p_value']:.3g}"
+                f"{' REJECTED' if m['rejected'] else ''}; "
                 f"{m['current_rows']} current vs {m['reference_rows']} reference rows"
             )
     details = json.loads(view.details_json or "{}")
@@ -286,11 +304,13 @@ def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
             )
             continue
         names = d.get("names", {})
+        span = _span(d.get("window_seconds"))
         for feature, m in sorted(d["measures"].items(), key=lambda kv: int(kv[0])):
             named = f" ({names[feature]})" if feature in names else ""
             print(
                 f"  feature drift {arm} feature {feature}{named}: PSI {m['psi']:.3f} "
-                f"({m['level']}), sequential p={m['p_value']:.3g}"
+                f"({m['level']}) on {m['window_rows']} rows of the last {span}, sequential "
+                f"p={m['p_value']:.3g}"
                 f"{' REJECTED' if m['rejected'] else ''}; "
                 f"{m['current_rows']} current vs {m['reference_rows']} reference rows"
             )
@@ -302,10 +322,13 @@ def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
                 " labelled rows"
             )
             continue
+        span = _span(d.get("window_seconds"))
         for kind, m in sorted(d["measures"].items()):
             current = "-" if m["current_rate"] is None else f"{m['current_rate']:.4f}"
+            recent = "-" if m.get("window_rate") is None else f"{m['window_rate']:.4f}"
             print(
-                f"  decay {arm}{champion} {kind}: {current} current vs "
+                f"  decay {arm}{champion} {kind}: {current} current ({recent} on "
+                f"{m.get('window_rows', 0)} rows of the last {span}) vs "
                 f"{m['reference_rate']:.4f} reference, sequential p={m['p_value']:.3g}"
                 f"{' REJECTED' if m['rejected'] else ''}; {m['current_rows']} current vs "
                 f"{m['reference_rows']} reference rows"

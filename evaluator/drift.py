@@ -3,10 +3,11 @@ model's score distribution and predicted-class shares in the current window agai
 reference window, from the bins ``evaluator.aggregate`` keeps (migration 0009).
 
 Per arm and kind, once the reference holds its N rows: PSI (``stats.psi``; level 'warn' and
-'act' from the experiment's levels, by default ``PSI_WARN`` and ``PSI_ACT``) and the
-anytime-valid two-sample test (``stats.sequential_drift``), valid however often the tick looks.
-The current window is every row after the reference (cumulative; a rolling window is a later
-refinement)."""
+'act' from the experiment's levels, by default ``PSI_WARN`` and ``PSI_ACT``) of the rolling
+current window (the rows answered in the last --drift-window seconds, migration 0015), so a
+shift after weeks of steady traffic is not diluted by them and a level falls back once the
+traffic does; and the anytime-valid two-sample test (``stats.sequential_drift``) of every row
+after the reference, the sample on which it is valid however often the tick looks."""
 
 from __future__ import annotations
 
@@ -35,9 +36,11 @@ class DriftMeasure:
     log_e: float
     rejected: bool  # the sequential test rejected "same shares as the reference"
     reference_rows: int
-    current_rows: int
+    current_rows: int  # every row after the reference: the test's sample
     reference: dict[str, int]  # bin -> rows (str keys: as JSON has them)
     current: dict[str, int]
+    window_rows: int  # the rolling window's rows: PSI's and the level's sample
+    window: dict[str, int]
 
 
 # A PSI level counts only when PSI's chance level on unchanged traffic, about
@@ -72,22 +75,25 @@ def _measure_bins(
     keys: list[int],
     ref: dict[int, int],
     cur: dict[int, int],
+    win: dict[int, int] | None,
     alpha: float,
     tests: int,
     warn: float,
     act: float,
 ) -> DriftMeasure:
-    """PSI and the sequential test of one set of bins; ``tests``: how many are tested together
-    at ``alpha`` (Bonferroni: p is multiplied by it)."""
+    """PSI of the window (``win``; the current bins when None) and the sequential test of the
+    current bins; ``tests``: how many are tested together at ``alpha`` (Bonferroni: p is
+    multiplied by it)."""
     r = [ref.get(b, 0) for b in keys]
     c = [cur.get(b, 0) for b in keys]
-    value = psi(r, c)
+    w = c if win is None else [win.get(b, 0) for b in keys]
+    value = psi(r, w)
     test = sequential_drift(r, c, alpha / tests, DRIFT_CONCENTRATION)
     p_value = min(1.0, test.p_value * tests)
     return DriftMeasure(
         kind=kind,
         psi=value,
-        level=LEVELS[level_of(value, sum(c), sum(r), len(keys), warn, act)],
+        level=LEVELS[level_of(value, sum(w), sum(r), len(keys), warn, act)],
         p_value=p_value,
         log_e=test.log_e,
         rejected=test.drift,
@@ -95,6 +101,8 @@ def _measure_bins(
         current_rows=sum(c),
         reference={str(b): n for b, n in zip(keys, r, strict=True)},
         current={str(b): n for b, n in zip(keys, c, strict=True)},
+        window_rows=sum(w),
+        window={str(b): n for b, n in zip(keys, w, strict=True)},
     )
 
 
@@ -110,10 +118,11 @@ def measure(
     for kind in KINDS:
         ref = bins.reference.get(kind, {})
         cur = bins.current.get(kind, {})
+        win = None if bins.window is None else bins.window.get(kind, {})
         keys = list(range(SCORE_BINS)) if kind == "score" else sorted(set(ref) | set(cur))
         if len(keys) < 2:
             keys = [*keys, max(keys, default=0) + 1]  # one class only: a second, empty bin
-        out[kind] = _measure_bins(kind, keys, ref, cur, alpha, 1, warn, act)
+        out[kind] = _measure_bins(kind, keys, ref, cur, win, alpha, 1, warn, act)
     return out
 
 
@@ -144,6 +153,7 @@ def measure_features(
             keys,
             bins.reference.get(feature, {}),
             bins.current.get(feature, {}),
+            None if bins.window is None else bins.window.get(feature, {}),
             alpha,
             tests,
             warn,
@@ -164,7 +174,9 @@ class DecayMeasure:
     log_e: float
     rejected: bool  # the sequential test rejected "same rate as the reference"
     reference_rows: int
-    current_rows: int
+    current_rows: int  # every labelled row after the reference: the test's sample
+    window_rate: float  # the rate over the rolling window's labelled rows
+    window_rows: int
 
     @property
     def worse(self) -> bool:
@@ -186,6 +198,8 @@ def measure_decay(bins: DriftBins, alpha: float = DRIFT_ALPHA) -> dict[str, Deca
         cur = bins.current.get(kind, {})
         r = [ref.get(0, 0), ref.get(1, 0)]
         c = [cur.get(0, 0), cur.get(1, 0)]
+        win = cur if bins.window is None else bins.window.get(kind, {})
+        w = [win.get(0, 0), win.get(1, 0)]
         test = sequential_drift(r, c, alpha, DRIFT_CONCENTRATION)
         out[kind] = DecayMeasure(
             kind=kind,
@@ -196,6 +210,8 @@ def measure_decay(bins: DriftBins, alpha: float = DRIFT_ALPHA) -> dict[str, Deca
             rejected=test.drift,
             reference_rows=sum(r),
             current_rows=sum(c),
+            window_rate=w[1] / sum(w) if sum(w) else math.nan,
+            window_rows=sum(w),
         )
     return out
 

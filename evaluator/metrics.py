@@ -180,9 +180,10 @@ class EvaluatorCollector(Collector):
         yield agreements
         drift_psi = GaugeMetricFamily(
             "abgate_drift_psi",
-            "Population stability index of the arm's current rows against its reference window,"
-            " per kind (score: 10 bins of the positive-class score; class: predicted labels);"
-            " levels: abgate_drift_psi_warn/_act",
+            "Population stability index of the arm's rows in the rolling window (the last"
+            " --drift-window seconds) against its reference window, per kind (score: 10 bins of"
+            " the positive-class score; class: predicted labels); levels:"
+            " abgate_drift_psi_warn/_act",
             labels=["experiment", "arm", "kind"],
         )
         drift_p = GaugeMetricFamily(
@@ -199,9 +200,9 @@ class EvaluatorCollector(Collector):
         yield drift_p
         feature_psi = GaugeMetricFamily(
             "abgate_feature_drift_psi",
-            "Population stability index of a captured feature's current rows against the arm's"
-            " reference window (bins: the reference's deciles); levels: abgate_drift_psi_warn/_act;"
-            " name: the model's name of the feature",
+            "Population stability index of a captured feature's rows in the rolling window"
+            " against the arm's reference window (bins: the reference's deciles); levels:"
+            " abgate_drift_psi_warn/_act; name: the model's name of the feature",
             labels=["experiment", "arm", "feature", "name"],
         )
         feature_p = GaugeMetricFamily(
@@ -222,7 +223,8 @@ class EvaluatorCollector(Collector):
         decay_rate = GaugeMetricFamily(
             "abgate_decay_rate",
             "Arm's accuracy (outcome equals the predicted label) or outcome rate (share of"
-            " positive outcomes), in its reference and current labelled rows",
+            " positive outcomes), in its reference, current (every labelled row after the"
+            " reference) and window (those of the rolling window) labelled rows",
             labels=["experiment", "arm", "kind", "window"],
         )
         decay_p = GaugeMetricFamily(
@@ -233,7 +235,11 @@ class EvaluatorCollector(Collector):
         )
         for (exp, arm), decays in sorted(srv.decay.items()):
             for kind, d in sorted(decays.items()):
-                for window, rate in (("reference", d.reference_rate), ("current", d.current_rate)):
+                for window, rate in (
+                    ("reference", d.reference_rate),
+                    ("current", d.current_rate),
+                    ("window", d.window_rate),
+                ):
                     if not math.isnan(rate):
                         decay_rate.add_metric([exp, arm, kind, window], rate)
                 decay_p.add_metric([exp, arm, kind], d.p_value)

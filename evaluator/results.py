@@ -64,10 +64,11 @@ class DriftPoint(NamedTuple):
     level: str  # ok | warn | act
     p_value: float  # anytime-valid
     rejected: bool
-    rate: float | None  # decay: current accuracy or outcome rate
+    rate: float | None  # decay: the accuracy or outcome rate (of the rolling window)
     reference_rate: float | None
     reference_rows: int
-    current_rows: int
+    current_rows: int  # every row after the reference (the test's sample)
+    window_rows: int | None  # the rolling window's (PSI's, rate's); None before migration 0015
 
 
 @dataclass
@@ -260,7 +261,7 @@ GROUP BY 1, 2
 _DRIFT_HISTORY = f"""
 SELECT DISTINCT ON (arm, measure, b) {_bucket("ts")} AS b, arm, measure,
        extract(epoch FROM ts)::float8 AS t, psi, level, p_value, rejected, rate, reference_rate,
-       reference_rows, current_rows
+       reference_rows, current_rows, window_rows
 FROM drift_history WHERE experiment = $1
 ORDER BY arm, measure, b, ts DESC
 """
@@ -373,6 +374,7 @@ async def _load(
         point = DriftPoint(
             r["t"], r["psi"], r["level"], r["p_value"], r["rejected"], r["rate"],
             r["reference_rate"], int(r["reference_rows"]), int(r["current_rows"]),
+            None if r["window_rows"] is None else int(r["window_rows"]),
         )  # fmt: skip
         drift.setdefault((r["arm"], r["measure"]), []).append(point)
     for points in drift.values():

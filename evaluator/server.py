@@ -131,8 +131,8 @@ LEADER_LOCK = 0x61626761746504
 
 _HISTORY_INSERT = """
 INSERT INTO drift_history (experiment, arm, measure, ts, psi, level, p_value, rejected, rate,
-                           reference_rate, reference_rows, current_rows)
-VALUES ($1, $2, $3, to_timestamp($4), $5, $6, $7, $8, $9, $10, $11, $12)
+                           reference_rate, reference_rows, current_rows, window_rows)
+VALUES ($1, $2, $3, to_timestamp($4), $5, $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT DO NOTHING
 """
 
@@ -144,15 +144,17 @@ def _history_rows(
     drift: Mapping[str, DriftMeasure],
     decay: Mapping[str, DecayMeasure],
 ) -> list[tuple[Any, ...]]:
-    """drift_history rows of one arm's measures at tick time ``now``."""
+    """drift_history rows of one arm's measures at tick time ``now`` (psi and a decay's rate
+    over the rolling window, the test's p-value over every current row)."""
     rows: list[tuple[Any, ...]] = [
         (name, arm, kind, now, m.psi, m.level, m.p_value, m.rejected, None, None,
-         m.reference_rows, m.current_rows)
+         m.reference_rows, m.current_rows, m.window_rows)
         for kind, m in sorted(drift.items())
     ]  # fmt: skip
     rows += [
         (name, arm, kind, now, None, "act" if d.worse else "ok", d.p_value, d.rejected,
-         d.current_rate, d.reference_rate, d.reference_rows, d.current_rows)
+         None if math.isnan(d.window_rate) else d.window_rate, d.reference_rate,
+         d.reference_rows, d.current_rows, d.window_rows)
         for kind, d in sorted(decay.items())
     ]  # fmt: skip
     return rows
@@ -394,11 +396,15 @@ class EvaluatorServer:
                 settle=self.settings.settle,
                 drift_reference_rows=self.settings.drift_reference_rows,
                 decay_reference_rows=self.settings.decay_reference_rows,
+                drift_window=self.settings.drift_window,
             )
             self.shadow_sums = await all_shadow_totals(conn)
             self.ignored = await ignored_totals(conn)
+            window = self.settings.drift_window
             monitored = _Monitored(
-                await drift_totals(conn), await feature_totals(conn), await decay_totals(conn)
+                await drift_totals(conn, None, window),
+                await feature_totals(conn, None, window),
+                await decay_totals(conn, None, window),
             )
         self.last_tick = result
         self.rows_aggregated["predictions"] += result.predictions
@@ -806,20 +812,22 @@ class EvaluatorServer:
         pool = self._store().pool
         state = row.state
         levels = (state.drift_alpha, state.psi_warn, state.psi_act)
-        bins = await drift_totals(pool, name)
+        window = self.settings.drift_window
+        bins = await drift_totals(pool, name, window)
         if bins:
             details = json.loads(view.details_json)
             details["drift"] = {
                 arm: {
                     "reference_rows": b.reference_rows,
                     "reference_size": b.reference_size,
+                    "window_seconds": window,
                     "measures": as_json(measure(b, *levels)),
                 }
                 for (_, arm), b in sorted(bins.items())
             }
             view.details_json = json.dumps(details, sort_keys=True)
-        features = await feature_totals(pool, name)
-        decay = await decay_totals(pool, name)
+        features = await feature_totals(pool, name, window)
+        decay = await decay_totals(pool, name, window)
         epochs = await monitor_epochs(pool, name)
         if features or decay or epochs:
             details = json.loads(view.details_json)
@@ -827,6 +835,7 @@ class EvaluatorServer:
                 arm: {
                     "reference_rows": f.reference_rows,
                     "reference_size": f.reference_size,
+                    "window_seconds": window,
                     "edges": {str(i): e for i, e in sorted(f.edges.items())},
                     "names": {str(i): n for i, n in enumerate(self.feature_names(name, arm))},
                     "measures": as_json(measure_features(f, *levels)),
@@ -837,6 +846,7 @@ class EvaluatorServer:
                 arm: {
                     "reference_rows": d.reference_rows,
                     "reference_size": d.reference_size,
+                    "window_seconds": window,
                     "measures": as_json(measure_decay(d, state.drift_alpha)),
                 }
                 for (_, arm), d in sorted(decay.items())

@@ -245,6 +245,7 @@ class MonitorScenario:
     labelled_per_tick: int = 100
     ticks: int = 100
     alpha: float = 0.01
+    window_ticks: int | None = None  # PSI over the last this many looks' rows (None: all)
 
 
 @dataclass(frozen=True)
@@ -253,6 +254,8 @@ class MonitorOutcome:
     feature_delay_rows: int  # current feature rows after the shift until then (-1: never)
     decay_tick: int  # first look a decay test rejected at (-1: never)
     decay_delay_rows: int  # current labelled rows after the shift until then (-1: never)
+    psi_tick: int = -1  # first look a feature's PSI level (warn or act) came at (-1: never)
+    psi_delay_rows: int = -1
 
 
 def _feature_counts(values: np.ndarray, edges: list[np.ndarray]) -> list[np.ndarray]:
@@ -265,7 +268,9 @@ def _feature_counts(values: np.ndarray, edges: list[np.ndarray]) -> list[np.ndar
 def run_monitor(s: MonitorScenario, rng: np.random.Generator) -> MonitorOutcome:
     """The tick's feature drift and decay measures (``evaluator.drift.measure_features`` and
     ``measure_decay``, on bins built as the SQL builds them: decile edges of the reference
-    rows, width_bucket) after every look, on the cumulative current windows."""
+    rows, width_bucket) after every look: the tests on the cumulative current windows, PSI on
+    the rolling window of the last ``window_ticks`` looks (as the slots of migration 0015
+    hold) or, without one, on the cumulative window too."""
     from evaluator.aggregate import DriftBins, FeatureBins
     from evaluator.drift import measure_decay, measure_features
 
@@ -276,6 +281,8 @@ def run_monitor(s: MonitorScenario, rng: np.random.Generator) -> MonitorOutcome:
     ]
     ref_counts = _feature_counts(ref.astype(np.float64), edges)
     cur_counts = [np.zeros(len(e) + 1, dtype=np.int64) for e in edges]
+    looks: list[list[np.ndarray]] = []  # the window's looks' counts, oldest first
+    in_window = [np.zeros(len(e) + 1, dtype=np.int64) for e in edges]
 
     def labelled(n: int, accuracy: float) -> tuple[np.ndarray, np.ndarray]:
         outcome = rng.random(n) < s.positive_rate
@@ -289,8 +296,8 @@ def run_monitor(s: MonitorScenario, rng: np.random.Generator) -> MonitorOutcome:
     }
     decay_cur = {"accuracy": {0: 0, 1: 0}, "outcome": {0: 0, 1: 0}}
     shifted = s.covariate_shift != 0.0 or s.accuracy_after is not None
-    feature_tick = decay_tick = -1
-    feature_delay = decay_delay = -1
+    feature_tick = decay_tick = psi_tick = -1
+    feature_delay = decay_delay = psi_delay = -1
     seen = labelled_seen = 0
     labelled_shift = s.shift_after * s.labelled_per_tick // s.rows_per_tick
     for tick in range(s.ticks):
@@ -298,8 +305,16 @@ def run_monitor(s: MonitorScenario, rng: np.random.Generator) -> MonitorOutcome:
         after = np.arange(seen, seen + s.rows_per_tick) >= s.shift_after
         if s.covariate_shift:
             rows[after, 0] += s.covariate_shift
-        for f, c in enumerate(_feature_counts(rows.astype(np.float32).astype(np.float64), edges)):
+        look = _feature_counts(rows.astype(np.float32).astype(np.float64), edges)
+        for f, c in enumerate(look):
             cur_counts[f] += c
+        if s.window_ticks is not None:
+            looks.append(look)
+            for f, c in enumerate(look):
+                in_window[f] += c
+            if len(looks) > s.window_ticks:
+                for f, c in enumerate(looks.pop(0)):
+                    in_window[f] -= c
         seen += s.rows_per_tick
         n_before = max(0, min(s.labelled_per_tick, labelled_shift - labelled_seen))
         n_after = s.labelled_per_tick - n_before if s.accuracy_after is not None else 0
@@ -311,19 +326,24 @@ def run_monitor(s: MonitorScenario, rng: np.random.Generator) -> MonitorOutcome:
             decay_cur["outcome"][1] += int(pos.sum())
             decay_cur["outcome"][0] += n - int(pos.sum())
         labelled_seen += s.labelled_per_tick
-        if feature_tick < 0:
+        if feature_tick < 0 or psi_tick < 0:
+            window = None
+            if s.window_ticks is not None:
+                window = {f: dict(enumerate(c.tolist())) for f, c in enumerate(in_window)}
             bins = FeatureBins(
                 s.reference_rows,
                 s.reference_rows,
                 {f: e.tolist() for f, e in enumerate(edges)},
                 {f: dict(enumerate(c.tolist())) for f, c in enumerate(ref_counts)},
                 {f: dict(enumerate(c.tolist())) for f, c in enumerate(cur_counts)},
+                window,
             )
             measures = measure_features(bins, s.alpha)
-            if any(m.rejected or m.level != "ok" for m in measures.values()):
-                feature_tick = tick
-                if shifted and seen > s.shift_after:
-                    feature_delay = seen - s.shift_after
+            delay = seen - s.shift_after if shifted and seen > s.shift_after else -1
+            if feature_tick < 0 and any(m.rejected or m.level != "ok" for m in measures.values()):
+                feature_tick, feature_delay = tick, delay
+            if psi_tick < 0 and any(m.level != "ok" for m in measures.values()):
+                psi_tick, psi_delay = tick, delay
         if decay_tick < 0:
             decay_bins = DriftBins(
                 s.decay_reference_rows,
@@ -335,6 +355,6 @@ def run_monitor(s: MonitorScenario, rng: np.random.Generator) -> MonitorOutcome:
                 decay_tick = tick
                 if shifted and labelled_seen > labelled_shift:
                     decay_delay = labelled_seen - labelled_shift
-        if feature_tick >= 0 and decay_tick >= 0:
+        if feature_tick >= 0 and decay_tick >= 0 and psi_tick >= 0:
             break
-    return MonitorOutcome(feature_tick, feature_delay, decay_tick, decay_delay)
+    return MonitorOutcome(feature_tick, feature_delay, decay_tick, decay_delay, psi_tick, psi_delay)

@@ -271,7 +271,8 @@ def drift_rows(data: ExperimentResults) -> list[list[str]]:
                 last.level + (" (test rejected)" if last.rejected else ""),
                 f"{last.p_value:.3g}",
                 rate,
-                f"{last.reference_rows:,} / {last.current_rows:,}",
+                f"{last.reference_rows:,} / {last.current_rows:,} / "
+                + ("–" if last.window_rows is None else f"{last.window_rows:,}"),
                 _when(first["warn"]),
                 _when(first["act"]),
                 _when(last.t),
@@ -287,7 +288,7 @@ DRIFT_COLUMNS = (
     "level",
     "p-value (anytime-valid)",
     "rate now / reference",
-    "rows reference / current",
+    "rows reference / current / window",
     "first warn",
     "first act",
     "measured",

@@ -190,3 +190,35 @@ def test_feature_drift_and_decay_under_continuous_monitoring(
             f"{con_delays[-1]}"
         )
     assert cov_median <= 5000 and con_median <= 2000
+
+
+def test_psi_on_the_rolling_window_sees_a_late_shift(capsys: pytest.CaptureFixture[str]) -> None:
+    # The rolling window: PSI over the last 24 looks (12,000 feature rows), the tests over every
+    # current row. On stationary traffic (200 arm-days of 100 looks) a PSI level or a test
+    # fires on at most alpha of them.
+    stationary = MonitorScenario(window_ticks=24)
+    rng = np.random.default_rng(23)
+    runs = [run_monitor(stationary, rng) for _ in range(200)]
+    k = sum(o.feature_tick >= 0 for o in runs)
+    lo, hi = clopper_pearson(k, len(runs))
+    assert lo <= stationary.alpha and k / len(runs) <= stationary.alpha
+    # A covariate shift after 40,000 current rows (look 80 of 100): in the window PSI reaches
+    # a level before the window is full of shifted rows; on the cumulative window the 40,000
+    # steady rows dilute it.
+    late = {"covariate_shift": 0.5, "shift_after": 40_000}
+    windowed = [run_monitor(MonitorScenario(window_ticks=24, **late), rng) for _ in range(40)]
+    cumulative = [run_monitor(MonitorScenario(**late), rng) for _ in range(20)]
+    delays = sorted(o.psi_delay_rows for o in windowed if o.psi_delay_rows >= 0)
+    assert len(delays) / len(windowed) >= 0.95
+    assert all(o.psi_tick < 0 or o.psi_delay_rows >= 0 for o in windowed)  # none before
+    diluted = sum(o.psi_tick >= 0 for o in cumulative)
+    assert diluted <= len(cumulative) // 4
+    median = delays[len(delays) // 2]
+    with capsys.disabled():
+        print(
+            f"\nrolling window: false alarms {k}/{len(runs)} (≤ {hi:.3f} at 95 %); a shift after "
+            f"40,000 rows reached a PSI level in {len(delays)}/{len(windowed)} runs (delay median "
+            f"{median} rows, max {delays[-1]}) with the window, in {diluted}/{len(cumulative)} "
+            f"on the cumulative window"
+        )
+    assert delays[-1] <= 12_000

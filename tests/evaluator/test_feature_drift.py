@@ -361,6 +361,9 @@ def test_a_concept_shift_is_seen_by_decay_alone_and_the_champion_asks_for_a_retr
         }
         assert rates[("control", "accuracy", "current")] == pytest.approx(d.current_rate)
         assert rates[("control", "accuracy", "reference")] == pytest.approx(d.reference_rate)
+        # Every row was answered within the rolling window: it holds them all.
+        assert (d.window_rows, d.window_rate) == (d.current_rows, pytest.approx(d.current_rate))
+        assert rates[("control", "accuracy", "window")] == pytest.approx(d.window_rate)
         p = {
             (s.labels["arm"], s.labels["kind"]): s.value
             for s in families["abgate_decay_p_value"].samples
