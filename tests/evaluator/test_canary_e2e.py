@@ -1,6 +1,7 @@
 """Canaries on the real stack: evaluator + gateway + PostgreSQL logs. A treatment model that
 fails on real traffic, or one slower than its latency guardrail, is rolled back by the policy
-with no operator; a healthy canary advances through its stages."""
+with no operator; a healthy canary advances through its stages, and so does its next round
+(the one a retrain starts: a canary again, from the first stage)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def canary_stack(
     rollback judge an arm after min(``min_samples``, 100) of its rows."""
     shas = {m.id: m.sha256 for m in demo_store.metas.values()}
     ev = InProcessEvaluator(
-        evaluator_settings(fresh_db, demo_store.root, settle=0.0, evaluate=True)
+        evaluator_settings(fresh_db, demo_store.root, settle=0.0, evaluate=True, round_cooldown=0)
     )
     definition = ab_definition(
         "canary",
@@ -160,6 +161,27 @@ def test_healthy_canary_advances_through_every_stage(
         assert dict(view.weights) == {"control": 0.0, "treatment": 100.0}
         assert ev.call(ev.server.publisher.wait_acked(ev.server.publisher.version, timeout=10))
         assert drive(gw, demo_store.X, 100) == {"treatment": 100}
+
+        # The next round (what the trainer asks for after a retrain): a canary experiment's
+        # round is a canary too, starting at its first stage, decided by the same policy.
+        forest = demo_store.metas["demo-forest"].sha256
+        view = ev.admin.call(
+            "StartRound", cpb.StartRoundRequest(experiment="canary", model=forest, reason="t")
+        )
+        assert (view.status, dict(view.weights)) == ("running", {"treatment": 99.0, "r2": 1.0})
+        assert ev.call(ev.server.publisher.wait_acked(ev.server.publisher.version, timeout=10))
+        first = drive(gw, demo_store.X, 1000, first=100_000)
+        assert first.get("r2", 0) + first["treatment"] == 1000 and first.get("r2", 0) < 40
+        run_until(ev, gw, demo_store.X, "promoted")
+        decisions = ev.call(ev.server.store.decisions("canary"))
+        actions = [d["action"] for d in decisions if d["action"] in {"advance", "promote"}]
+        assert actions == (["advance"] * 4 + ["promote"]) * 2
+        last = [d for d in decisions if d["action"] == "promote"][-1]
+        assert "promote r2" in last["recommendation"]
+        view = ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="canary"))
+        assert dict(view.weights) == {"treatment": 0.0, "r2": 100.0}
+        assert ev.call(ev.server.publisher.wait_acked(ev.server.publisher.version, timeout=10))
+        assert drive(gw, demo_store.X, 100) == {"r2": 100}
     finally:
         gw.close()
         ev.close()

@@ -82,10 +82,12 @@ class Cycle:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return abgate(*args, "--evaluator", self.target)
 
-    def experiment(self, name: str) -> None:
-        """``name``: churn-stump vs churn, churn promoted (round 1 ended)."""
+    def experiment(self, name: str, *extra: str) -> None:
+        """``name``: churn-stump vs churn, churn promoted (round 1 ended); ``extra``: more
+        `experiments create` flags."""
         r = self.cli("experiments", "create", "--name", name, "--arm",
-                     f"control={self.control}", "--arm", f"treatment={self.champion}")  # fmt: skip
+                     f"control={self.control}", "--arm", f"treatment={self.champion}",
+                     *extra)  # fmt: skip
         assert r.returncode == 0, r.stderr
         r = self.cli("experiments", "promote", name, "--arm", "treatment")
         assert r.returncode == 0, r.stderr
@@ -301,6 +303,28 @@ def test_manual_approval(cycle: Cycle) -> None:
     assert "exp: running" in r.stdout and "treatment=50%, r2=50%" in r.stdout
     r = c.cli("experiments", "approve", "exp")
     assert r.returncode == 1 and "FAILED_PRECONDITION" in r.stderr
+
+
+def test_a_canary_experiments_next_round_is_a_canary(cycle: Cycle) -> None:
+    """The round the trainer starts follows the experiment's policy: a canary experiment's
+    round 2 starts at the first canary stage (its stages are decided as round 1's were:
+    tests/evaluator/test_canary_e2e.py drives one through a gateway)."""
+    c = cycle
+    c.experiment("can", "--kind", "canary", "--stage-hold", "60")
+    ids, X, y = window_rows()
+    insert_rows(c.url, "can", ids, X, y)
+    c.trainer("t1")
+    row = c.answered(_request_id(c.cli("retrain", "--experiment", "can").stdout))
+    assert row["state"] == "registered", row["result"]
+    assert row["result"]["round"]["status"] == "running"
+    r = c.cli("experiments", "show", "can", "--json", "--full")
+    view = json.loads(r.stdout)
+    assert view["definition"]["kind"] == "CANARY" and view["weights"] == {
+        "treatment": 99.0,
+        "r2": 1.0,
+    }
+    r = c.cli("experiments", "show", "can")
+    assert "can: running" in r.stdout and "treatment=99%, r2=1%" in r.stdout
 
 
 def test_sigterm_mid_training_leaves_the_request_pending(cycle: Cycle, tmp_path: Path) -> None:
