@@ -69,6 +69,7 @@ class DriftPoint(NamedTuple):
     reference_rows: int
     current_rows: int  # every row after the reference (the test's sample)
     window_rows: int | None  # the rolling window's (PSI's, rate's); None before migration 0015
+    feature_name: str | None  # a feature's name in the arm's model (None: unnamed, or no feature)
 
 
 @dataclass
@@ -98,8 +99,16 @@ class ExperimentResults:
     shadow_summary: dict[str, dict[str, Any]]  # evaluator.shadows.compare of shadow_stats
     generated_at: float
     # (arm, measure) -> its drift_history points, oldest first, at most one per bucket;
-    # measure: score, class, feature:NAME, decay:accuracy, decay:outcome
+    # measure: score, class, feature:I (I: its position), decay:accuracy, decay:outcome
     drift: dict[tuple[str, str], list[DriftPoint]] = field(default_factory=dict)
+
+    def measure_label(self, arm: str, measure: str) -> str:
+        """``measure`` as the report names it: a feature with its model's name when the
+        evaluator knew it (``feature:1 (mean_texture)``)."""
+        named = next(
+            (p.feature_name for p in self.drift.get((arm, measure), ()) if p.feature_name), None
+        )
+        return f"{measure} ({named})" if named else measure
 
     @property
     def state(self) -> ExperimentState:
@@ -261,7 +270,7 @@ GROUP BY 1, 2
 _DRIFT_HISTORY = f"""
 SELECT DISTINCT ON (arm, measure, b) {_bucket("ts")} AS b, arm, measure,
        extract(epoch FROM ts)::float8 AS t, psi, level, p_value, rejected, rate, reference_rate,
-       reference_rows, current_rows, window_rows
+       reference_rows, current_rows, window_rows, feature_name
 FROM drift_history WHERE experiment = $1
 ORDER BY arm, measure, b, ts DESC
 """
@@ -374,7 +383,7 @@ async def _load(
         point = DriftPoint(
             r["t"], r["psi"], r["level"], r["p_value"], r["rejected"], r["rate"],
             r["reference_rate"], int(r["reference_rows"]), int(r["current_rows"]),
-            None if r["window_rows"] is None else int(r["window_rows"]),
+            None if r["window_rows"] is None else int(r["window_rows"]), r["feature_name"],
         )  # fmt: skip
         drift.setdefault((r["arm"], r["measure"]), []).append(point)
     for points in drift.values():

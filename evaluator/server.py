@@ -14,7 +14,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -131,8 +131,9 @@ LEADER_LOCK = 0x61626761746504
 
 _HISTORY_INSERT = """
 INSERT INTO drift_history (experiment, arm, measure, ts, psi, level, p_value, rejected, rate,
-                           reference_rate, reference_rows, current_rows, window_rows)
-VALUES ($1, $2, $3, to_timestamp($4), $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                           reference_rate, reference_rows, current_rows, window_rows,
+                           feature_name)
+VALUES ($1, $2, $3, to_timestamp($4), $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT DO NOTHING
 """
 
@@ -143,18 +144,20 @@ def _history_rows(
     now: float,
     drift: Mapping[str, DriftMeasure],
     decay: Mapping[str, DecayMeasure],
+    names: Sequence[str] = (),
 ) -> list[tuple[Any, ...]]:
     """drift_history rows of one arm's measures at tick time ``now`` (psi and a decay's rate
-    over the rolling window, the test's p-value over every current row)."""
+    over the rolling window, the test's p-value over every current row; ``names``: the arm's
+    model's feature names)."""
     rows: list[tuple[Any, ...]] = [
         (name, arm, kind, now, m.psi, m.level, m.p_value, m.rejected, None, None,
-         m.reference_rows, m.current_rows, m.window_rows)
+         m.reference_rows, m.current_rows, m.window_rows, feature_name(kind, names) or None)
         for kind, m in sorted(drift.items())
     ]  # fmt: skip
     rows += [
         (name, arm, kind, now, None, "act" if d.worse else "ok", d.p_value, d.rejected,
          None if math.isnan(d.window_rate) else d.window_rate, d.reference_rate,
-         d.reference_rows, d.current_rows, d.window_rows)
+         d.reference_rows, d.current_rows, d.window_rows, None)
         for kind, d in sorted(decay.items())
     ]  # fmt: skip
     return rows
@@ -470,7 +473,8 @@ class EvaluatorServer:
                 decay = {f"decay:{k}": x for k, x in dm.items()}
             if drift or decay:
                 await self._audit_crossings(row, arm, arm == champion, drift, decay)
-                history += _history_rows(name, arm, now, drift, decay)
+                names = self.feature_names(name, arm)
+                history += _history_rows(name, arm, now, drift, decay, names)
         interval = self.settings.drift_history_interval
         if history and interval > 0 and now - self._history_at.get(name, -math.inf) >= interval:
             await self._store().pool.executemany(_HISTORY_INSERT, history)

@@ -428,7 +428,7 @@ def fig_drift(data: ExperimentResults, into: FigureBase | None = None) -> Figure
             features += 1
         else:
             style = _MEASURE_STYLE[measure]
-        label = f"{arm} {measure}"
+        label = f"{arm} {data.measure_label(arm, measure)}"
         if not measure.startswith("decay:"):
             psi = np.array([np.nan if p.psi is None else p.psi for p in points])
             top.plot(t, psi, linestyle=style, marker=".", color=color, label=label)

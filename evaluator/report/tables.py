@@ -266,7 +266,7 @@ def drift_rows(data: ExperimentResults) -> list[list[str]]:
         rows.append(
             [
                 key[0],
-                key[1],
+                data.measure_label(*key),
                 _fmt(last.psi, 3),
                 last.level + (" (test rejected)" if last.rejected else ""),
                 f"{last.p_value:.3g}",

@@ -144,14 +144,15 @@ def _audits(url: str, *actions: str) -> list[dict[str, Any]]:
 
 
 def test_a_feature_shift_is_audited_once_shown_and_the_champion_asks_for_a_retrain(
-    demo_store: DemoStore, fresh_db: str, capsys: pytest.CaptureFixture[str]
+    demo_store: DemoStore, fresh_db: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     shas = {m.id: m.sha256 for m in demo_store.metas.values()}
     ev = InProcessEvaluator(
         evaluator_settings(
-            fresh_db, demo_store.root, settle=0.0, tick_interval=3600, drift_reference_rows=500
+            fresh_db, demo_store.root, settle=0.0, tick_interval=3600, drift_reference_rows=500,
+            drift_history_interval=1e-6,  # every tick's measures kept
         )
-    )
+    )  # fmt: skip
     rng = np.random.default_rng(9)
     try:
         ev.admin.call(
@@ -244,6 +245,24 @@ def test_a_feature_shift_is_audited_once_shown_and_the_champion_asks_for_a_retra
         assert f"feature drift control feature 1 ({names[1]}): PSI" in text and "(act)" in text
         assert "REJECTED" in text
         assert "feature drift treatment feature 0 (" in text
+        # drift_history keeps the names, so the report (which reads PostgreSQL only) has them.
+        kept = fetch(
+            fresh_db,
+            "SELECT DISTINCT arm, measure, feature_name FROM drift_history"
+            " WHERE measure LIKE 'feature:%'",
+        )
+        assert {(r["arm"], r["measure"], r["feature_name"]) for r in kept} == {
+            (arm, f"feature:{i}", demo_store.metas[model].feature_names[i])
+            for arm, model in (("control", "demo-logreg"), ("treatment", "demo-gbdt"))
+            for i in range(3)
+        }
+        from evaluator.report import write_report
+        from evaluator.results import load_results
+
+        data = asyncio.run(load_results(fresh_db, "exp", None))
+        html = write_report(data, tmp_path / "report")[0].read_text()
+        section = html[html.index("<h2>Drift over time</h2>") : html.index("<h2>Shadow models")]
+        assert f"<td>control</td><td>feature:1 ({names[1]})</td>" in section
 
         # Another evaluator (a restart, a new leader) neither audits nor asks again.
         ev.close()

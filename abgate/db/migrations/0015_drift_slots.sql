@@ -20,5 +20,6 @@ CREATE TABLE drift_slots (
 );
 
 -- What the rolling window held when drift_history kept a row (the measure's psi is taken over
--- it); NULL on rows kept before this migration.
-ALTER TABLE drift_history ADD COLUMN window_rows bigint;
+-- it), and for a feature the arm's model's name of it (the report reads PostgreSQL only, not
+-- the model store); NULL on rows kept before this migration, and for a feature unnamed.
+ALTER TABLE drift_history ADD COLUMN window_rows bigint, ADD COLUMN feature_name text;
