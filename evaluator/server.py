@@ -917,7 +917,11 @@ class EvaluatorServer:
                 new = state.with_weights(weights, status="rolled_back")
             elif action == "update":
                 if not (req.HasField("feature_sample_rate") or req.HasField("drift")):
-                    raise InvalidArgument("nothing to update", field="feature_sample_rate")
+                    raise InvalidArgument(
+                        "nothing to update: give feature_sample_rate or drift (psi_warn, "
+                        "psi_act, alpha)",
+                        field="feature_sample_rate",
+                    )
                 new = state
                 if req.HasField("feature_sample_rate"):
                     rate = feature_sample_rate(req.feature_sample_rate, "feature_sample_rate")
