@@ -99,6 +99,21 @@ def ab_definition(
     )
 
 
+def monitoring_evaluator(demo_store: DemoStore, fresh_db: str, **kw: Any) -> InProcessEvaluator:
+    """An evaluator that ticks only when a test says (``settle`` 0), running experiment "exp":
+    control demo-logreg vs treatment demo-gbdt; ``kw``: more settings."""
+    shas = {m.id: m.sha256 for m in demo_store.metas.values()}
+    settings = {"settle": 0.0, "tick_interval": 3600, **kw}
+    ev = InProcessEvaluator(evaluator_settings(fresh_db, demo_store.root, **settings))
+    try:
+        definition = ab_definition("exp", shas["demo-logreg"], shas["demo-gbdt"])
+        ev.admin.call("CreateExperiment", cpb.CreateExperimentRequest(definition=definition))
+    except BaseException:
+        ev.close()
+        raise
+    return ev
+
+
 def rpc_code(fn: Any, *args: Any, **kw: Any) -> grpc.StatusCode:
     """The status code a call fails with (the test fails if it succeeds)."""
     try:

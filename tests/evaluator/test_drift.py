@@ -24,7 +24,7 @@ from evaluator.metrics import EvaluatorCollector
 from evaluator.service import view_json
 from evaluator.stats import psi, sequential_drift
 from tests.conftest import DemoStore
-from tests.evaluator.conftest import InProcessEvaluator, ab_definition, evaluator_settings, fetch
+from tests.evaluator.conftest import InProcessEvaluator, fetch, monitoring_evaluator
 from tests.evaluator.test_aggregate import INSERT_PREDICTION
 
 
@@ -134,20 +134,9 @@ def test_reference_and_current_bins_are_the_rows_in_ingest_order(fresh_db: str) 
 def test_a_score_shift_is_measured_audited_once_and_shown(
     demo_store: DemoStore, tmp_path: Path, fresh_db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shas = {m.id: m.sha256 for m in demo_store.metas.values()}
-    ev = InProcessEvaluator(
-        evaluator_settings(
-            fresh_db, demo_store.root, settle=0.0, tick_interval=3600, drift_reference_rows=1000
-        )
-    )
+    ev = monitoring_evaluator(demo_store, fresh_db, drift_reference_rows=1000)
     rng = np.random.default_rng(8)
     try:
-        ev.admin.call(
-            "CreateExperiment",
-            cpb.CreateExperimentRequest(
-                definition=ab_definition("exp", shas["demo-logreg"], shas["demo-gbdt"])
-            ),
-        )
         # Both arms get as many rows (the SRM check would pause the experiment otherwise).
         ref = _rows(rng, 1000, 2.0, 5.0, 0)
         control_ref = _rows(rng, 1000, 2.0, 5.0, 40_000)
@@ -251,23 +240,12 @@ def test_drift_over_time_is_kept_and_reported(
     from evaluator.report import write_report
     from evaluator.results import load_results
 
-    shas = {m.id: m.sha256 for m in demo_store.metas.values()}
-    ev = InProcessEvaluator(
-        evaluator_settings(
-            fresh_db, demo_store.root, settle=0.0, tick_interval=3600, drift_reference_rows=500,
-            drift_history_interval=10.0,
-        )
-    )  # fmt: skip
+    ev = monitoring_evaluator(
+        demo_store, fresh_db, drift_reference_rows=500, drift_history_interval=10.0
+    )
     rng = np.random.default_rng(9)
     t0 = time.time()
     try:
-        ev.admin.call(
-            "CreateExperiment",
-            cpb.CreateExperimentRequest(
-                definition=ab_definition("exp", shas["demo-logreg"], shas["demo-gbdt"])
-            ),
-        )
-
         insert_rows(fresh_db, "exp", "treatment", _rows(rng, 500, 2.0, 5.0, 0))
         insert_rows(fresh_db, "exp", "control", _rows(rng, 500, 2.0, 5.0, 10_000))
         ev.call(ev.server.tick(now=t0))  # the references are complete: nothing current yet

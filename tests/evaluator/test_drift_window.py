@@ -29,7 +29,7 @@ from evaluator.cli import _print_view
 from evaluator.service import view_json
 from evaluator.stats import psi, sequential_drift
 from tests.conftest import DemoStore
-from tests.evaluator.conftest import InProcessEvaluator, ab_definition, evaluator_settings, fetch
+from tests.evaluator.conftest import fetch, monitoring_evaluator
 from tests.evaluator.test_drift import _bins, _rows
 from tests.evaluator.test_feature_drift import _binned, _features, _insert_features, _run
 
@@ -138,17 +138,12 @@ def _outcome_bins(rows: list[dict[str, Any]]) -> dict[int, int]:
 def test_a_shift_that_is_over_stops_holding_psi_up(
     demo_store: DemoStore, fresh_db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shas = {m.id: m.sha256 for m in demo_store.metas.values()}
-    ev = InProcessEvaluator(
-        evaluator_settings(
-            fresh_db,
-            demo_store.root,
-            settle=0.0,
-            tick_interval=3600,
-            drift_reference_rows=1000,
-            drift_window=HOUR,
-            drift_history_interval=1e-6,  # a row every tick
-        )
+    ev = monitoring_evaluator(
+        demo_store,
+        fresh_db,
+        drift_reference_rows=1000,
+        drift_window=HOUR,
+        drift_history_interval=1e-6,  # a row every tick
     )
     rng = np.random.default_rng(22)
 
@@ -168,12 +163,6 @@ def test_a_shift_that_is_over_stops_holding_psi_up(
         return [{"statistics": json.loads(r["s"]), **r} for r in rows]
 
     try:
-        ev.admin.call(
-            "CreateExperiment",
-            cpb.CreateExperimentRequest(
-                definition=ab_definition("exp", shas["demo-logreg"], shas["demo-gbdt"])
-            ),
-        )
         ref = _rows(rng, 1000, 2.0, 5.0, 0)
         insert("treatment", ref, 6 * HOUR)
         insert("control", _rows(rng, 1000, 2.0, 5.0, 50_000), 6 * HOUR)

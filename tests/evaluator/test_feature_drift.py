@@ -29,7 +29,13 @@ from evaluator.retrain import requests_of
 from evaluator.service import view_json
 from evaluator.stats import psi, sequential_drift
 from tests.conftest import DemoStore
-from tests.evaluator.conftest import InProcessEvaluator, ab_definition, evaluator_settings, fetch
+from tests.evaluator.conftest import (
+    InProcessEvaluator,
+    ab_definition,
+    evaluator_settings,
+    fetch,
+    monitoring_evaluator,
+)
 from tests.evaluator.test_aggregate import INSERT_PREDICTION
 
 INSERT_FEATURES = (
@@ -146,21 +152,12 @@ def _audits(url: str, *actions: str) -> list[dict[str, Any]]:
 def test_a_feature_shift_is_audited_once_shown_and_the_champion_asks_for_a_retrain(
     demo_store: DemoStore, fresh_db: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    shas = {m.id: m.sha256 for m in demo_store.metas.values()}
-    ev = InProcessEvaluator(
-        evaluator_settings(
-            fresh_db, demo_store.root, settle=0.0, tick_interval=3600, drift_reference_rows=500,
-            drift_history_interval=1e-6,  # every tick's measures kept
-        )
+    ev = monitoring_evaluator(
+        demo_store, fresh_db, drift_reference_rows=500,
+        drift_history_interval=1e-6,  # every tick's measures kept
     )  # fmt: skip
     rng = np.random.default_rng(9)
     try:
-        ev.admin.call(
-            "CreateExperiment",
-            cpb.CreateExperimentRequest(
-                definition=ab_definition("exp", shas["demo-logreg"], shas["demo-gbdt"])
-            ),
-        )
 
         def insert(arm: str, rows: list[dict[str, Any]]) -> None:
             _run(fresh_db, lambda c: _insert_features(c, "exp", arm, rows))
