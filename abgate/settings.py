@@ -211,6 +211,9 @@ class EvaluatorSettings:
     tls_key: Path | None = doc("PEM private key of --tls-cert", None)
     tls_client_ca: Path | None = doc("PEM CA bundle: require client certificates (mTLS)", None)
     metrics_listen: str = doc("host:port for Prometheus /metrics (empty = off)", "")
+    http_listen: str = doc(
+        "host:port for the HTTP/JSON API (same token and TLS as --listen; empty = off)", ""
+    )
     seed: int = doc("random seed of the bandit policy (0 = from the OS)", 0)
     round_cooldown: float = doc(
         "seconds after a round ends (promote, keep, rollback) before StartRound may begin the "

@@ -44,6 +44,8 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
         if settings.metrics_listen
         else None
     )
+    if settings.http_listen:
+        cli.listen_address(settings.http_listen, "--http-listen")
     cli.pem_files(
         (settings.tls_cert, "--tls-cert"),
         (settings.tls_key, "--tls-key"),

@@ -216,6 +216,8 @@ class EvaluatorServer:
         self.decay: dict[tuple[str, str], dict[str, DecayMeasure]] = {}
         self.metrics_httpd: Any = None
         self.metrics_port = 0
+        self.http: Any = None  # evaluator.http.HttpServer with --http-listen
+        self.http_port = 0
         # Leadership: only the evaluator holding LEADER_LOCK on its own connection aggregates
         # and runs the policies; the others serve the config stream and the admin API.
         self.leader = False
@@ -1175,7 +1177,8 @@ class EvaluatorServer:
             cpb.DESCRIPTOR.services_by_name["ConfigStream"].full_name,
             ConfigStreamServicer(self.publisher).method_handlers(),
         )
-        surface.add_servicer(cpb_grpc.add_EvaluatorAdminServicer_to_server, AdminServicer(self))
+        admin = AdminServicer(self)
+        surface.add_servicer(cpb_grpc.add_EvaluatorAdminServicer_to_server, admin)
         surface.install(server)  # + health (no token needed) and reflection, for the same names
         await surface.set_serving(False)
         host, port = split_listen(s.listen)
@@ -1196,6 +1199,16 @@ class EvaluatorServer:
             collectors = (EvaluatorCollector(self), self.surface.metrics)
             self.metrics_httpd = serve_collectors(collectors, mhost, mport)
             self.metrics_port = int(self.metrics_httpd.server_port)
+        if s.http_listen:
+            from evaluator.http import HttpApi, serve_http
+
+            hhost, hport = split_listen(s.http_listen)
+            api = HttpApi(admin, s.token, lambda: self.publisher.current)
+            tls = (str(s.tls_cert), str(s.tls_key)) if s.tls_cert and s.tls_key else None
+            ca = str(s.tls_client_ca) if s.tls_client_ca else None
+            self.http = await serve_http(api.app(), hhost, hport, tls=tls, client_ca=ca)
+            self.http_port = self.http.port
+            log.info("evaluator HTTP/JSON API on %s:%d", hhost, self.http_port)
         log.info(
             "evaluator listening on %s:%d (config version %d, model store %s)",
             host,
@@ -1210,6 +1223,8 @@ class EvaluatorServer:
             return
         self._stopped = True
         await self.surface.drain()
+        if self.http is not None:
+            await self.http.stop()
         if self._server is not None:
             await self._server.stop(grace)
         for task in list(self._tasks):
