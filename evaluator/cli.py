@@ -171,12 +171,7 @@ def _definition_from_args(args: argparse.Namespace) -> cpb.ExperimentDefinition:
             if weight:
                 arm.weight = _number(weight, f"--arm {spec!r}: weight")
         for spec in args.shadow or ():
-            name, sep, rest = spec.partition("=")
-            model, _, rate = rest.rpartition("@") if "@" in rest else (rest, "", "")
-            if not sep or not name or not model:
-                raise ValueError(f"--shadow takes NAME=MODEL[@SAMPLE_RATE], got {spec!r}")
-            sample_rate = _number(rate, f"--shadow {spec!r}: sample rate") if rate else 1.0
-            definition.shadows.add(name=name, model=model, sample_rate=sample_rate)
+            definition.shadows.append(_shadow_arg(spec, "--shadow"))
         if definition.arms and not any(a.weight for a in definition.arms):
             for arm in definition.arms:  # no weights given: an even split
                 arm.weight = 100.0 / len(definition.arms)
@@ -232,6 +227,16 @@ def _drift_thresholds(args: argparse.Namespace) -> cpb.DriftThresholds | None:
         if v is not None
     }  # fmt: skip
     return cpb.DriftThresholds(**given) if given else None
+
+
+def _shadow_arg(spec: str, flag: str = "--add-shadow") -> cpb.ShadowConfig:
+    """NAME=MODEL[@SAMPLE_RATE] as a ShadowConfig (rate 1 when not given)."""
+    name, sep, rest = spec.partition("=")
+    model, _, rate = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    if not sep or not name or not model:
+        raise ValueError(f"{flag} takes NAME=MODEL[@SAMPLE_RATE], got {spec!r}")
+    sample_rate = _number(rate, f"{flag} {spec!r}: sample rate") if rate else 1.0
+    return cpb.ShadowConfig(name=name, model=model, sample_rate=sample_rate)
 
 
 def _span(seconds: float | None) -> str:
@@ -381,6 +386,9 @@ def cmd_experiments(args: argparse.Namespace) -> int:
                 request.feature_sample_rate = args.feature_sample_rate
             if (levels := _drift_thresholds(args)) is not None:
                 request.drift.CopyFrom(levels)
+            for spec in args.add_shadow:
+                request.add_shadows.append(_shadow_arg(spec))
+            request.remove_shadows.extend(args.remove_shadow)
         else:
             request = cpb.ExperimentRequest(
                 name=args.name,
@@ -402,6 +410,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         "unarchive": "Unarchive",
         "update": "UpdateExperiment",
         "approve": "Approve",
+        "advance": "AdvanceCanary",
         "start-round": "StartRound",
         "gateways": "Gateways",
         "history": "History",
@@ -610,7 +619,8 @@ def add_evaluator_parsers(subparsers: Any) -> None:
         ("resume", "resume deciding"),
         ("archive", "take out of every snapshot, keep for audit (from any status)"),
         ("unarchive", "back into the snapshot with its old buckets (a running one: paused)"),
-        ("update", "change an experiment in place (--feature-sample-rate, drift levels)"),
+        ("update", "change an experiment in place (--feature-sample-rate, drift levels, shadows)"),
+        ("advance", "a running canary's next stage now (without its hold and rows)"),
         ("approve", "start a next round left awaiting approval (abgate trainer --approve manual)"),
         ("start-round", "the next round by hand: the champion against --model (the trainer's RPC)"),
     ):
@@ -641,6 +651,20 @@ def add_evaluator_parsers(subparsers: Any) -> None:
                 help="share of served predictions whose request features are logged, 0..1",
             )
             _drift_flags(q, defaults=False)
+            q.add_argument(
+                "--add-shadow",
+                action="append",
+                default=[],
+                metavar="NAME=MODEL[@RATE]",
+                help="start mirroring to a shadow model (RATE: share of requests, default 1)",
+            )
+            q.add_argument(
+                "--remove-shadow",
+                action="append",
+                default=[],
+                metavar="NAME",
+                help="stop mirroring to this shadow",
+            )
 
     q = sub.add_parser(
         "history", help="the audit trail: decisions, drift, retrains, rounds (oldest first)"

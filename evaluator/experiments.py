@@ -225,19 +225,7 @@ def validate_definition(d: cpb.ExperimentDefinition, now: float | None = None) -
     )
     floor = d.bandit_floor if d.HasField("bandit_floor") else 0.05
     _finite(floor, "definition.bandit_floor", 0.0, 1.0 / len(arms))
-    shadows: list[Shadow] = []
-    for k, sh in enumerate(d.shadows):
-        shadow_name = _check_name(sh.name, f"definition.shadows[{k}].name")
-        if shadow_name in seen:
-            raise InvalidArgument(
-                f"{shadow_name!r} is already an arm or shadow", f"definition.shadows[{k}].name"
-            )
-        seen.add(shadow_name)
-        if not sh.model:
-            raise InvalidArgument("must name a model", field=f"definition.shadows[{k}].model")
-        rate = sh.sample_rate if sh.sample_rate else 1.0
-        _finite(rate, f"definition.shadows[{k}].sample_rate", 0.0, 1.0)
-        shadows.append(Shadow(shadow_name, sh.model, rate))
+    shadows = [check_shadow(sh, seen, f"definition.shadows[{k}]") for k, sh in enumerate(d.shadows)]
     now = time.time() if now is None else now
     try:
         allocation = Allocation.initial({a.name: a.weight for a in arms})
@@ -282,6 +270,28 @@ def validate_definition(d: cpb.ExperimentDefinition, now: float | None = None) -
     )
 
 
+def check_shadow(sh: cpb.ShadowConfig, taken: set[str], path: str) -> Shadow:
+    """One shadow of a definition or an update: a name new among ``taken`` (the arms' and
+    shadows' names; the name is added), a model, a sample rate in [0, 1] (0: 1)."""
+    name = _check_name(sh.name, f"{path}.name")
+    if name in taken:
+        raise InvalidArgument(f"{name!r} is already an arm or shadow", f"{path}.name")
+    taken.add(name)
+    if not sh.model:
+        raise InvalidArgument("must name a model", field=f"{path}.model")
+    rate = sh.sample_rate if sh.sample_rate else 1.0
+    _finite(rate, f"{path}.sample_rate", 0.0, 1.0)
+    return Shadow(name, sh.model, rate)
+
+
+def pin_model(ref: str, fld: str, resolve: Callable[[str], str]) -> str:
+    """``resolve(ref)``, its domain error re-raised naming ``fld``."""
+    try:
+        return resolve(ref)
+    except AbgateError as exc:
+        raise type(exc)(exc.message, field=fld) from None
+
+
 def pin_models(state: ExperimentState, resolve: Callable[[str], str]) -> ExperimentState:
     """``state`` with every arm's and shadow's model pinned to the sha256 ``resolve`` finds for
     it (the evaluator's model store), so every gateway loads the same bytes. ``resolve`` raises
@@ -289,10 +299,7 @@ def pin_models(state: ExperimentState, resolve: Callable[[str], str]) -> Experim
     naming the field (``definition.arms[1].model: no model 'x' in the store``)."""
 
     def pin(ref: str, fld: str) -> str:
-        try:
-            return resolve(ref)
-        except AbgateError as exc:
-            raise type(exc)(exc.message, field=fld) from None
+        return pin_model(ref, fld, resolve)
 
     arms = tuple(
         replace(a, model=pin(a.model, f"definition.arms[{i}].model"))

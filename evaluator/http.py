@@ -431,6 +431,25 @@ async def canary_status(api: HttpApi, request: Request) -> Response:
     )
 
 
+async def shadow_start(api: HttpApi, request: Request) -> Response:
+    """{"experiment", "name", "model", "sample_rate"}: UpdateExperiment adding that shadow."""
+    doc = await _json_object(request)
+    experiment = doc.pop("experiment", None)
+    if not isinstance(experiment, str) or not experiment:
+        raise InvalidArgument("must name an experiment", "experiment")
+    shadow = _parse(doc, cpb.ShadowConfig)
+    req = cpb.ExperimentRequest(name=experiment, add_shadows=[shadow], reason="shadow start")
+    return _view(await api.rpc("UpdateExperiment", req, request), 201)
+
+
+async def shadow_stop(api: HttpApi, request: Request) -> Response:
+    p = request.path_params
+    req = cpb.ExperimentRequest(
+        name=p["experiment"], remove_shadows=[p["shadow"]], reason="shadow stop"
+    )
+    return _view(await api.rpc("UpdateExperiment", req, request))
+
+
 async def experiment_config(api: HttpApi, request: Request) -> Response:
     snapshot = api.snapshot()
     if snapshot is None:
@@ -544,7 +563,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              cpb.ExperimentView, status=201),
     Endpoint("GET", E, "One experiment, its verdict and details", get_experiment,
              answer=cpb.ExperimentView),
-    Endpoint("PATCH", E, "Change an experiment in place: feature_sample_rate, drift levels",
+    Endpoint("PATCH", E, "Change an experiment in place: feature_sample_rate, drift levels, "
+             "add_shadows, remove_shadows",
              _operation("UpdateExperiment"), cpb.ExperimentRequest, cpb.ExperimentView),
     Endpoint("POST", f"{E}/promote", "Send 100 % to an arm (default: the verdict's winner)",
              _operation("Promote"), cpb.ExperimentRequest, cpb.ExperimentView),
@@ -560,6 +580,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              _operation("Unarchive"), cpb.ExperimentRequest, cpb.ExperimentView),
     Endpoint("POST", f"{E}/approve", "Start a next round left awaiting approval",
              _operation("Approve"), cpb.ExperimentRequest, cpb.ExperimentView),
+    Endpoint("POST", f"{E}/advance", "A running canary's next stage now (without its hold "
+             "and rows; the last stage promotes)", _operation("AdvanceCanary"),
+             cpb.ExperimentRequest, cpb.ExperimentView),
     Endpoint("POST", f"{E}/rounds", "The next round: the champion against a model",
              start_round, cpb.StartRoundRequest, cpb.ExperimentView, status=201),
     Endpoint("POST", f"{E}/retrain", "Queue a retrain of the champion", request_retrain,
@@ -588,6 +611,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              tags=("compatible",), alias_of=f"POST {E}/rollback"),
     Endpoint("GET", f"{API}/canary/{{name}}", "A canary's stage, share and rollback test",
              canary_status, answer="CanaryStatus", tags=("compatible",)),
+    Endpoint("POST", f"{API}/canary/{{name}}/advance", "A canary's next stage now",
+             _operation("AdvanceCanary"), cpb.ExperimentRequest, cpb.ExperimentView,
+             tags=("compatible",), alias_of=f"POST {E}/advance"),
+    Endpoint("POST", f"{API}/shadow", "Start mirroring an experiment's traffic to a shadow "
+             "model: {experiment, name, model, sample_rate}", shadow_start, "ShadowStart",
+             cpb.ExperimentView, tags=("compatible",), status=201,
+             alias_of=f"PATCH {E} with add_shadows"),
+    Endpoint("DELETE", f"{API}/shadow/{{experiment}}/{{shadow}}", "Stop mirroring to a shadow",
+             shadow_stop, None, cpb.ExperimentView, tags=("compatible",),
+             alias_of=f"PATCH {E} with remove_shadows"),
     Endpoint("GET", "/experiment/config", "The config snapshot gateways run (?experiment=: "
              "one experiment's)", experiment_config, answer=cpb.ConfigSnapshot,
              tags=("compatible",)),
@@ -664,6 +697,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "weights": {"type": "object", "additionalProperties": {"type": "number"}},
             "canary": {"type": "object"},
             "verdict": {"type": "object"},
+        },
+    },
+    "ShadowStart": {
+        "type": "object",
+        "required": ["experiment", "name", "model"],
+        "properties": {
+            "experiment": {"type": "string"},
+            "name": {"type": "string"},
+            "model": {"type": "string", "description": "sha256, id or id:version"},
+            "sample_rate": {"type": "number", "default": 1.0},
         },
     },
     "StatTestRequest": {
@@ -758,8 +801,10 @@ def openapi_document() -> dict[str, Any]:
         if e.alias_of:
             op["description"] = f"The same as {e.alias_of}."
         params = [
-            {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-        ] if "{name}" in e.path else []  # fmt: skip
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+            for p in ("name", "experiment", "shadow")
+            if f"{{{p}}}" in e.path
+        ]
         if params:
             op["parameters"] = params
         if e.body is not None:

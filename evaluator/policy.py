@@ -459,6 +459,20 @@ def _ab(
     return Decision("continue", rec, None, _verdict(None, best_r, best_p, rec), stats)
 
 
+def next_stage(state: ExperimentState, now: float) -> ExperimentState:
+    """A canary at its next stage from ``now`` (the treatment's share ``CANARY_STAGES[stage +
+    1]``); promoted when that is the last (100 %)."""
+    control, treatment = state.arms[0].name, state.arms[1].name
+    nxt = state.canary_stage + 1
+    share = CANARY_STAGES[nxt]
+    return state.with_weights(
+        {control: 100.0 - share, treatment: share},
+        canary_stage=nxt,
+        stage_started_at=now,
+        status="promoted" if nxt == len(CANARY_STAGES) - 1 else state.status,
+    )
+
+
 def _canary(
     state: ExperimentState, data: Mapping[str, ArmData], now: float, stats: dict[str, Any]
 ) -> Decision:
@@ -506,15 +520,9 @@ def _canary(
             f"{state.stage_hold_s:g}s, {seen}/{needed} treatment rows in this stage"
         )
         return Decision("continue", rec, None, _verdict(None, r, adjusted[treatment], rec), stats)
-    nxt = stage + 1
-    share = CANARY_STAGES[nxt]
-    done = nxt == len(CANARY_STAGES) - 1
-    new = state.with_weights(
-        {control: 100.0 - share, treatment: share},
-        canary_stage=nxt,
-        stage_started_at=now,
-        status="promoted" if done else state.status,
-    )
+    new = next_stage(state, now)
+    share = CANARY_STAGES[new.canary_stage]
+    done = new.status == "promoted"
     if done:
         rec = f"promote {treatment}: canary passed every stage with guardrails holding"
         return Decision(

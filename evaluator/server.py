@@ -60,15 +60,17 @@ from evaluator.drift import (
 from evaluator.experiments import (
     ARCHIVED,
     ExperimentState,
+    check_shadow,
     definition_message,
     drift_thresholds,
     feature_sample_rate,
+    pin_model,
     pin_models,
     snapshot_message,
     validate_definition,
 )
 from evaluator.metrics import EvaluatorCollector
-from evaluator.policy import Decision, decide
+from evaluator.policy import Decision, decide, next_stage
 from evaluator.retrain import request_retrain
 from evaluator.rounds import approved, next_round
 from evaluator.service import (
@@ -918,13 +920,20 @@ class EvaluatorServer:
                 weights = {a: 100.0 if a == control else 0.0 for a in state.weights}
                 new = state.with_weights(weights, status="rolled_back")
             elif action == "update":
-                if not (req.HasField("feature_sample_rate") or req.HasField("drift")):
+                if not (
+                    req.HasField("feature_sample_rate")
+                    or req.HasField("drift")
+                    or req.add_shadows
+                    or req.remove_shadows
+                ):
                     raise InvalidArgument(
-                        "nothing to update: give feature_sample_rate or drift (psi_warn, "
-                        "psi_act, alpha)",
+                        "nothing to update: give feature_sample_rate, drift (psi_warn, "
+                        "psi_act, alpha), add_shadows or remove_shadows",
                         field="feature_sample_rate",
                     )
                 new = state
+                if req.add_shadows or req.remove_shadows:
+                    new = replace(new, shadows=await self._shadows_after(state, req))
                 if req.HasField("feature_sample_rate"):
                     rate = feature_sample_rate(req.feature_sample_rate, "feature_sample_rate")
                     new = replace(new, feature_sample_rate=rate)
@@ -933,6 +942,14 @@ class EvaluatorServer:
                     new = replace(new, psi_warn=warn, psi_act=act, drift_alpha=alpha)
             elif action == "approve":
                 new = approved(state, now=time.time())  # FAILED_PRECONDITION unless awaiting
+            elif action == "advance":
+                if state.kind != "canary":
+                    raise FailedPrecondition(
+                        f"experiment {req.name!r} is {state.kind}, not a canary: it has no stages"
+                    )
+                if state.status != "running":
+                    raise FailedPrecondition(f"experiment {req.name!r} is {state.status}")
+                new = next_stage(state, time.time())
             elif action == "pause":
                 if state.status != "running":
                     raise FailedPrecondition(f"experiment {req.name!r} is {state.status}")
@@ -960,8 +977,11 @@ class EvaluatorServer:
                                 "psi_act": new.psi_act,
                                 "alpha": new.drift_alpha,
                             },
+                            "shadows": [asdict(sh) for sh in new.shadows],
                         }
                         if action == "update"
+                        else {"canary_stage": new.canary_stage}
+                        if action == "advance"
                         else {}
                     ),
                     **(caller or {}),
@@ -969,6 +989,29 @@ class EvaluatorServer:
             }
             row = await self._write(new, row, req.reason or action, decision)
         return self._view(row)
+
+    async def _shadows_after(
+        self, state: ExperimentState, req: cpb.ExperimentRequest
+    ) -> tuple[Any, ...]:
+        """The experiment's shadows after an update's remove_shadows, then add_shadows (names
+        checked, models pinned to the store's sha256 as at create)."""
+        have = {sh.name for sh in state.shadows}
+        for k, gone in enumerate(req.remove_shadows):
+            if gone not in have:
+                raise NotFound(
+                    f"experiment {req.name!r} has no shadow {shown(gone)}", f"remove_shadows[{k}]"
+                )
+        kept = [sh for sh in state.shadows if sh.name not in set(req.remove_shadows)]
+        taken = {a.name for a in state.arms} | {sh.name for sh in kept}
+        added = [
+            check_shadow(sh, taken, f"add_shadows[{k}]") for k, sh in enumerate(req.add_shadows)
+        ]
+        for k, sh in enumerate(added):
+            model = await asyncio.to_thread(
+                pin_model, sh.model, f"add_shadows[{k}].model", self._resolve_model
+            )
+            added[k] = replace(sh, model=model)
+        return (*kept, *added)
 
     # -- retraining and rounds (issue #16) -----------------------------------------------------
     async def request_retrain(

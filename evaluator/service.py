@@ -445,6 +445,11 @@ class AdminServicer(cpb_grpc.EvaluatorAdminServicer):
     ) -> cpb.ExperimentView:
         return await self._operate("update", request, context)
 
+    async def AdvanceCanary(
+        self, request: cpb.ExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ExperimentView:
+        return await self._operate("advance", request, context)
+
     async def Gateways(
         self, request: cpb.GatewaysRequest, context: grpc.aio.ServicerContext
     ) -> cpb.GatewaysResponse:

@@ -242,20 +242,24 @@ class ListExperimentsResponse(_message.Message):
     def __init__(self, experiments: _Optional[_Iterable[_Union[ExperimentView, _Mapping]]] = ...) -> None: ...
 
 class ExperimentRequest(_message.Message):
-    __slots__ = ("name", "arm", "reason", "actor", "feature_sample_rate", "drift")
+    __slots__ = ("name", "arm", "reason", "actor", "feature_sample_rate", "drift", "add_shadows", "remove_shadows")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARM_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     FEATURE_SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     DRIFT_FIELD_NUMBER: _ClassVar[int]
+    ADD_SHADOWS_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_SHADOWS_FIELD_NUMBER: _ClassVar[int]
     name: str
     arm: str
     reason: str
     actor: str
     feature_sample_rate: float
     drift: DriftThresholds
-    def __init__(self, name: _Optional[str] = ..., arm: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., feature_sample_rate: _Optional[float] = ..., drift: _Optional[_Union[DriftThresholds, _Mapping]] = ...) -> None: ...
+    add_shadows: _containers.RepeatedCompositeFieldContainer[ShadowConfig]
+    remove_shadows: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., arm: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., feature_sample_rate: _Optional[float] = ..., drift: _Optional[_Union[DriftThresholds, _Mapping]] = ..., add_shadows: _Optional[_Iterable[_Union[ShadowConfig, _Mapping]]] = ..., remove_shadows: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GatewayState(_message.Message):
     __slots__ = ("node_id", "version", "connected", "last_error", "rejections")

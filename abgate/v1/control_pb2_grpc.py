@@ -156,6 +156,11 @@ class EvaluatorAdminStub:
                 request_serializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
                 response_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
                 _registered_method=True)
+        self.AdvanceCanary = channel.unary_unary(
+                '/abgate.v1.EvaluatorAdmin/AdvanceCanary',
+                request_serializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
+                response_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
+                _registered_method=True)
         self.Gateways = channel.unary_unary(
                 '/abgate.v1.EvaluatorAdmin/Gateways',
                 request_serializer=abgate_dot_v1_dot_control__pb2.GatewaysRequest.SerializeToString,
@@ -245,7 +250,16 @@ class EvaluatorAdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateExperiment(self, request, context):
-        """Changes what may change in place (today: feature_sample_rate) as a new version.
+        """Changes what may change in place (feature_sample_rate, drift levels, shadows) as a new
+        version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdvanceCanary(self, request, context):
+        """A running canary's next stage now, without waiting for its hold and rows (the last stage
+        promotes); FAILED_PRECONDITION for another kind or status. Audited as "advance".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -335,6 +349,11 @@ def add_EvaluatorAdminServicer_to_server(servicer, server):
             ),
             'UpdateExperiment': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateExperiment,
+                    request_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.FromString,
+                    response_serializer=abgate_dot_v1_dot_control__pb2.ExperimentView.SerializeToString,
+            ),
+            'AdvanceCanary': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdvanceCanary,
                     request_deserializer=abgate_dot_v1_dot_control__pb2.ExperimentRequest.FromString,
                     response_serializer=abgate_dot_v1_dot_control__pb2.ExperimentView.SerializeToString,
             ),
@@ -632,6 +651,33 @@ class EvaluatorAdmin:
             request,
             target,
             '/abgate.v1.EvaluatorAdmin/UpdateExperiment',
+            abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
+            abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdvanceCanary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/abgate.v1.EvaluatorAdmin/AdvanceCanary',
             abgate_dot_v1_dot_control__pb2.ExperimentRequest.SerializeToString,
             abgate_dot_v1_dot_control__pb2.ExperimentView.FromString,
             options,

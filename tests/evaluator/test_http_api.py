@@ -9,6 +9,7 @@ import http.client as http_client
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ from tests.evaluator.conftest import (
     fetch,
 )
 from tests.evaluator.test_drift import _rows, insert_rows
+
+CLI_ENV = {"ABGATE_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"}
 
 
 @dataclass
@@ -345,3 +348,114 @@ def test_the_evaluator_serves_http_from_the_command_line(
     finally:
         proc.terminate()
         assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def test_canary_advance_and_shadows_over_http_grpc_and_the_cli(
+    api: Api, fresh_db: str, demo_store: DemoStore
+) -> None:
+    from evaluator.experiments import CANARY_STAGES
+
+    http = api.http
+    assert http("POST", "/api/v1/experiments", _definition(api, "can", kind=cpb.CANARY)).status
+    assert http("POST", "/api/v1/experiments", _definition(api)).status == 201
+    # By hand, a stage at a time: HTTP (both paths), gRPC, the CLI; the last one promotes.
+    one = http("POST", "/api/v1/canary/can/advance", {"reason": "looks fine", "actor": "ana"})
+    assert one.status == 200 and one.doc["details"]["canary_stage"] == 1
+    assert one.doc["weights"] == {
+        "control": 100.0 - CANARY_STAGES[1],
+        "treatment": CANARY_STAGES[1],
+    }
+    two = http("POST", "/api/v1/experiments/can/advance")
+    assert two.doc["details"]["canary_stage"] == 2
+    view = api.ev.admin.call("AdvanceCanary", cpb.ExperimentRequest(name="can"))
+    assert view.status == "running" and dict(view.weights)["treatment"] == CANARY_STAGES[3]
+    r = subprocess.run(
+        [sys.executable, "-m", "abgate", "experiments", "advance", "can", "--evaluator",
+         api.ev.target, "--reason", "ship it"],
+        capture_output=True, text=True, timeout=60, env=CLI_ENV,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "can: running" in r.stdout and f"treatment={CANARY_STAGES[4]:g}%" in r.stdout
+    done = http("POST", "/api/v1/canary/can/advance")  # the last stage: promoted
+    assert done.doc["status"] == "promoted" and done.doc["weights"]["treatment"] == 100.0
+    over = http("POST", "/api/v1/canary/can/advance")
+    assert over.status == 409 and "is promoted" in over.doc["error"]["message"]
+    ab = http("POST", "/api/v1/canary/exp/advance")
+    assert ab.status == 409 and "not a canary" in ab.doc["error"]["message"]
+    audits = fetch(
+        fresh_db,
+        "SELECT source, recommendation FROM decisions WHERE experiment = 'can'"
+        " AND action IN ('advance', 'promote') ORDER BY id",
+    )
+    assert [(a["source"], a["recommendation"]) for a in audits] == [
+        ("admin", "looks fine"), ("admin", ""), ("admin", ""), ("admin", "ship it"), ("admin", "")
+    ]  # fmt: skip
+
+    # Shadows: started and stopped in place, the model pinned to its sha256 as at create.
+    forest = demo_store.metas["demo-forest"]
+    s1 = {"experiment": "exp", "name": "s1", "model": forest.id, "sample_rate": 0.5}
+    started = http("POST", "/api/v1/shadow", s1)
+    assert started.status == 201, started.doc
+    assert started.doc["definition"]["shadows"] == [
+        {"name": "s1", "model": forest.sha256, "sample_rate": 0.5}
+    ]
+    snapshot = http("GET", "/experiment/config?experiment=exp").doc["experiment"]
+    assert [s["name"] for s in snapshot["shadows"]] == ["s1"]
+    for body, status, text in (
+        ({"experiment": "exp", "name": "s1", "model": forest.id}, 400, "already an arm or shadow"),
+        ({"experiment": "exp", "name": "control", "model": forest.id}, 400, "already an arm"),
+        ({"experiment": "exp", "name": "s2", "model": "no-such-model"}, 404,
+         "add_shadows[0].model"),
+        ({"experiment": "exp", "name": "s2", "model": forest.id, "sample_rate": 2}, 400,
+         "add_shadows[0].sample_rate"),
+        ({"name": "s2", "model": forest.id}, 400, "experiment"),
+    ):  # fmt: skip
+        got = http("POST", "/api/v1/shadow", body)
+        assert got.status == status and text in got.doc["error"]["message"], (body, got.doc)
+    r = subprocess.run(
+        [sys.executable, "-m", "abgate", "experiments", "update", "exp", "--evaluator",
+         api.ev.target, "--add-shadow", f"s2={forest.id}@0.25", "--remove-shadow", "s1"],
+        capture_output=True, text=True, timeout=60, env=CLI_ENV,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    view = api.ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="exp"))
+    assert [(s.name, s.sample_rate) for s in view.definition.shadows] == [("s2", 0.25)]
+    stopped = http("DELETE", "/api/v1/shadow/exp/s2")
+    assert stopped.status == 200 and stopped.doc["definition"]["shadows"] == []
+    again = http("DELETE", "/api/v1/shadow/exp/s2")
+    assert again.status == 404 and "has no shadow 's2'" in again.doc["error"]["message"]
+
+
+def test_a_shadow_started_over_http_is_mirrored_by_a_running_gateway(
+    api: Api, fresh_db: str, demo_store: DemoStore, tmp_path: Any
+) -> None:
+    from tests.conftest import InProcessGateway, gateway_settings
+    from tests.evaluator.test_canary_e2e import drive
+
+    assert api.http("POST", "/api/v1/experiments", _definition(api, "canary")).status == 201
+    settings = gateway_settings(
+        demo_store, tmp_path, fresh_db, config=None, evaluator=api.ev.target,
+        evaluator_token=TOKEN, gateway_id="gw-shadow",
+    )  # fmt: skip
+    gw = InProcessGateway(settings)
+    try:
+        publisher = api.ev.server.publisher
+        assert api.ev.call(publisher.wait_acked(publisher.version, timeout=10))
+        forest = demo_store.metas["demo-forest"]
+        body = {"experiment": "canary", "name": "forest", "model": forest.id}
+        assert api.http("POST", "/api/v1/shadow", body).status == 201
+        assert api.ev.call(publisher.wait_acked(publisher.version, timeout=10))
+        served = drive(gw, demo_store.X, 50)
+        assert sum(served.values()) == 50 and set(served) <= {"control", "treatment"}
+        writer = gw.server.logwriter
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            rows = fetch(
+                fresh_db, "SELECT count(*) AS n FROM predictions WHERE shadow AND arm = 'forest'"
+            )
+            if not writer.queued and rows[0]["n"] == 50:
+                break
+            time.sleep(0.05)
+        assert rows[0]["n"] == 50  # every request mirrored to the shadow started at run time
+    finally:
+        gw.close()
