@@ -14,7 +14,7 @@ export UV_PYTHON_DOWNLOADS := never
 # import the serving and report stack, 2.5 s compiled). Compiled once here, about 20 s.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: demo test test-numeric protos lint lock bench clean
+.PHONY: demo test test-numeric protos lint lock bench screenshots clean
 
 # `uv sync --locked` stops, rather than install something else, when uv.lock no longer matches
 # pyproject.toml (run `make lock`); it also removes what the lock does not list.
@@ -56,6 +56,12 @@ lint: $(STAMP)
 lock: $(STAMP)
 	$(UV) lock $(if $(UPGRADE),--upgrade)
 	$(PY) -m tests.locks write
+
+# The dashboard's pages in headless chromium (Debian's chromium and chromium-driver), as PNGs
+# in docs/screenshots: the browser test run with its screenshots on.
+screenshots: $(STAMP)
+	ABGATE_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q -p no:cacheprovider \
+		tests/evaluator/test_dashboard.py
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-only \

@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from abgate.errors import InvalidArgument, Unavailable, shown
+from abgate.errors import AbgateError, InvalidArgument, Unavailable, shown
 from abgate.v1 import control_pb2 as cpb
 from evaluator.experiments import CANARY_STAGES
 from evaluator.service import (
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 API = "/api/v1"
 MAX_BODY = 1 << 20  # bytes of a request body
-OPEN_PATHS = frozenset({"/openapi.json", "/healthz"})
+OPEN_PATHS = frozenset({"/openapi.json", "/healthz", "/favicon.ico"})
 
 # gRPC status -> HTTP status, as Google's API design guide maps them (google.rpc.Code).
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -231,10 +231,17 @@ class Endpoint:
 class HttpApi:
     """The endpoints over one ``AdminServicer`` (and the evaluator, for the config snapshot)."""
 
-    def __init__(self, servicer: AdminServicer, token: str, snapshot: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        servicer: AdminServicer,
+        token: str,
+        snapshot: Callable[[], Any],
+        timeline: Callable[[str, float | None], Awaitable[dict[str, Any]]] | None = None,
+    ) -> None:
         self.servicer = servicer
         self.auth = TokenAuth(token)
         self.snapshot = snapshot  # the current cpb.ConfigSnapshot or None
+        self.timeline = timeline  # (experiment, bucket seconds) -> the dashboard's series
 
     async def rpc(self, method: str, request: Message, http: Request) -> Any:
         client = http.client
@@ -248,6 +255,7 @@ class HttpApi:
         ]
         routes.append(Route("/openapi.json", self._openapi, methods=["GET"]))
         routes.append(Route("/healthz", _healthz, methods=["GET"]))
+        routes += _page_routes()
         app = Starlette(
             routes=routes,
             exception_handlers={
@@ -290,16 +298,55 @@ async def _internal(request: Request, exc: Exception) -> Response:
     return error(500, "internal error")
 
 
+def _page_routes() -> list[Any]:
+    """The dashboard's pages and static files (``evaluator.dashboard``): no data in them."""
+    from starlette.responses import FileResponse
+    from starlette.routing import Mount
+    from starlette.staticfiles import StaticFiles
+
+    from evaluator.dashboard import STATIC
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers=_PAGE_HEADERS)
+
+    async def experiment(request: Request) -> Response:
+        return FileResponse(STATIC / "experiment.html", headers=_PAGE_HEADERS)
+
+    return [
+        Route("/", index, methods=["GET"]),
+        Route("/favicon.ico", lambda request: Response(status_code=204), methods=["GET"]),
+        Route("/experiments/{name}", experiment, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+
+
+# The pages load only their own scripts (no CDN, no inline script) and talk only to this server.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+    "style-src 'self' 'unsafe-inline'",
+    "Cache-Control": "no-cache",
+}
+
+
+def is_open(path: str) -> bool:
+    """Paths readable without a token: the OpenAPI document, health, and the dashboard's pages
+    and static files (which hold no data)."""
+    if path in OPEN_PATHS or path == "/" or path.startswith("/static/"):
+        return True
+    return path.startswith("/experiments/") and path.count("/") == 2
+
+
 class _Authenticated:
-    """Every path but ``OPEN_PATHS`` needs ``Authorization: Bearer <token>``; otherwise 401
-    with ``WWW-Authenticate: Bearer``, before the route runs or the body is read."""
+    """Every path but the open ones (``is_open``) needs ``Authorization: Bearer <token>``;
+    otherwise 401 with ``WWW-Authenticate: Bearer``, before the route runs or the body is
+    read."""
 
     def __init__(self, app: ASGIApp, auth: TokenAuth) -> None:
         self.app = app
         self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+        if scope["type"] == "http" and not is_open(scope["path"]):
             headers = [(k.decode("latin-1"), v) for k, v in scope["headers"]]
             if not self.auth(headers):
                 response = error(
@@ -406,6 +453,24 @@ async def results(api: HttpApi, request: Request) -> Response:
     doc = results_of(view_json(view))
     doc["verdict"] = verdict_json(view)
     return Json(doc)
+
+
+async def timeline(api: HttpApi, request: Request) -> Response:
+    from evaluator.results import parse_bucket_seconds
+
+    name = request.path_params["name"]
+    if api.timeline is None:
+        raise HttpAbort(grpc.StatusCode.UNAVAILABLE, "no results database")
+    try:
+        bucket = parse_bucket_seconds(request.query_params.get("bucket_seconds", "auto"))
+    except ValueError as exc:
+        raise InvalidArgument(str(exc), "bucket_seconds") from None
+    # The name is checked as the admin API checks it (NOT_FOUND for one it cannot hold).
+    await api.rpc("GetExperiment", cpb.ExperimentRequest(name=name), request)
+    try:
+        return Json(await api.timeline(name, bucket))
+    except AbgateError as exc:
+        raise HttpAbort(exc.code, exc.message) from None
 
 
 async def canary_status(api: HttpApi, request: Request) -> Response:
@@ -589,6 +654,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              cpb.RequestRetrainRequest, cpb.RequestRetrainResponse, status=201),
     Endpoint("GET", f"{E}/results", "Results per arm: rows, metric, CI, p-value, SRM, "
              "guardrails, drift", results, answer="Results"),
+    Endpoint("GET", f"{E}/timeline", "Results over time, per bucket (?bucket_seconds=auto): "
+             "shares against the split, metric per arm, effect with its always-valid CI, "
+             "shadow agreement, decisions, drift PSI (what the dashboard draws)", timeline,
+             answer="Timeline"),
     Endpoint("GET", f"{E}/history", "The audit trail, oldest first (?limit=, ?steps_only=)",
              history, answer=cpb.HistoryResponse),
     Endpoint("GET", f"{API}/gateways", "Which config version every gateway runs", gateways,
@@ -687,6 +756,15 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "weights",
             )
         },
+    },
+    "Timeline": {
+        "type": "object",
+        "description": "evaluator.dashboard.timeline_json",
+        "properties": {
+            k: {"type": "object"}
+            for k in ("shares", "split", "mean", "effect", "shadow_agreement", "drift")
+        }
+        | {"ends": {"type": "array", "items": {"type": "number"}}},
     },
     "CanaryStatus": {
         "type": "object",

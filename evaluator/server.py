@@ -484,6 +484,16 @@ class EvaluatorServer:
             await self._store().pool.executemany(_HISTORY_INSERT, history)
             self._history_at[name] = now
 
+    async def timeline(self, name: str, bucket_seconds: float | None) -> dict[str, Any]:
+        """The dashboard's series of one experiment (``evaluator.dashboard.timeline_json``),
+        from the results model the report reads."""
+        from evaluator.dashboard import timeline_json
+        from evaluator.results import load_results, metric_series
+
+        data = await load_results(self._url, name, bucket_seconds)
+        # The tests per bucket are numpy/scipy work: off the loop the config stream runs on.
+        return await asyncio.to_thread(lambda: timeline_json(data, metric_series(data)))
+
     def feature_names(self, experiment: str, arm: str) -> tuple[str, ...]:
         """The names of the features the arm's current model reads (its metadata in the model
         store; captured features are positions in that input vector), () when unknown."""
@@ -1246,7 +1256,7 @@ class EvaluatorServer:
             from evaluator.http import HttpApi, serve_http
 
             hhost, hport = split_listen(s.http_listen)
-            api = HttpApi(admin, s.token, lambda: self.publisher.current)
+            api = HttpApi(admin, s.token, lambda: self.publisher.current, self.timeline)
             tls = (str(s.tls_cert), str(s.tls_key)) if s.tls_cert and s.tls_key else None
             ca = str(s.tls_client_ca) if s.tls_client_ca else None
             self.http = await serve_http(api.app(), hhost, hport, tls=tls, client_ca=ca)

@@ -5,6 +5,7 @@ OpenAPI document and /healthz, and the paths users of other A/B services call.""
 
 from __future__ import annotations
 
+import asyncio
 import http.client as http_client
 import json
 import subprocess
@@ -250,6 +251,23 @@ def test_results_canary_config_and_gateways(api: Api, fresh_db: str) -> None:
     assert results.doc["srm"] == view["details"]["statistics"]["srm"]
     assert results.doc["verdict"]["recommendation"] == view["verdict"]["recommendation"]
     assert http("GET", "/api/v1/ab-tests/exp/results").doc == results.doc
+    # Over time, from the results model the report reads.
+    from evaluator.dashboard import timeline_json
+    from evaluator.results import load_results, metric_series
+
+    line = http("GET", "/api/v1/experiments/exp/timeline?bucket_seconds=60")
+    assert line.status == 200 and line.doc["arms"] == ["control", "treatment"]
+    data = asyncio.run(load_results(fresh_db, "exp", 60.0))
+    assert (
+        line.doc["served"]
+        == json.loads(json.dumps(timeline_json(data, metric_series(data))))["served"]
+    )
+    assert sum(sum(x or 0 for x in v) for v in line.doc["served"].values()) == 600
+    assert {a: max(x for x in v if x is not None) for a, v in line.doc["split"].items()} == {
+        "control": 50.0, "treatment": 50.0
+    }  # fmt: skip
+    assert http("GET", "/api/v1/experiments/exp/timeline?bucket_seconds=-1").status == 400
+    assert http("GET", "/api/v1/experiments/nope/timeline").status == 404
     # A canary's stage; an A/B test is not one.
     ab = http("GET", "/api/v1/canary/exp")
     assert ab.status == 409 and "not a canary" in ab.doc["error"]["message"]
