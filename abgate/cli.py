@@ -41,6 +41,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.cycle:
         if args.canary:
             raise UsageError("--cycle runs A/B rounds: leave out --canary")
+        if args.keep:
+            raise UsageError("--keep is for the default demo, not --cycle")
         from abgate.demo_cycle import run_cycle_demo
 
         return run_cycle_demo(workdir=args.workdir / "cycle", quick=args.quick)
@@ -50,6 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         workers=args.workers,
         quick=args.quick,
         canary=args.canary,
+        keep=args.keep,
     )
 
 
@@ -83,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="gateway worker processes")
     p.add_argument("--quick", action="store_true", help="shorter traffic phase (for CI)")
     p.add_argument("--canary", action="store_true", help="a canary ramp instead of an A/B test")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave everything running (dashboard, API, gateway) until Ctrl-C",
+    )
     p.add_argument(
         "--cycle",
         action="store_true",

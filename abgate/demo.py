@@ -75,7 +75,13 @@ def _stop(name: str, proc: subprocess.Popen[bytes] | None) -> int:
 
 
 def run_demo(
-    *, workdir: Path, users: int, workers: int, quick: bool = False, canary: bool = False
+    *,
+    workdir: Path,
+    users: int,
+    workers: int,
+    quick: bool = False,
+    canary: bool = False,
+    keep: bool = False,
 ) -> int:
     from converters.demo import load_demo_holdout, train_demo_models, train_demo_stump
     from gateway.modelstore import ModelStore
@@ -97,6 +103,7 @@ def run_demo(
     print(f"== 2. embedded PostgreSQL (logs, experiments, decisions), data in {pg.data_dir}")
     token = secrets.token_hex(16)
     evaluator_target = f"127.0.0.1:{free_port()}"
+    http_target = f"127.0.0.1:{free_port()}"
     target = f"127.0.0.1:{free_port()}"
     # In the environment, not on a command line where `ps` would show it: the evaluator reads
     # ABGATE_TOKEN, the gateway ABGATE_EVALUATOR_TOKEN, and so do the commands below.
@@ -107,11 +114,19 @@ def run_demo(
         print(f"== 3. starting the evaluator on {evaluator_target} (token in ABGATE_TOKEN)")
         evaluator = _start(
             _abgate("--log-level", "WARNING", "evaluator", "--listen", evaluator_target,
+                    "--http-listen", http_target,
                     "--database-url", database_url, "--model-store", str(store_dir),
                     "--tick-interval", "0.5", "--settle", "0.5"),
             workdir / "evaluator.log",
         )  # fmt: skip
         wait_serving(evaluator_target, proc=evaluator)
+        # The fragment signs the browser tab in; it never reaches a server or a log.
+        print(f"   dashboard: http://{http_target}/#token={token}")
+        print(f"   (or open http://{http_target}/ and paste $ABGATE_TOKEN; HTTP/JSON API on the")
+        print(
+            f'   same port: curl -H "Authorization: Bearer $ABGATE_TOKEN" '
+            f"http://{http_target}/api/v1/experiments)"
+        )
         _ensure_demo_experiments(evaluator_target)
         print(f"== 4. starting the gateway: {workers} workers on {target}, subscribed to it")
         gateway = _start(
@@ -134,6 +149,8 @@ def run_demo(
         print("   " + verdict.replace("\n", "\n   ").rstrip())
         if rc != 0:
             print("abgate: error: the experiment did not reach 'promoted' in time", file=sys.stderr)
+        if keep:
+            _keep_running(f"http://{http_target}/", evaluator, gateway)
     except (RuntimeError, TimeoutError, RpcFailure, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", None) or ""
         print(f"abgate: error: demo failed: {exc} {detail}".rstrip(), file=sys.stderr)
@@ -150,6 +167,28 @@ def run_demo(
         finally:
             pg.stop()
     return rc if rc_gw == 0 else 1
+
+
+def _keep_running(url: str, *procs: subprocess.Popen[bytes] | None) -> None:
+    """``--keep``: leave the evaluator, the gateway and PostgreSQL up until Ctrl-C (or
+    SIGTERM), or until one of them exits."""
+    import signal
+    import time
+
+    stop: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    print(f"== running until Ctrl-C: dashboard {url}", flush=True)
+    try:
+        while not stop and all(p is None or p.poll() is None for p in procs):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _route_users(target: str, X: np.ndarray, y: np.ndarray, users: int) -> None:
