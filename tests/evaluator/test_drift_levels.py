@@ -175,7 +175,8 @@ def test_cli_sets_and_shows_the_levels(
     assert r.returncode == 1 and "INVALID_ARGUMENT" in r.stderr and "drift.alpha" in r.stderr
     r = abgate("experiments", "update", "lv", *target)  # no flag: says what it can change
     assert r.returncode == 1 and "INVALID_ARGUMENT" in r.stderr, r.stderr
-    assert "nothing to update: give feature_sample_rate or drift" in r.stderr
+    assert "nothing to update: give feature_sample_rate, drift" in r.stderr
+    assert "add_shadows or remove_shadows" in r.stderr
     r = abgate("experiments", "update", "lv", *target, "--psi-warn", "0.2")
     assert r.returncode == 0, r.stderr
     r = abgate("experiments", "show", "lv", *target, "--json", "--full")
