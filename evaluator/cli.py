@@ -516,6 +516,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     return cli.EXIT_OK
 
 
+def cmd_ask(args: argparse.Namespace) -> int:
+    """``abgate ask "…"``: a question in plain words, answered from the logs (evaluator.nlq)."""
+    import asyncio
+
+    from abgate.db.embedded import database_url
+    from evaluator.nlq import NotUnderstood, ask
+
+    if not args.question.strip():
+        raise cli.UsageError('ask takes a question, e.g. abgate ask "compare A and B"')
+    cli.local_database(args.database_url, args.pg_data)
+    with database_url(args.database_url, args.pg_data) as url:
+        try:
+            answer = asyncio.run(ask(url, args.question))
+        except NotUnderstood as exc:
+            cli.error(exc.message)
+            return cli.EXIT_FAILURE
+    print(json.dumps(answer, indent=1, sort_keys=True) if args.json else answer["answer"])
+    return cli.EXIT_OK
+
+
 def add_evaluator_parsers(subparsers: Any) -> None:
     from abgate.settings import EvaluatorSettings
 
@@ -677,6 +697,13 @@ def add_evaluator_parsers(subparsers: Any) -> None:
     )
 
     _add_report_parser(subparsers)
+    p = subparsers.add_parser(
+        "ask", help="a question in plain words: compare arms, recommend a rollout"
+    )
+    p.add_argument("question", help='e.g. "compare A and B over the last 7 days and recommend"')
+    p.add_argument("--json", action="store_true", help="the answer as JSON")
+    cli.add_database_flags(p)
+    p.set_defaults(func=cmd_ask)
 
 
 def _add_report_parser(subparsers: Any) -> None:

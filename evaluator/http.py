@@ -237,11 +237,13 @@ class HttpApi:
         token: str,
         snapshot: Callable[[], Any],
         timeline: Callable[[str, float | None], Awaitable[dict[str, Any]]] | None = None,
+        ask: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.servicer = servicer
         self.auth = TokenAuth(token)
         self.snapshot = snapshot  # the current cpb.ConfigSnapshot or None
         self.timeline = timeline  # (experiment, bucket seconds) -> the dashboard's series
+        self.ask = ask  # question -> evaluator.nlq's answer
 
     async def rpc(self, method: str, request: Message, http: Request) -> Any:
         client = http.client
@@ -473,6 +475,26 @@ async def timeline(api: HttpApi, request: Request) -> Response:
         raise HttpAbort(exc.code, exc.message) from None
 
 
+async def nlq(api: HttpApi, request: Request) -> Response:
+    """{"question": "…"}: the answer of ``evaluator.nlq.ask`` (the same as ``abgate ask``)."""
+    doc = await _json_object(request)
+    question = doc.get("question")
+    if not isinstance(question, str) or set(doc) != {"question"}:
+        raise InvalidArgument('give {"question": "…"} and nothing else', "question")
+    if api.ask is None:
+        raise HttpAbort(grpc.StatusCode.UNAVAILABLE, "no results database")
+    try:
+        return Json(await api.ask(question))
+    except AbgateError as exc:
+        if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+            from evaluator.nlq import EXAMPLES
+
+            body = {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": exc.message},
+                    "understood": False, "examples": list(EXAMPLES)}  # fmt: skip
+            return Json(body, status_code=400)
+        raise HttpAbort(exc.code, exc.message) from None
+
+
 async def canary_status(api: HttpApi, request: Request) -> Response:
     req = cpb.ExperimentRequest(name=request.path_params["name"])
     view = await api.rpc("GetExperiment", req, request)
@@ -690,6 +712,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("DELETE", f"{API}/shadow/{{experiment}}/{{shadow}}", "Stop mirroring to a shadow",
              shadow_stop, None, cpb.ExperimentView, tags=("compatible",),
              alias_of=f"PATCH {E} with remove_shadows"),
+    Endpoint("POST", "/nlq", "A question in plain words ({\"question\": …}): winner, "
+             "p_value, effect_size with its CI, recommendation, window and rows used",
+             nlq, "Question", "Answer", tags=("questions",)),
     Endpoint("GET", "/experiment/config", "The config snapshot gateways run (?experiment=: "
              "one experiment's)", experiment_config, answer=cpb.ConfigSnapshot,
              tags=("compatible",)),
@@ -775,6 +800,31 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "weights": {"type": "object", "additionalProperties": {"type": "number"}},
             "canary": {"type": "object"},
             "verdict": {"type": "object"},
+        },
+    },
+    "Question": {
+        "type": "object",
+        "required": ["question"],
+        "properties": {"question": {"type": "string", "maxLength": 1000}},
+    },
+    "Answer": {
+        "type": "object",
+        "properties": {
+            k: {"type": ["string", "number", "object", "array", "null"]}
+            for k in (
+                "winner",
+                "p_value",
+                "effect_size",
+                "ci",
+                "recommendation",
+                "answer",
+                "window",
+                "n",
+                "values",
+                "metric",
+                "arms",
+                "understood",
+            )
         },
     },
     "ShadowStart": {

@@ -494,6 +494,12 @@ class EvaluatorServer:
         # The tests per bucket are numpy/scipy work: off the loop the config stream runs on.
         return await asyncio.to_thread(lambda: timeline_json(data, metric_series(data)))
 
+    async def ask(self, question: str) -> dict[str, Any]:
+        """``evaluator.nlq.ask`` on this evaluator's database (``POST /nlq``)."""
+        from evaluator.nlq import ask
+
+        return await ask(self._url, question)
+
     def feature_names(self, experiment: str, arm: str) -> tuple[str, ...]:
         """The names of the features the arm's current model reads (its metadata in the model
         store; captured features are positions in that input vector), () when unknown."""
@@ -1256,7 +1262,7 @@ class EvaluatorServer:
             from evaluator.http import HttpApi, serve_http
 
             hhost, hport = split_listen(s.http_listen)
-            api = HttpApi(admin, s.token, lambda: self.publisher.current, self.timeline)
+            api = HttpApi(admin, s.token, lambda: self.publisher.current, self.timeline, self.ask)
             tls = (str(s.tls_cert), str(s.tls_key)) if s.tls_cert and s.tls_key else None
             ca = str(s.tls_client_ca) if s.tls_client_ca else None
             self.http = await serve_http(api.app(), hhost, hport, tls=tls, client_ca=ca)

@@ -1,0 +1,119 @@
+"""Questions in plain words: the parser against a table of phrasings (tests/evaluator/data/
+nlq_phrasings.json: misspellings, windows, metrics, and questions it must refuse, naming the
+part it did not understand), and answers through ``abgate ask`` and ``POST /nlq`` on a real
+evaluator and PostgreSQL, computed with the policies' test."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from evaluator.nlq import EXAMPLES, Catalog, NotUnderstood, parse
+
+TABLE = json.loads((Path(__file__).parent / "data" / "nlq_phrasings.json").read_text())
+
+
+def _epoch(text: str) -> float:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp()
+
+
+CATALOG = Catalog(
+    experiments=TABLE["catalog"]["experiments"],
+    models={k: (v[0], v[1]) for k, v in TABLE["catalog"]["models"].items()},
+)
+NOW = _epoch(TABLE["now"])
+
+
+def test_the_table_has_enough_phrasings() -> None:
+    assert len(TABLE["cases"]) >= 40
+    assert sum("refuse" in c for c in TABLE["cases"]) >= 8
+
+
+@pytest.mark.parametrize("case", TABLE["cases"], ids=lambda c: c["q"][:40] or "empty")
+def test_each_phrasing(case: dict[str, Any]) -> None:
+    if "refuse" in case:
+        with pytest.raises(NotUnderstood) as info:
+            parse(case["q"], CATALOG, NOW)
+        assert case["refuse"] in info.value.message
+        assert EXAMPLES[0] in info.value.message  # with examples of what it can answer
+        return
+    q = parse(case["q"], CATALOG, NOW)
+    assert q.experiment == case["experiment"]
+    if "arms" in case:
+        assert list(q.arms) == case["arms"]
+    if "metric" in case:
+        assert q.metric == case["metric"]
+    assert q.window.label == case.get("window", "the whole experiment")
+    if "start" in case:
+        assert q.window.start == pytest.approx(_epoch(case["start"]))
+    assert q.recommend == case.get("recommend", False)
+
+
+def test_asked_through_the_cli_and_http(fresh_db: str, demo_store: Any) -> None:
+    from abgate.v1 import control_pb2 as cpb
+    from evaluator.results import load_results
+    from evaluator.stats import ArmStats, sequential_test
+    from tests.evaluator.conftest import InProcessEvaluator, ab_definition, evaluator_settings
+    from tests.evaluator.test_drift import _rows, insert_rows
+    from tests.evaluator.test_http_api import Http
+
+    ev = InProcessEvaluator(
+        evaluator_settings(
+            fresh_db, demo_store.root, http_listen="127.0.0.1:0", settle=0.0, tick_interval=3600
+        )
+    )
+    try:
+        shas = {m.id: m.sha256 for m in demo_store.metas.values()}
+        d = ab_definition("checkout", shas["demo-logreg"], shas["demo-gbdt"],
+                          primary_metric="score", min_samples=10**6)  # fmt: skip
+        ev.admin.call("CreateExperiment", cpb.CreateExperimentRequest(definition=d))
+        rng = np.random.default_rng(3)
+        insert_rows(fresh_db, "checkout", "control", _rows(rng, 400, 2.0, 5.0, 0))
+        insert_rows(fresh_db, "checkout", "treatment", _rows(rng, 400, 5.0, 2.0, 1000))
+        question = "compare A and B over the last 7 days and recommend a rollout"
+        http = Http(ev.server.http_port)
+        got = http("POST", "/nlq", {"question": question})
+        assert got.status == 200, got.doc
+        a = got.doc
+        assert a["experiment"] == "checkout" and a["arms"] == ["control", "treatment"]
+        assert a["window"]["label"] == "last 7 days" and a["n"] == {
+            "control": 400,
+            "treatment": 400,
+        }
+        # The policies' test on the same rows.
+        import asyncio
+
+        data = asyncio.run(load_results(fresh_db, "checkout", None))
+        c, t = (np.asarray(data.metric[arm]).sum(axis=0) for arm in ("control", "treatment"))
+        r = sequential_test(ArmStats(int(c[0]), c[1], c[2]), ArmStats(int(t[0]), t[1], t[2]), 0.05)
+        assert a["p_value"] == pytest.approx(r.p_value, rel=1e-9, abs=1e-300)
+        assert a["effect_size"] == pytest.approx(r.effect, rel=1e-9)
+        assert a["winner"] == "treatment" and a["ci"][0] > 0
+        # At 50 % the next canary stage is 100 %.
+        assert (
+            a["recommendation"] == "promote treatment to 100 %; watch error rate and p99 for 24 h"
+        )
+        refused = http("POST", "/nlq", {"question": "what is the weather"})
+        assert refused.status == 400 and "“weather”" in refused.doc["error"]["message"]
+        assert refused.doc["examples"] == list(EXAMPLES)
+        assert http("POST", "/nlq", {"q": "x"}).status == 400
+        env = {"PATH": "/usr/bin:/bin"}
+        ask = [sys.executable, "-m", "abgate", "ask"]
+        r2 = subprocess.run([*ask, question, "--database-url", fresh_db], capture_output=True,
+                            text=True, timeout=60, env=env)  # fmt: skip
+        assert r2.returncode == 0, r2.stderr
+        assert "checkout, score over last 7 days: control" in r2.stdout
+        assert "winner: treatment" in r2.stdout
+        r3 = subprocess.run([sys.executable, "-m", "abgate", "ask", "compare bananas",
+                             "--database-url", fresh_db], capture_output=True, text=True,
+                            timeout=60, env=env)  # fmt: skip
+        assert r3.returncode == 1 and "“bananas”" in r3.stderr and "I can answer" in r3.stderr
+    finally:
+        ev.close()
