@@ -62,6 +62,15 @@ WINDOW_WORDS = frozenset({"last", "past", "since", "today", "yesterday", "this",
                           "hour", "ago", *UNITS, *WEEKDAYS, *NUMBERS})  # fmt: skip
 
 
+# metric -> (tp, fp, fn, tn) -> (rows where it is 1, rows it is over): each a rate of 0/1 values
+CONFUSION = {
+    "accuracy": lambda tp, fp, fn, tn: (tp + tn, tp + fp + fn + tn),
+    "precision": lambda tp, fp, fn, tn: (tp, tp + fp),
+    "recall": lambda tp, fp, fn, tn: (tp, tp + fn),
+    "fpr": lambda tp, fp, fn, tn: (fp, fp + tn),
+}
+
+
 class NotUnderstood(InvalidArgument):
     """A question the parser cannot read; the message names the part and gives examples."""
 
@@ -246,15 +255,12 @@ def answer_query(q: Query, data: Any) -> dict[str, Any]:
     state = data.state
     arms = list(q.arms) or list(data.arms[:2])
     metric = q.metric or state.primary_metric
-    if metric in ("precision", "recall", "fpr"):
-        raise NotUnderstood(
-            f"{metric} per arm is not measured yet (the evaluator keeps accuracy, outcome rate "
-            "and score per arm); ask for accuracy"
-        )
-    if metric in ("accuracy", "outcome", "score") and metric != state.primary_metric:
+    confused = metric in CONFUSION and metric != state.primary_metric
+    if metric in ("outcome", "score") and metric != state.primary_metric:
         raise NotUnderstood(
             f"{q.experiment} measures {state.primary_metric}, not {metric}: ask for "
-            f"{state.primary_metric}, error rate, throughput or latency"
+            f"{state.primary_metric}, accuracy, precision, recall, FPR, error rate, throughput "
+            "or latency"
         )
     ends = data.edges()[1:]
     starts = data.edges()[:-1]
@@ -274,6 +280,12 @@ def answer_query(q: Query, data: Any) -> dict[str, Any]:
             s = ArmStats(int(served.sum()), float(errors.sum()), float(errors.sum()))
         elif metric == "throughput" or metric.startswith("latency_"):
             s = ArmStats(int(served.sum()), 0.0, 0.0)
+        elif confused:
+            tp, fp, fn, tn = np.asarray(data.confusion.get(arm, np.zeros((len(ends), 4))))[
+                inside
+            ].sum(axis=0)
+            hits, rows = CONFUSION[metric](tp, fp, fn, tn)
+            s = ArmStats(int(rows), float(hits), float(hits))  # 0/1 values
         else:
             m = np.asarray(data.metric.get(arm, np.zeros((len(ends), 3))))[inside]
             s = ArmStats(int(m[:, 0].sum()), float(m[:, 1].sum()), float(m[:, 2].sum()))

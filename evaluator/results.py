@@ -101,6 +101,9 @@ class ExperimentResults:
     # (arm, measure) -> its drift_history points, oldest first, at most one per bucket;
     # measure: score, class, feature:I (I: its position), decay:accuracy, decay:outcome
     drift: dict[tuple[str, str], list[DriftPoint]] = field(default_factory=dict)
+    # (n_buckets, 4): true/false positives, false/true negatives of the labelled rows, by arm
+    # (label > 0 said positive, outcome > 0 was positive), by when the later was logged
+    confusion: dict[str, np.ndarray] = field(default_factory=dict)
 
     def measure_label(self, arm: str, measure: str) -> str:
         """``measure`` as the report names it: a feature with its model's name when the
@@ -230,6 +233,21 @@ SELECT {_bucket("greatest(pts, ots)")} AS b, arm, count(*) AS n,
        count(*) FILTER (WHERE value = label) AS correct
 FROM pairs GROUP BY 1, 2
 """
+# The confusion counts of the same pairs, by when the later of the two was logged: label > 0 is
+# a positive prediction, value > 0 a positive outcome (binary labels; precision, recall, FPR).
+_CONFUSION = f"""{_SERVED_ONCE}, pairs AS (
+    SELECT DISTINCT ON (o.request_id, o.source) p.ts AS pts, o.ts AS ots, p.arm,
+           p.label > 0 AS said, o.value > 0 AS was
+    FROM served p JOIN outcomes o ON o.request_id = p.request_id
+    WHERE p.status = 0 AND (o.client_identity = p.client_identity OR o.any_identity)
+    ORDER BY o.request_id, o.source, o.seq
+)
+SELECT {_bucket("greatest(pts, ots)")} AS b, arm,
+       count(*) FILTER (WHERE said AND was) AS tp, count(*) FILTER (WHERE said AND NOT was) AS fp,
+       count(*) FILTER (WHERE NOT said AND was) AS fn,
+       count(*) FILTER (WHERE NOT said AND NOT was) AS tn
+FROM pairs GROUP BY 1, 2
+"""
 _METRIC_SCORE = f"""{_SERVED_ONCE}
 SELECT {_bucket("ts")} AS b, arm, count(*) AS n, sum(scores[2]::float8) AS s,
        sum(scores[2]::float8 * scores[2]::float8) AS ss, 0 AS correct
@@ -351,8 +369,9 @@ async def _load(
     served_rows = await conn.fetch(_SERVED, *args)
     metric_sql = _METRIC_SCORE if state.primary_metric == "score" else _METRIC_OUTCOMES
     metric_rows = await conn.fetch(metric_sql, *args)
+    confusion_rows = await conn.fetch(_CONFUSION, *args)
     pair_rows = await conn.fetch(_SHADOW_PAIRS, *args) if _any_shadows(versions) else []
-    seen = [int(r["b"]) for r in (*served_rows, *metric_rows, *pair_rows)]
+    seen = [int(r["b"]) for r in (*served_rows, *metric_rows, *pair_rows, *confusion_rows)]
     n_buckets = max([math.floor((t1 - t0) / width) + 1, *(b + 1 for b in seen)])
     n_buckets = min(n_buckets, MAX_BUCKETS)
 
@@ -368,6 +387,15 @@ async def _load(
             row += (r["n"], r["correct"], r["correct"])
         else:
             row += (r["n"], r["s"], r["ss"])
+    confusion: dict[str, np.ndarray] = {}
+    for r in confusion_rows:
+        if r["b"] < n_buckets:
+            confusion.setdefault(r["arm"], np.zeros((n_buckets, 4), np.int64))[r["b"]] += (
+                r["tp"],
+                r["fp"],
+                r["fn"],
+                r["tn"],
+            )
     pairs: dict[str, np.ndarray] = {}
     for r in pair_rows:
         pairs.setdefault(r["shadow"], np.zeros((n_buckets, 2), np.int64))[r["b"]] += (
@@ -413,6 +441,7 @@ async def _load(
         models=await _model_names(conn, name, versions),
         shadow_pairs=pairs,
         shadow_summary=summary,
+        confusion=confusion,
         generated_at=time.time(),
         drift=drift,
     )

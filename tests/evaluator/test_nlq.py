@@ -56,6 +56,23 @@ def test_each_phrasing(case: dict[str, Any]) -> None:
     assert q.recommend == case.get("recommend", False)
 
 
+def _insert_outcomes(url: str, outcomes: list[tuple[str, float]]) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.executemany(
+                "INSERT INTO outcomes (request_id, value) VALUES ($1, $2)", outcomes
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
 def test_asked_through_the_cli_and_http(fresh_db: str, demo_store: Any) -> None:
     from abgate.v1 import control_pb2 as cpb
     from evaluator.results import load_results
@@ -75,8 +92,19 @@ def test_asked_through_the_cli_and_http(fresh_db: str, demo_store: Any) -> None:
                           primary_metric="score", min_samples=10**6)  # fmt: skip
         ev.admin.call("CreateExperiment", cpb.CreateExperimentRequest(definition=d))
         rng = np.random.default_rng(3)
-        insert_rows(fresh_db, "checkout", "control", _rows(rng, 400, 2.0, 5.0, 0))
-        insert_rows(fresh_db, "checkout", "treatment", _rows(rng, 400, 5.0, 2.0, 1000))
+        rows = {
+            "control": _rows(rng, 400, 2.0, 5.0, 0),
+            "treatment": _rows(rng, 400, 5.0, 2.0, 1000),
+        }
+        confusion = {}
+        for arm, arm_rows in rows.items():
+            insert_rows(fresh_db, "checkout", arm, arm_rows)
+            outcomes = [(r["rid"], float(rng.random() < r["score"])) for r in arm_rows]
+            _insert_outcomes(fresh_db, outcomes)
+            said = np.array([r["label"] > 0 for r in arm_rows])
+            was = np.array([v > 0 for _, v in outcomes])
+            confusion[arm] = (int((said & was).sum()), int((said & ~was).sum()),
+                              int((~said & was).sum()), int((~said & ~was).sum()))  # fmt: skip
         question = "compare A and B over the last 7 days and recommend a rollout"
         http = Http(ev.server.http_port)
         got = http("POST", "/nlq", {"question": question})
@@ -100,6 +128,16 @@ def test_asked_through_the_cli_and_http(fresh_db: str, demo_store: Any) -> None:
         assert (
             a["recommendation"] == "promote treatment to 100 %; watch error rate and p99 for 24 h"
         )
+        # Precision, recall and FPR per arm from the labelled rows (binary labels).
+        for metric, pick in (("precision", lambda tp, fp, fn, tn: tp / (tp + fp)),
+                             ("recall", lambda tp, fp, fn, tn: tp / (tp + fn)),
+                             ("FPR", lambda tp, fp, fn, tn: fp / (fp + tn)),
+                             ("accuracy", lambda tp, fp, fn, tn: (tp + tn) / 400)):  # fmt: skip
+            got = http("POST", "/nlq", {"question": f"{metric} of A vs B last 7 days"})
+            assert got.status == 200, got.doc
+            for arm in ("control", "treatment"):
+                assert got.doc["values"][arm] == pytest.approx(pick(*confusion[arm]), rel=1e-12)
+            assert got.doc["p_value"] is not None
         refused = http("POST", "/nlq", {"question": "what is the weather"})
         assert refused.status == 400 and "“weather”" in refused.doc["error"]["message"]
         assert refused.doc["examples"] == list(EXAMPLES)
