@@ -87,6 +87,14 @@ _EARLIER_OUTCOMES = f"""earlier AS (
     WHERE $1 > 0
 )"""
 
+# Confusion counts of the counted pairs (migration 0016): label > 0 said positive, outcome
+# value > 0 was positive.
+_CONFUSION_COUNTS = """count(*) FILTER (WHERE label > 0) AS said_pos,
+       count(*) FILTER (WHERE value > 0) AS was_pos,
+       count(*) FILTER (WHERE label > 0 AND value > 0) AS true_pos"""
+_CONFUSION_ADD = """said_pos = a.said_pos + EXCLUDED.said_pos,
+    was_pos = a.was_pos + EXCLUDED.was_pos, true_pos = a.true_pos + EXCLUDED.true_pos"""
+
 # The slot (migration 0015) of a current row answered at {0}: the start of its slot of {1}
 # seconds, the rolling window's unit.
 _SLOT = "to_timestamp(floor(extract(epoch FROM {0}) / {1}) * {1})"
@@ -203,15 +211,17 @@ WITH older AS (
 ), {_SKIPPED_OUTCOMES}, joined AS (
     SELECT experiment, config_version, arm, count(*) AS outcome_n,
            sum(value) AS outcome_sum, sum(value * value) AS outcome_sumsq,
-           count(*) FILTER (WHERE value = label) AS correct
+           count(*) FILTER (WHERE value = label) AS correct, {_CONFUSION_COUNTS}
     FROM pairs WHERE eligible AND first
     GROUP BY 1, 2, 3
 ), {_DECAY_NEW}
 INSERT INTO arm_stats AS a (experiment, config_version, arm, served, errors, score_sum,
-                            score_sumsq, outcome_n, outcome_sum, outcome_sumsq, correct)
+                            score_sumsq, outcome_n, outcome_sum, outcome_sumsq, correct,
+                            said_pos, was_pos, true_pos)
 SELECT s.experiment, s.config_version, s.arm, s.served, s.errors, s.score_sum, s.score_sumsq,
        coalesce(j.outcome_n, 0), coalesce(j.outcome_sum, 0), coalesce(j.outcome_sumsq, 0),
-       coalesce(j.correct, 0)
+       coalesce(j.correct, 0), coalesce(j.said_pos, 0), coalesce(j.was_pos, 0),
+       coalesce(j.true_pos, 0)
 FROM served s LEFT JOIN joined j USING (experiment, config_version, arm)
 ON CONFLICT (experiment, config_version, arm) DO UPDATE SET
     served = a.served + EXCLUDED.served,
@@ -221,7 +231,7 @@ ON CONFLICT (experiment, config_version, arm) DO UPDATE SET
     outcome_n = a.outcome_n + EXCLUDED.outcome_n,
     outcome_sum = a.outcome_sum + EXCLUDED.outcome_sum,
     outcome_sumsq = a.outcome_sumsq + EXCLUDED.outcome_sumsq,
-    correct = a.correct + EXCLUDED.correct
+    correct = a.correct + EXCLUDED.correct, {_CONFUSION_ADD}
 """
 
 # New outcomes: an eligible one counts when no eligible outcome of its request id and source
@@ -244,16 +254,16 @@ WITH met AS (
     LEFT JOIN earlier ON earlier.seq = met.seq
 ), {_SKIPPED_OUTCOMES}, {_DECAY_NEW}
 INSERT INTO arm_stats AS a (experiment, config_version, arm, outcome_n, outcome_sum,
-                            outcome_sumsq, correct)
+                            outcome_sumsq, correct, said_pos, was_pos, true_pos)
 SELECT experiment, config_version, arm, count(*), sum(value), sum(value * value),
-       count(*) FILTER (WHERE value = label)
+       count(*) FILTER (WHERE value = label), {_CONFUSION_COUNTS}
 FROM pairs WHERE eligible AND first
 GROUP BY 1, 2, 3
 ON CONFLICT (experiment, config_version, arm) DO UPDATE SET
     outcome_n = a.outcome_n + EXCLUDED.outcome_n,
     outcome_sum = a.outcome_sum + EXCLUDED.outcome_sum,
     outcome_sumsq = a.outcome_sumsq + EXCLUDED.outcome_sumsq,
-    correct = a.correct + EXCLUDED.correct
+    correct = a.correct + EXCLUDED.correct, {_CONFUSION_ADD}
 """
 
 
@@ -737,7 +747,7 @@ def _count(status: str) -> int:
 # -- reading ------------------------------------------------------------------------------------
 _SUMS = (
     "served", "errors", "score_sum", "score_sumsq", "outcome_n", "outcome_sum", "outcome_sumsq",
-    "correct",
+    "correct", "said_pos", "was_pos", "true_pos",
 )  # fmt: skip
 
 
@@ -753,7 +763,22 @@ class ArmTotals:
     outcome_sum: float = 0.0
     outcome_sumsq: float = 0.0
     correct: int = 0
+    said_pos: int = 0  # labelled rows predicted positive (label > 0)
+    was_pos: int = 0  # labelled rows whose outcome was positive (value > 0)
+    true_pos: int = 0  # both
     latency: dict[int, int] = field(default_factory=dict)  # bucket -> rows
+
+    def confusion(self) -> dict[str, float | None]:
+        """Precision, recall and false-positive rate of the labelled rows (None: no rows)."""
+        tp, n = self.true_pos, self.outcome_n
+        fp, fn = self.said_pos - tp, self.was_pos - tp
+        tn = n - tp - fp - fn
+
+        def rate(a: int, b: int) -> float | None:
+            return a / b if b > 0 else None
+
+        return {"precision": rate(tp, tp + fp), "recall": rate(tp, tp + fn),
+                "fpr": rate(fp, fp + tn)}  # fmt: skip
 
     def add(self, other: Mapping[str, float]) -> None:
         for name in _SUMS:
@@ -786,7 +811,8 @@ async def arm_totals(
         "SELECT arm, sum(served) AS served, sum(errors) AS errors, sum(score_sum) AS score_sum,"
         " sum(score_sumsq) AS score_sumsq, sum(outcome_n) AS outcome_n,"
         " sum(outcome_sum) AS outcome_sum, sum(outcome_sumsq) AS outcome_sumsq,"
-        " sum(correct) AS correct FROM arm_stats WHERE experiment = $1 AND config_version >= $2"
+        " sum(correct) AS correct, sum(said_pos) AS said_pos, sum(was_pos) AS was_pos,"
+        " sum(true_pos) AS true_pos FROM arm_stats WHERE experiment = $1 AND config_version >= $2"
         " GROUP BY arm",
         experiment,
         since_version,
@@ -1007,7 +1033,8 @@ async def arm_totals_by_version(
     out: dict[int, dict[str, ArmTotals]] = {}
     rows = await conn.fetch(
         "SELECT config_version, arm, served, errors, score_sum, score_sumsq, outcome_n,"
-        " outcome_sum, outcome_sumsq, correct FROM arm_stats WHERE experiment = $1",
+        " outcome_sum, outcome_sumsq, correct, said_pos, was_pos, true_pos FROM arm_stats"
+        " WHERE experiment = $1",
         experiment,
     )
     for r in rows:
@@ -1095,6 +1122,7 @@ def build_arm_data(
             window_slow=a.slower_than(limit_us) if limit_us > 0 else 0,
             p99_ms=a.latency_quantile_us(0.99) / 1000.0,
             splits=tuple(splits),
+            confusion=a.confusion(),
         )
     return data
 

@@ -266,6 +266,13 @@ def _print_view(view: cpb.ExperimentView, as_json: bool) -> None:
     if details.get("round", 1) > 1:
         arms = " vs ".join(f"{a.name} ({a.model[:12]})" for a in d.arms)
         print(f"  round {details['round']}: {arms}")
+    for arm, a in details.get("statistics", {}).get("arms", {}).items():
+        rates = [(k, a.get(k)) for k in ("precision", "recall", "fpr")]
+        if any(v is not None for _, v in rates):
+            shown_rates = ", ".join(
+                f"{'FPR' if k == 'fpr' else k} {'-' if v is None else f'{v:.4f}'}" for k, v in rates
+            )
+            print(f"  labelled rows of {arm}: {shown_rates}")
     if d.feature_sample_rate:
         print(f"  feature capture: {d.feature_sample_rate:.4g} of served predictions")
     t = d.drift

@@ -75,6 +75,8 @@ class ArmData:
     # same order, for every arm. Empty: one split, the current one, described by the fields
     # above.
     splits: tuple[SplitCell, ...] = ()
+    # precision, recall, fpr of the labelled rows (binary labels; None without rows)
+    confusion: Mapping[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ def _arms_json(state: ExperimentState, data: Mapping[str, ArmData]) -> dict[str,
             "window_errors": d.window_errors,
             "window_slow": d.window_slow,
             "p99_ms": _num(d.p99_ms),
+            **{k: v for k, v in d.confusion.items()},
         }
     return out
 

@@ -73,7 +73,9 @@ def _insert_outcomes(url: str, outcomes: list[tuple[str, float]]) -> None:
     asyncio.run(run())
 
 
-def test_asked_through_the_cli_and_http(fresh_db: str, demo_store: Any) -> None:
+def test_asked_through_the_cli_and_http(
+    fresh_db: str, demo_store: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     from abgate.v1 import control_pb2 as cpb
     from evaluator.results import load_results
     from evaluator.stats import ArmStats, sequential_test
@@ -138,6 +140,20 @@ def test_asked_through_the_cli_and_http(fresh_db: str, demo_store: Any) -> None:
             for arm in ("control", "treatment"):
                 assert got.doc["values"][arm] == pytest.approx(pick(*confusion[arm]), rel=1e-12)
             assert got.doc["p_value"] is not None
+        # The same rates per arm in the evaluator's aggregates: experiments show (and --json).
+        ev.call(ev.server.tick())
+        view = ev.admin.call("GetExperiment", cpb.ExperimentRequest(name="checkout"))
+        arms = json.loads(view.details_json)["statistics"]["arms"]
+        for arm, (tp, fp, fn, tn) in confusion.items():
+            assert arms[arm]["precision"] == pytest.approx(tp / (tp + fp), rel=1e-12)
+            assert arms[arm]["recall"] == pytest.approx(tp / (tp + fn), rel=1e-12)
+            assert arms[arm]["fpr"] == pytest.approx(fp / (fp + tn), rel=1e-12)
+        from evaluator.cli import _print_view
+
+        _print_view(view, False)
+        tp, fp, fn, tn = confusion["treatment"]
+        shown = capsys.readouterr().out
+        assert f"labelled rows of treatment: precision {tp / (tp + fp):.4f}, recall" in shown
         refused = http("POST", "/nlq", {"question": "what is the weather"})
         assert refused.status == 400 and "“weather”" in refused.doc["error"]["message"]
         assert refused.doc["examples"] == list(EXAMPLES)
