@@ -206,8 +206,8 @@ def test_psi_on_the_rolling_window_sees_a_late_shift(capsys: pytest.CaptureFixtu
     # a level before the window is full of shifted rows; on the cumulative window the 40,000
     # steady rows dilute it.
     late = {"covariate_shift": 0.5, "shift_after": 40_000}
-    windowed = [run_monitor(MonitorScenario(window_ticks=24, **late), rng) for _ in range(40)]
-    cumulative = [run_monitor(MonitorScenario(**late), rng) for _ in range(20)]
+    windowed = [run_monitor(MonitorScenario(window_ticks=24, **late), rng) for _ in range(20)]
+    cumulative = [run_monitor(MonitorScenario(**late), rng) for _ in range(10)]
     delays = sorted(o.psi_delay_rows for o in windowed if o.psi_delay_rows >= 0)
     assert len(delays) / len(windowed) >= 0.95
     assert all(o.psi_tick < 0 or o.psi_delay_rows >= 0 for o in windowed)  # none before
