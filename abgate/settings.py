@@ -107,6 +107,11 @@ class GatewaySettings:
     offload_rows: int = doc("batches with at least this many rows run off the event loop", 512)
     watch_interval: float = doc("seconds between config file checks (0 = SIGHUP only)", 1.0)
     metrics_listen: str = doc("host:port for Prometheus /metrics (empty = off; worker i: +i)", "")
+    http_listen: str = doc(
+        "host:port for the Open Inference Protocol V2 over HTTP/REST (empty = off; every worker "
+        "shares the port)",
+        "",
+    )
     log_predictions: bool = doc("log every prediction to PostgreSQL", True)
     database_url: str = doc("PostgreSQL URL for logs; empty starts an embedded server", "")
     pg_data: Path = doc("data directory of the embedded PostgreSQL", Path("var/pg"))

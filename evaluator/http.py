@@ -16,19 +16,14 @@ step. The OpenAPI document is generated from the same messages' descriptors
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import math
-import socket
-import ssl
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-import uvicorn
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -39,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from abgate.errors import AbgateError, InvalidArgument, Unavailable, shown
+from abgate.errors import AbgateError, InvalidArgument, shown
 from abgate.v1 import control_pb2 as cpb
 from evaluator.experiments import CANARY_STAGES
 from evaluator.service import (
@@ -959,67 +954,3 @@ def openapi_document() -> dict[str, Any]:
         },
         "security": [{"bearer": []}],
     }
-
-
-# -- serving ------------------------------------------------------------------------------------
-class _Server(uvicorn.Server):
-    """uvicorn on the evaluator's loop: the evaluator handles SIGTERM/SIGINT itself."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@dataclass
-class HttpServer:
-    server: _Server
-    task: asyncio.Task[None]
-    port: int
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(self.task, 10)
-
-
-async def serve_http(
-    app: ASGIApp,
-    host: str,
-    port: int,
-    *,
-    tls: tuple[str, str] | None = None,
-    client_ca: str | None = None,
-) -> HttpServer:
-    """``app`` on host:port (0: any free port) until ``stop``; Unavailable when the address is
-    taken. ``tls``: (certificate, key) PEM files; ``client_ca``: require client certificates."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise Unavailable(f"cannot listen on {host}:{port} for HTTP: {exc.strerror}") from None
-    sock.listen(128)
-    sock.setblocking(False)
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        loop="none",
-        ssl_certfile=tls[0] if tls else None,
-        ssl_keyfile=tls[1] if tls else None,
-        ssl_ca_certs=client_ca,
-        ssl_cert_reqs=ssl.CERT_REQUIRED if client_ca else ssl.CERT_NONE,
-        limit_max_requests=None,
-        timeout_graceful_shutdown=5,
-    )
-    server = _Server(config)
-    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()  # raises what stopped it
-            raise Unavailable(f"the HTTP server on {host}:{port} stopped at start")
-        await asyncio.sleep(0.01)
-    return HttpServer(server, task, int(sock.getsockname()[1]))

@@ -1259,7 +1259,8 @@ class EvaluatorServer:
             self.metrics_httpd = serve_collectors(collectors, mhost, mport)
             self.metrics_port = int(self.metrics_httpd.server_port)
         if s.http_listen:
-            from evaluator.http import HttpApi, serve_http
+            from abgate.http_server import serve_http
+            from evaluator.http import HttpApi
 
             hhost, hport = split_listen(s.http_listen)
             api = HttpApi(admin, s.token, lambda: self.publisher.current, self.timeline, self.ask)

@@ -70,6 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if settings.metrics_listen
         else None
     )
+    if settings.http_listen:
+        listen_address(settings.http_listen, "--http-listen")
     try:
         event_loop_factory(settings.event_loop)
     except ValueError as exc:

@@ -389,10 +389,11 @@ def method_handlers(
     max_batch_rows: int,
     offload_rows: int,
     durable: bool = False,
-) -> dict[str, grpc.RpcMethodHandler]:
-    """The handlers of ``inference.GRPCInferenceService`` (OIP_SERVICE_NAME), by method."""
+) -> tuple[dict[str, grpc.RpcMethodHandler], OipServicer]:
+    """The handlers of ``inference.GRPCInferenceService`` (OIP_SERVICE_NAME), by method, and
+    the servicer behind them (the REST side, ``gateway.oip_http``, calls the same one)."""
     servicer = OipServicer(
         dataplane, executor, max_batch_rows=max_batch_rows, offload_rows=offload_rows,
         durable=durable,
     )  # fmt: skip
-    return servicer.method_handlers()
+    return servicer.method_handlers(), servicer

@@ -88,6 +88,9 @@ class GatewayServer:
         self.feature_writer: LogWriter | None = None  # captured request features
         self.metrics_httpd: Any = None
         self.metrics_port = 0
+        self.oip_servicer: Any = None
+        self.oip_http: Any = None  # gateway.oip_http.OipHttpServer with --http-listen
+        self.http_port = 0
         self._embedded: EmbeddedPostgres | None = None
         self.store = ModelStore(settings.model_store)
         self.variants = VariantCache(self.store, SessionOptions.from_settings(settings))
@@ -232,7 +235,7 @@ class GatewayServer:
         )
         self.surface.add(SERVICE_NAME, servicer.method_handlers(), limited=True)
         # The Open Inference Protocol V2 beside the native API, on the same port.
-        oip_handlers = oip.method_handlers(
+        oip_handlers, self.oip_servicer = oip.method_handlers(
             self.dataplane, self.executor, max_batch_rows=s.max_batch_rows,
             offload_rows=s.offload_rows, durable=durable,
         )  # fmt: skip
@@ -260,6 +263,13 @@ class GatewayServer:
             raise Unavailable(f"cannot listen on {s.listen} (address in use?): {exc}") from None
         await server.start()
         self._server = server
+        if s.http_listen:
+            from gateway.oip_http import OipHttp, OipHttpServer
+
+            hhost, hport = split_listen(s.http_listen)
+            rest = OipHttp(self.oip_servicer, asyncio.get_running_loop(), self.client_tokens)
+            self.oip_http = await asyncio.to_thread(OipHttpServer, rest.app(), hhost, hport)
+            self.http_port = self.oip_http.port
         if s.metrics_listen:
             mhost, mport = split_listen(s.metrics_listen)
             collectors = (GatewayCollector(self), self.surface.metrics)
@@ -351,6 +361,8 @@ class GatewayServer:
         # stop would answer a call that races it with CANCELLED or UNAVAILABLE at random.
         self.dataplane.draining = True
         await self.surface.drain()
+        if self.oip_http is not None:
+            await asyncio.to_thread(self.oip_http.stop)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.settings.grace_seconds if grace is None else grace)
         while self.dataplane.offloaded and loop.time() < deadline:

@@ -1,0 +1,362 @@
+"""The Open Inference Protocol V2 over HTTP/REST (issue #17): off by default, ``abgate serve
+--http-listen HOST:PORT``. The KServe V2 REST paths, each the gRPC call of the same name on the
+same ``OipServicer`` (one code path: routing, validation, logging, idempotency, statuses):
+
+    GET  /v2/health/live · /v2/health/ready     ServerLive · ServerReady
+    GET  /v2                                    ServerMetadata
+    GET  /v2/models/{name}[/versions/{v}]       ModelMetadata
+    GET  /v2/models/{name}[/versions/{v}]/ready ModelReady
+    POST /v2/models/{name}[/versions/{v}]/infer ModelInfer (JSON tensors)
+
+The HTTP server runs on its own thread and event loop: it reads, parses and encodes JSON there,
+and hands each call to the gateway's loop as one coroutine (``run_coroutine_threadsafe``), so
+the gRPC loop never waits on a slow HTTP client. Not done: Triton's binary-tensor extension
+(``Inference-Header-Content-Length``): a request using it is refused with 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from abgate.oip.v2 import grpc_predict_v2_pb2 as oip
+from gateway.auth import CLIENT_IDENTITY, ClientTokens
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 << 20
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409, grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+}  # fmt: skip
+# REST datatype -> (the InferTensorContents field, numpy dtype)
+_CONTENTS = {
+    "BOOL": ("bool_contents", np.bool_), "INT8": ("int_contents", np.int32),
+    "INT16": ("int_contents", np.int32), "INT32": ("int_contents", np.int32),
+    "INT64": ("int64_contents", np.int64), "UINT8": ("uint_contents", np.uint32),
+    "UINT16": ("uint_contents", np.uint32), "UINT32": ("uint_contents", np.uint32),
+    "UINT64": ("uint64_contents", np.uint64), "FP32": ("fp32_contents", np.float32),
+    "FP64": ("fp64_contents", np.float64),
+}  # fmt: skip
+
+
+class _Context:
+    """The part of ``grpc.aio.ServicerContext`` the OIP servicer uses."""
+
+    def __init__(self, headers: list[tuple[str, str]]) -> None:
+        self.code = grpc.StatusCode.OK
+        self.details = ""
+        self._headers = tuple(headers)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._headers
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        self.code, self.details = code, details
+        raise _Aborted()
+
+
+class _Aborted(Exception):
+    pass
+
+
+class BadRequest(Exception):
+    pass
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)  # KServe V2's error shape
+
+
+def _param(value: Any) -> oip.InferParameter:
+    if isinstance(value, bool):
+        return oip.InferParameter(bool_param=value)
+    if isinstance(value, int):
+        return oip.InferParameter(int64_param=value)
+    if isinstance(value, float):
+        return oip.InferParameter(double_param=value)
+    if isinstance(value, str):
+        return oip.InferParameter(string_param=value)
+    raise BadRequest(f"a parameter must be a bool, number or string, not {type(value).__name__}")
+
+
+def _param_value(p: oip.InferParameter) -> Any:
+    kind = p.WhichOneof("parameter_choice")
+    return getattr(p, kind) if kind else None
+
+
+def _params(doc: Any, where: str) -> dict[str, oip.InferParameter]:
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise BadRequest(f"{where}: parameters must be an object")
+    return {str(k): _param(v) for k, v in doc.items()}
+
+
+def infer_request(doc: Any, name: str, version: str) -> oip.ModelInferRequest:
+    """A KServe V2 REST inference request as the gRPC ModelInferRequest."""
+    if not isinstance(doc, dict):
+        raise BadRequest("the body must be a JSON object")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest("inputs: must be a non-empty list of tensors")
+    req = oip.ModelInferRequest(model_name=name, model_version=version, id=str(doc.get("id", "")))
+    for k, v in _params(doc.get("parameters"), "parameters").items():
+        req.parameters[k].CopyFrom(v)
+    for i, t in enumerate(inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(t, dict):
+            raise BadRequest(f"{where}: must be an object")
+        dtype, shape, data = t.get("datatype"), t.get("shape"), t.get("data")
+        if not isinstance(shape, list) or not all(isinstance(s, int) for s in shape):
+            raise BadRequest(f"{where}.shape: must be a list of integers")
+        tensor = req.inputs.add(name=str(t.get("name", "")), datatype=str(dtype), shape=shape)
+        for k, v in _params(t.get("parameters"), where).items():
+            tensor.parameters[k].CopyFrom(v)
+        if isinstance(tensor.parameters.get("binary_data_size"), oip.InferParameter):
+            raise BadRequest(f"{where}: the binary tensor extension is not supported; send data")
+        if dtype == "BYTES":
+            flat = np.asarray(data, dtype=object).reshape(-1).tolist() if data is not None else []
+            if not all(isinstance(x, str) for x in flat):
+                raise BadRequest(f"{where}.data: BYTES elements must be strings")
+            tensor.contents.bytes_contents.extend(x.encode() for x in flat)
+        elif dtype in _CONTENTS:
+            field, np_type = _CONTENTS[dtype]
+            try:
+                numbers = np.asarray(data, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError):
+                raise BadRequest(f"{where}.data: must be (nested) lists of numbers") from None
+            getattr(tensor.contents, field).extend(numbers.astype(np_type).tolist())
+        else:
+            raise BadRequest(f"{where}.datatype: {dtype!r} is not a V2 datatype")
+    for i, o in enumerate(doc.get("outputs") or []):
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise BadRequest(f"outputs[{i}]: must be an object with a name")
+        out = req.outputs.add(name=o["name"])
+        for k, v in _params(o.get("parameters"), f"outputs[{i}]").items():
+            out.parameters[k].CopyFrom(v)
+    return req
+
+
+def _finite(values: list[Any]) -> list[Any]:
+    return [None if isinstance(v, float) and not math.isfinite(v) else v for v in values]
+
+
+def infer_response(r: oip.ModelInferResponse) -> dict[str, Any]:
+    """The gRPC ModelInferResponse as the KServe V2 REST answer."""
+    outputs = []
+    for k, t in enumerate(r.outputs):
+        if r.raw_output_contents:
+            raw = r.raw_output_contents[k]
+            if t.datatype == "BYTES":
+                data, at = [], 0
+                while at < len(raw):
+                    n = int.from_bytes(raw[at : at + 4], "little")
+                    data.append(raw[at + 4 : at + 4 + n].decode(errors="replace"))
+                    at += 4 + n
+            else:
+                dtype = {"FP32": "<f4", "INT64": "<i8", "FP64": "<f8", "INT32": "<i4",
+                         "UINT32": "<u4"}[t.datatype]  # fmt: skip
+                data = np.frombuffer(raw, dtype=dtype).tolist()
+        elif t.datatype == "BYTES":
+            data = [b.decode(errors="replace") for b in t.contents.bytes_contents]
+        else:
+            data = list(getattr(t.contents, _CONTENTS[t.datatype][0]))
+        outputs.append({"name": t.name, "datatype": t.datatype, "shape": list(t.shape),
+                        "data": _finite(data)})  # fmt: skip
+    doc: dict[str, Any] = {"model_name": r.model_name, "model_version": r.model_version,
+                           "outputs": outputs}  # fmt: skip
+    if r.id:
+        doc["id"] = r.id
+    if r.parameters:
+        doc["parameters"] = {k: _param_value(v) for k, v in r.parameters.items()}
+    return doc
+
+
+class OipHttp:
+    """The REST app; calls run on ``loop`` (the gateway's) through ``call``."""
+
+    def __init__(
+        self, servicer: Any, loop: asyncio.AbstractEventLoop, tokens: ClientTokens | None
+    ) -> None:
+        self.servicer, self.loop, self.tokens = servicer, loop, tokens
+
+    async def call(self, method: str, request: Any, http: Request) -> tuple[Any, _Context]:
+        headers = [(k.lower(), v) for k, v in http.headers.items()]
+        identity = ""
+        if self.tokens is not None:
+            found = self.tokens.identity(headers)
+            if found is None:
+                raise _Unauthenticated()
+            identity = found
+        ctx = _Context(headers)
+
+        async def run() -> Any:
+            CLIENT_IDENTITY.set(identity)
+            try:
+                return await getattr(self.servicer, method)(request, ctx)
+            except _Aborted:
+                return None
+
+        future = asyncio.run_coroutine_threadsafe(run(), self.loop)
+        return await asyncio.wrap_future(future), ctx
+
+    def app(self) -> Starlette:
+        def route(path: str, fn: Callable[[Request], Awaitable[Response]], method: str) -> Route:
+            return Route(path, _guard(fn), methods=[method])
+
+        m = "/v2/models/{name}"
+        v = "/v2/models/{name}/versions/{version}"
+        return Starlette(routes=[
+            route("/v2/health/live", self.live, "GET"),
+            route("/v2/health/ready", self.ready, "GET"),
+            route("/v2", self.server_metadata, "GET"),
+            route(m, self.model_metadata, "GET"), route(v, self.model_metadata, "GET"),
+            route(f"{m}/ready", self.model_ready, "GET"),
+            route(f"{v}/ready", self.model_ready, "GET"),
+            route(f"{m}/infer", self.infer, "POST"), route(f"{v}/infer", self.infer, "POST"),
+        ])  # fmt: skip
+
+    async def _answer(self, method: str, request: Any, http: Request) -> Any:
+        answer, ctx = await self.call(method, request, http)
+        if ctx.code != grpc.StatusCode.OK:
+            raise _Status(ctx.code, ctx.details)
+        return answer
+
+    async def live(self, http: Request) -> Response:
+        r = await self._answer("ServerLive", oip.ServerLiveRequest(), http)
+        return JSONResponse({"live": r.live}, status_code=200 if r.live else 503)
+
+    async def ready(self, http: Request) -> Response:
+        r = await self._answer("ServerReady", oip.ServerReadyRequest(), http)
+        return JSONResponse({"ready": r.ready}, status_code=200 if r.ready else 503)
+
+    async def server_metadata(self, http: Request) -> Response:
+        r = await self._answer("ServerMetadata", oip.ServerMetadataRequest(), http)
+        return JSONResponse({"name": r.name, "version": r.version,
+                             "extensions": list(r.extensions)})  # fmt: skip
+
+    async def model_metadata(self, http: Request) -> Response:
+        p = http.path_params
+        req = oip.ModelMetadataRequest(name=p["name"], version=p.get("version", ""))
+        r = await self._answer("ModelMetadata", req, http)
+
+        def tensors(ts: Any) -> list[dict[str, Any]]:
+            return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in ts]
+
+        return JSONResponse({"name": r.name, "versions": list(r.versions),
+                             "platform": r.platform, "inputs": tensors(r.inputs),
+                             "outputs": tensors(r.outputs)})  # fmt: skip
+
+    async def model_ready(self, http: Request) -> Response:
+        p = http.path_params
+        req = oip.ModelReadyRequest(name=p["name"], version=p.get("version", ""))
+        r = await self._answer("ModelReady", req, http)
+        return JSONResponse({"name": p["name"], "ready": r.ready},
+                            status_code=200 if r.ready else 400)  # fmt: skip
+
+    async def infer(self, http: Request) -> Response:
+        if "inference-header-content-length" in http.headers:
+            raise BadRequest("the binary tensor extension is not supported; send JSON tensors")
+        raw = await http.body()
+        if len(raw) > MAX_BODY:
+            raise BadRequest(f"the body is larger than {MAX_BODY} bytes")
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadRequest(f"the body is not JSON: {exc}") from None
+        p = http.path_params
+        req = infer_request(doc, p["name"], p.get("version", ""))
+        answer = await self._answer("ModelInfer", req, http)
+        if isinstance(answer, bytes):
+            answer = oip.ModelInferResponse.FromString(answer)
+        return JSONResponse(infer_response(answer))
+
+
+class _Unauthenticated(Exception):
+    pass
+
+
+class _Status(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        self.code, self.message = code, message
+
+
+def _guard(
+    fn: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        except _Unauthenticated:
+            return _error(401, "needs Authorization: Bearer <a client token of this gateway>")
+        except _Status as exc:
+            return _error(HTTP_STATUS.get(exc.code, 500), exc.message)
+        except Exception:
+            log.exception("OIP REST call failed")
+            return _error(500, "internal error")
+
+    return endpoint
+
+
+class OipHttpServer:
+    """uvicorn serving ``OipHttp`` on a thread of its own, with its own event loop."""
+
+    def __init__(self, app: Starlette, host: str, port: int) -> None:
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: Any = None
+        self.port = 0
+        self._thread = threading.Thread(
+            target=self._run, args=(app, host, port), name="oip-http", daemon=True
+        )
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+
+    def _run(self, app: Starlette, host: str, port: int) -> None:
+        from abgate.http_server import serve_http
+
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self._server = loop.run_until_complete(serve_http(app, host, port, reuse_port=True))
+            self.port = self._server.port
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        loop.run_until_complete(self._server.task)
+        loop.close()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._server is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(setattr, self._server.server, "should_exit", True)
+        self._thread.join(15)
