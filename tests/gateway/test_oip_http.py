@@ -130,3 +130,31 @@ def test_curl(rest: InProcessGateway, demo_store: DemoStore) -> None:
     text, code = r.stdout.rsplit("\n", 1)
     assert code == "200", r.stdout + r.stderr
     assert {o["name"] for o in json.loads(text)["outputs"]} >= {"label", "probabilities"}
+
+
+@pytest.mark.slow
+def test_tritonclient_http(rest: InProcessGateway, demo_store: DemoStore) -> None:
+    """tritonclient's HTTP client (in .venv-interop, as the gRPC interop test runs it)."""
+
+    from tests.interop.venv import InteropVenvError, interop_python
+
+    try:
+        python = interop_python()
+    except InteropVenvError as exc:
+        pytest.fail(f"cannot build the tritonclient virtualenv (.venv-interop): {exc}")
+    script = Path(__file__).resolve().parents[1] / "interop" / "triton_http_client.py"
+    row = demo_store.X[2]
+    scenario = {"url": f"127.0.0.1:{rest.server.http_port}", "model": "demo", "user": "dave",
+                "row": [float(x) for x in row]}  # fmt: skip
+    proc = subprocess.run([str(python), str(script)], input=json.dumps(scenario),
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    seen = json.loads(proc.stdout)
+    assert seen["live"] is seen["ready"] is seen["model_ready"] is True
+    assert seen["metadata"]["name"] == "demo" and seen["id"] == "http-1"
+    with GatewayClient(rest.target) as native:
+        want = native.predict("demo", "dave", row)
+    assert seen["label"] == [want["label"]]
+    np.testing.assert_allclose(seen["probabilities"], [want["scores"]], rtol=1e-6)
+    assert seen["model_version"].startswith(want["arm"] + "@")
+    assert "no-such-model" in seen["unknown"]
