@@ -244,9 +244,10 @@ def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
             ("grpc.max_send_message_length", max_message_bytes)]  # fmt: skip
 
 
-class Client:
-    """Blocking client of one gateway (``target`` host:port). ``timeout``: each call's
-    deadline in seconds, retries included; ``token``: a gateway's client bearer token."""
+class _Options:
+    """What both clients are made with: ``target`` host:port; ``timeout``: each call's
+    deadline in seconds, retries included; ``token``: a gateway's client bearer token;
+    ``retries``: tries after the first on UNAVAILABLE."""
 
     def __init__(
         self,
@@ -259,8 +260,18 @@ class Client:
     ) -> None:
         self.timeout, self.retries = timeout, retries
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
-        self.channel = grpc.insecure_channel(target, options=_channel_options(max_message_bytes))
+        self.channel = self._channel(target, _channel_options(max_message_bytes))
         self.stub = pb_grpc.InferenceGatewayStub(self.channel)
+
+    def _channel(self, target: str, options: list[tuple[str, int]]) -> Any:
+        raise NotImplementedError
+
+
+class Client(_Options):
+    """Blocking client of one gateway (see ``_Options`` for the arguments)."""
+
+    def _channel(self, target: str, options: list[tuple[str, int]]) -> Any:
+        return grpc.insecure_channel(target, options=options)
 
     def __enter__(self) -> Client:
         return self
@@ -333,24 +344,11 @@ def _code(number: int) -> tuple[int, str]:
     return next(c.value for c in grpc.StatusCode if c.value[0] == number)
 
 
-class AsyncClient:
+class AsyncClient(_Options):
     """The same calls on asyncio (``grpc.aio``); use ``async with``."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        timeout: float = 1.0,
-        token: str = "",
-        retries: int = 3,
-        max_message_bytes: int = 64 << 20,
-    ) -> None:
-        self.timeout, self.retries = timeout, retries
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
-        self.channel = grpc.aio.insecure_channel(
-            target, options=_channel_options(max_message_bytes)
-        )
-        self.stub = pb_grpc.InferenceGatewayStub(self.channel)
+    def _channel(self, target: str, options: list[tuple[str, int]]) -> Any:
+        return grpc.aio.insecure_channel(target, options=options)
 
     async def __aenter__(self) -> AsyncClient:
         return self
