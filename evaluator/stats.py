@@ -331,18 +331,21 @@ def srm_test(
     return result(chi2, float(_sp.chi2.sf(chi2, len(live) - 1)))
 
 
-def _log_dirichlet_multinomial(prior: np.ndarray, counts: np.ndarray) -> float:
+def _log_dirichlet_multinomial(prior: Sequence[float], counts: Sequence[float]) -> float:
     """log of the probability of one ordered sequence of rows with these bin counts under the
     Dirichlet(prior)-multinomial mixture (a Pólya urn started at ``prior``):
 
         log Γ(Σa)/Γ(Σa + n) + Σ_i log Γ(a_i + x_i)/Γ(a_i).
 
-    Bins with a_i > 0 only. Shared by ``sequential_srm`` and ``sequential_drift``."""
-    total = float(np.sum(prior))
-    return float(
-        _special.gammaln(total)
-        - _special.gammaln(total + float(np.sum(counts)))
-        + np.sum(_special.gammaln(prior + counts) - _special.gammaln(prior))
+    Bins with a_i > 0 only. Shared by ``sequential_srm`` and ``sequential_drift``; in plain
+    floats (math.lgamma), as the bins are few (10 to 20) and numpy's per-call cost would be
+    most of the work on every tick."""
+    lgamma = math.lgamma
+    total = math.fsum(prior)
+    return (
+        lgamma(total)
+        - lgamma(total + math.fsum(counts))
+        + math.fsum(lgamma(a + x) - lgamma(a) for a, x in zip(prior, counts, strict=True))
     )
 
 
@@ -394,10 +397,10 @@ def sequential_srm(
         live = [a for a in arms if weights.get(a, 0.0) > 0.0]
         if total == 0 or len(live) < 2:
             continue
-        theta = np.array([weights[a] / weight_sum for a in live])
-        xs = np.array([x[a] for a in live], dtype=np.float64)
-        log_bf += _log_dirichlet_multinomial(concentration * theta, xs) - float(
-            np.sum(xs * np.log(theta))
+        theta = [weights[a] / weight_sum for a in live]
+        xs = [float(x[a]) for a in live]
+        log_bf += _log_dirichlet_multinomial([concentration * t for t in theta], xs) - math.fsum(
+            xi * math.log(t) for xi, t in zip(xs, theta, strict=True)
         )
     p_value = math.exp(-log_bf) if log_bf > 0.0 else 1.0
     return SequentialSrmResult(log_bf, p_value, p_value <= alpha, alpha, observed, expected)
@@ -408,9 +411,9 @@ def sequential_srm(
 PSI_EPS = 1e-4
 
 
-def _bin_arrays(
+def _bin_lists(
     reference_counts: Sequence[int], current_counts: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[list[float], list[float]]:
     if len(reference_counts) != len(current_counts):
         raise ValueError(
             f"reference and current need the same bins, got {len(reference_counts)} and "
@@ -418,9 +421,9 @@ def _bin_arrays(
         )
     if len(reference_counts) < 2:
         raise ValueError(f"need at least 2 bins, got {len(reference_counts)}")
-    r = np.asarray(reference_counts, dtype=np.float64)
-    c = np.asarray(current_counts, dtype=np.float64)
-    if np.any(r < 0) or np.any(c < 0) or not (np.all(np.isfinite(r)) and np.all(np.isfinite(c))):
+    r = [float(v) for v in reference_counts]
+    c = [float(v) for v in current_counts]
+    if not all(0.0 <= v < math.inf for v in (*r, *c)):  # NaN fails too
         raise ValueError("bin counts must be finite and >= 0")
     return r, c
 
@@ -439,12 +442,15 @@ def psi(
     (1/1000 + 1/1000)·χ²₉ ≈ 0.018 by chance alone; ``sequential_drift`` is the test."""
     if not (math.isfinite(eps) and 0.0 < eps < 1.0):
         raise ValueError(f"eps must be in (0, 1), got {eps!r}")
-    r, c = _bin_arrays(reference_counts, current_counts)
-    if r.sum() == 0 or c.sum() == 0:
+    r, c = _bin_lists(reference_counts, current_counts)
+    r_total, c_total = math.fsum(r), math.fsum(c)
+    if r_total == 0 or c_total == 0:
         return 0.0
-    p = np.maximum(r / r.sum(), eps)
-    q = np.maximum(c / c.sum(), eps)
-    return float(np.sum((q - p) * np.log(q / p)))
+    out = []
+    for ri, ci in zip(r, c, strict=True):
+        p, q = max(ri / r_total, eps), max(ci / c_total, eps)
+        out.append((q - p) * math.log(q / p))
+    return math.fsum(out)
 
 
 @dataclass(frozen=True)
@@ -498,19 +504,18 @@ def sequential_drift(
     _check_alpha(alpha)
     if not (math.isfinite(concentration) and concentration > 0.0):
         raise ValueError(f"concentration must be finite and > 0, got {concentration!r}")
-    r, x = _bin_arrays(reference_counts, current_counts)
-    big_n, n = int(r.sum()), int(x.sum())
+    r, x = _bin_lists(reference_counts, current_counts)
+    big_n, n = int(math.fsum(r)), int(math.fsum(x))
     if big_n == 0:
         return SequentialDriftResult(0.0, 1.0, False, alpha, 0, n)
     k = len(r)
-    theta = (r + 1.0) / (big_n + k)
-    pooled = r + x
-    nz = pooled > 0
-    log_sup = float(np.sum(pooled[nz] * np.log(pooled[nz] / (big_n + n))))
+    prior = [concentration * (ri + 1.0) / (big_n + k) for ri in r]  # A·θ̂
+    rows = big_n + n
+    log_sup = math.fsum(
+        (ri + xi) * math.log((ri + xi) / rows) for ri, xi in zip(r, x, strict=True) if ri + xi > 0
+    )
     log_e = (
-        _log_dirichlet_multinomial(np.ones(k), r)
-        + _log_dirichlet_multinomial(concentration * theta, x)
-        - log_sup
+        _log_dirichlet_multinomial([1.0] * k, r) + _log_dirichlet_multinomial(prior, x) - log_sup
     )
     p_value = math.exp(-log_e) if log_e > 0.0 else 1.0
     return SequentialDriftResult(log_e, p_value, p_value <= alpha, alpha, big_n, n)

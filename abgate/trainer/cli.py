@@ -24,7 +24,7 @@ def _login() -> str:
 
 def cmd_trainer(args: argparse.Namespace) -> int:
     from abgate.settings import TrainerSettings
-    from abgate.trainer.service import config_of, run
+    from abgate.trainer.config import config_of
 
     settings: TrainerSettings = cli.settings_from_args(TrainerSettings, args)
     settings = cli.with_token_file(settings, "token")
@@ -50,6 +50,8 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         config_of(settings)
     except ValueError as exc:
         raise cli.UsageError(str(exc)) from None
+    from abgate.trainer.service import run  # the converters: seconds to import
+
     return run(settings)
 
 

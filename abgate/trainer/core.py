@@ -41,7 +41,7 @@ import asyncpg
 import mmh3
 import numpy as np
 
-from abgate.trainer.base import BaseDataset
+from abgate.trainer.config import NO_WORSE_METRICS, TrainerConfig
 from converters.recipe import holdout_metrics
 from converters.sklearn_onnx import (
     ConversionError,
@@ -66,48 +66,6 @@ _FULL = 1 << 32
 
 class RecipeError(Exception):
     """A recipe that cannot be rebuilt (a class outside sklearn., a parameter kept as repr)."""
-
-
-# Holdout metrics the no-worse check may use -> True when higher is better.
-NO_WORSE_METRICS = {"accuracy": True, "precision": True, "recall": True, "fpr": False}
-
-
-@dataclass(frozen=True)
-class TrainerConfig:
-    window_days: float = 7.0
-    min_rows: int = 200
-    holdout_share: float = 0.2
-    max_regression: float = 0.01
-    max_attempts: int = 3
-    require_approval: bool = False
-    claimer: str = ""
-    wait_for_rows: float = 0.0  # seconds after its creation a request may wait for rows
-    recheck_interval: float = 60.0  # seconds between looks at a waiting request
-    # The holdout metric of the no-worse check (NO_WORSE_METRICS), and rows merged into the
-    # training side of every retrain (--base-dataset).
-    no_worse_metric: str = "accuracy"
-    base: BaseDataset | None = None
-
-    def __post_init__(self) -> None:
-        if self.no_worse_metric not in NO_WORSE_METRICS:
-            raise ValueError(
-                f"--no-worse-metric must be one of {', '.join(NO_WORSE_METRICS)}, not "
-                f"{self.no_worse_metric!r}"
-            )
-        if not self.window_days > 0:
-            raise ValueError("--window-days must be positive")
-        if self.min_rows < 2:
-            raise ValueError("--min-rows must be at least 2")
-        if not 0.0 < self.holdout_share < 1.0:
-            raise ValueError("--holdout-share must be between 0 and 1 (exclusive)")
-        if not 0.0 <= self.max_regression <= 1.0:
-            raise ValueError("--max-regression must be between 0 and 1")
-        if self.max_attempts < 1:
-            raise ValueError("--max-attempts must be at least 1")
-        if not self.wait_for_rows >= 0:
-            raise ValueError("--wait-for-rows must be 0 or more seconds")
-        if not self.recheck_interval > 0:
-            raise ValueError("--recheck-interval must be positive")
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
-import socket
 from typing import Any
 
 import asyncpg
 import grpc
 
 from abgate.settings import TrainerSettings
-from abgate.trainer.base import load_base_dataset
-from abgate.trainer.core import StartRound, TrainerConfig, process_next
+from abgate.trainer.config import config_of
+from abgate.trainer.core import StartRound, process_next
 from abgate.v1 import control_pb2 as cpb
 from abgate.v1 import control_pb2_grpc as cpb_grpc
 from evaluator.retrain import NOTIFY_CHANNEL
@@ -29,26 +27,6 @@ log = logging.getLogger(__name__)
 
 class RoundRefused(Exception):
     """The evaluator did not start the next round (its status name and message)."""
-
-
-def config_of(settings: TrainerSettings) -> TrainerConfig:
-    """The core's configuration; ValueError naming the flag when a value is out of range."""
-    if settings.approve not in ("auto", "manual"):
-        raise ValueError(f"--approve must be auto or manual, not {settings.approve!r}")
-    base = load_base_dataset(settings.base_dataset) if settings.base_dataset else None
-    return TrainerConfig(
-        base=base,
-        no_worse_metric=settings.no_worse_metric,
-        window_days=settings.window_days,
-        min_rows=settings.min_rows,
-        holdout_share=settings.holdout_share,
-        max_regression=settings.max_regression,
-        max_attempts=settings.max_attempts,
-        wait_for_rows=settings.wait_for_rows,
-        recheck_interval=settings.recheck_interval,
-        require_approval=settings.approve == "manual",
-        claimer=settings.trainer_id or f"{socket.gethostname()}-{os.getpid()}",
-    )
 
 
 def round_starter(channel: grpc.aio.Channel, token: str) -> StartRound:
