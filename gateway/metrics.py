@@ -6,6 +6,7 @@ server."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,6 +36,7 @@ _CONFIDENCE_NP = np.array(CONFIDENCE_BOUNDS)
 _COUNT_KEY = itemgetter(2, 6, 13, 15)
 _SCORES = itemgetter(11)
 _LATENCY = itemgetter(12)
+_TS = itemgetter(1)
 _CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 
 
@@ -50,6 +52,8 @@ class PredictionStats:
         self.latency: dict[tuple[str, str, str, bool], list[float]] = {}
         # (experiment, arm, shadow) -> [bucket counts..., +Inf count, sum] of confidence
         self.confidence: dict[tuple[str, str, bool], list[float]] = {}
+        # (experiment, arm, shadow) -> the newest row's ts (epoch seconds), for ModelStatistics
+        self.last: dict[tuple[str, str, bool], float] = {}
 
     def observe(self, rows: Sequence[Sequence[Any]]) -> None:
         """Count a batch. Vectorised (itemgetter maps, one dict of row keys, numpy bincount): the
@@ -69,6 +73,12 @@ class PredictionStats:
         }
         for key, count in zip(named, np.bincount(gid, minlength=len(ids)).tolist(), strict=True):
             counts[key] = counts.get(key, 0) + count
+        newest = np.full(len(ids), -np.inf)
+        np.maximum.at(newest, gid, np.fromiter(map(_TS, rows), dtype=np.float64, count=n))
+        last = self.last
+        for (exp, arm, shadow, _), ts in zip(ids, newest.tolist(), strict=True):
+            if ts > last.get((exp, arm, shadow), -math.inf):
+                last[(exp, arm, shadow)] = ts
         lat_us = np.fromiter(map(_LATENCY, rows), dtype=np.float64, count=n)
         bins = np.searchsorted(_BOUNDS_US_NP, lat_us)  # == bisect_left; len(bounds) is +Inf
         width = len(_BOUNDS_US) + 1

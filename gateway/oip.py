@@ -42,6 +42,11 @@ Semantics (the OIP view of an experiment):
 - **Answer parameters**: ``request_id`` (string), ``config_version`` and ``hash_version``
   (int64); when every row went to one arm also ``arm``, ``model_id``, ``model_sha256`` (string);
   with a single user also ``bucket`` (int64).
+- **Triton's extensions**: ModelStreamInfer (ModelInfer per message, in order; errors in
+  ``error_message`` as ``CODE: message``, the stream open), ModelConfig
+  (``oip_codec.model_config``), RepositoryIndex (the snapshot's experiments, READY or
+  UNAVAILABLE with the reason) and ModelStatistics (per arm, from
+  ``gateway.metrics.PredictionStats``).
 - **Logging and shadows**: each row of an answer is one ``predictions`` row shaped exactly like a
   native ``Predict``'s, and is mirrored to the experiment's shadows; a model failure logs one
   failure row per row (status INTERNAL). Errors map through ``gateway.servicer.status_of``, the
@@ -51,8 +56,9 @@ Semantics (the OIP view of an experiment):
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -60,14 +66,20 @@ import numpy as np
 import abgate
 from abgate.errors import AbgateError, InvalidArgument, NotFound, Unavailable, shown
 from abgate.oip.v2 import grpc_predict_v2_pb2 as oip
-from gateway import oip_codec
+from abgate.surface import UNDECODABLE_MESSAGE, note_undecodable
+from gateway import codec, oip_codec
 from gateway.auth import CLIENT_IDENTITY
 from gateway.dataplane import ArmRuntime, BatchResult, DataPlane, ExperimentRuntime, synced
 from gateway.idempotency import ANSWER, EXPERIMENT, IDENTITY, KEY, Failed, OipAnswer
 from gateway.servicer import REUSED_MESSAGE, status_of
 
+if TYPE_CHECKING:
+    from gateway.metrics import PredictionStats
+
 OIP_SERVICE_NAME = "inference.GRPCInferenceService"
 SERVER_NAME = "abgate"
+_STREAM_METHOD = f"{OIP_SERVICE_NAME}/ModelStreamInfer"
+READY, UNAVAILABLE = "READY", "UNAVAILABLE"
 
 
 def experiment_of(dp: DataPlane, name: str) -> ExperimentRuntime:
@@ -105,8 +117,10 @@ class OipServicer:
         max_batch_rows: int,
         offload_rows: int,
         durable: bool = False,
+        stats: PredictionStats | None = None,
     ) -> None:
         self._dp = dataplane
+        self._stats = stats  # the log rows' counts (gateway.metrics), for ModelStatistics
         self._durable = durable  # --log-durability local: answer once the row is on disk
         self._executor = executor
         self._max_rows = max_batch_rows
@@ -350,6 +364,132 @@ class OipServicer:
             rids,
         )
 
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """ModelInfer per message, answered in order; a bad message fails only itself (its
+        ``error_message`` is ``CODE: message``, the stream stays open), one that does not parse
+        too, so messages arrive as bytes and are decoded here (as the native PredictStream)."""
+        decode = oip.ModelInferRequest.FromString
+        async for raw in request_iterator:
+            try:
+                request = decode(raw)
+            except Exception:
+                note_undecodable(_STREAM_METHOD)
+                yield oip_codec.stream_error(f"INVALID_ARGUMENT: {UNDECODABLE_MESSAGE}", "", "")
+                continue
+            try:
+                answer = await self._infer(request, context)
+                if self._durable:
+                    await synced(self._dp)
+                yield oip_codec.stream_answer(answer)
+            except Exception as exc:
+                code, message = status_of(exc)
+                yield oip_codec.stream_error(
+                    f"{code.name}: {message}", request.id, request.model_name
+                )
+
+    async def ModelConfig(
+        self, request: oip.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ModelConfigResponse:
+        try:
+            exp = experiment_of(self._dp, request.name)
+            oip_codec.check_version(request.version)
+            return oip.ModelConfigResponse(config=oip_codec.model_config(exp, self._max_rows))
+        except Exception as exc:
+            return _fail(context, exc, oip.ModelConfigResponse())
+
+    async def RepositoryIndex(
+        self, request: oip.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> oip.RepositoryIndexResponse:
+        """Every experiment of the evaluator's snapshot: READY when this gateway serves it,
+        UNAVAILABLE (with the reason) when it rejected its config or is draining; ``ready``
+        keeps the READY ones only. One repository, named ""."""
+        if request.repository_name:
+            context.set_code(grpc.StatusCode.NOT_FOUND)
+            context.set_details(
+                f"repository_name: unknown repository {shown(request.repository_name)} (a "
+                "gateway has one, the evaluator's experiments: leave it empty)"
+            )
+            return oip.RepositoryIndexResponse()
+        dp = self._dp
+        snap = dp.snapshot
+        index = oip.RepositoryIndexResponse.ModelIndex
+        models = []
+        if snap is not None:
+            state, reason = (UNAVAILABLE, "the gateway is draining") if dp.draining else (READY, "")
+            models = [index(name=n, state=state, reason=reason) for n in snap.experiments]
+            models += [
+                index(name=n, state=UNAVAILABLE, reason="this gateway rejected its config")
+                for n in snap.rejected
+            ]
+        models.sort(key=lambda m: m.name)
+        if request.ready:
+            models = [m for m in models if m.state == READY]
+        return oip.RepositoryIndexResponse(models=models)
+
+    async def ModelStatistics(
+        self, request: oip.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ModelStatisticsResponse:
+        """Per served arm (``version`` = the arm's name) of a model, or of every model when
+        ``name`` is empty, from this gateway's own counts of its logged rows since it started
+        (as ``abgate_predictions``): ``inference_count`` and ``success`` the answered rows,
+        ``fail`` the rows a model failed, with their time from arrival to answer;
+        ``execution_count`` counts rows too (each row is one model input; rows of one batch call
+        are not told apart in the log); ``last_inference`` the newest row, ms since the epoch.
+        With prediction logging off, nothing is counted."""
+        try:
+            snap = self._dp.snapshot
+            if request.name:
+                exps = [experiment_of(self._dp, request.name)]
+            else:
+                exps = (
+                    [] if snap is None else [snap.experiments[n] for n in sorted(snap.experiments)]
+                )
+            out = []
+            for exp in exps:
+                arms = [a.name for a in exp.arms]
+                if request.version:
+                    if request.version not in arms:
+                        raise NotFound(
+                            f"model {shown(exp.name)} has no arm {shown(request.version)} (a "
+                            f"statistics version is an arm: {', '.join(arms)})",
+                            field="version",
+                        )
+                    arms = [request.version]
+                out += [self._arm_statistics(exp.name, arm) for arm in arms]
+            return oip.ModelStatisticsResponse(model_stats=out)
+        except Exception as exc:
+            return _fail(context, exc, oip.ModelStatisticsResponse())
+
+    def _arm_statistics(self, experiment: str, arm: str) -> oip.ModelStatistics:
+        ok = fail = 0
+        ok_s = fail_s = 0.0
+        last = 0.0
+        stats = self._stats
+        if stats is not None:
+            for (exp, name, status, shadow), count in stats.counts.items():
+                if exp != experiment or name != arm or shadow:
+                    continue
+                seconds = stats.latency.get((exp, name, status, shadow), [0.0])[-1]
+                if status == "OK":
+                    ok, ok_s = ok + count, ok_s + seconds
+                else:
+                    fail, fail_s = fail + count, fail_s + seconds
+            last = stats.last.get((experiment, arm, False), 0.0)
+        duration = oip.StatisticDuration
+        return oip.ModelStatistics(
+            name=experiment,
+            version=arm,
+            last_inference=int(last * 1000),
+            inference_count=ok,
+            execution_count=ok,
+            inference_stats=oip.InferStatistics(
+                success=duration(count=ok, ns=int(ok_s * 1e9)),
+                fail=duration(count=fail, ns=int(fail_s * 1e9)),
+            ),
+        )
+
     def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """The generated registration, except that ModelInfer may answer pre-serialized bytes."""
 
@@ -379,6 +519,24 @@ class OipServicer:
                 oip.ModelMetadataResponse.SerializeToString,
             ),
             "ModelInfer": unary(self.ModelInfer, oip.ModelInferRequest, oip_codec.serialize_infer),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+                self.ModelStreamInfer,
+                request_deserializer=None,  # decoded per message by ModelStreamInfer itself
+                response_serializer=codec.passthrough,  # answers are encoded bytes
+            ),
+            "ModelConfig": unary(
+                self.ModelConfig, oip.ModelConfigRequest, oip.ModelConfigResponse.SerializeToString
+            ),
+            "RepositoryIndex": unary(
+                self.RepositoryIndex,
+                oip.RepositoryIndexRequest,
+                oip.RepositoryIndexResponse.SerializeToString,
+            ),
+            "ModelStatistics": unary(
+                self.ModelStatistics,
+                oip.ModelStatisticsRequest,
+                oip.ModelStatisticsResponse.SerializeToString,
+            ),
         }
 
 
@@ -389,11 +547,12 @@ def method_handlers(
     max_batch_rows: int,
     offload_rows: int,
     durable: bool = False,
+    stats: PredictionStats | None = None,
 ) -> tuple[dict[str, grpc.RpcMethodHandler], OipServicer]:
     """The handlers of ``inference.GRPCInferenceService`` (OIP_SERVICE_NAME), by method, and
     the servicer behind them (the REST side, ``gateway.oip_http``, calls the same one)."""
     servicer = OipServicer(
         dataplane, executor, max_batch_rows=max_batch_rows, offload_rows=offload_rows,
-        durable=durable,
+        durable=durable, stats=stats,
     )  # fmt: skip
     return servicer.method_handlers(), servicer

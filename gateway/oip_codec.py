@@ -15,6 +15,7 @@ import numpy as np
 
 from abgate.errors import InvalidArgument, shown
 from abgate.oip.v2 import grpc_predict_v2_pb2 as oip
+from abgate.oip.v2 import model_config_pb2 as mc
 from abgate.v1 import gateway_pb2 as pb
 from gateway import codec
 from gateway.dataplane import ArmRuntime, BatchResult, ExperimentRuntime
@@ -413,3 +414,52 @@ def model_metadata(exp: ExperimentRuntime) -> oip.ModelMetadataResponse:
             tm(name=PROBABILITIES, datatype="FP32", shape=[-1, exp.n_classes]),
         ],
     )
+
+
+def model_config(exp: ExperimentRuntime, max_batch_rows: int) -> mc.ModelConfig:
+    """Triton's ModelConfig of an experiment: the tensors of ``model_metadata`` (dims without
+    the batch dimension, ``max_batch_size`` = ``--max-batch-rows``), one CPU instance group per
+    arm, and the routing in ``parameters``: ``config_version``, ``hash_version``, ``buckets``
+    (10,000), ``arms`` (their names in order), ``shadows`` and, per arm, ``arm.NAME`` =
+    ``MODEL_ID:VERSION sha256=HEX buckets=K`` (K of the buckets route to it)."""
+    shares = np.bincount(exp.table_np, minlength=len(exp.arms)).tolist()
+    param = mc.ModelParameter
+    parameters = {
+        "config_version": param(string_value=str(exp.config_version)),
+        "hash_version": param(string_value=str(exp.hash_version)),
+        "buckets": param(string_value=str(len(exp.table))),
+        "arms": param(string_value=",".join(a.name for a in exp.arms)),
+        "shadows": param(string_value=",".join(sh.name for sh in exp.shadows)),
+    }
+    for arm, k in zip(exp.arms, shares, strict=True):
+        parameters[f"arm.{arm.name}"] = param(
+            string_value=f"{arm.model_id}:{arm.model_version} sha256={arm.model_sha256} buckets={k}"
+        )
+    cpu = mc.ModelInstanceGroup.KIND_CPU
+    return mc.ModelConfig(
+        name=exp.name,
+        platform=PLATFORM,
+        backend="onnxruntime",
+        max_batch_size=max_batch_rows,
+        input=[mc.ModelInput(name=FEATURES, data_type=mc.TYPE_FP32, dims=[exp.n_features])],
+        output=[
+            mc.ModelOutput(name=LABEL, data_type=mc.TYPE_INT64, dims=[]),
+            mc.ModelOutput(name=PROBABILITIES, data_type=mc.TYPE_FP32, dims=[exp.n_classes]),
+        ],
+        instance_group=[mc.ModelInstanceGroup(name=a.name, count=1, kind=cpu) for a in exp.arms],
+        parameters=parameters,
+    )
+
+
+def stream_answer(answer: bytes | oip.ModelInferResponse) -> bytes:
+    """A ModelStreamInferResponse holding one ModelInfer answer (field 2), encoded or not."""
+    return _len_field(b"\x12", serialize_infer(answer))
+
+
+def stream_error(message: str, request_id: str, model_name: str) -> bytes:
+    """A ModelStreamInferResponse carrying an error; its ``infer_response`` names the request
+    (``id``, ``model_name``) so a client matches the error with the call that failed."""
+    return oip.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=oip.ModelInferResponse(id=request_id, model_name=model_name),
+    ).SerializeToString()

@@ -237,7 +237,7 @@ class GatewayServer:
         # The Open Inference Protocol V2 beside the native API, on the same port.
         oip_handlers, self.oip_servicer = oip.method_handlers(
             self.dataplane, self.executor, max_batch_rows=s.max_batch_rows,
-            offload_rows=s.offload_rows, durable=durable,
+            offload_rows=s.offload_rows, durable=durable, stats=self.prediction_stats,
         )  # fmt: skip
         self.surface.add(oip.OIP_SERVICE_NAME, oip_handlers, limited=True)
         self.surface.install(server)  # + health and reflection, for the same names

@@ -345,6 +345,7 @@ def test_metrics_count_every_call_by_method_and_status(
     }  # fmt: skip
     assert {m for s, m in methods if s == OIP} == {
         "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
+        "ModelStreamInfer", "ModelConfig", "ModelStatistics", "RepositoryIndex",
     }  # fmt: skip
     assert {m for s, m in methods if s == HEALTH} == {"Check", "Watch", "List"}
     assert_runtime_metrics(samples)

@@ -872,6 +872,8 @@ def test_tritonclient_against_a_gateway_process(
         "rows": rows.tolist(),
         "row_users": row_users,
         "request_id": "triton-1",
+        # rows answered before ModelStatistics: 8 + 1 + 8 by infer, 2 + 1 on the stream
+        "answered_rows": 20,
     }
     proc = subprocess.run(
         [str(interop_venv), str(INTEROP_SCRIPT)],
@@ -947,3 +949,27 @@ def test_tritonclient_against_a_gateway_process(
     # The calls were logged in PostgreSQL like any prediction.
     logged = logged_rows(gp.args[gp.args.index("--database-url") + 1], ["triton-1:0"])
     assert logged["triton-1:0"]["arm"] == expected_user.arm
+
+    # Triton's extensions, decoded by tritonclient's own messages.
+    config = seen["model_config"]["config"]
+    assert (config["name"], config["platform"], config["backend"]) == (
+        "demo", "onnxruntime_onnx", "onnxruntime"
+    )  # fmt: skip
+    assert config["input"] == [{"name": "features", "data_type": "TYPE_FP32", "dims": [str(N)]}]
+    assert [o["name"] for o in config["output"]] == ["label", "probabilities"]
+    assert [g["name"] for g in config["instance_group"]] == ["control", "treatment"]
+    assert config["parameters"]["arms"] == {"string_value": "control,treatment"}
+    index = seen["repository_index"]["models"]
+    assert [(m["name"], m["state"]) for m in index] == [("demo", "READY"), ("demo-3way", "READY")]
+    stream = seen["stream"]
+    assert stream[0]["id"] == "stream-1" and stream[2]["id"] == "stream-2"
+    assert stream[0]["parameters"]["arm"] == expected_user.arm
+    assert stream[0]["label"]["values"] == ref_labels[:2].tolist()
+    assert stream[2]["label"]["values"] == ref_labels[2:3].tolist()
+    assert stream[1]["error"].startswith("INVALID_ARGUMENT: features: row 0 contains NaN")
+    stats = {s["version"]: s for s in seen["statistics"]["model_stats"]}
+    assert set(stats) == {"control", "treatment"}
+    counted = {arm: int(s.get("inference_count", 0)) for arm, s in stats.items()}
+    want = Counter([e.arm for e in expected_rows])
+    want[expected_user.arm] += 8 + 1 + 2 + 1
+    assert counted == dict(want) | {a: 0 for a in {"control", "treatment"} - set(want)}

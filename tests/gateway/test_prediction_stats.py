@@ -23,28 +23,33 @@ ROW = st.tuples(
         st.one_of(st.floats(0, 1, width=32), st.sampled_from([*CONFIDENCE_BOUNDS, float("nan")])),
         max_size=4,
     ),
+    st.floats(1.7e9, 1.8e9),  # ts
 )
 
 
 def log_row(
-    exp: str, arm: str, lat_us: int, shadow: bool, status: int, scores: list[float]
+    exp: str, arm: str, lat_us: int, shadow: bool, status: int, scores: list[float], ts: float
 ) -> tuple[Any, ...]:
     raw = np.asarray(scores, dtype="<f4").tobytes()
-    return ("rid", 0.0, exp, 1, 7, 1, arm, "m", "1", "a" * 64, 1, raw, lat_us, shadow, "gw",
+    return ("rid", ts, exp, 1, 7, 1, arm, "m", "1", "a" * 64, 1, raw, lat_us, shadow, "gw",
             status)  # fmt: skip
 
 
 Batches = list[list[tuple[Any, ...]]]
 
 
-def reference(batches: Batches) -> tuple[dict[Any, int], dict[Any, list[float]], dict[Any, Any]]:
+def reference(
+    batches: Batches,
+) -> tuple[dict[Any, int], dict[Any, list[float]], dict[Any, Any], dict[Any, float]]:
     counts: dict[Any, int] = {}
+    last: dict[Any, float] = {}
     latency: dict[Any, list[float]] = {}
     confidence: dict[Any, list[float]] = {}
     for rows in batches:
         for r in rows:
             key = (r[2], r[6], _CODE_NAMES.get(r[15], str(r[15])), r[13])
             counts[key] = counts.get(key, 0) + 1
+            last[(r[2], r[6], r[13])] = max(r[1], last.get((r[2], r[6], r[13]), r[1]))
             hist = latency.setdefault(key, [0.0] * (len(_BOUNDS_US) + 2))
             hist[bisect.bisect_left(_BOUNDS_US, r[12])] += 1
             hist[-1] += r[12] / 1e6
@@ -57,7 +62,7 @@ def reference(batches: Batches) -> tuple[dict[Any, int], dict[Any, list[float]],
                 conf[len(CONFIDENCE_BOUNDS) if top != top else bisect.bisect_left(
                     CONFIDENCE_BOUNDS, top)] += 1  # fmt: skip
                 conf[-1] += 0.0 if top != top else top
-    return counts, latency, confidence
+    return counts, latency, confidence, last
 
 
 # numeric: float32 maxima (NaN included) and sums, in numpy's SIMD-dispatched reductions.
@@ -69,8 +74,9 @@ def test_observe_equals_a_row_by_row_count(batches: list[list[tuple[Any, ...]]])
     stats = PredictionStats()
     for batch in rows:
         stats.observe(batch)
-    counts, latency, confidence = reference(rows)
+    counts, latency, confidence, last = reference(rows)
     assert stats.counts == counts
+    assert stats.last == last  # the newest row's ts: exact (a maximum, no arithmetic)
     for got_hists, want_hists in ((stats.latency, latency), (stats.confidence, confidence)):
         assert got_hists.keys() == want_hists.keys()
         for key, hist in want_hists.items():

@@ -7,7 +7,9 @@ one JSON document with what the client saw; the test compares it with onnxruntim
 from __future__ import annotations
 
 import json
+import queue
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -56,6 +58,39 @@ def error_of(call: Any) -> list[str]:
     except InferenceServerException as exc:
         return [str(exc.status()), str(exc.message())]
     return ["OK", ""]
+
+
+def stream_of(client: Any, model: str, input_name: str, rows: np.ndarray, user: str) -> list[Any]:
+    """Three calls on one ModelStreamInfer stream (the middle one bad), answers in order."""
+    got: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: got.put((result, error)))
+    bad = rows[:1].copy()
+    bad[0, 0] = np.nan
+    for request_id, data in (("stream-1", rows[:2]), ("stream-bad", bad), ("stream-2", rows[2:3])):
+        client.async_stream_infer(
+            model,
+            [features_input(input_name, data)],
+            request_id=request_id,
+            parameters={"user_id": user},
+        )
+    answers = [got.get(timeout=30) for _ in range(3)]
+    client.stop_stream()
+    return [
+        result_of(r, ("label", "probabilities")) if e is None else {"error": str(e.message())}
+        for r, e in answers
+    ]
+
+
+def statistics_of(client: Any, model: str, rows: int) -> Any:
+    """ModelStatistics once the gateway has counted ``rows`` answered rows (it counts them as
+    their log rows leave memory, a moment after the answers), or after 15 s."""
+    deadline = time.monotonic() + 15
+    while True:
+        stats = client.get_inference_statistics(model, as_json=True)
+        counted = sum(int(s.get("inference_count", 0)) for s in stats.get("model_stats", []))
+        if counted >= rows or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.1)
 
 
 def main() -> None:
@@ -118,6 +153,11 @@ def main() -> None:
                 )
             ),
         }
+        # Triton's extensions, as perf_analyzer and tritonclient users call them.
+        out["model_config"] = client.get_model_config(model, as_json=True)
+        out["repository_index"] = client.get_model_repository_index(as_json=True)
+        out["stream"] = stream_of(client, model, input_name, rows, spec["user"])
+        out["statistics"] = statistics_of(client, model, spec["answered_rows"])
     json.dump(out, sys.stdout)
 
 
