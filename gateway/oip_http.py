@@ -10,8 +10,9 @@ same ``OipServicer`` (one code path: routing, validation, logging, idempotency, 
 
 The HTTP server runs on its own thread and event loop: it reads, parses and encodes JSON there,
 and hands each call to the gateway's loop as one coroutine (``run_coroutine_threadsafe``), so
-the gRPC loop never waits on a slow HTTP client. Not done: Triton's binary-tensor extension
-(``Inference-Header-Content-Length``): a request using it is refused with 400.
+the gRPC loop never waits on a slow HTTP client. Triton's binary-tensor extension
+(``Inference-Header-Content-Length``, ``binary_data_size``, ``binary_data``,
+``binary_data_output``) in both directions.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ _CONTENTS = {
     "UINT64": ("uint64_contents", np.uint64), "FP32": ("fp32_contents", np.float32),
     "FP64": ("fp64_contents", np.float64),
 }  # fmt: skip
+# Little-endian element types of binary tensor data (Triton's binary-tensor extension) and of
+# raw_output_contents; BYTES elements are 4-byte little-endian lengths, each then its bytes.
+_WIRE = {
+    "BOOL": "?", "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "UINT8": "<u1",
+    "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "FP32": "<f4", "FP64": "<f8",
+}  # fmt: skip
+HEADER_LENGTH = "inference-header-content-length"
+BINARY_SIZE = "binary_data_size"
 
 
 class _Context:
@@ -114,16 +123,68 @@ def _params(doc: Any, where: str) -> dict[str, oip.InferParameter]:
     return {str(k): _param(v) for k, v in doc.items()}
 
 
-def infer_request(doc: Any, name: str, version: str) -> oip.ModelInferRequest:
-    """A KServe V2 REST inference request as the gRPC ModelInferRequest."""
+def _binary_size(params: dict[str, oip.InferParameter], where: str) -> int | None:
+    """The input's ``binary_data_size`` (taken out of its parameters), None without one."""
+    p = params.pop(BINARY_SIZE, None)
+    if p is None:
+        return None
+    size = _param_value(p)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise BadRequest(f"{where}.parameters.{BINARY_SIZE}: must be an integer >= 0")
+    return size
+
+
+def _bytes_elements(data: bytes, where: str) -> list[bytes]:
+    out, at = [], 0
+    while at < len(data):
+        if at + 4 > len(data):
+            raise BadRequest(f"{where}: a BYTES element's 4-byte length is cut short")
+        n = int.from_bytes(data[at : at + 4], "little")
+        if at + 4 + n > len(data):
+            raise BadRequest(f"{where}: a BYTES element of {n} bytes runs past the tensor's data")
+        out.append(data[at + 4 : at + 4 + n])
+        at += 4 + n
+    return out
+
+
+def _typed_from_binary(tensor: Any, data: bytes, where: str) -> None:
+    """Binary tensor data as typed contents (when not every input is binary)."""
+    dtype = tensor.datatype
+    if dtype == "BYTES":
+        tensor.contents.bytes_contents.extend(_bytes_elements(data, where))
+        return
+    if dtype not in _WIRE:
+        raise BadRequest(f"{where}.datatype: {dtype!r} is not a V2 datatype")
+    wire = np.dtype(_WIRE[dtype])
+    if len(data) % wire.itemsize:
+        raise BadRequest(f"{where}: {len(data)} bytes are not a whole number of {dtype} elements")
+    field, np_type = _CONTENTS[dtype]
+    values: np.ndarray = np.frombuffer(data, dtype=wire).astype(np_type)
+    getattr(tensor.contents, field).extend(values.tolist())
+
+
+def infer_request(
+    doc: Any, name: str, version: str, binary: bytes = b""
+) -> tuple[oip.ModelInferRequest, frozenset[str] | bool]:
+    """A KServe V2 REST inference request as the gRPC ModelInferRequest, and which outputs are
+    asked for as binary data (True: every one, ``binary_data_output``). ``binary``: the bytes
+    after the JSON header (Triton's binary-tensor extension), taken by the inputs that give a
+    ``binary_data_size``, in order. When every input is binary they become
+    ``raw_input_contents`` (gRPC's raw path, its byte checks), otherwise typed contents."""
     if not isinstance(doc, dict):
         raise BadRequest("the body must be a JSON object")
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest("inputs: must be a non-empty list of tensors")
     req = oip.ModelInferRequest(model_name=name, model_version=version, id=str(doc.get("id", "")))
-    for k, v in _params(doc.get("parameters"), "parameters").items():
+    request_params = _params(doc.get("parameters"), "parameters")
+    binary_out = request_params.pop("binary_data_output", None)
+    if binary_out is not None and binary_out.WhichOneof("parameter_choice") != "bool_param":
+        raise BadRequest("parameters.binary_data_output: must be true or false")
+    for k, v in request_params.items():
         req.parameters[k].CopyFrom(v)
+    raws: list[bytes | None] = []
+    at = 0
     for i, t in enumerate(inputs):
         where = f"inputs[{i}]"
         if not isinstance(t, dict):
@@ -132,10 +193,22 @@ def infer_request(doc: Any, name: str, version: str) -> oip.ModelInferRequest:
         if not isinstance(shape, list) or not all(isinstance(s, int) for s in shape):
             raise BadRequest(f"{where}.shape: must be a list of integers")
         tensor = req.inputs.add(name=str(t.get("name", "")), datatype=str(dtype), shape=shape)
-        for k, v in _params(t.get("parameters"), where).items():
+        tensor_params = _params(t.get("parameters"), where)
+        size = _binary_size(tensor_params, where)
+        for k, v in tensor_params.items():
             tensor.parameters[k].CopyFrom(v)
-        if isinstance(tensor.parameters.get("binary_data_size"), oip.InferParameter):
-            raise BadRequest(f"{where}: the binary tensor extension is not supported; send data")
+        if size is not None:
+            if data is not None:
+                raise BadRequest(f"{where}: give data or {BINARY_SIZE}, not both")
+            if at + size > len(binary):
+                raise BadRequest(
+                    f"{where}.parameters.{BINARY_SIZE}: {size} bytes from offset {at}, but the "
+                    f"binary data after the JSON header is {len(binary)} bytes"
+                )
+            raws.append(binary[at : at + size])
+            at += size
+            continue
+        raws.append(None)
         if dtype == "BYTES":
             flat = np.asarray(data, dtype=object).reshape(-1).tolist() if data is not None else []
             if not all(isinstance(x, str) for x in flat):
@@ -150,23 +223,66 @@ def infer_request(doc: Any, name: str, version: str) -> oip.ModelInferRequest:
             getattr(tensor.contents, field).extend(numbers.astype(np_type).tolist())
         else:
             raise BadRequest(f"{where}.datatype: {dtype!r} is not a V2 datatype")
+    if at != len(binary):
+        raise BadRequest(
+            f"{len(binary) - at} bytes of binary data after the JSON header belong to no input "
+            f"(their {BINARY_SIZE} add up to {at})"
+        )
+    if binary and all(r is not None for r in raws):
+        req.raw_input_contents.extend(r for r in raws if r is not None)
+    else:
+        for i, (tensor, r) in enumerate(zip(req.inputs, raws, strict=True)):
+            if r is not None:
+                _typed_from_binary(tensor, r, f"inputs[{i}]")
+    binary_names: set[str] = set()
     for i, o in enumerate(doc.get("outputs") or []):
         if not isinstance(o, dict) or not isinstance(o.get("name"), str):
             raise BadRequest(f"outputs[{i}]: must be an object with a name")
         out = req.outputs.add(name=o["name"])
-        for k, v in _params(o.get("parameters"), f"outputs[{i}]").items():
+        out_params = _params(o.get("parameters"), f"outputs[{i}]")
+        wanted = out_params.pop("binary_data", None)
+        if wanted is not None:
+            if wanted.WhichOneof("parameter_choice") != "bool_param":
+                raise BadRequest(f"outputs[{i}].parameters.binary_data: must be true or false")
+            if wanted.bool_param:
+                binary_names.add(o["name"])
+        for k, v in out_params.items():
             out.parameters[k].CopyFrom(v)
-    return req
+    if binary_out is not None and binary_out.bool_param and not binary_names:
+        return req, True
+    return req, frozenset(binary_names)
 
 
 def _finite(values: list[Any]) -> list[Any]:
     return [None if isinstance(v, float) and not math.isfinite(v) else v for v in values]
 
 
-def infer_response(r: oip.ModelInferResponse) -> dict[str, Any]:
-    """The gRPC ModelInferResponse as the KServe V2 REST answer."""
+def _output_bytes(r: oip.ModelInferResponse, k: int) -> bytes:
+    """Output ``k``'s data in the binary-tensor extension's encoding."""
+    if r.raw_output_contents:
+        return r.raw_output_contents[k]  # already that encoding
+    t = r.outputs[k]
+    if t.datatype == "BYTES":
+        return b"".join(len(b).to_bytes(4, "little") + b for b in t.contents.bytes_contents)
+    values = getattr(t.contents, _CONTENTS[t.datatype][0])
+    return np.asarray(values, dtype=_WIRE[t.datatype]).tobytes()
+
+
+def infer_response(
+    r: oip.ModelInferResponse, binary: frozenset[str] | bool = frozenset()
+) -> tuple[dict[str, Any], list[bytes]]:
+    """The gRPC ModelInferResponse as the KServe V2 REST answer, and the binary data that
+    follows it (outputs named in ``binary``, or all when True, carry ``binary_data_size``
+    instead of ``data``)."""
     outputs = []
+    chunks: list[bytes] = []
     for k, t in enumerate(r.outputs):
+        if binary is True or (binary and t.name in binary):
+            data_bytes = _output_bytes(r, k)
+            chunks.append(data_bytes)
+            outputs.append({"name": t.name, "datatype": t.datatype, "shape": list(t.shape),
+                            "parameters": {BINARY_SIZE: len(data_bytes)}})  # fmt: skip
+            continue
         if r.raw_output_contents:
             raw = r.raw_output_contents[k]
             if t.datatype == "BYTES":
@@ -191,7 +307,7 @@ def infer_response(r: oip.ModelInferResponse) -> dict[str, Any]:
         doc["id"] = r.id
     if r.parameters:
         doc["parameters"] = {k: _param_value(v) for k, v in r.parameters.items()}
-    return doc
+    return doc, chunks
 
 
 class OipHttp:
@@ -277,21 +393,40 @@ class OipHttp:
                             status_code=200 if r.ready else 400)  # fmt: skip
 
     async def infer(self, http: Request) -> Response:
-        if "inference-header-content-length" in http.headers:
-            raise BadRequest("the binary tensor extension is not supported; send JSON tensors")
         raw = await http.body()
         if len(raw) > MAX_BODY:
             raise BadRequest(f"the body is larger than {MAX_BODY} bytes")
+        binary = b""
+        header_length = http.headers.get(HEADER_LENGTH)
+        if header_length is not None:  # Triton's binary-tensor extension
+            try:
+                n = int(header_length)
+            except ValueError:
+                n = -1
+            if not 0 < n <= len(raw):
+                raise BadRequest(
+                    f"Inference-Header-Content-Length: {header_length!r} is not a length within "
+                    f"the body's {len(raw)} bytes"
+                )
+            raw, binary = raw[:n], raw[n:]
         try:
             doc = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BadRequest(f"the body is not JSON: {exc}") from None
         p = http.path_params
-        req = infer_request(doc, p["name"], p.get("version", ""))
+        req, binary_out = infer_request(doc, p["name"], p.get("version", ""), binary)
         answer = await self._answer("ModelInfer", req, http)
         if isinstance(answer, bytes):
             answer = oip.ModelInferResponse.FromString(answer)
-        return JSONResponse(infer_response(answer))
+        body, chunks = infer_response(answer, binary_out)
+        if not chunks:
+            return JSONResponse(body)
+        header = JSONResponse(body).body
+        return Response(
+            b"".join((header, *chunks)),
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
 
 
 class _Unauthenticated(Exception):

@@ -23,6 +23,11 @@ def main() -> None:
     result = client.infer(s["model"], [features], outputs=outputs, request_id="http-1",
                           headers={"x-user-id": s["user"]})  # fmt: skip
     response = result.get_response()
+    # tritonclient's defaults: binary tensor data both ways (binary_data_size on the input,
+    # binary_data_output on the request, Inference-Header-Content-Length).
+    features_bin = httpclient.InferInput("features", list(row.shape), "FP32")
+    features_bin.set_data_from_numpy(row)
+    binary = client.infer(s["model"], [features_bin], headers={"x-user-id": s["user"]})
     try:
         client.infer("no-such-model", [features], headers={"x-user-id": "u"})
         unknown = "no error"
@@ -35,6 +40,9 @@ def main() -> None:
         "id": response.get("id"), "model_version": response.get("model_version"),
         "label": result.as_numpy("label").tolist(),
         "probabilities": result.as_numpy("probabilities").tolist(),
+        "binary_label": binary.as_numpy("label").tolist(),
+        "binary_probabilities": binary.as_numpy("probabilities").tolist(),
+        "binary_header": binary.get_response().get("outputs"),
         "unknown": unknown,
     }))  # fmt: skip
 

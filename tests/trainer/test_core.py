@@ -243,9 +243,9 @@ def test_a_request_with_too_few_rows_waits_for_more_then_trains_on_them(setup: S
     row = _request(s.url, req.id)
     assert (row["state"], row["attempts"]) == ("registered", 1)
     assert row["window_end"] >= row["created_at"]
-    assert _actions(s.url)[-4:] == [
-        "retrain_started", "retrain_waiting", "round_started", "retrained"
-    ]  # fmt: skip
+    # (The evaluator's tick may already have looked at round 2 and written "continue".)
+    steps = [a for a in _actions(s.url) if a != "continue"]
+    assert steps[-4:] == ["retrain_started", "retrain_waiting", "round_started", "retrained"]
 
 
 def test_a_request_still_short_of_rows_after_its_wait_is_rejected(setup: Setup) -> None:
