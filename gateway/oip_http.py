@@ -27,6 +27,8 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -61,6 +63,10 @@ _WIRE = {
     "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "FP32": "<f4", "FP64": "<f8",
 }  # fmt: skip
 HEADER_LENGTH = "inference-header-content-length"
+_INT64_TYPES = (
+    _descriptor.FieldDescriptor.CPPTYPE_INT64,
+    _descriptor.FieldDescriptor.CPPTYPE_UINT64,
+)
 BINARY_SIZE = "binary_data_size"
 
 
@@ -253,6 +259,35 @@ def infer_request(
     return req, frozenset(binary_names)
 
 
+def _json_of(message: Any) -> Any:
+    """A message as Triton's REST answers it: proto field names, every field (zeros too),
+    enums by name and 64-bit integers as JSON numbers (protobuf's JSON mapping makes them
+    strings)."""
+
+    def numbers(value: Any, field: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: numbers(v, _field(field, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [numbers(v, field) for v in value]
+        if isinstance(value, str) and field is not None and field.cpp_type in _INT64_TYPES:
+            return int(value)
+        return value
+
+    def _field(parent: Any, name: str) -> Any:
+        descriptor = getattr(parent, "message_type", None) if parent is not None else root
+        if descriptor is None:
+            return None
+        if descriptor.GetOptions().map_entry:
+            return descriptor.fields_by_name["value"]
+        return descriptor.fields_by_name.get(name)
+
+    root = message.DESCRIPTOR
+    doc = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return {k: numbers(v, _field(None, k)) for k, v in doc.items()}
+
+
 def _finite(values: list[Any]) -> list[Any]:
     return [None if isinstance(v, float) and not math.isfinite(v) else v for v in values]
 
@@ -348,10 +383,17 @@ class OipHttp:
             route("/v2/health/live", self.live, "GET"),
             route("/v2/health/ready", self.ready, "GET"),
             route("/v2", self.server_metadata, "GET"),
+            route("/v2/models/stats", self.model_stats, "GET"),  # before {name} matches it
             route(m, self.model_metadata, "GET"), route(v, self.model_metadata, "GET"),
             route(f"{m}/ready", self.model_ready, "GET"),
             route(f"{v}/ready", self.model_ready, "GET"),
             route(f"{m}/infer", self.infer, "POST"), route(f"{v}/infer", self.infer, "POST"),
+            # Triton's REST side of its extensions (the same servicer methods as gRPC).
+            route(f"{m}/config", self.model_config, "GET"),
+            route(f"{v}/config", self.model_config, "GET"),
+            route(f"{m}/stats", self.model_stats, "GET"),
+            route(f"{v}/stats", self.model_stats, "GET"),
+            route("/v2/repository/index", self.repository_index, "POST"),
         ])  # fmt: skip
 
     async def _answer(self, method: str, request: Any, http: Request) -> Any:
@@ -391,6 +433,31 @@ class OipHttp:
         r = await self._answer("ModelReady", req, http)
         return JSONResponse({"name": p["name"], "ready": r.ready},
                             status_code=200 if r.ready else 400)  # fmt: skip
+
+    async def model_config(self, http: Request) -> Response:
+        p = http.path_params
+        req = oip.ModelConfigRequest(name=p["name"], version=p.get("version", ""))
+        r = await self._answer("ModelConfig", req, http)
+        return JSONResponse(_json_of(r.config))
+
+    async def model_stats(self, http: Request) -> Response:
+        p = http.path_params
+        req = oip.ModelStatisticsRequest(name=p.get("name", ""), version=p.get("version", ""))
+        r = await self._answer("ModelStatistics", req, http)
+        return JSONResponse(_json_of(r))
+
+    async def repository_index(self, http: Request) -> Response:
+        raw = await http.body()
+        try:
+            doc = json.loads(raw) if raw.strip() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadRequest(f"the body is not JSON: {exc}") from None
+        ready = doc.get("ready", False) if isinstance(doc, dict) else None
+        if not isinstance(ready, bool):
+            raise BadRequest("the body must be a JSON object; ready: true or false")
+        req = oip.RepositoryIndexRequest(ready=ready)
+        r = await self._answer("RepositoryIndex", req, http)
+        return JSONResponse([_json_of(m) for m in r.models])  # Triton answers a list
 
     async def infer(self, http: Request) -> Response:
         raw = await http.body()

@@ -270,3 +270,40 @@ def test_tritonclient_http(rest: InProcessGateway, demo_store: DemoStore) -> Non
     assert seen["binary_label"] == [want["label"]]
     np.testing.assert_allclose(seen["binary_probabilities"], [want["scores"]], rtol=1e-6)
     assert all("binary_data_size" in o["parameters"] for o in seen["binary_header"])
+
+
+def test_the_extensions_rest_paths(rest: InProcessGateway, demo_store: DemoStore) -> None:
+    """Triton's REST paths of ModelConfig, ModelStatistics and RepositoryIndex: the gRPC
+    answers, as Triton's JSON (field names, 64-bit counts as numbers)."""
+    status, config = call(rest, "GET", "/v2/models/demo/config")
+    assert status == 200, config
+    assert (config["name"], config["platform"], config["max_batch_size"]) == (
+        "demo", "onnxruntime_onnx", rest.server.settings.max_batch_rows
+    )  # fmt: skip
+    assert config["input"] == [{"name": "features", "data_type": "TYPE_FP32",
+                                "dims": [demo_store.X.shape[1]], "optional": False}]  # fmt: skip
+    assert config["parameters"]["arms"] == {"string_value": "control,treatment"}
+    assert call(rest, "GET", "/v2/models/nope/config")[0] == 404
+    assert call(rest, "GET", "/v2/models/demo/versions/2/config")[0] == 400
+    assert call(rest, "POST", "/v2/repository/index", {}) == (200, [
+        {"name": "demo", "version": "", "state": "READY", "reason": ""},
+        {"name": "demo-3way", "version": "", "state": "READY", "reason": ""},
+    ])  # fmt: skip
+    assert call(rest, "POST", "/v2/repository/index", {"ready": "yes"})[0] == 400
+    status, _ = call(rest, "POST", "/v2/models/demo/infer", infer_body(demo_store.X[0], "st"))
+    assert status == 200
+    deadline = time.monotonic() + 20
+    while True:
+        status, stats = call(rest, "GET", "/v2/models/demo/stats")
+        counts = {s["version"]: s["inference_count"] for s in stats["model_stats"]}
+        if sum(counts.values()) == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert status == 200 and sorted(counts.values()) == [0, 1], stats
+    arm = next(a for a, c in counts.items() if c == 1)
+    status, one = call(rest, "GET", f"/v2/models/demo/versions/{arm}/stats")
+    (entry,) = one["model_stats"]
+    assert entry["inference_stats"]["success"]["count"] == 1  # a number, not "1"
+    assert isinstance(entry["last_inference"], int) and entry["last_inference"] > 0
+    status, every = call(rest, "GET", "/v2/models/stats")
+    assert status == 200 and {s["name"] for s in every["model_stats"]} == {"demo", "demo-3way"}
