@@ -241,6 +241,7 @@ def infer_request(
             if r is not None:
                 _typed_from_binary(tensor, r, f"inputs[{i}]")
     binary_names: set[str] = set()
+    not_binary: set[str] = set()
     for i, o in enumerate(doc.get("outputs") or []):
         if not isinstance(o, dict) or not isinstance(o.get("name"), str):
             raise BadRequest(f"outputs[{i}]: must be an object with a name")
@@ -250,12 +251,14 @@ def infer_request(
         if wanted is not None:
             if wanted.WhichOneof("parameter_choice") != "bool_param":
                 raise BadRequest(f"outputs[{i}].parameters.binary_data: must be true or false")
-            if wanted.bool_param:
-                binary_names.add(o["name"])
+            (binary_names if wanted.bool_param else not_binary).add(o["name"])
         for k, v in out_params.items():
             out.parameters[k].CopyFrom(v)
-    if binary_out is not None and binary_out.bool_param and not binary_names:
-        return req, True
+    if binary_out is not None and binary_out.bool_param:
+        # Every output is binary but those asked for with "binary_data": false.
+        if not req.outputs:
+            return req, True
+        binary_names |= {o.name for o in req.outputs} - not_binary
     return req, frozenset(binary_names)
 
 

@@ -190,6 +190,14 @@ def test_binary_tensor_extension(rest: InProcessGateway, demo_store: DemoStore) 
     mixed = _binary_outputs(head, data)
     assert isinstance(mixed["label"], list) and isinstance(mixed["arm"], list)
     assert mixed["probabilities"].shape == (2, 2)
+    # binary_data_output: every output binary but one asked for with binary_data false.
+    label_json = {"name": "label", "parameters": {"binary_data": False}}
+    doc = {"parameters": {"user_id": "bin-user", "binary_data_output": True},
+           "inputs": [features], "outputs": [label_json, {"name": "probabilities"}]}  # fmt: skip
+    status, head, data = post_binary(rest, doc, X.tobytes())
+    assert status == 200, head
+    some = _binary_outputs(head, data)
+    assert some["label"] == want["label"] and some["probabilities"].shape == (2, 2)
     # And the other way round: users binary (length-prefixed), features as JSON.
     users_bin = _bytes_tensor(["u-a", "u-b"])
     doc = {"inputs": [
