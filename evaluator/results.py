@@ -488,11 +488,15 @@ class MetricSeries:
     hi: dict[str, np.ndarray]
     p_value: dict[str, np.ndarray]
     alpha: float  # per test: (1 − confidence) / number of treatments, as the policy uses
+    # Each arm's mean with its always-valid interval at 1 − confidence (nan: unbounded).
+    mean_lo: dict[str, np.ndarray] = field(default_factory=dict)
+    mean_hi: dict[str, np.ndarray] = field(default_factory=dict)
+    mean_alpha: float = 0.05
 
 
 def metric_series(data: ExperimentResults) -> MetricSeries:
     """Cumulative per-arm sufficient statistics and ``sequential_test`` at every bucket end."""
-    from evaluator.stats import ArmStats, sequential_test
+    from evaluator.stats import ArmStats, mean_confidence_sequence, sequential_test
 
     nb = data.n_buckets
     zeros = np.zeros((nb, 3))
@@ -519,7 +523,14 @@ def metric_series(data: ExperimentResults) -> MetricSeries:
             effect[t][i], p[t][i] = r.effect, r.p_value
             if math.isfinite(r.ci[0]) and math.isfinite(r.ci[1]):
                 lo[t][i], hi[t][i] = r.ci
-    return MetricSeries(data.edges()[1:], n, mean, effect, lo, hi, p, alpha)
+    mean_alpha = 1.0 - data.state.confidence
+    bands = {arm: mean_confidence_sequence(c[:, 0], c[:, 1], c[:, 2], mean_alpha)
+             for arm, c in cum.items()}  # fmt: skip
+    return MetricSeries(
+        data.edges()[1:], n, mean, effect, lo, hi, p, alpha,
+        {arm: b[0] for arm, b in bands.items()}, {arm: b[1] for arm, b in bands.items()},
+        mean_alpha,
+    )  # fmt: skip
 
 
 def histogram_quantile(bins: Mapping[int, int], q: float) -> float:

@@ -135,6 +135,35 @@ def _radius(sigma2: float, n: int, rho2: float, alpha: float) -> float:
     )
 
 
+def mean_confidence_sequence(
+    n: np.ndarray,
+    total: np.ndarray,
+    sumsq: np.ndarray,
+    alpha: float = 0.05,
+    tuning_n: float = 5000.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Always-valid interval of ONE arm's mean, at each look (arrays of cumulative n, Σx, Σx²):
+    x̄ ± r with r = ``_radius`` at σ² = s² (the sample variance) and ρ = ``sequential_rho`` —
+    the one-sample normal-mixture confidence sequence of ``sequential_test`` (Waudby-Smith et
+    al. 2023), so it covers the arm's true mean at every look simultaneously with probability ≥
+    1 − α (asymptotically). nan where n < 2 or s² = 0 (no variance estimate: unbounded)."""
+    _check_alpha(alpha)
+    rho2 = sequential_rho(alpha, tuning_n) ** 2
+    n = np.asarray(n, dtype=np.float64)
+    total, sumsq = np.asarray(total, dtype=np.float64), np.asarray(sumsq, dtype=np.float64)
+    ok = n >= 2
+    safe = np.where(ok, n, 2.0)
+    mean = total / safe
+    var = np.where(ok, np.maximum(sumsq - total * mean, 0.0) / (safe - 1.0), 0.0)
+    x = safe * rho2
+    radius = np.sqrt(
+        var * 2.0 * (x + 1.0) / (safe * safe * rho2) * np.log(np.sqrt(x + 1.0) / alpha)
+    )
+    bounded = ok & (var > 0)
+    nan = np.full(n.shape, np.nan)
+    return np.where(bounded, mean - radius, nan), np.where(bounded, mean + radius, nan)
+
+
 def _boundary(
     effect: float, sigma2: float, n: int, rho2: float, alpha: float
 ) -> tuple[float, float]:

@@ -31,8 +31,9 @@ def _list(values: np.ndarray) -> list[float | None]:
 def timeline_json(data: ExperimentResults, series: MetricSeries) -> dict[str, Any]:
     """An experiment's results over time, one point per bucket end: each arm's share of the
     served rows against the split then in force, the primary metric per arm (cumulative, as the
-    policy sees it), each treatment's effect with its always-valid interval and p-value, the
-    min-effect line, shadow agreement, the decisions as markers, and drift PSI per measure."""
+    policy sees it) with its always-valid interval, each treatment's effect with its
+    always-valid interval and p-value, the min-effect line, shadow agreement, the decisions as
+    markers, and drift PSI per measure."""
     ends = [float(t) for t in series.ends]
     nb = data.n_buckets
     zeros = np.zeros(nb)
@@ -77,6 +78,10 @@ def timeline_json(data: ExperimentResults, series: MetricSeries) -> dict[str, An
         "split": split,
         "metric": state.primary_metric,
         "mean": {arm: _list(m) for arm, m in series.mean.items()},
+        # each arm's mean with its always-valid interval (evaluator.stats.mean_confidence_sequence)
+        "mean_lo": {arm: _list(v) for arm, v in series.mean_lo.items()},
+        "mean_hi": {arm: _list(v) for arm, v in series.mean_hi.items()},
+        "mean_confidence": 1.0 - series.mean_alpha,
         "effect": {
             t: {
                 "effect": _list(series.effect[t]),

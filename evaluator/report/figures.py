@@ -210,15 +210,18 @@ def fig_metric(
     ax, ax_eff = fig.subplots(2, 1, sharex=True, height_ratios=[1, 1.15])
     fig.suptitle(title)
     ends = _times(series.ends)
-    for arm in data.arms:
+    mean_level = f"{100.0 * (1.0 - series.mean_alpha):.4g}% always-valid CS"
+    for k, arm in enumerate(data.arms):
+        color = _arm_color(data, arm)
         ax.plot(
-            ends,
-            series.mean[arm],
-            "-",
-            color=_arm_color(data, arm),
-            lw=1.6,
+            ends, series.mean[arm], "-", color=color, lw=1.6,
             label=f"{arm} (n={int(series.n[arm][-1]):,})",
-        )
+        )  # fmt: skip
+        if arm in series.mean_lo:
+            ax.fill_between(
+                ends, series.mean_lo[arm], series.mean_hi[arm], color=color, alpha=0.15, lw=0,
+                label=mean_level if k == 0 else None,
+            )  # fmt: skip
     ax.set_ylabel(_METRIC_AXIS[s.primary_metric])
     ax.grid(alpha=0.3)
     level = 100.0 * (1.0 - series.alpha)

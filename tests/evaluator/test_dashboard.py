@@ -166,6 +166,10 @@ def test_the_pages_need_a_sign_in_and_show_what_the_api_says(stack: Stack) -> No
         )
         for chart in ("shares", "metric", "effect", "drift"):
             assert driver.find_elements(By.CSS_SELECTOR, f"#chart-{chart} canvas"), chart
+        # The metric chart draws each arm's confidence sequence as a band around its mean.
+        labels = driver.execute_script("return window.abgate.series['chart-metric']")
+        assert labels == [f"{a}{s}" for a in ("control", "treatment")
+                          for s in ("", " 95% CS high", " 95% CS low")]  # fmt: skip
         renders = driver.execute_script("return window.abgate.renders")
         stack.traffic(150)
         wait_until(lambda: _text(driver, f"{arm} .n") == "350", what="the page to update")

@@ -263,6 +263,17 @@ def test_results_canary_config_and_gateways(api: Api, fresh_db: str) -> None:
         == json.loads(json.dumps(timeline_json(data, metric_series(data))))["served"]
     )
     assert sum(sum(x or 0 for x in v) for v in line.doc["served"].values()) == 600
+    # Each arm's mean with its always-valid interval (null where unbounded: no variance yet).
+    want = json.loads(json.dumps(timeline_json(data, metric_series(data))))
+    for arm in ("control", "treatment"):
+        doc = line.doc
+        assert doc["mean_lo"][arm] == want["mean_lo"][arm] and len(doc["mean_lo"][arm]) == len(
+            doc["ends"]
+        )
+        bounded = [(lo, m, hi) for lo, m, hi in zip(doc["mean_lo"][arm], doc["mean"][arm],
+                   doc["mean_hi"][arm], strict=True) if lo is not None]  # fmt: skip
+        assert all(lo < m < hi for lo, m, hi in bounded), arm
+    assert line.doc["mean_confidence"] == pytest.approx(0.95)
     assert {a: max(x for x in v if x is not None) for a, v in line.doc["split"].items()} == {
         "control": 50.0, "treatment": 50.0
     }  # fmt: skip

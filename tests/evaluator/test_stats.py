@@ -599,3 +599,59 @@ def test_thompson_rejects_bad_input() -> None:
         thompson_weights(two, 0.0, rng, draws=0)
     with pytest.raises(ValueError, match="total <= n"):
         thompson_weights({"a": ArmStats(10, 11.0, 11.0)}, 0.0, rng)
+
+
+# -- one arm's mean: the dashboard's and the report's confidence sequence ------------------------
+def test_mean_confidence_sequence_is_the_normal_mixture_radius_around_the_mean() -> None:
+    from evaluator.stats import _radius, mean_confidence_sequence, sequential_rho
+
+    rng = np.random.default_rng(7)
+    x = rng.random(500) < 0.3
+    n = np.arange(1, 501)
+    total, sumsq = np.cumsum(x), np.cumsum(x * x)
+    lo, hi = mean_confidence_sequence(n, total, sumsq, 0.05)
+    rho2 = sequential_rho(0.05, 5000.0) ** 2
+    for i in (1, 9, 99, 499):
+        k = i + 1
+        mean, var = x[:k].mean(), x[:k].var(ddof=1)
+        if var == 0:
+            assert math.isnan(lo[i]) and math.isnan(hi[i])
+            continue
+        r = _radius(float(var), k, rho2, 0.05)
+        assert lo[i] == pytest.approx(mean - r, rel=1e-9, abs=1e-12)
+        assert hi[i] == pytest.approx(mean + r, rel=1e-9, abs=1e-12)
+    assert math.isnan(lo[0]) and math.isnan(hi[0])  # n = 1: no variance estimate
+    # No variance (every row the same): unbounded, not a zero-width interval.
+    lo, hi = mean_confidence_sequence(np.array([10]), np.array([10.0]), np.array([10.0]))
+    assert math.isnan(lo[0]) and math.isnan(hi[0])
+    with pytest.raises(ValueError):
+        mean_confidence_sequence(n, total, sumsq, 1.5)
+
+
+def test_mean_confidence_sequence_covers_at_every_look(capsys: pytest.CaptureFixture[str]) -> None:
+    """Seeded: 400 arms of 5,000 Bernoulli(0.3) rows, looked at every 50 rows (100 looks, as the
+    dashboard redraws while traffic flows). The share of arms whose interval ever misses the
+    true mean stays at most alpha; a fixed-n 95 % interval looked at the same way misses far
+    more often (why the dashboard draws the sequence, not it)."""
+    from evaluator.simulate import clopper_pearson
+    from evaluator.stats import mean_confidence_sequence
+
+    rng = np.random.default_rng(2026)
+    p, alpha, arms, rows = 0.3, 0.05, 400, 5000
+    x = (rng.random((arms, rows)) < p).astype(np.float64)
+    looks = np.arange(49, rows, 50)
+    total = np.cumsum(x, axis=1)[:, looks]
+    n = np.broadcast_to(looks + 1.0, total.shape)
+    lo, hi = mean_confidence_sequence(n, total, total, alpha)  # x² = x for 0/1 rows
+    missed = ((lo > p) | (hi < p)).any(axis=1)
+    mean = total / n
+    z = sps.norm.ppf(1 - alpha / 2)
+    half = z * np.sqrt(mean * (1 - mean) / n)
+    naive = ((mean - half > p) | (mean + half < p)).any(axis=1)
+    k = int(missed.sum())
+    low, high = clopper_pearson(k, arms)
+    with capsys.disabled():
+        print(f"\nper-arm CS: missed the mean at some look in {k}/{arms} arms (≤ {high:.3f} at "
+              f"95 %); a fixed-n 95 % CI in {int(naive.sum())}/{arms}")  # fmt: skip
+    assert low <= alpha and k / arms <= alpha
+    assert naive.sum() > 3 * max(k, 1)

@@ -4,7 +4,7 @@
 
 const POLL_MS = 2000;
 const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"];
-window.abgate = { renders: 0, errors: 0 };
+window.abgate = { renders: 0, errors: 0, series: {} };
 
 // -- signing in ---------------------------------------------------------------------------------
 function takeTokenFromFragment() {
@@ -97,6 +97,7 @@ function chart(id, series, data, opts = {}) {
       legend: { live: false },
     }, data, el);
     charts[id] = { plot, key };
+    window.abgate.series[id] = series.map((s) => s.label);
   } else {
     charts[id].plot.setData(data);
   }
@@ -115,8 +116,16 @@ function drawCharts(t) {
     shareData.push(t.split[arm]);
   });
   chart("chart-shares", shareSeries, shareData, { scales: { y: { range: [0, 100] } } });
-  chart("chart-metric", t.arms.map((a, i) => line(a, COLORS[i % COLORS.length])),
-        [xs, ...t.arms.map((a) => t.mean[a])]);
+  // Each arm's mean with its always-valid interval (a band between its high and low lines).
+  const level = `${+(100 * t.mean_confidence).toPrecision(4)}% CS`;
+  const metricSeries = [], metricData = [xs], metricBands = [];
+  t.arms.forEach((arm, i) => {
+    const c = COLORS[i % COLORS.length];
+    metricSeries.push(line(arm, c), dashed(`${arm} ${level} high`, c), dashed(`${arm} ${level} low`, c));
+    metricData.push(t.mean[arm], t.mean_hi[arm], t.mean_lo[arm]);
+    metricBands.push({ series: [metricData.length - 2, metricData.length - 1], fill: c + "22" });
+  });
+  chart("chart-metric", metricSeries, metricData, { bands: metricBands });
   const effSeries = [], effData = [xs], bands = [];
   Object.entries(t.effect).forEach(([arm, e], i) => {
     const c = COLORS[(i + 1) % COLORS.length];
