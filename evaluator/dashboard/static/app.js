@@ -17,6 +17,15 @@ function takeTokenFromFragment() {
 
 function token() { return sessionStorage.getItem("abgate-token") || ""; }
 
+// The sign-in form, one copy for every page (each page has an empty <section id="signin">).
+const SIGNIN_HTML = `<h2>Sign in</h2>
+  <p>Paste the evaluator's admin token (<code>ABGATE_TOKEN</code>). It stays in this tab only.</p>
+  <form id="signin-form"><input id="token" type="password" autocomplete="off" placeholder="token">
+    <button type="submit">Sign in</button></form>
+  <p id="signin-error" class="error"></p>`;
+
+function signinForm() { document.getElementById("signin").innerHTML = SIGNIN_HTML; }
+
 function showSignin(message) {
   document.getElementById("signin").hidden = false;
   document.getElementById("content").hidden = true;
@@ -279,6 +288,7 @@ async function tick() {
 
 document.addEventListener("DOMContentLoaded", () => {
   takeTokenFromFragment();
+  signinForm();
   document.getElementById("signin-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     sessionStorage.setItem("abgate-token", document.getElementById("token").value.trim());
