@@ -175,6 +175,15 @@ class EvaluatorSettings:
         "",
     )
     token_file: Path | None = doc("file holding the token (instead of --token)", None)
+    read_token: str = doc(
+        "a second, read-only token: lists, results, history, gateways, the dashboard and "
+        "questions; anything else answers PERMISSION_DENIED / 403 (empty = none); prefer "
+        "ABGATE_READ_TOKEN or --read-token-file",
+        "",
+    )
+    read_token_file: Path | None = doc(
+        "file holding the read-only token (instead of --read-token)", None
+    )
     database_url: str = doc("PostgreSQL URL; empty starts an embedded server", "")
     pg_data: Path = doc("data directory of the embedded PostgreSQL", Path("var/pg"))
     model_store: Path = doc(

@@ -82,11 +82,16 @@ _CODE_VALUE: dict[grpc.StatusCode | None, int] = {None: _OK, **{c: c.value[0] fo
 
 OVERLOADED_MESSAGE = "more calls in flight than --max-concurrent-rpcs; retry later"
 UNAUTHENTICATED_MESSAGE = "missing or invalid bearer token"
+PERMISSION_DENIED_MESSAGE = (
+    "this bearer token may not call this method (a read-only token only reads)"
+)
 # The details of a request that does not parse: nothing of the parser's error (internals).
 UNDECODABLE_MESSAGE = "undecodable request"
 UNDECODABLE_LOG_INTERVAL = 10.0  # seconds between log lines about undecodable requests
 
 Authorize = Callable[[Sequence[tuple[str, str | bytes]]], bool]
+# (method path "/pkg.Service/Method", metadata) -> may these credentials call it.
+Permit = Callable[[str, Sequence[tuple[str, str | bytes]]], bool]
 
 
 def grpc_type(request_streaming: bool, response_streaming: bool) -> str:
@@ -451,7 +456,7 @@ class _Capture:
 
 
 class _Route:
-    __slots__ = ("denied", "handler", "limited", "overloaded", "public", "stats")
+    __slots__ = ("denied", "forbidden", "handler", "limited", "overloaded", "public", "stats")
 
     def __init__(
         self, handler: grpc.RpcMethodHandler, stats: MethodStats, limited: bool, public: bool
@@ -466,6 +471,9 @@ class _Route:
         self.denied = refusal(
             handler, stats, grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE
         )
+        self.forbidden = refusal(
+            handler, stats, grpc.StatusCode.PERMISSION_DENIED, PERMISSION_DENIED_MESSAGE
+        )
 
 
 # -- the surface --------------------------------------------------------------------------------
@@ -477,16 +485,25 @@ class Surface(grpc.GenericRpcHandler):
     status is sent) beyond which new ones are answered RESOURCE_EXHAUSTED; 0 = no limit. Health
     and reflection are never limited: probes answer under overload. ``authorize``: called with
     each call's metadata unless its service is ``public``; False answers UNAUTHENTICATED.
+    ``permit``: then called with the method and the metadata of an authenticated call; False
+    answers PERMISSION_DENIED (a read-only token calling a write).
     """
 
-    def __init__(self, *, max_concurrent_rpcs: int = 0, authorize: Authorize | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_concurrent_rpcs: int = 0,
+        authorize: Authorize | None = None,
+        permit: Permit | None = None,
+    ) -> None:
         if max_concurrent_rpcs < 0:
             raise ValueError("max_concurrent_rpcs must be 0 (no limit) or positive")
         self.health = _Health()
         self.limit = max_concurrent_rpcs
         self.in_flight = 0  # calls of limited services, counted only when there is a limit
         self._authorize = authorize
-        self._checks = authorize is not None or max_concurrent_rpcs > 0
+        self._permit = permit
+        self._checks = authorize is not None or permit is not None or max_concurrent_rpcs > 0
         self._routes: dict[str, _Route] = {}
         self._services: list[str] = []
         self.stats: list[MethodStats] = []
@@ -562,13 +579,12 @@ class Surface(grpc.GenericRpcHandler):
         route.stats.started += 1
         if not self._checks:
             return route.handler
-        authorize = self._authorize
-        if (
-            authorize is not None
-            and not route.public
-            and not authorize(handler_call_details.invocation_metadata or ())
-        ):
-            return route.denied
+        if not route.public:
+            metadata = handler_call_details.invocation_metadata or ()
+            if self._authorize is not None and not self._authorize(metadata):
+                return route.denied
+            if self._permit is not None and not self._permit(handler_call_details.method, metadata):
+                return route.forbidden
         if self.limit and route.limited:
             if self.in_flight >= self.limit:
                 return route.overloaded

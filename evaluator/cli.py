@@ -32,11 +32,14 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
 
     settings: EvaluatorSettings = cli.settings_from_args(EvaluatorSettings, args)
     settings = cli.with_token_file(settings, "token")
+    settings = cli.with_token_file(settings, "read_token")
     if not settings.token:
         raise cli.UsageError(
             "the evaluator needs ABGATE_TOKEN, --token-file or --token: the control plane is "
             "never open without credentials"
         )
+    if settings.read_token == settings.token:
+        raise cli.UsageError("--read-token must differ from --token (the admin token)")
     # Everything the server would find wrong only after starting PostgreSQL, checked first.
     host, port = cli.listen_address(settings.listen, "--listen")
     metrics = (

@@ -4,8 +4,9 @@ Every endpoint that mirrors the admin API parses its JSON into the same protobuf
 gRPC call takes and calls the same ``AdminServicer`` method, with a context whose ``abort``
 raises ``HttpAbort`` instead of ending a gRPC call: one code path, so the validation, the
 audit rows and the errors are those of gRPC, with the gRPC status mapped to an HTTP status
-(``HTTP_STATUS``). The bearer token is the admin API's (``TokenAuth``); ``/openapi.json`` and
-``/healthz`` are readable without one.
+(``HTTP_STATUS``). The bearer tokens are the admin API's (``TokenAuth``): a read-only token
+may call the reads (``Endpoint.writes`` False) and gets 403 for the rest, as gRPC answers it
+PERMISSION_DENIED; ``/openapi.json`` and ``/healthz`` are readable without one.
 
 Starlette with uvicorn, not FastAPI: the request and response types are the admin API's protobuf
 messages, whose JSON mapping (``json_format``) is already the contract; FastAPI would want a
@@ -38,6 +39,8 @@ from abgate.errors import AbgateError, InvalidArgument, shown
 from abgate.v1 import control_pb2 as cpb
 from evaluator.experiments import CANARY_STAGES
 from evaluator.service import (
+    ADMIN,
+    READ_METHODS,
     AdminServicer,
     TokenAuth,
     message_json,
@@ -221,6 +224,16 @@ class Endpoint:
     tags: tuple[str, ...] = ("experiments",)
     status: int = 200
     alias_of: str = ""  # the native path this one maps (README "HTTP/JSON API")
+    reads: bool = False  # a POST that changes nothing (a question, a test on given figures)
+
+    @property
+    def writes(self) -> bool:
+        """Needs the admin token (a read-only one gets 403 before the body is read)."""
+        return self.method != "GET" and not self.reads
+
+
+_FORBIDDEN = "this token is read-only: {} needs the admin token"
+_ROLE = "abgate.role"  # the scope key the token's role is kept under
 
 
 class HttpApi:
@@ -229,13 +242,13 @@ class HttpApi:
     def __init__(
         self,
         servicer: AdminServicer,
-        token: str,
+        auth: TokenAuth,
         snapshot: Callable[[], Any],
         timeline: Callable[[str, float | None], Awaitable[dict[str, Any]]] | None = None,
         ask: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.servicer = servicer
-        self.auth = TokenAuth(token)
+        self.auth = auth
         self.snapshot = snapshot  # the current cpb.ConfigSnapshot or None
         self.timeline = timeline  # (experiment, bucket seconds) -> the dashboard's series
         self.ask = ask  # question -> evaluator.nlq's answer
@@ -243,6 +256,13 @@ class HttpApi:
     async def rpc(self, method: str, request: Message, http: Request) -> Any:
         client = http.client
         peer = f"http:{client.host}:{client.port}" if client else "http"
+        if (
+            http.scope.get(_ROLE) != ADMIN
+            and f"/abgate.v1.EvaluatorAdmin/{method}" not in READ_METHODS
+        ):
+            # The gRPC rule, for every admin method an endpoint reaches (``writes`` is checked
+            # first; this keeps the two from drifting apart).
+            raise HttpAbort(grpc.StatusCode.PERMISSION_DENIED, _FORBIDDEN.format(method))
         return await getattr(self.servicer, method)(request, _Context(peer))
 
     def app(self) -> ASGIApp:
@@ -268,6 +288,8 @@ class HttpApi:
 
 def _bind(api: HttpApi, e: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
+        if e.writes and request.scope.get(_ROLE) != ADMIN:
+            return error(403, _FORBIDDEN.format(f"{e.method} {e.path}"))
         try:
             return await e.handler(api, request)
         except HttpAbort as exc:
@@ -345,7 +367,8 @@ class _Authenticated:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not is_open(scope["path"]):
             headers = [(k.decode("latin-1"), v) for k, v in scope["headers"]]
-            if not self.auth(headers):
+            scope[_ROLE] = role = self.auth.role(headers)
+            if role is None:
                 response = error(
                     401, "needs Authorization: Bearer <token> (the evaluator's admin token)"
                 )
@@ -709,13 +732,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              alias_of=f"PATCH {E} with remove_shadows"),
     Endpoint("POST", "/nlq", "A question in plain words ({\"question\": …}): winner, "
              "p_value, effect_size with its CI, recommendation, window and rows used",
-             nlq, "Question", "Answer", tags=("questions",)),
+             nlq, "Question", "Answer", tags=("questions",), reads=True),
     Endpoint("GET", "/experiment/config", "The config snapshot gateways run (?experiment=: "
              "one experiment's)", experiment_config, answer=cpb.ConfigSnapshot,
              tags=("compatible",)),
     Endpoint("POST", "/stat_test", "A two-sample test on given figures: always-valid "
              "sequential and fixed-horizon Welch", stat_test, "StatTestRequest", "StatTest",
-             tags=("compatible",)),
+             tags=("compatible",), reads=True),
 )  # fmt: skip
 
 

@@ -186,7 +186,8 @@ class EvaluatorServer:
         self._rejections_seen: dict[tuple[str, str], tuple[int, str]] = {}
         self.latest: dict[str, VersionRow] = {}
         # Health, reflection, the token check and call metrics of the gRPC listener.
-        self.surface = Surface(authorize=TokenAuth(settings.token))
+        self.auth = TokenAuth(settings.token, settings.read_token)
+        self.surface = Surface(authorize=self.auth, permit=self.auth.permits)
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._embedded: EmbeddedPostgres | None = None
@@ -1263,7 +1264,7 @@ class EvaluatorServer:
             from evaluator.http import HttpApi
 
             hhost, hport = split_listen(s.http_listen)
-            api = HttpApi(admin, s.token, lambda: self.publisher.current, self.timeline, self.ask)
+            api = HttpApi(admin, self.auth, lambda: self.publisher.current, self.timeline, self.ask)
             tls = (str(s.tls_cert), str(s.tls_key)) if s.tls_cert and s.tls_key else None
             ca = str(s.tls_client_ca) if s.tls_client_ca else None
             self.http = await serve_http(api.app(), hhost, hport, tls=tls, client_ca=ca)

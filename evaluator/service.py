@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import grpc
 from google.protobuf.message import Message
@@ -39,30 +39,59 @@ MAX_NACK_MESSAGE = 4096  # characters of a NACK's error message kept
 
 
 # -- credentials --------------------------------------------------------------------------------
+Role = Literal["admin", "read"]
+ADMIN: Role = "admin"
+READ: Role = "read"
+_ADMIN = "/abgate.v1.EvaluatorAdmin/"
+# What a read-only token may call: the admin API's reads (health and reflection are open).
+READ_METHODS = frozenset(
+    _ADMIN + m for m in ("ListExperiments", "GetExperiment", "Gateways", "History")
+)
+
+
 class TokenAuth:
     """Every call but health needs ``authorization: Bearer <token>``: the check
     ``abgate.surface.Surface`` runs on each call's metadata when the call arrives, before gRPC
     reads (or anyone deserializes) the request; a call that fails it is answered
     UNAUTHENTICATED (and counted) without any handler running. Exactly one ``authorization``
     header: a call with two is refused, whichever of them holds the token (a proxy that adds
-    one in front of the client's must not decide which one counts)."""
+    one in front of the client's must not decide which one counts).
 
-    def __init__(self, token: str) -> None:
+    Two tokens: the admin token (everything: the config stream, every admin call) and, when
+    given, a read-only one (``READ_METHODS`` and, over HTTP, the reads; ``permits`` answers
+    False for anything else, which is PERMISSION_DENIED / 403)."""
+
+    def __init__(self, token: str, read_token: str = "") -> None:
         if not token:
             raise ValueError("a control-plane token is required")
+        if read_token == token:
+            raise ValueError("the read-only token must differ from the admin token")
         self._expected = f"Bearer {token}".encode()
+        self._read = f"Bearer {read_token}".encode() if read_token else b""
 
-    def __call__(self, metadata: Sequence[tuple[str, str | bytes]]) -> bool:
+    def role(self, metadata: Sequence[tuple[str, str | bytes]]) -> Role | None:
+        """``ADMIN``, ``READ``, or None for a call without exactly one known token."""
         given: str | bytes | None = None
         for key, value in metadata:
             if key == "authorization":
                 if given is not None:
-                    return False
+                    return None
                 given = value
         if given is None:
-            return False
+            return None
         raw = given.encode("utf-8", "replace") if isinstance(given, str) else given
-        return hmac.compare_digest(raw, self._expected)
+        # Both compared every time: how long it takes tells nothing of which one matched.
+        admin = hmac.compare_digest(raw, self._expected)
+        read = hmac.compare_digest(raw, self._read) if self._read else False
+        return ADMIN if admin else READ if read else None
+
+    def __call__(self, metadata: Sequence[tuple[str, str | bytes]]) -> bool:
+        return self.role(metadata) is not None
+
+    def permits(self, method: str, metadata: Sequence[tuple[str, str | bytes]]) -> bool:
+        """May the call's token call ``method`` ("/abgate.v1.EvaluatorAdmin/Promote")."""
+        role = self.role(metadata)
+        return role == ADMIN or (role == READ and method in READ_METHODS)
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

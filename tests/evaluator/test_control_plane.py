@@ -217,6 +217,53 @@ def test_tls_and_mtls_config_stream(
         ev.close()
 
 
+def test_the_http_listener_serves_the_same_tls_and_mtls(
+    pki: Path, demo_store: DemoStore, fresh_db: str
+) -> None:
+    """--http-listen with --tls-cert/--tls-key/--tls-client-ca: HTTPS only, a client certificate
+    required, then the bearer token as over plain HTTP."""
+    import http.client as http_client
+    import ssl
+
+    ev = InProcessEvaluator(
+        evaluator_settings(
+            fresh_db, demo_store.root, http_listen="127.0.0.1:0", tls_cert=pki / "server.pem",
+            tls_key=pki / "server.key", tls_client_ca=pki / "ca.pem",
+        )
+    )  # fmt: skip
+    port = ev.server.http_port
+
+    def get(context: ssl.SSLContext | None, token: str | None = TOKEN) -> int:
+        conn = (
+            http_client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+            if context is not None
+            else http_client.HTTPConnection("127.0.0.1", port, timeout=10)
+        )
+        try:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            conn.request("GET", "/api/v1/experiments", headers=headers)
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    try:
+        anonymous = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        with_cert = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        with_cert.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
+        assert get(with_cert) == 200
+        assert get(with_cert, token=None) == 401
+        # Plain HTTP to the TLS port, and TLS without a client certificate: no answer at all.
+        with pytest.raises((ConnectionError, http_client.HTTPException, OSError)):
+            get(None)
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            get(anonymous)
+        # A client that does not trust the server's CA refuses it.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            get(ssl.create_default_context())
+    finally:
+        ev.close()
+
+
 # -- CLI -----------------------------------------------------------------------------------
 def abgate(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "ABGATE_TOKEN"}

@@ -20,6 +20,8 @@ import pytest
 from abgate.v1 import control_pb2 as cpb
 from tests.conftest import DemoStore
 from tests.evaluator.conftest import TOKEN, InProcessEvaluator, ab_definition, evaluator_settings
+
+READ_TOKEN = "viewer-token-7c2d"
 from tests.evaluator.test_drift import _rows, insert_rows
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -85,9 +87,10 @@ class Stack:
 def stack(fresh_db: str, demo_store: DemoStore) -> Iterator[Stack]:
     ev = InProcessEvaluator(
         evaluator_settings(
-            fresh_db, demo_store.root, http_listen="127.0.0.1:0", tick_interval=3600, settle=0.0
+            fresh_db, demo_store.root, http_listen="127.0.0.1:0", tick_interval=3600, settle=0.0,
+            read_token=READ_TOKEN,
         )
-    )
+    )  # fmt: skip
     try:
         shas = {m.id: m.sha256 for m in demo_store.metas.values()}
         definition = ab_definition(
@@ -139,7 +142,8 @@ def test_the_pages_need_a_sign_in_and_show_what_the_api_says(stack: Stack) -> No
         driver.find_element(By.CSS_SELECTOR, "#signin-form button").click()
         wait_until(lambda: _text(driver, "#signin-error"), what="a refused token")
         driver.find_element(By.ID, "token").clear()
-        driver.find_element(By.ID, "token").send_keys(TOKEN)
+        # The read-only token is enough for every page (they only read).
+        driver.find_element(By.ID, "token").send_keys(READ_TOKEN)
         driver.find_element(By.CSS_SELECTOR, "#signin-form button").click()
         row = 'tr[data-name="exp"]'
         wait_until(lambda: _text(driver, f"{row} .status") == "running", what="the list")

@@ -19,7 +19,7 @@ function token() { return sessionStorage.getItem("abgate-token") || ""; }
 
 // The sign-in form, one copy for every page (each page has an empty <section id="signin">).
 const SIGNIN_HTML = `<h2>Sign in</h2>
-  <p>Paste the evaluator's admin token (<code>ABGATE_TOKEN</code>). It stays in this tab only.</p>
+  <p>Paste the evaluator's read-only token (<code>--read-token</code>) or its admin token (<code>ABGATE_TOKEN</code>). It stays in this tab only.</p>
   <form id="signin-form"><input id="token" type="password" autocomplete="off" placeholder="token">
     <button type="submit">Sign in</button></form>
   <p id="signin-error" class="error"></p>`;
