@@ -20,9 +20,9 @@ import pytest
 from abgate.v1 import control_pb2 as cpb
 from tests.conftest import DemoStore
 from tests.evaluator.conftest import TOKEN, InProcessEvaluator, ab_definition, evaluator_settings
+from tests.evaluator.test_drift import _rows, insert_rows
 
 READ_TOKEN = "viewer-token-7c2d"
-from tests.evaluator.test_drift import _rows, insert_rows
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
