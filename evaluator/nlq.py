@@ -294,7 +294,7 @@ def answer_query(q: Query, data: Any) -> dict[str, Any]:
             values[arm] = s.n / seconds if seconds > 0 else None
         elif metric.startswith("latency_"):
             qv = {"latency_p50": 0.5, "latency_p95": 0.95, "latency_p99": 0.99}[metric]
-            us = histogram_quantile(data.latency.get(arm, {}), qv)
+            us = histogram_quantile(data.latency_within(arm, inside), qv)
             values[arm] = None if math.isnan(us) else us / 1000.0
         else:
             values[arm] = s.mean if s.n else None
@@ -314,9 +314,7 @@ def answer_query(q: Query, data: Any) -> dict[str, Any]:
         "effect_size": None,
         "ci": None,
     }
-    notes = []
-    if metric.startswith("latency_"):
-        notes.append("latency is over the whole experiment (its histograms are not kept by time)")
+    notes: list[str] = []
     if len(arms) == 2 and metric not in ("throughput",) and not metric.startswith("latency_"):
         a, b = arms
         alpha = 1.0 - state.confidence
@@ -416,6 +414,6 @@ async def ask(url: str, question: str, now: float | None = None) -> dict[str, An
         raise NotUnderstood("the question is longer than 1000 characters")
     now = time.time() if now is None else now
     q = parse(question, await catalog_of(url), now)
-    data = await load_results(url, q.experiment, None)
+    data = await load_results(url, q.experiment, None, latency_by_bucket=True)
     out = answer_query(q, data)
     return {"question": question, "understood": {**asdict(q), "window": asdict(q.window)}, **out}

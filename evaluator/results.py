@@ -104,6 +104,19 @@ class ExperimentResults:
     # (n_buckets, 4): true/false positives, false/true negatives of the labelled rows, by arm
     # (label > 0 said positive, outcome > 0 was positive), by when the later was logged
     confusion: dict[str, np.ndarray] = field(default_factory=dict)
+    # arm -> time bucket -> {fine log bin: rows}: ``latency`` by bucket, loaded only when asked
+    # (``load_results(..., latency_by_bucket=True)``); empty otherwise
+    latency_by_bucket: dict[str, dict[int, dict[int, int]]] = field(default_factory=dict)
+
+    def latency_within(self, arm: str, inside: np.ndarray) -> dict[int, int]:
+        """``arm``'s latency histogram over the buckets where ``inside`` (n_buckets bools) is
+        True; needs ``latency_by_bucket``."""
+        merged: dict[int, int] = {}
+        for t, bins in self.latency_by_bucket.get(arm, {}).items():
+            if inside[t]:
+                for b, n in bins.items():
+                    merged[b] = merged.get(b, 0) + n
+        return merged
 
     def measure_label(self, arm: str, measure: str) -> str:
         """``measure`` as the report names it: a feature with its model's name when the
@@ -259,6 +272,14 @@ SELECT arm, floor(ln(greatest(latency_us, 1)) / ln(2) * {LATENCY_BINS_PER_OCTAVE
        count(*) AS n
 FROM served GROUP BY 1, 2
 """
+# The same histogram per time bucket too (for a question's window; one row per bucket, arm and
+# bin, so only when asked).
+_LATENCY_BY_BUCKET = f"""{_SERVED_ONCE}
+SELECT {_bucket("ts")} AS t, arm,
+       floor(ln(greatest(latency_us, 1)) / ln(2) * {LATENCY_BINS_PER_OCTAVE})::int AS b,
+       count(*) AS n
+FROM served GROUP BY 1, 2, 3
+"""
 # A shadow row and the served row of the same request (both answered), by the shadow's time.
 # Each shadow row against the served row of its request, in one scan of the experiment's rows
 # (a window per request id) rather than a self-join: on a partition not yet ANALYZEd the planner
@@ -303,9 +324,12 @@ FROM decisions WHERE experiment = $1 AND statistics ? 'verdict' ORDER BY id DESC
 """
 
 
-async def load_results(url: str, name: str, bucket_seconds: float | None) -> ExperimentResults:
+async def load_results(
+    url: str, name: str, bucket_seconds: float | None, *, latency_by_bucket: bool = False
+) -> ExperimentResults:
     """Read one experiment's results (one read-only snapshot); NotFound if it has no
-    version, Unavailable if PostgreSQL cannot be reached."""
+    version, Unavailable if PostgreSQL cannot be reached. ``latency_by_bucket``: also each
+    bucket's latency histogram (``ExperimentResults.latency_within``)."""
     import asyncpg
 
     try:
@@ -318,7 +342,7 @@ async def load_results(url: str, name: str, bucket_seconds: float | None) -> Exp
             "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
         )
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            return await _load(conn, name, bucket_seconds)
+            return await _load(conn, name, bucket_seconds, latency_by_bucket)
     except asyncpg.UndefinedTableError as exc:
         raise FailedPrecondition(
             f"the database has no abgate schema ({exc}); run `abgate db migrate`"
@@ -328,7 +352,7 @@ async def load_results(url: str, name: str, bucket_seconds: float | None) -> Exp
 
 
 async def _load(
-    conn: asyncpg.Connection, name: str, bucket_seconds: float | None
+    conn: asyncpg.Connection, name: str, bucket_seconds: float | None, by_bucket: bool = False
 ) -> ExperimentResults:
     from evaluator.aggregate import shadow_totals
     from evaluator.experiments import ExperimentState
@@ -403,8 +427,16 @@ async def _load(
             r["agree"],
         )
     latency: dict[str, dict[int, int]] = {}
-    for r in await conn.fetch(_LATENCY, name):
-        latency.setdefault(r["arm"], {})[int(r["b"])] = int(r["n"])
+    latency_by_bucket: dict[str, dict[int, dict[int, int]]] = {}
+    if by_bucket:
+        for r in await conn.fetch(_LATENCY_BY_BUCKET, *args):
+            arm, b, n = r["arm"], int(r["b"]), int(r["n"])
+            latency_by_bucket.setdefault(arm, {}).setdefault(int(r["t"]), {})[b] = n
+            whole = latency.setdefault(arm, {})
+            whole[b] = whole.get(b, 0) + n
+    else:
+        for r in await conn.fetch(_LATENCY, name):
+            latency.setdefault(r["arm"], {})[int(r["b"])] = int(r["n"])
 
     drift: dict[tuple[str, str], list[DriftPoint]] = {}
     for r in await conn.fetch(_DRIFT_HISTORY, *args):
@@ -433,6 +465,7 @@ async def _load(
         errors=errors,
         metric=metric,
         latency=latency,
+        latency_by_bucket=latency_by_bucket,
         decisions=[dict(r) for r in reversed(recent)],
         decisions_total=int(dec["n"]),
         markers=[dict(r) for r in reversed(markers)],

@@ -171,3 +171,50 @@ def test_asked_through_the_cli_and_http(
         assert r3.returncode == 1 and "“bananas”" in r3.stderr and "I can answer" in r3.stderr
     finally:
         ev.close()
+
+
+def test_latency_is_taken_over_the_window_asked(
+    evaluator: Any, demo_store: Any, fresh_db: str
+) -> None:
+    """p99 over "the last 2 days" is the recent rows' (1 ms, 2 ms), over the whole experiment
+    the slow old rows' (50 ms): the histograms are kept per time bucket for a question."""
+    import asyncio
+
+    import asyncpg
+
+    from abgate.v1 import control_pb2 as cpb
+    from evaluator.nlq import ask
+    from tests.evaluator.conftest import ab_definition
+
+    shas = {m.id: m.sha256 for m in demo_store.metas.values()}
+    d = ab_definition("lat", shas["demo-logreg"], shas["demo-gbdt"], min_samples=10**6)
+    evaluator.admin.call("CreateExperiment", cpb.CreateExperimentRequest(definition=d))
+    sql = (
+        "INSERT INTO predictions (request_id, ts, experiment, config_version, bucket,"
+        " hash_version, arm, model_id, model_version, model_sha256, label, scores, latency_us,"
+        " shadow, gateway_id, status) SELECT $1 || g, now() - $2::text::interval, 'lat', 1, 0,"
+        " 1, $3, 'm', '1', 'sha', 1, ARRAY[0.4, 0.6]::real[], $4, false, 'gw', 0"
+        " FROM generate_series(1, 200) g"
+    )
+
+    async def insert() -> float:
+        conn = await asyncpg.connect(fresh_db)
+        try:
+            for arm, recent_us in (("control", 1000), ("treatment", 2000)):
+                await conn.execute(sql, f"old-{arm}-", "3 days", arm, 50_000)
+                await conn.execute(sql, f"new-{arm}-", "1 hour", arm, recent_us)
+            return float(await conn.fetchval("SELECT extract(epoch FROM now())"))
+        finally:
+            await conn.close()
+
+    now = asyncio.run(insert())
+    recent = asyncio.run(
+        ask(fresh_db, "p99 latency of control vs treatment in lat last 2 days", now)
+    )
+    assert recent["n"] == {"control": 200, "treatment": 200}
+    assert recent["values"]["control"] == pytest.approx(1.0, rel=0.03)  # ms
+    assert recent["values"]["treatment"] == pytest.approx(2.0, rel=0.03)
+    whole = asyncio.run(ask(fresh_db, "p99 latency of control vs treatment in lat", now))
+    assert whole["n"] == {"control": 400, "treatment": 400}
+    assert whole["values"]["control"] == pytest.approx(50.0, rel=0.03)
+    assert "latency is over" not in recent["answer"]
