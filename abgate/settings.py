@@ -93,11 +93,14 @@ class GatewaySettings:
     max_message_bytes: int = doc("largest request/response message accepted", 4 * 1024 * 1024)
     max_batch_rows: int = doc("most rows in one PredictBatch call", 10_000)
     max_concurrent_rpcs: int = doc(
-        "inference calls in flight before new ones get RESOURCE_EXHAUSTED (0 = no limit)", 0
+        "inference calls in flight (gRPC and OIP REST) before new ones get RESOURCE_EXHAUSTED"
+        " / 429 (0 = no limit)",
+        0,
     )
     max_pending_calls: int = doc(
         "calls gRPC may hold before the gateway takes them; past it new calls are refused"
-        " (CANCELLED by gRPC core), all of them at twice it (0 = gRPC's default, 1000)",
+        " (CANCELLED by gRPC core), all of them at twice it (0 = gRPC's default, 1000); OIP"
+        " REST calls waiting for the event loop past it answer 503",
         256,
     )
     grace_seconds: float = doc("how long SIGTERM waits for in-flight RPCs", 10.0)

@@ -597,6 +597,22 @@ class Surface(grpc.GenericRpcHandler):
     def _release(self, _task: object) -> None:
         self.in_flight -= 1
 
+    def admit(self) -> bool:
+        """A slot of the limit for a call that comes in by another door than gRPC (the
+        gateway's REST), on the server's event loop; False: over the limit. Every True is
+        paired with one ``leave``."""
+        if not self.limit:
+            return True
+        if self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        """The end of a call ``admit`` let in."""
+        if self.limit:
+            self.in_flight -= 1
+
     async def set_serving(self, serving: bool) -> None:
         """One status for every name served, and for the whole server ("")."""
         status = (

@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from abgate.oip.v2 import grpc_predict_v2_pb2 as oip
+from abgate.surface import OVERLOADED_MESSAGE, Surface
 from gateway.auth import CLIENT_IDENTITY, ClientTokens
 
 log = logging.getLogger(__name__)
@@ -348,13 +349,36 @@ def infer_response(
     return doc, chunks
 
 
+# Probes answer under overload, as gRPC health does: not counted by --max-concurrent-rpcs.
+PROBES = frozenset({"ServerLive", "ServerReady"})
+BUSY_MESSAGE = (
+    "more REST calls waiting for the gateway's event loop than --max-pending-calls; retry later"
+)
+
+
 class OipHttp:
-    """The REST app; calls run on ``loop`` (the gateway's) through ``call``."""
+    """The REST app; calls run on ``loop`` (the gateway's) through ``call``.
+
+    Admission is gRPC's: a call handed to the gateway's loop and not yet started there is
+    pending, and past ``max_pending`` of them new ones answer 503 at once on the HTTP thread
+    (gRPC core refuses past ``--max-pending-calls`` the same way); once started, every call but
+    the probes takes a slot of the ``surface``'s ``--max-concurrent-rpcs``, shared with gRPC's
+    calls, or answers 429 (RESOURCE_EXHAUSTED)."""
 
     def __init__(
-        self, servicer: Any, loop: asyncio.AbstractEventLoop, tokens: ClientTokens | None
+        self,
+        servicer: Any,
+        loop: asyncio.AbstractEventLoop,
+        tokens: ClientTokens | None,
+        surface: Surface | None = None,
+        max_pending: int = 0,
     ) -> None:
         self.servicer, self.loop, self.tokens = servicer, loop, tokens
+        self.surface, self.max_pending = surface, max_pending
+        # Each written by one thread only (handed: the HTTP thread; started: the gateway's),
+        # so no lock: pending = handed - started.
+        self.handed = 0
+        self.started = 0
 
     async def call(self, method: str, request: Any, http: Request) -> tuple[Any, _Context]:
         headers = [(k.lower(), v) for k, v in http.headers.items()]
@@ -365,14 +389,25 @@ class OipHttp:
                 raise _Unauthenticated()
             identity = found
         ctx = _Context(headers)
+        if self.max_pending and self.handed - self.started >= self.max_pending:
+            raise _Status(grpc.StatusCode.UNAVAILABLE, BUSY_MESSAGE)
+        surface = None if method in PROBES else self.surface
 
         async def run() -> Any:
+            self.started += 1
+            if surface is not None and not surface.admit():
+                ctx.code, ctx.details = grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED_MESSAGE
+                return None
             CLIENT_IDENTITY.set(identity)
             try:
                 return await getattr(self.servicer, method)(request, ctx)
             except _Aborted:
                 return None
+            finally:
+                if surface is not None:
+                    surface.leave()
 
+        self.handed += 1
         future = asyncio.run_coroutine_threadsafe(run(), self.loop)
         return await asyncio.wrap_future(future), ctx
 

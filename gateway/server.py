@@ -267,7 +267,13 @@ class GatewayServer:
             from gateway.oip_http import OipHttp, OipHttpServer
 
             hhost, hport = split_listen(s.http_listen)
-            rest = OipHttp(self.oip_servicer, asyncio.get_running_loop(), self.client_tokens)
+            rest = OipHttp(
+                self.oip_servicer,
+                asyncio.get_running_loop(),
+                self.client_tokens,
+                surface=self.surface,
+                max_pending=s.max_pending_calls,
+            )
             self.oip_http = await asyncio.to_thread(OipHttpServer, rest.app(), hhost, hport)
             self.http_port = self.oip_http.port
         if s.metrics_listen:

@@ -315,3 +315,62 @@ def test_the_extensions_rest_paths(rest: InProcessGateway, demo_store: DemoStore
     assert isinstance(entry["last_inference"], int) and entry["last_inference"] > 0
     status, every = call(rest, "GET", "/v2/models/stats")
     assert status == 200 and {s["name"] for s in every["model_stats"]} == {"demo", "demo-3way"}
+
+
+def test_rest_calls_share_the_grpc_admission_limits(demo_store: DemoStore, tmp_path: Path) -> None:
+    """--max-concurrent-rpcs counts REST calls with gRPC's (429 past it; probes still answer),
+    and --max-pending-calls bounds the REST calls waiting for the gateway's loop (503 at once
+    past it, the rest answered once the loop is free)."""
+    import asyncio
+    import queue
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from abgate.v1 import gateway_pb2 as pb
+    from tests.gateway.test_grpc_surface import tensor
+
+    gw = InProcessGateway(
+        gateway_settings(demo_store, tmp_path, http_listen="127.0.0.1:0", max_concurrent_rpcs=1,
+                         max_pending_calls=2)
+    )  # fmt: skip
+    X = demo_store.X
+    body = infer_body(X[0], "alice")
+    try:
+        # A PredictStream holds the one slot from its arrival until its status is sent.
+        requests: queue.Queue[pb.PredictRequest | None] = queue.Queue()
+        stream = gw.stub.PredictStream(iter(requests.get, None), timeout=30)
+        requests.put(pb.PredictRequest(experiment="demo", user_id="s", features=tensor(X[0])))
+        next(stream)
+        status, got = call(gw, "POST", "/v2/models/demo/infer", body)
+        assert status == 429 and "--max-concurrent-rpcs" in got["error"]
+        assert call(gw, "GET", "/v2/health/ready") == (200, {"ready": True})
+        requests.put(None)
+        assert list(stream) == []
+        deadline = time.monotonic() + 5
+        while gw.server.surface.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert call(gw, "POST", "/v2/models/demo/infer", body)[0] == 200
+        assert gw.server.surface.in_flight == 0  # every REST slot given back
+
+        # The gateway's loop busy for a while: two REST calls wait for it, the others are 503.
+        blocked, release = threading.Event(), threading.Event()
+
+        async def hog() -> None:
+            blocked.set()
+            release.wait(10)  # blocks the loop itself, as a long CPU step would
+
+        asyncio.run_coroutine_threadsafe(hog(), gw.loop)
+        assert blocked.wait(5)
+        with ThreadPoolExecutor(4) as pool:
+            calls = [pool.submit(call, gw, "GET", "/v2/models/demo") for _ in range(4)]
+            deadline = time.monotonic() + 5
+            while sum(f.done() for f in calls) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            refused = [f.result() for f in calls if f.done()]
+            release.set()
+            answers = [f.result() for f in calls]
+        assert len(refused) == 2
+        assert all(s == 503 and "--max-pending-calls" in d["error"] for s, d in refused)
+        assert sorted(s for s, _ in answers) == [200, 200, 503, 503]
+    finally:
+        gw.close()
