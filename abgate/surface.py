@@ -76,6 +76,7 @@ _OK = grpc.StatusCode.OK.value[0]
 _CANCELLED = grpc.StatusCode.CANCELLED.value[0]
 _UNKNOWN = grpc.StatusCode.UNKNOWN.value[0]
 _DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+DEADLINE_SLACK = 0.1  # seconds before its deadline a cancelled call counts as DEADLINE_EXCEEDED
 _INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 # What ``context.code()`` returns -> status value; None: the handler never set one (OK).
 _CODE_VALUE: dict[grpc.StatusCode | None, int] = {None: _OK, **{c: c.value[0] for c in _CODES}}
@@ -188,8 +189,15 @@ class _Undecodable(Exception):
 def _failure_code(exc: BaseException, context: grpc.aio.ServicerContext) -> int:
     """The status gRPC sends for a handler that raised ``exc``."""
     if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        # The client's RST_STREAM at its deadline can reach us before our own timer (set from
+        # grpc-timeout when the call arrived, so a little later) fires: a call cancelled that
+        # close to its deadline ran out of time.
         remaining = context.time_remaining()
-        return _DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else _CANCELLED
+        return (
+            _DEADLINE_EXCEEDED
+            if remaining is not None and remaining <= DEADLINE_SLACK
+            else _CANCELLED
+        )
     code = _CODE_VALUE.get(context.code(), _UNKNOWN)  # an abort's code, or one set before raising
     return _UNKNOWN if code == _OK else code
 
