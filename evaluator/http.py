@@ -370,8 +370,7 @@ class _Authenticated:
             scope[_ROLE] = role = self.auth.role(headers)
             if role is None:
                 response = error(
-                    401,
-                    "needs Authorization: Bearer <token> (the evaluator's admin or read-only token)",
+                    401, "needs Authorization: Bearer <the evaluator's admin or read-only token>"
                 )
                 response.headers["WWW-Authenticate"] = 'Bearer realm="abgate"'
                 await response(scope, receive, send)
