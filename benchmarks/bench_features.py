@@ -35,6 +35,7 @@ from abgate.db.migrate import migrate
 from gateway.dataplane import ArmRuntime, BatchResult, DataPlane, ExperimentRuntime
 from gateway.hashing import BUCKET_FUNCTIONS, feature_threshold
 from gateway.logwriter import FEATURE_COLUMNS, LogWriter
+from gateway.pgsink import PostgresSink
 
 # None: no capture at all (the code path before feature capture: no row passed, no writer).
 CONFIGS: tuple[float | None, ...] = (None, 0.0, 0.1, 1.0)
@@ -94,12 +95,12 @@ async def measure(
 ) -> dict[str, float]:
     """One measurement: seconds per row end to end and inside the queueing calls, rows."""
     big = 10 * work.n + 1
-    log = LogWriter(url, batch_rows=batch_rows, max_queued_rows=big, max_age=0.2)
+    log = LogWriter(PostgresSink(url), batch_rows=batch_rows, max_queued_rows=big, max_age=0.2)
     feats = None
     if rate is not None:
         feats = LogWriter(
-            url, batch_rows=batch_rows, max_queued_rows=big, max_age=0.2,
-            table="prediction_features", columns=FEATURE_COLUMNS,
+            PostgresSink(url, table="prediction_features", columns=FEATURE_COLUMNS),
+            batch_rows=batch_rows, max_queued_rows=big, max_age=0.2,
         )  # fmt: skip
     writers = [w for w in (log, feats) if w is not None]
     for w in writers:

@@ -20,6 +20,7 @@ import numpy as np
 from abgate.db.embedded import EmbeddedPostgres
 from abgate.db.migrate import migrate
 from gateway.logwriter import LogWriter
+from gateway.pgsink import PostgresSink
 
 SCORES = np.array([0.25, 0.75], dtype="<f4").tobytes()  # as the gateway queues scores
 
@@ -50,7 +51,7 @@ def make_rows(n: int, run: int) -> list[tuple[object, ...]]:
 
 
 async def one(url: str, batch: int, n: int, run: int) -> float:
-    w = LogWriter(url, batch_rows=batch)
+    w = LogWriter(PostgresSink(url), batch_rows=batch)
     await w.start()
     await w.connected()
     rows = make_rows(n, run)

@@ -1,17 +1,18 @@
 """Prediction log writer: the request path appends a tuple and returns; a background task
-flushes batches to PostgreSQL with a binary COPY; a batch holding rows already written (a replay)
-goes through a staging table and INSERT … ON CONFLICT DO NOTHING instead, so replays are harmless.
+flushes batches to a sink (``LogSink``; the one in use, PostgreSQL's, is ``gateway.pgsink``),
+whose writes are idempotent, so a batch written twice (a replay) changes nothing.
 
 When a flush fails, its rows go to the on-disk spool (``gateway.spool``) and the writer keeps
-retrying; once the database answers again the spool is replayed in order and each segment is
+retrying; once the sink answers again the spool is replayed in order and each segment is
 deleted after its rows are committed. Only when memory and spool are both full does ``append``
 raise UNAVAILABLE, so no answer is given without a place for its log row.
 
-A batch refused for what some of its rows hold (``refused_for_content``: a value PostgreSQL
-cannot store, a constraint broken) is split until the rows that fail on their own are found;
-every other row is written and those go to the ``dead_letters`` table (migration 0006), or to
-the spool directory's ``dead-letters.jsonl`` when that table refuses them too. So one bad row
-never sends its batch to the spool, and a spool segment holding one never blocks the spool.
+A batch refused for what some of its rows hold (the sink's ``refused_for_content``: a value
+PostgreSQL cannot store, a constraint broken) is split until the rows that fail on their own
+are found; every other row is written and those go to the sink's dead letters (the
+``dead_letters`` table, migration 0006), or to the spool directory's ``dead-letters.jsonl``
+when those refuse them too. So one bad row never sends its batch to the spool, and a spool
+segment holding one never blocks the spool.
 """
 
 from __future__ import annotations
@@ -23,18 +24,15 @@ import datetime as dt
 import json
 import logging
 import math
-import struct
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import asyncpg
 import numpy as np
 
 from abgate.errors import Unavailable
-from gateway import logcopy
 from gateway.spool import Spool, SpoolFull
 from gateway.wal import LocalLog
 
@@ -74,8 +72,6 @@ _ADDED_COLUMNS = {"client_identity": "", "any_identity": False}
 Row = tuple[Any, ...]
 
 SCORES_DTYPE = np.dtype("<f4")
-# Classes decoded by an inlined expression; wider score vectors take abgate_f4le_array.
-INLINE_CLASSES = 8
 
 
 def scores_rows(scores: np.ndarray) -> list[bytes]:
@@ -87,26 +83,6 @@ def scores_rows(scores: np.ndarray) -> list[bytes]:
     if width == 0:
         return [b""] * n
     return [raw[i : i + width] for i in range(0, len(raw), width)]
-
-
-def _scores_from_bytes(col: str) -> str:
-    whens = " ".join(
-        f"WHEN {4 * k} THEN ARRAY[{', '.join(f'abgate_f4le({col}, {4 * j})' for j in range(k))}]"
-        for k in range(1, INLINE_CLASSES + 1)
-    )
-    return (
-        f"CASE length({col}) WHEN 0 THEN '{{}}'::real[] {whens} ELSE abgate_f4le_array({col}) END"
-    )
-
-
-# Columns that travel through the staging table in another form: (staged as, converted back).
-# asyncpg's real[] encoder cost ~3 µs a row on the event loop (ABC isinstance checks per
-# element); bytea costs ~0.1 µs and PostgreSQL decodes it in ~1.2 µs a row.
-_STAGED = {
-    "ts": ("extract(epoch FROM ts)::float8", "to_timestamp(ts)"),
-    "scores": ("NULL::bytea", _scores_from_bytes("scores")),
-    "features": ("NULL::bytea", _scores_from_bytes("features")),
-}
 
 
 @dataclass
@@ -128,83 +104,83 @@ class LogCounters:
         return 0.0 if self.oldest_queued_at is None else time.time() - self.oldest_queued_at
 
 
-# Errors that say nothing about the rows (connection lost, timeouts, too many connections, a
-# server shutting down or read-only, a missing table or privilege) keep the batch and retry it.
-# These say a row holds something the database refuses (classes 22 data exception, 23 integrity
-# constraint, P0 a trigger's RAISE; 54000 a value too large for an index), or that the gateway
-# could not encode it (asyncpg's own input errors are ValueErrors).
-_CONTENT_CLASSES = ("22", "23", "P0")
-_CONTENT_ERRORS = (ValueError, TypeError, OverflowError, struct.error)
+DeadLetter = tuple[str, str, str, str, str, str, str]
+"""A refused row as a sink keeps it: log table, the row as JSON text, sqlstate, error type,
+message, detail, gateway id."""
 
 
-def refused_for_content(exc: BaseException) -> bool:
-    """Whether a failed write was refused for what its rows hold (isolate and dead-letter the
-    rows at fault) rather than for the database's state (keep the rows, retry)."""
-    if isinstance(exc, asyncpg.PostgresError):
-        state = exc.sqlstate or ""
-        return state[:2] in _CONTENT_CLASSES or state == "54000"
-    return isinstance(exc, _CONTENT_ERRORS)
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What one write of a batch did."""
+
+    inserted: int
+    duplicates: int = 0  # rows already there (a replay), skipped
+    unmatched: int = 0  # outcomes whose prediction was not (yet) in the log
+    staged: bool = False  # the batch met a row already written and took the slower path
 
 
-_DEAD_LETTER_SQL = (
-    "INSERT INTO dead_letters (log_table, content, sqlstate, error, message, detail, gateway_id) "
-    "VALUES ($1, $2::json, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
-)
+class LogSink(Protocol):
+    """Where a ``LogWriter`` sends its batches: one table of one store. The writer owns the
+    buffering, retries, spool, local log, isolation of bad rows and counters; a sink only
+    writes. Another store (a distributed PostgreSQL, a Kafka-compatible log drained by a COPY
+    consumer) is one more module with these methods.
+
+    - ``write`` must be idempotent by ``request_id`` (a replayed or retried batch adds only the
+      rows missing) and all-or-nothing; it raises on failure.
+    - ``self.sink.refused_for_content(exc)``: the failure was caused by what rows hold (the writer
+      bisects the batch and dead-letters the rows failing alone) rather than by the store's
+      state (the writer keeps the rows and retries).
+    - ``dead_letters_refuse(exc)``: ``dead_letter`` refused a record for good (it goes to the
+      spool directory's file instead); any other failure retries the whole batch.
+    - ``abandon`` drops connections after a failure (the next ``open`` makes new ones);
+      ``open`` is called before every drain and returns at once when open.
+    """
+
+    table: str
+    columns: tuple[str, ...]
+
+    async def open(self) -> None: ...
+
+    def abandon(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def write(self, batch: Sequence[Row]) -> Written: ...
+
+    async def dead_letter(self, records: Sequence[DeadLetter]) -> None: ...
+
+    def refused_for_content(self, exc: BaseException) -> bool: ...
+
+    def dead_letters_refuse(self, exc: BaseException) -> bool: ...
 
 
 class LogWriter:
     def __init__(
         self,
-        dsn: str,
+        sink: LogSink,
         *,
         batch_rows: int = 1000,
         max_age: float = 0.2,
         max_queued_rows: int = 200_000,
-        on_connect: Callable[[str], Awaitable[object]] | None = None,
         flush_timeout: float = 30.0,
         spool: Spool | None = None,
-        table: str = "predictions",
-        columns: Sequence[str] = COLUMNS,
         gateway_id: str = "",
         local: LocalLog | None = None,
     ) -> None:
-        self.dsn = dsn
+        self.sink = sink
         # --log-durability local: rows also go to a local write-ahead log, whose group fsync
         # the answering call awaits (``synced``); None (memory) leaves the hot path as it was.
         self.local = local
         self._local_gen: int | None = None  # the last generation taken, not yet released
         self.gateway_id = gateway_id  # recorded with each dead letter
-        self.table = table
-        self.columns = tuple(columns)
+        self.table = sink.table
+        self.columns = tuple(sink.columns)
         self._ts = self.columns.index("ts")
         self._scores = self.columns.index("scores") if "scores" in self.columns else None
-        # Prediction and feature rows have layouts gateway.logcopy encodes (a direct COPY).
-        self._direct: tuple[Any, tuple[str, ...]] | None = None
-        if self.columns == COLUMNS:
-            self._direct = (logcopy.chunks, logcopy.COPY_COLUMNS)
-        elif self.columns == FEATURE_COLUMNS:
-            self._direct = (logcopy.feature_chunks, logcopy.FEATURE_COPY_COLUMNS)
-        staging = f"{table}_staging"
-        staged = ", ".join(f"{_STAGED[c][0]} AS {c}" if c in _STAGED else c for c in self.columns)
-        restored = ", ".join(_STAGED[c][1] if c in _STAGED else c for c in self.columns)
-        self._staging = staging
-        self._create_staging_sql = (
-            f"CREATE TEMP TABLE IF NOT EXISTS {staging} ON COMMIT DELETE ROWS AS "
-            f"SELECT {staged} FROM {table} WITH NO DATA"
-        )
-        # Run through fetchval so asyncpg prepares it once per connection: without parameters
-        # PostgreSQL then keeps one generic plan, where the simple protocol re-planned the
-        # scores decoding on every flush (10 ms, as much as executing 400 rows).
-        self._insert_sql = (
-            f"WITH inserted AS (INSERT INTO {table} ({', '.join(self.columns)}) "
-            f"SELECT {restored} FROM {staging} ON CONFLICT DO NOTHING RETURNING 1) "
-            "SELECT count(*) FROM inserted"
-        )
-        self.on_connect = on_connect  # e.g. run migrations before the first flush
         # Sees every batch once as it leaves memory (request metrics from the log rows).
         self.observe: Callable[[list[Row]], None] | None = None
         # A flush (or connect) that takes longer is abandoned and retried; a retried batch
-        # that had in fact committed is harmless (ON CONFLICT DO NOTHING).
+        # that had in fact committed is harmless (the sink's writes are idempotent).
         self.flush_timeout = flush_timeout
         self.spool = spool
         self.batch_rows = batch_rows
@@ -216,7 +192,7 @@ class LogWriter:
         self._queued = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._pool: asyncpg.Pool | None = None
+        self._open = False
         self._closing = False
         self._connected = asyncio.Event()
 
@@ -272,33 +248,28 @@ class LogWriter:
         (None when none waits); always None without one."""
         return self.local.synced() if self.local is not None else None
 
-    async def _ensure_pool(self) -> bool:
-        if self._pool is not None:
+    async def _ensure_open(self) -> bool:
+        if self._open:
             return True
         try:
-            if self.on_connect is not None:
-                await asyncio.wait_for(self.on_connect(self.dsn), self.flush_timeout)
-            self._pool = await asyncio.wait_for(
-                asyncpg.create_pool(self.dsn, min_size=1, max_size=2), self.flush_timeout
-            )
+            await asyncio.wait_for(self.sink.open(), self.flush_timeout)
         except Exception as exc:  # any failure to reach the database: retry later
             log.warning("%s log database unreachable, will retry: %s", self.table, exc)
             return False
+        self._open = True
         self._connected.set()
         return True
 
-    def _drop_pool(self) -> None:
-        # After a failed flush the connections may be half-dead; start over with new ones.
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool = None
+    def _abandon(self) -> None:
+        self.sink.abandon()
+        self._open = False
 
     async def connected(self) -> None:
         """Wait until the database has been reached (and migrated) once."""
         await self._connected.wait()
 
     async def _run(self) -> None:
-        await self._ensure_pool()  # connect (and migrate) eagerly; failures retry on flush
+        await self._ensure_open()  # connect (and migrate) eagerly; failures retry on flush
         backoff = 0.05
         while True:
             with contextlib.suppress(TimeoutError):
@@ -341,7 +312,7 @@ class LogWriter:
 
     async def _drain(self) -> bool:
         """Write the pending batches oldest first; False (rows kept) at the first failure."""
-        if self._retry and not await self._ensure_pool():
+        if self._retry and not await self._ensure_open():
             self.counters.failed_flushes += 1
             return False
         while self._retry:
@@ -352,7 +323,7 @@ class LogWriter:
                 self.counters.failed_flushes += 1
                 log.warning("%s log flush of %d rows failed, will retry: %s",
                             self.table, len(batch), exc)  # fmt: skip
-                self._drop_pool()
+                self._abandon()
                 return False
             self._retry.pop(0)
             self._queued -= len(batch)
@@ -380,9 +351,9 @@ class LogWriter:
         spool = self.spool
         assert spool is not None
         # Reconnect first: after an outage whose rows all went to the spool no batch is left
-        # to drain, so nothing else re-creates the pool the failed flush dropped (the replay
+        # to drain, so nothing else reconnects after the failed flush gave up (the replay
         # used to wait for the next request's rows to come along).
-        if not await self._ensure_pool():
+        if not await self._ensure_open():
             self.counters.failed_flushes += 1
             return False
         spool.seal()
@@ -397,7 +368,7 @@ class LogWriter:
             except Exception as exc:
                 self.counters.failed_flushes += 1
                 log.warning("%s spool replay paused: %s", self.table, _one_line(exc))
-                self._drop_pool()
+                self._abandon()
                 return False
             await asyncio.to_thread(spool.delete, segment)
             log.info("%s spool segment %s replayed", self.table, segment.name)
@@ -411,7 +382,7 @@ class LogWriter:
         try:
             await asyncio.wait_for(self.write(batch), self.flush_timeout)
         except Exception as exc:
-            if not refused_for_content(exc):
+            if not self.sink.refused_for_content(exc):
                 raise
             dead: list[tuple[Row, BaseException]] = []
             await self._isolate(batch, exc, dead)
@@ -436,37 +407,31 @@ class LogWriter:
             try:
                 await asyncio.wait_for(self.write(half), self.flush_timeout)
             except Exception as half_exc:
-                if not refused_for_content(half_exc):
+                if not self.sink.refused_for_content(half_exc):
                     raise
                 await self._isolate(half, half_exc, dead)
 
     async def _dead_letter(self, dead: list[tuple[Row, BaseException]]) -> None:
-        """Keep rows the log table refused, with why: in dead_letters (one statement for all of
-        them), or, for each one that table refuses as well, in the spool directory's
+        """Keep rows the log table refused, with why: in the sink's dead letters (one write
+        for all of them), or, for each one those refuse as well, in the spool directory's
         dead-letters.jsonl (the server log without a spool)."""
-        assert self._pool is not None
         records = [self._dead_letter_record(row, exc) for row, exc in dead]
-        pool = self._pool
-
-        async def insert(many: list[tuple[str, ...]]) -> None:
-            async with pool.acquire() as conn:
-                await conn.executemany(_DEAD_LETTER_SQL, many)
-
+        sink = self.sink
         try:
-            await asyncio.wait_for(insert(records), self.flush_timeout)
+            await asyncio.wait_for(sink.dead_letter(records), self.flush_timeout)
         except Exception as exc:
-            if not _table_refuses(exc):
+            if not sink.dead_letters_refuse(exc):
                 raise  # the database is away: the caller retries the whole batch
             for record in records:  # which of them does the table refuse?
                 try:
-                    await asyncio.wait_for(insert([record]), self.flush_timeout)
+                    await asyncio.wait_for(sink.dead_letter([record]), self.flush_timeout)
                 except Exception as one_exc:
-                    if not _table_refuses(one_exc):
+                    if not sink.dead_letters_refuse(one_exc):
                         raise
                     await self._dead_letter_file(record, one_exc)
         self.counters.dead_lettered += len(records)
 
-    def _dead_letter_record(self, row: Row, exc: BaseException) -> tuple[str, ...]:
+    def _dead_letter_record(self, row: Row, exc: BaseException) -> DeadLetter:
         """The dead_letters columns of a refused row (log_table, content, sqlstate, error,
         message, detail, gateway_id)."""
         return (
@@ -479,7 +444,7 @@ class LogWriter:
             self.gateway_id,
         )
 
-    async def _dead_letter_file(self, record: tuple[str, ...], exc: BaseException) -> None:
+    async def _dead_letter_file(self, record: DeadLetter, exc: BaseException) -> None:
         table, content, sqlstate, error, message, detail, gateway_id = record
         line = json.dumps(
             {
@@ -498,48 +463,15 @@ class LogWriter:
                   _one_line(exc), path)  # fmt: skip
 
     async def write(self, batch: Sequence[Row]) -> int:
-        """Write ``batch`` and return the rows inserted; rows already present are skipped.
-
-        Prediction (and feature) rows first try a binary COPY straight into the table
-        (``gateway.logcopy``). A row already there — the batch is a spool replay, or a retry of
-        a flush that committed after all — violates the primary key, which aborts that COPY
-        whole; the batch then goes through the staging table and ``INSERT … ON CONFLICT DO
-        NOTHING``, the one path that outcomes always take."""
-        assert self._pool is not None
-        if self._direct is not None:
-            encode, copy_columns = self._direct
-            parts = await encode(batch)  # encoding errors raise here, before the COPY
-            try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    await conn.copy_to_table(
-                        self.table, source=logcopy.send(parts), columns=copy_columns,
-                        format="binary",
-                    )  # fmt: skip
-            except asyncpg.UniqueViolationError:
-                self.counters.staged_batches += 1
-            else:
-                self.counters.written += len(batch)
-                return len(batch)
-        return await self.write_staged(batch)
-
-    async def write_staged(self, batch: Sequence[Row]) -> int:
-        """COPY ``batch`` into a staging table and insert what is new; returns rows inserted."""
-        assert self._pool is not None
-        staging = self._staging
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(self._create_staging_sql)
-            await conn.copy_records_to_table(staging, records=batch, columns=self.columns)
-            inserted = int(await conn.fetchval(self._insert_sql))
-            if self.table == "outcomes":
-                self.counters.unmatched += int(
-                    await conn.fetchval(
-                        f"SELECT count(*) FROM {staging} s WHERE NOT EXISTS "
-                        "(SELECT 1 FROM predictions p WHERE p.request_id = s.request_id)"
-                    )
-                )
-        self.counters.written += inserted
-        self.counters.duplicates += len(batch) - inserted
-        return inserted
+        """Write ``batch`` through the sink now and return the rows inserted; rows already
+        present are skipped (counted as duplicates)."""
+        done = await self.sink.write(batch)
+        c = self.counters
+        c.written += done.inserted
+        c.duplicates += done.duplicates
+        c.unmatched += done.unmatched
+        c.staged_batches += done.staged
+        return done.inserted
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Flush everything queued (waiting up to ``timeout`` for the database), then close."""
@@ -552,17 +484,12 @@ class LogWriter:
                 log.error("log writer stopped with %d rows not written", self._queued)
         if self.local is not None:
             await self.local.stop(all_written=self._queued == 0)
-        if self._pool is not None:
-            await self._pool.close()
+        await self.sink.close()
+        self._open = False
 
     @property
     def queued(self) -> int:
         return self._queued
-
-
-def _table_refuses(exc: BaseException) -> bool:
-    """dead_letters refuses a row too (or is missing, or not ours to write: class 42)."""
-    return refused_for_content(exc) or isinstance(exc, asyncpg.SyntaxOrAccessRuleError)
 
 
 def _json_value(value: Any) -> Any:

@@ -38,6 +38,7 @@ from gateway.idempotency import RecentRequests
 from gateway.logwriter import COLUMNS, FEATURE_COLUMNS, OUTCOME_COLUMNS, LogWriter
 from gateway.metrics import GatewayCollector, PredictionStats
 from gateway.modelstore import ModelStore
+from gateway.pgsink import PostgresSink
 from gateway.servicer import SERVICE_NAME, GatewayServicer
 from gateway.shadow import ShadowMirror
 from gateway.spool import Spool
@@ -330,13 +331,10 @@ class GatewayServer:
         def writer(table: str, columns: tuple[str, ...]) -> LogWriter:
             spool = Spool(spool_root / table, max_bytes=s.spool_max_bytes)
             return LogWriter(
-                url,
+                PostgresSink(url, table=table, columns=columns, on_connect=prepare),
                 batch_rows=s.log_batch_rows,
                 max_age=s.log_max_age,
                 max_queued_rows=s.log_max_queued_rows,
-                on_connect=prepare,
-                table=table,
-                columns=columns,
                 spool=spool,
                 gateway_id=self.gateway_id,
                 local=LocalLog(spool, interval=s.log_sync_interval) if local else None,

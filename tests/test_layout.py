@@ -83,6 +83,8 @@ def tree_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("evaluator/results.py", "def f():\n    import matplotlib.dates", "results-draw-nothing"),
         # A wire codec reaching for grpc.
         ("gateway/oip_codec.py", "import grpc", "codecs-no-grpc"),
+        # The log writer talking to PostgreSQL itself rather than through its sink.
+        ("gateway/logwriter.py", "import asyncpg", "log-writer-knows-no-database"),
     ],
 )
 def test_each_contract_fails_on_the_import_it_forbids(

@@ -24,8 +24,9 @@ from abgate.db.migrate import migrate
 from abgate.oip.v2 import grpc_predict_v2_pb2_grpc as oip_grpc
 from abgate.v1 import gateway_pb2 as pb
 from gateway import codec
-from gateway.logwriter import LogWriter, refused_for_content
+from gateway.logwriter import LogWriter
 from gateway.metrics import GatewayCollector
+from gateway.pgsink import PostgresSink, refused_for_content
 from gateway.spool import DEAD_LETTERS, Spool
 from tests.conftest import DemoStore, InProcessGateway, execute_sql
 from tests.gateway.test_logwriter import row
@@ -262,7 +263,7 @@ def test_a_poisoned_spool_replays_around_its_bad_rows(
         ):
             await execute_sql(fresh_db, sql)
         await execute_sql(pg_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        w = LogWriter(fresh_db, batch_rows=100, max_age=0.05, spool=Spool(spool_dir))
+        w = LogWriter(PostgresSink(fresh_db), batch_rows=100, max_age=0.05, spool=Spool(spool_dir))
         await w.start()
         for i, r in enumerate(rows):
             w.append(r)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -13,6 +14,7 @@ import pytest
 from abgate.db.migrate import migrate
 from abgate.errors import Unavailable
 from gateway.logwriter import LogWriter, Row
+from gateway.pgsink import PostgresSink
 from tests.conftest import execute_sql
 
 SCORES = np.array([0.25, 0.75], dtype="<f4").tobytes()  # as the gateway queues scores
@@ -23,6 +25,12 @@ def row(i: int, ts: float | None = None) -> Row:
     model = ("demo-logreg", "1", "a" * 64)
     return (f"req-{i}", t, "demo", 1, i % 10_000, 1, "control", *model, i % 2, SCORES,
             150, False, "gw-test", 0, "client-a")  # fmt: skip
+
+
+async def write_staged(w: LogWriter, batch: list[Row]) -> int:
+    """``batch`` through the PostgreSQL sink's staging path (the one replays take)."""
+    assert isinstance(w.sink, PostgresSink)
+    return (await w.sink.write_staged(batch)).inserted
 
 
 async def count(url: str) -> int:
@@ -36,7 +44,7 @@ async def count(url: str) -> int:
 def test_every_appended_row_lands_once(fresh_db: str) -> None:
     async def run() -> tuple[int, LogWriter]:
         await migrate(fresh_db)
-        w = LogWriter(fresh_db, batch_rows=500, max_age=0.05)
+        w = LogWriter(PostgresSink(fresh_db), batch_rows=500, max_age=0.05)
         await w.start()
         for i in range(5000):
             w.append(row(i))
@@ -52,7 +60,7 @@ def test_every_appended_row_lands_once(fresh_db: str) -> None:
 def test_replayed_batch_changes_nothing(fresh_db: str) -> None:
     async def run() -> tuple[int, int, LogWriter]:
         await migrate(fresh_db)
-        w = LogWriter(fresh_db)
+        w = LogWriter(PostgresSink(fresh_db))
         await w.start()
         await w.connected()
         batch = [row(i, ts=1_790_000_000.0 + i) for i in range(300)]
@@ -79,11 +87,11 @@ def test_a_row_lands_on_the_same_key_by_either_path(fresh_db: str, first_path: s
 
     async def run() -> tuple[int, int]:
         await migrate(fresh_db)
-        w = LogWriter(fresh_db)
+        w = LogWriter(PostgresSink(fresh_db))
         await w.start()
         await w.connected()
-        write = w.write if first_path == "direct" else w.write_staged
-        replay = w.write_staged if first_path == "direct" else w.write
+        write = w.write if first_path == "direct" else partial(write_staged, w)
+        replay = partial(write_staged, w) if first_path == "direct" else w.write
         first = await write(batch[:250])
         second = await replay(batch)
         await w.stop()
@@ -115,11 +123,13 @@ def test_direct_copy_stores_what_the_staging_path_stores(fresh_db: str, rid: str
 
     async def run() -> list[list[asyncpg.Record]]:
         await migrate(fresh_db)
-        w = LogWriter(fresh_db)
+        w = LogWriter(PostgresSink(fresh_db))
         await w.start()
         await w.connected()
         assert await w.write([(f"direct/{r[0]}", *r[1:]) for r in rows]) == len(rows)
-        assert await w.write_staged([(f"staged/{r[0]}", *r[1:]) for r in rows]) == len(rows)
+        assert await partial(write_staged, w)([(f"staged/{r[0]}", *r[1:]) for r in rows]) == len(
+            rows
+        )
         assert w.counters.staged_batches == 0
         await w.stop()
         conn = await asyncpg.connect(fresh_db)
@@ -161,7 +171,7 @@ def test_rows_survive_a_database_outage(fresh_db: str, pg_url: str) -> None:
 
     async def run() -> tuple[int, LogWriter]:
         await migrate(fresh_db)
-        w = LogWriter(fresh_db, batch_rows=100, max_age=0.05)
+        w = LogWriter(PostgresSink(fresh_db), batch_rows=100, max_age=0.05)
         await w.start()
         for i in range(200):
             w.append(row(i))
@@ -189,7 +199,7 @@ def test_rows_survive_a_database_outage(fresh_db: str, pg_url: str) -> None:
 def test_full_queue_refuses_instead_of_losing(fresh_db: str) -> None:
     async def run() -> LogWriter:
         await migrate(fresh_db)
-        w = LogWriter(fresh_db, max_queued_rows=10, batch_rows=1000, max_age=60)
+        w = LogWriter(PostgresSink(fresh_db), max_queued_rows=10, batch_rows=1000, max_age=60)
         await w.start()
         for i in range(10):
             w.append(row(i))
@@ -207,7 +217,7 @@ def test_a_batch_that_does_not_fit_is_refused_whole(fresh_db: str) -> None:
 
     async def run() -> LogWriter:
         await migrate(fresh_db)
-        w = LogWriter(fresh_db, max_queued_rows=10, batch_rows=1000, max_age=60)
+        w = LogWriter(PostgresSink(fresh_db), max_queued_rows=10, batch_rows=1000, max_age=60)
         await w.start()
         w.extend([row(i) for i in range(6)])
         with pytest.raises(Unavailable, match="log is full"):
@@ -246,11 +256,11 @@ def test_scores_arrive_exactly_as_the_model_gave_them(fresh_db: str, path: str) 
 
     async def run() -> list[np.ndarray]:
         await migrate(fresh_db)
-        w = LogWriter(fresh_db)
+        w = LogWriter(PostgresSink(fresh_db))
         await w.start()
         await w.connected()
         batch = [(*row(i)[:11], v.tobytes(), *row(i)[12:]) for i, v in enumerate(vectors)]
-        write = w.write if path == "direct" else w.write_staged
+        write = w.write if path == "direct" else partial(write_staged, w)
         assert await write(batch) == len(vectors)
         assert w.counters.staged_batches == 0
         await w.stop()

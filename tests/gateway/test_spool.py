@@ -13,6 +13,7 @@ import pytest
 
 from abgate.db.migrate import migrate
 from gateway.logwriter import LogWriter
+from gateway.pgsink import PostgresSink
 from gateway.spool import Spool, SpoolFull
 from tests.conftest import execute_sql
 from tests.gateway.test_logwriter import count, row
@@ -21,7 +22,7 @@ from tests.gateway.test_logwriter import count, row
 async def drain_spool(url: str, directory: Path) -> LogWriter:
     """A writer on the spool in ``directory``, run until it has replayed every segment (20 s at
     most), then stopped; returned for its counters."""
-    w = LogWriter(url, max_age=0.05, spool=Spool(directory))
+    w = LogWriter(PostgresSink(url), max_age=0.05, spool=Spool(directory))
     await w.start()
     deadline = time.monotonic() + 20
     while Spool(directory).segments() and time.monotonic() < deadline:
@@ -93,7 +94,7 @@ def test_writer_spills_during_outage_and_replays_once(
     async def outage_then_stop() -> LogWriter:
         await migrate(fresh_db)
         await execute_sql(pg_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        w = LogWriter(fresh_db, batch_rows=100, max_age=0.05, spool=Spool(spool_dir))
+        w = LogWriter(PostgresSink(fresh_db), batch_rows=100, max_age=0.05, spool=Spool(spool_dir))
         await w.start()
         for i in range(1000):
             w.append(row(i))
