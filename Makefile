@@ -68,6 +68,7 @@ bench: $(STAMP)
 		--benchmark-json=benchmarks/results/micro.json
 	$(PY) -m benchmarks.e2e_compare --out benchmarks/results --nolog
 	$(PY) -m benchmarks.bench_logwriter --out benchmarks/results/logwriter.json
+	$(PY) -m benchmarks.bench_scaleout --out benchmarks/results/scaleout.json
 	$(PY) -m benchmarks.bench_features --out benchmarks/results/features.json
 	$(PY) -m benchmarks.bench_evaluator --out benchmarks/results/evaluator.json
 	$(PY) -m benchmarks.bench_serving --out benchmarks/results

@@ -295,3 +295,18 @@ def test_overload_benchmark_table_and_missing_h2load(capsys: pytest.CaptureFixtu
     assert "admission        3x       2700   0.93   250.00      28.00     0.309" in text
     assert set(bench_overload.variants([256, 32])) == {"pending-256", "pending-32", "grpc-default"}
     assert "{'CANCELLED': 170}" in text
+
+
+def test_scaleout_benchmark_counts_every_row_of_its_writers(fresh_db: str) -> None:
+    """benchmarks/bench_scaleout, tiny: two writer processes into one PostgreSQL; the rows they
+    report are the rows the table held (run() checks it), and a bad --writers is refused."""
+    from benchmarks import bench_scaleout
+
+    report = bench_scaleout.run(fresh_db, [2], seconds=0.3, batch=100)
+    (step,) = report["steps"]
+    assert step["writers"] == 2 and len(step["per_writer_rows_per_s"]) == 2
+    assert step["rows"] > 0 and all(r > 0 for r in step["per_writer_rows_per_s"])
+    assert "| 2 |" in bench_scaleout.markdown(report)
+    with pytest.raises(SystemExit) as exc:
+        bench_scaleout.main(["--writers", "0"])
+    assert exc.value.code == 2
