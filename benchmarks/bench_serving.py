@@ -115,10 +115,8 @@ def h2load(
     for seconds, log_file in runs:
         cmd = h2load_command(
             "h2load", gw.port, body, duration=seconds, warmup=0, connections=connections,
-            streams=streams, log_file=log_file,
+            streams=streams, log_file=log_file, rps=rps / connections,
         )  # fmt: skip
-        if rps:
-            cmd.insert(1, f"--rps={rps / connections:.1f}")
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     res = parse_h2load(out)
     times = parse_h2load_log(log.read_text())
@@ -150,7 +148,7 @@ def open_loop(target: str, store: Path, rate: float, duration: float) -> dict[st
     )  # fmt: skip
 
 
-async def _batch_rows_per_s(
+async def batch_rows_per_s(
     target: str, X: np.ndarray, rows: int, duration: float, refused: list[int]
 ) -> float:
     """Closed loop of PredictBatch calls of ``rows`` rows over 2 channels; rows/s answered
@@ -191,7 +189,7 @@ async def _batch_rows_per_s(
     return done / elapsed
 
 
-async def _stream_rows_per_s(target: str, X: np.ndarray, duration: float) -> float:
+async def stream_rows_per_s(target: str, X: np.ndarray, duration: float) -> float:
     """PredictStream with 4 streams, each keeping 64 requests in flight; answers/s."""
     rows = [np.ascontiguousarray(X[i % len(X)][None, :], dtype="<f4") for i in range(64)]
     tensors = [pb.Tensor(shape=list(r.shape), raw=r.tobytes(), datatype="FP32") for r in rows]
@@ -318,8 +316,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         refused = [0]
         # Batch-heavy traffic wants the log writer's biggest batches (see bench_logwriter).
         with Gateway(tmp, plain, store, db, 1, "--log-batch-rows", "10000") as gw:
-            batch = asyncio.run(_batch_rows_per_s(gw.target, X, 1000, d, refused))
-            stream = asyncio.run(_stream_rows_per_s(gw.target, X, d))
+            batch = asyncio.run(batch_rows_per_s(gw.target, X, 1000, d, refused))
+            stream = asyncio.run(stream_rows_per_s(gw.target, X, d))
         with Gateway(tmp, plain, store, db, 1) as gw:
             one = saturate(gw, body, d, connections=8)
         with Gateway(tmp, plain, store, db, 2) as gw:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import BaseEstimator
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -32,24 +33,31 @@ def demo_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     return X_train, X_hold, y_train, y_hold, names
 
 
-def train_demo_models(
-    store: ModelStore, *, seed: int = 0, session_options: SessionOptions | None = None
-) -> list[ModelMetadata]:
-    """Train, convert, parity-check (with ``session_options``, default the gateway's) and
-    register the demo models; deterministic per seed."""
-    X_train, X_hold, y_train, y_hold, names = demo_data(seed)
-    models = {
+def demo_estimators(seed: int = 0) -> dict[str, BaseEstimator]:
+    """The demo's scikit-learn models by id, fitted on ``demo_data(seed)``'s training split."""
+    X_train, _, y_train, _, _ = demo_data(seed)
+    models: dict[str, BaseEstimator] = {
         "demo-logreg": Pipeline(
             [("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=2000))]
         ),
         "demo-forest": RandomForestClassifier(n_estimators=50, max_depth=6, random_state=seed),
         "demo-gbdt": GradientBoostingClassifier(n_estimators=60, max_depth=3, random_state=seed),
     }
-    metas = []
-    for model_id, model in models.items():
+    for model in models.values():
         # One thread, so no parallel reduction can vary the fit between runs.
         with threadpool_limits(limits=1):
             model.fit(X_train, y_train)
+    return models
+
+
+def train_demo_models(
+    store: ModelStore, *, seed: int = 0, session_options: SessionOptions | None = None
+) -> list[ModelMetadata]:
+    """Train, convert, parity-check (with ``session_options``, default the gateway's) and
+    register the demo models; deterministic per seed."""
+    X_train, X_hold, y_train, y_hold, names = demo_data(seed)
+    metas = []
+    for model_id, model in demo_estimators(seed).items():
         meta = convert_and_register(
             model, X_hold, store, id=model_id, feature_names=names,
             session_options=session_options, y_holdout=y_hold, training=_training(seed, X_train),

@@ -6,9 +6,11 @@ aarch64, Python 3.11+. Beside it, ``make lock`` writes with ``uv pip compile --g
 - ``.ci/bootstrap-requirements.txt``: uv itself, the version ``uv.lock`` pins, which pip
   installs into a fresh ``.venv`` before uv installs the rest;
 - ``tests/interop/requirements.txt``: the interop virtualenv's third-party clients
-  (``tests/interop/requirements.in``), which cannot share our virtualenv.
+  (``tests/interop/requirements.in``), which cannot share our virtualenv;
+- ``benchmarks/mlserver/requirements.txt``: MLServer, the reference server of ``make bench``,
+  in a virtualenv of its own (``benchmarks/mlserver/requirements.in``).
 
-``python -m tests.locks write`` does the writing; ``tests/test_locks.py`` checks all three.
+``python -m tests.locks write`` does the writing; ``tests/test_locks.py`` checks all four.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ UV_LOCK = REPO / "uv.lock"
 BOOTSTRAP = REPO / ".ci" / "bootstrap-requirements.txt"
 INTEROP_IN = REPO / "tests" / "interop" / "requirements.in"
 INTEROP_LOCK = REPO / "tests" / "interop" / "requirements.txt"
+MLSERVER_IN = REPO / "benchmarks" / "mlserver" / "requirements.in"
+MLSERVER_LOCK = REPO / "benchmarks" / "mlserver" / "requirements.txt"
 UV = Path(sys.executable).parent / "uv"
 
 PYTHONS = ((3, 11), (3, 12), (3, 13))
@@ -173,10 +177,12 @@ def _compile(source: str | Path, out: Path, header: str | None, stdin: str | Non
 
 
 def write() -> None:
-    """Write the bootstrap and interop locks from ``uv.lock`` and ``requirements.in``."""
+    """Write the bootstrap, interop and MLServer locks from ``uv.lock`` and the
+    ``requirements.in`` files."""
     uv_version = locked_version(load_lock(), "uv")
     _compile("-", BOOTSTRAP, _BOOTSTRAP_HEAD, f"uv=={uv_version}\n")
     _compile(INTEROP_IN, INTEROP_LOCK, None, None)
+    _compile(MLSERVER_IN, MLSERVER_LOCK, None, None)
 
 
 def main(argv: list[str]) -> int:

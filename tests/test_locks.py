@@ -99,12 +99,20 @@ def test_bootstrap_installs_the_uv_the_lock_pins() -> None:
     assert text.count("--hash=sha256:") >= 2 * len(locks.MACHINES)
 
 
-def test_interop_lock_pins_every_requirement_with_hashes() -> None:
-    wanted = locks.requirement_names(locks.INTEROP_IN)
-    pinned = locks.pins(locks.INTEROP_LOCK)
-    assert canonicalize_name("tritonclient") in wanted
+@pytest.mark.parametrize(
+    ("source", "compiled", "package"),
+    [(locks.INTEROP_IN, locks.INTEROP_LOCK, "tritonclient"),
+     (locks.MLSERVER_IN, locks.MLSERVER_LOCK, "mlserver")],
+    ids=["interop", "mlserver"],
+)  # fmt: skip
+def test_side_venv_lock_pins_every_requirement_with_hashes(
+    source: Path, compiled: Path, package: str
+) -> None:
+    wanted = locks.requirement_names(source)
+    pinned = locks.pins(compiled)
+    assert canonicalize_name(package) in wanted
     assert wanted <= set(pinned), sorted(wanted - set(pinned))
-    text = locks.INTEROP_LOCK.read_text(encoding="utf-8")
+    text = compiled.read_text(encoding="utf-8")
     for line in text.splitlines():
         if "==" in line and not line.startswith("#"):
             assert line.rstrip().endswith("\\"), f"no hash after {line!r}"

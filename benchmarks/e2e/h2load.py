@@ -24,15 +24,21 @@ def h2load_command(
     connections: int,
     streams: int,
     log_file: Path | None = None,
+    rps: float = 0.0,
+    path: str = PATH,
 ) -> list[str]:
+    """h2load posting ``body`` to ``path``; ``rps`` > 0 caps each connection at that rate
+    (an open loop), 0 keeps every stream busy (a closed loop)."""
     cmd = [
         h2load, "-t", "1", "-c", str(connections), "-m", str(streams),
         "-D", str(duration), f"--warm-up-time={warmup}",
         "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
     ]  # fmt: skip
+    if rps > 0:
+        cmd.append(f"--rps={rps:.1f}")
     if log_file is not None:
         cmd.append(f"--log-file={log_file}")
-    cmd.append(f"http://127.0.0.1:{port}{PATH}")
+    cmd.append(f"http://127.0.0.1:{port}{path}")
     return cmd
 
 
