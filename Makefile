@@ -14,7 +14,7 @@ export UV_PYTHON_DOWNLOADS := never
 # import the serving and report stack, 2.5 s compiled). Compiled once here, about 20 s.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: demo test test-numeric protos lint lock bench screenshots clean
+.PHONY: demo test test-numeric protos lint lock bench bench-all screenshots clean
 
 # `uv sync --locked` stops, rather than install something else, when uv.lock no longer matches
 # pyproject.toml (run `make lock`); it also removes what the lock does not list.
@@ -63,9 +63,15 @@ screenshots: $(STAMP)
 	ABGATE_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q -p no:cacheprovider \
 		tests/evaluator/test_dashboard.py
 
+# Issue #18's ratios (benchmarks/ratios.py: each figure against a limit measured beside it in
+# the same run, MLServer in .venv-mlserver included; ~7 min) and the micro-benchmarks.
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-only \
 		--benchmark-json=benchmarks/results/micro.json
+	$(PY) -m benchmarks.ratios --out benchmarks/results
+
+# Everything in benchmarks/ (bench_decisions alone takes ~11 min on 2 cores).
+bench-all: bench
 	$(PY) -m benchmarks.e2e_compare --out benchmarks/results --nolog
 	$(PY) -m benchmarks.bench_logwriter --out benchmarks/results/logwriter.json
 	$(PY) -m benchmarks.bench_scaleout --out benchmarks/results/scaleout.json

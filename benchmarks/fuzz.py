@@ -18,7 +18,7 @@ Afterwards a good Predict, ModelInfer and ListExperiments must still answer.
 
 ``tests/test_fuzz.py`` runs a few thousand calls against in-process servers;
 ``python -m benchmarks.fuzz`` runs the long one (50,000 calls by default) against real
-``abgate serve`` and ``abgate evaluator`` processes (``make bench``):
+``abgate serve`` and ``abgate evaluator`` processes (``make bench-all``):
 
     python -m benchmarks.fuzz [--calls 50000] [--seed 1] [--out benchmarks/results/fuzz.json]
 """

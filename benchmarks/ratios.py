@@ -249,8 +249,12 @@ async def copy_rows_per_s(db_url: str, rows: int, run: int) -> float:
 
 def run(args: argparse.Namespace, h2load: str) -> dict[str, Any]:
     from abgate.db.embedded import EmbeddedPostgres
-    from converters.demo import demo_estimators, load_demo_holdout, train_demo_models
-    from converters.demo import write_demo_config
+    from converters.demo import (
+        demo_estimators,
+        load_demo_holdout,
+        train_demo_models,
+        write_demo_config,
+    )
     from gateway.modelstore import ModelStore
 
     started = time.monotonic()
@@ -476,9 +480,10 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"{s['rounds']} alternating rounds, medians; h2load runs of {s['duration']} s after "
         f"{s['warmup']} s of warm-up; PredictBatch calls of {s['batch_rows']:,} rows "
-        f"(--log-batch-rows {s['log_batch_rows']:,}); COPY of {s['copy_rows']:,} rows per round; "
+        f"(--log-batch-rows {s['log_batch_rows']:,}); COPY of {s['copy_rows']:,} rows a round; "
         f"MLServer {s['mlserver']}. Machine: {m['nproc']} cores "
-        f"({m['cpu']}), Python {m['python']}, grpcio {m['grpcio']}, onnxruntime {m['onnxruntime']}; "
+        f"({m['cpu']}), Python {m['python']}, grpcio {m['grpcio']}, "
+        f"onnxruntime {m['onnxruntime']}; "
         f"{report['seconds']:.0f} s in all.",
         "",
         "| figure | measured | limit beside it | ratio | target | |",

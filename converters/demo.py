@@ -55,7 +55,7 @@ def train_demo_models(
 ) -> list[ModelMetadata]:
     """Train, convert, parity-check (with ``session_options``, default the gateway's) and
     register the demo models; deterministic per seed."""
-    X_train, X_hold, y_train, y_hold, names = demo_data(seed)
+    X_train, X_hold, _, y_hold, names = demo_data(seed)
     metas = []
     for model_id, model in demo_estimators(seed).items():
         meta = convert_and_register(

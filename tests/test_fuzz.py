@@ -2,7 +2,7 @@
 a few thousand mutated messages over every method of the native API, OIP V2, health and the
 admin API. No call may end UNKNOWN, INTERNAL, RESOURCE_EXHAUSTED or past its deadline, no
 answer may leak internals, every PredictStream message gets its own answer, a bad token is
-UNAUTHENTICATED, and good requests answer afterwards. ``make bench`` runs 50,000 calls."""
+UNAUTHENTICATED, and good requests answer afterwards. ``make bench-all`` runs 50,000 calls."""
 
 from __future__ import annotations
 
