@@ -15,6 +15,8 @@ of the call; any other status is raised at once as ``RpcFailure``. A stream is n
         print(p.arm, p.label, p.scores)
         batch = gw.predict_batch("checkout", ["u-1", "u-2"], X)         # X: [n, features]
         print(batch.arms, batch.labels, batch.scores.shape)
+        for answer in gw.stream_batches("checkout", [(["u-3", "u-4"], X)]):  # Batch/RpcFailure
+            print(answer)
         gw.record_outcome(p.request_id, 1.0, source="clicks")
 
 ``GatewayClient`` is the older, dict-returning client the CLI, the demo and the tests use.
@@ -328,6 +330,23 @@ class Client(_Options):
         except grpc.RpcError as exc:
             raise RpcFailure(exc.code(), exc.details() or "") from None
 
+    def stream_batches(
+        self, experiment: str, batches: Iterable[tuple[Sequence[str], Any]], *,
+        timeout: float | None = None,
+    ) -> Iterator[Batch | RpcFailure]:  # fmt: skip
+        """One PredictBatchStream: (user_ids, rows) in, a Batch (or the RpcFailure of that one
+        message; the stream goes on) out per message, in order. Not retried."""
+        requests = (_batch_request(experiment, u, x, ()) for u, x in batches)
+        try:
+            call = self.stub.PredictBatchStream(requests, timeout=timeout, metadata=self.metadata)
+            for r in call:
+                if r.error_code:
+                    yield RpcFailure(grpc.StatusCode(_code(r.error_code)), r.error_message)
+                else:
+                    yield _batch(r.response)
+        except grpc.RpcError as exc:
+            raise RpcFailure(exc.code(), exc.details() or "") from None
+
     def record_outcome(
         self, request_id: str, value: float, *, source: str = "", timeout: float | None = None
     ) -> int:
@@ -401,6 +420,21 @@ class AsyncClient(_Options):
                     yield RpcFailure(grpc.StatusCode(_code(r.error_code)), r.error_message)
                 else:
                     yield _prediction(r.response)
+        except grpc.aio.AioRpcError as exc:
+            raise RpcFailure(exc.code(), exc.details() or "") from None
+
+    async def stream_batches(
+        self, experiment: str, batches: Iterable[tuple[Sequence[str], Any]], *,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Batch | RpcFailure]:  # fmt: skip
+        requests = [_batch_request(experiment, u, x, ()) for u, x in batches]
+        call = self.stub.PredictBatchStream(iter(requests), timeout=timeout, metadata=self.metadata)
+        try:
+            async for r in call:
+                if r.error_code:
+                    yield RpcFailure(grpc.StatusCode(_code(r.error_code)), r.error_message)
+                else:
+                    yield _batch(r.response)
         except grpc.aio.AioRpcError as exc:
             raise RpcFailure(exc.code(), exc.details() or "") from None
 

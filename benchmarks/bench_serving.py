@@ -226,6 +226,56 @@ async def stream_rows_per_s(target: str, X: np.ndarray, duration: float) -> floa
     return answered / elapsed
 
 
+async def batch_stream_rows_per_s(
+    target: str, X: np.ndarray, rows: int, duration: float, refused: list[int]
+) -> float:
+    """PredictBatchStream as ``batch_rows_per_s`` drives PredictBatch: 4 streams over 2
+    channels, messages of ``rows`` rows, each stream keeping 2 messages in flight; rows/s
+    answered (``refused[0]`` counts messages the full log queue answered UNAVAILABLE)."""
+    matrix = np.ascontiguousarray(X[np.arange(rows) % len(X)], dtype="<f4")
+    tensor = pb.Tensor(shape=list(matrix.shape), raw=matrix.tobytes(), datatype="FP32")
+    unavailable = grpc.StatusCode.UNAVAILABLE.value[0]
+    done = 0
+    stop = time.perf_counter() + duration
+
+    async def one(stub: pb_grpc.InferenceGatewayStub, k: int) -> None:
+        nonlocal done
+        window = asyncio.Semaphore(2)
+        call = stub.PredictBatchStream()
+
+        async def reader() -> None:
+            nonlocal done
+            async for answer in call:
+                if answer.error_code == 0:
+                    done += len(answer.response.labels)
+                elif answer.error_code == unavailable:
+                    refused[0] += 1
+                    await asyncio.sleep(0.01)  # the log writer's backpressure: back off
+                else:
+                    raise RuntimeError(f"PredictBatchStream: {answer.error_message}")
+                window.release()
+
+        read = asyncio.create_task(reader())
+        i = 0
+        while time.perf_counter() < stop:
+            await window.acquire()
+            users = [f"t{k}-{i}-{j}" for j in range(rows)]
+            await call.write(
+                pb.PredictBatchRequest(experiment="demo", user_ids=users, features=tensor)
+            )
+            i += 1
+        await call.done_writing()
+        await read
+
+    channels = [grpc.aio.insecure_channel(target) for _ in range(2)]
+    started = time.perf_counter()
+    await asyncio.gather(*(one(pb_grpc.InferenceGatewayStub(channels[k % 2]), k) for k in range(4)))
+    elapsed = time.perf_counter() - started
+    for ch in channels:
+        await ch.close()
+    return done / elapsed
+
+
 def markdown(report: dict[str, Any]) -> str:
     r = report
     sh = r["shadow"]

@@ -9,8 +9,8 @@ fields of the wrong wire type, bad lengths and varints), or both. A call is bad 
 - its status is UNKNOWN or INTERNAL (an error nobody mapped), DEADLINE_EXCEEDED (a hang) or
   RESOURCE_EXHAUSTED (no limit of ours can trip here: an answer too big for the transport);
 - its details run long or name a Python exception class (internals leaked);
-- a stream (PredictStream) does not answer every message it was sent with one answer, or a
-  per-message error carries a bad status;
+- a prediction stream (PredictStream, PredictBatchStream) does not answer every message it was
+  sent with one answer, or a per-message error carries a bad status;
 - an evaluator call with a missing, wrong or doubled ``authorization`` header is not
   UNAUTHENTICATED.
 
@@ -67,6 +67,11 @@ BAD_CODES = frozenset(
     }
 )
 BAD_CODE_VALUES = frozenset(c.value[0] for c in BAD_CODES)
+# Streams that answer each message with one answer of this type, errors included.
+_ANSWERED_STREAMS: dict[str, Any] = {
+    "PredictStream": pb.StreamPredictResponse,
+    "PredictBatchStream": pb.StreamPredictBatchResponse,
+}
 MAX_DETAILS = 1024  # characters of status details (a capped echo is ~100)
 # "ValueError", "KeyError:", "DecodeError" ...: a Python exception's name in an answer.
 LEAK = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception)\b|Traceback")
@@ -107,20 +112,20 @@ def native_seeds(t: Target) -> dict[str, list[Message]]:
             features=pb.Tensor(shape=[1, t.n_features], raw=_row(t.n_features, 2.0)),
         ),
     ]
+    batches = [
+        pb.PredictBatchRequest(experiment=t.experiment, user_ids=["a", "b", "c"], features=rows),
+        pb.PredictBatchRequest(
+            experiment=t.experiment,
+            user_ids=["a", "b", "c"],
+            request_ids=["r1", "r2", "r3"],
+            features=rows,
+        ),
+    ]
     return {
         "Predict": predict,
         "PredictStream": predict,  # the messages of a stream
-        "PredictBatch": [
-            pb.PredictBatchRequest(
-                experiment=t.experiment, user_ids=["a", "b", "c"], features=rows
-            ),
-            pb.PredictBatchRequest(
-                experiment=t.experiment,
-                user_ids=["a", "b", "c"],
-                request_ids=["r1", "r2", "r3"],
-                features=rows,
-            ),
-        ],
+        "PredictBatch": batches,
+        "PredictBatchStream": batches,
         "RecordOutcome": [
             pb.RecordOutcomeRequest(
                 outcomes=[
@@ -464,8 +469,8 @@ class Fuzzer:
             plan.append((w, lambda: self._unary(f"{group}/{name}", prefix + name, seeds)))
 
         for name, seeds in native_seeds(t).items():
-            if name == "PredictStream":
-                plan.append((3.0, lambda seeds=seeds: self._predict_stream(seeds)))
+            if name in _ANSWERED_STREAMS:
+                plan.append((3.0, lambda n=name, s=seeds: self._predict_stream(n, s)))
             else:
                 unary("native", NATIVE, name, seeds, 3.0 if name == "Predict" else 2.0)
         for name, seeds in oip_seeds(t).items():
@@ -497,7 +502,7 @@ class Fuzzer:
             metadata = (("x-user-id", user),)
         return _Call(method, path, [self._mutated(seeds)], metadata)
 
-    def _predict_stream(self, seeds: list[Message]) -> _Call:
+    def _predict_stream(self, name: str, seeds: list[Message]) -> _Call:
         n = self.rng.randint(1, 5)
         requests = [
             self.rng.choice(seeds).SerializeToString()
@@ -505,7 +510,7 @@ class Fuzzer:
             else self._mutated(seeds)
             for _ in range(n)
         ]
-        return _Call("native/PredictStream", NATIVE + "PredictStream", requests, (), stream=True)
+        return _Call(f"native/{name}", NATIVE + name, requests, (), stream=True)
 
     def _auth(self) -> tuple[tuple[tuple[str, str], ...], grpc.StatusCode | None]:
         good = ("authorization", f"Bearer {self.token}")
@@ -573,15 +578,16 @@ class Fuzzer:
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details()
         self._judge(report, call, code, details, call.requests)
-        if call.method != "native/PredictStream" or code != grpc.StatusCode.OK:
-            if call.method == "native/PredictStream":
+        answer_type = _ANSWERED_STREAMS.get(call.method.removeprefix("native/"))
+        if answer_type is None or code != grpc.StatusCode.OK:
+            if answer_type is not None:
                 report.fail(call.method, f"the stream ended with {code.name}", call.requests)
             return
         if len(answers) != len(call.requests):
             what = f"{len(answers)} answers to {len(call.requests)} messages"
             report.fail(call.method, what, call.requests)
         for raw in answers:
-            answer = pb.StreamPredictResponse.FromString(raw)
+            answer = answer_type.FromString(raw)
             outcome = grpc.StatusCode.OK.name
             if answer.error_code:
                 outcome = "message:" + _code_name(answer.error_code)

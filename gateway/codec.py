@@ -188,6 +188,15 @@ def encode_stream_error(code: int, message: str, request_id: str) -> bytes:
     ).SerializeToString()
 
 
+def encode_batch_stream_raw(response: bytes) -> bytes:
+    """A serialized StreamPredictBatchResponse carrying a serialized PredictBatchResponse."""
+    return b"".join((b"\x0a", varint(len(response)), response))
+
+
+def encode_batch_stream_error(code: int, message: str) -> bytes:
+    return pb.StreamPredictBatchResponse(error_code=code, error_message=message).SerializeToString()
+
+
 def passthrough(data: bytes) -> bytes:
     """Response serializer for handlers that return already serialized messages."""
     return data

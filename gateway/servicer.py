@@ -33,9 +33,13 @@ FOREIGN_OUTCOME_MESSAGE = (
 )
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceGateway"].full_name
 _STREAM_METHOD = f"{SERVICE_NAME}/PredictStream"
+_BATCH_STREAM_METHOD = f"{SERVICE_NAME}/PredictBatchStream"
 # PredictStream's answer to a message that does not parse (it has no request id to echo).
 _UNDECODABLE_ANSWER = codec.encode_stream_error(
     grpc.StatusCode.INVALID_ARGUMENT.value[0], UNDECODABLE_MESSAGE, ""
+)
+_UNDECODABLE_BATCH_ANSWER = codec.encode_batch_stream_error(
+    grpc.StatusCode.INVALID_ARGUMENT.value[0], UNDECODABLE_MESSAGE
 )
 
 
@@ -171,55 +175,58 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
         self, request: pb.PredictBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictBatchResponse:
         try:
-            started = time.time()
-            dp = self._dp
-            exp = dp.experiment(request.experiment)
-            user_ids = request.user_ids
-            n = len(user_ids)
-            if n == 0:
-                raise InvalidArgument("must hold at least one user id", field="user_ids")
-            if n > self._max_batch_rows:
-                raise InvalidArgument(
-                    f"{n} rows exceed the limit of {self._max_batch_rows}", field="user_ids"
-                )
-            for i, user_id in enumerate(user_ids):
-                codec.check_user_id(user_id, field=f"user_ids[{i}]")
-            identity = CLIENT_IDENTITY.get()
-            request_ids = codec.request_ids_or_empty(request.request_ids, n)
-            if request_ids:
-                repeated = self._batch_repeat(request_ids, identity, exp.name, started)
-                if repeated is not None:
-                    return repeated
-            else:
-                request_ids = dp.new_request_ids(n)
-            matrix = codec.decode_matrix(request.features, n, exp.n_features)
-            buckets = dp.route_batch(exp, user_ids)
-            # Taken before the batch may wait on a thread: a repeat meanwhile is refused.
-            box: list[Any] = [None]
-            entry = (tuple(request_ids), started, identity, exp.name, "", box)
-            recent = dp.recent
-            recent.put(entry, n)
-            try:
-                if n >= self._offload_rows:
-                    # Big batches would stall every other call on the event loop; onnxruntime
-                    # releases the GIL, so a thread lets small calls through meanwhile.
-                    result = await dp.offload(
-                        self._executor, dp.predict_batch, exp, buckets, matrix, list(request_ids)
-                    )
-                else:
-                    result = dp.predict_batch(exp, buckets, matrix, request_ids)
-                dp.log_batch(result, started, matrix, exp.feature_threshold)
-            except BaseException:
-                recent.discard(entry)  # nothing logged: the ids are free for a retry
-                raise
-            if exp.shadows and dp.mirror is not None:
-                dp.mirror.submit(exp, matrix, result.request_ids, result.buckets.tolist())
-            box[0] = response = codec.encode_batch(result)
-            if self._durable:
-                await synced(dp)
-            return response
+            return await self._predict_batch(request)
         except Exception as exc:
             return _fail(context, exc, pb.PredictBatchResponse())
+
+    async def _predict_batch(self, request: pb.PredictBatchRequest) -> pb.PredictBatchResponse:
+        started = time.time()
+        dp = self._dp
+        exp = dp.experiment(request.experiment)
+        user_ids = request.user_ids
+        n = len(user_ids)
+        if n == 0:
+            raise InvalidArgument("must hold at least one user id", field="user_ids")
+        if n > self._max_batch_rows:
+            raise InvalidArgument(
+                f"{n} rows exceed the limit of {self._max_batch_rows}", field="user_ids"
+            )
+        for i, user_id in enumerate(user_ids):
+            codec.check_user_id(user_id, field=f"user_ids[{i}]")
+        identity = CLIENT_IDENTITY.get()
+        request_ids = codec.request_ids_or_empty(request.request_ids, n)
+        if request_ids:
+            repeated = self._batch_repeat(request_ids, identity, exp.name, started)
+            if repeated is not None:
+                return repeated
+        else:
+            request_ids = dp.new_request_ids(n)
+        matrix = codec.decode_matrix(request.features, n, exp.n_features)
+        buckets = dp.route_batch(exp, user_ids)
+        # Taken before the batch may wait on a thread: a repeat meanwhile is refused.
+        box: list[Any] = [None]
+        entry = (tuple(request_ids), started, identity, exp.name, "", box)
+        recent = dp.recent
+        recent.put(entry, n)
+        try:
+            if n >= self._offload_rows:
+                # Big batches would stall every other call on the event loop; onnxruntime
+                # releases the GIL, so a thread lets small calls through meanwhile.
+                result = await dp.offload(
+                    self._executor, dp.predict_batch, exp, buckets, matrix, list(request_ids)
+                )
+            else:
+                result = dp.predict_batch(exp, buckets, matrix, request_ids)
+            dp.log_batch(result, started, matrix, exp.feature_threshold)
+        except BaseException:
+            recent.discard(entry)  # nothing logged: the ids are free for a retry
+            raise
+        if exp.shadows and dp.mirror is not None:
+            dp.mirror.submit(exp, matrix, result.request_ids, result.buckets.tolist())
+        box[0] = response = codec.encode_batch(result)
+        if self._durable:
+            await synced(dp)
+        return response
 
     async def PredictStream(
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -243,6 +250,26 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
             except Exception as exc:
                 code, message = status_of(exc)
                 yield codec.encode_stream_error(code.value[0], message, request.request_id)
+
+    async def PredictBatchStream(
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """PredictBatch per message, one answer each in order; as in PredictStream a bad
+        message (one that does not parse too) fails only itself."""
+        decode = pb.PredictBatchRequest.FromString
+        async for raw_request in request_iterator:
+            try:
+                request = decode(raw_request)
+            except Exception:
+                note_undecodable(_BATCH_STREAM_METHOD)
+                yield _UNDECODABLE_BATCH_ANSWER
+                continue
+            try:
+                response = await self._predict_batch(request)
+                yield codec.encode_batch_stream_raw(response.SerializeToString())
+            except Exception as exc:
+                code, message = status_of(exc)
+                yield codec.encode_batch_stream_error(code.value[0], message)
 
     async def RecordOutcome(
         self, request: pb.RecordOutcomeRequest, context: grpc.aio.ServicerContext
@@ -303,6 +330,11 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
             "PredictStream": grpc.stream_stream_rpc_method_handler(
                 self.PredictStream,
                 request_deserializer=None,  # decoded per message by PredictStream itself
+                response_serializer=codec.passthrough,
+            ),
+            "PredictBatchStream": grpc.stream_stream_rpc_method_handler(
+                self.PredictBatchStream,
+                request_deserializer=None,  # as PredictStream
                 response_serializer=codec.passthrough,
             ),
         }

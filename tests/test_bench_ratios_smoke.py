@@ -28,7 +28,9 @@ def test_ratios_report_has_every_target_measured_side_by_side(tmp_path: Path) ->
     argv = ["--duration", "1", "--warmup", "0", "--rounds", "1", "--copy-rows", "20000"]
     assert ratios.main([*argv, "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "ratios.json").read_text())
-    assert set(report["ratios"]) == {t.key for t in ratios.TARGETS}
+    # Every target, plus the one-row-a-message stream reported beside its multi-row one.
+    assert set(report["ratios"]) == {t.key for t in ratios.TARGETS} | {"row_stream_vs_batch"}
+    assert report["ratios"]["row_stream_vs_batch"]["value"] > 0
     for t in ratios.TARGETS:
         r = report["ratios"][t.key]
         num, den = r["numerator"]["value"], r["denominator"]["value"]
@@ -38,6 +40,8 @@ def test_ratios_report_has_every_target_measured_side_by_side(tmp_path: Path) ->
         assert r["met"] == (r["value"] >= t.bound if t.op == ">=" else r["value"] <= t.bound)
     runs = report["runs"]
     assert set(runs["saturated"]) == {"bare-uvloop", "gateway", "gateway-oip", "mlserver"}
+    assert set(runs["rows"]) == {"gateway-batch", "gateway-batch-nolog", "copy", "batch-stream",
+                                 "stream"}  # fmt: skip
     assert runs["at_mlserver_rate"]["rate"] == runs["saturated"]["mlserver"]["req_per_s"]
     assert report["settings"]["mlserver"] == "1.7.1"
     text = (tmp_path / "ratios.md").read_text()

@@ -52,7 +52,8 @@ def test_fuzzed_calls_never_end_unknown_internal_or_hung(
         "admin/ListExperiments": "OK",
     }
     methods = set(report.by_method)
-    for method in ("Predict", "PredictBatch", "PredictStream", "RecordOutcome"):
+    for method in ("Predict", "PredictBatch", "PredictStream", "PredictBatchStream",
+                   "RecordOutcome"):  # fmt: skip
         assert f"native/{method}" in methods
     for method in ("ModelInfer", "ModelMetadata", "ModelReady", "ServerLive", "ServerReady",
                    "ServerMetadata"):  # fmt: skip

@@ -114,6 +114,16 @@ class StreamPredictResponse(_message.Message):
     request_id: str
     def __init__(self, response: _Optional[_Union[PredictResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
+class StreamPredictBatchResponse(_message.Message):
+    __slots__ = ("response", "error_code", "error_message")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    response: PredictBatchResponse
+    error_code: int
+    error_message: str
+    def __init__(self, response: _Optional[_Union[PredictBatchResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+
 class Outcome(_message.Message):
     __slots__ = ("request_id", "value", "source")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]

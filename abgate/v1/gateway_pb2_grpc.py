@@ -49,6 +49,11 @@ class InferenceGatewayStub:
                 request_serializer=abgate_dot_v1_dot_gateway__pb2.PredictRequest.SerializeToString,
                 response_deserializer=abgate_dot_v1_dot_gateway__pb2.StreamPredictResponse.FromString,
                 _registered_method=True)
+        self.PredictBatchStream = channel.stream_stream(
+                '/abgate.v1.InferenceGateway/PredictBatchStream',
+                request_serializer=abgate_dot_v1_dot_gateway__pb2.PredictBatchRequest.SerializeToString,
+                response_deserializer=abgate_dot_v1_dot_gateway__pb2.StreamPredictBatchResponse.FromString,
+                _registered_method=True)
         self.RecordOutcome = channel.unary_unary(
                 '/abgate.v1.InferenceGateway/RecordOutcome',
                 request_serializer=abgate_dot_v1_dot_gateway__pb2.RecordOutcomeRequest.SerializeToString,
@@ -80,6 +85,14 @@ class InferenceGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PredictBatchStream(self, request_iterator, context):
+        """A long-lived stream of batches: each message is a PredictBatchRequest (many rows, each with
+        its own user) and gets one answer, in request order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RecordOutcome(self, request, context):
         """Attach outcomes to earlier predictions. Unknown request_ids are accepted (an outcome can
         arrive before its prediction's log row is flushed) and counted.
@@ -105,6 +118,11 @@ def add_InferenceGatewayServicer_to_server(servicer, server):
                     servicer.PredictStream,
                     request_deserializer=abgate_dot_v1_dot_gateway__pb2.PredictRequest.FromString,
                     response_serializer=abgate_dot_v1_dot_gateway__pb2.StreamPredictResponse.SerializeToString,
+            ),
+            'PredictBatchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PredictBatchStream,
+                    request_deserializer=abgate_dot_v1_dot_gateway__pb2.PredictBatchRequest.FromString,
+                    response_serializer=abgate_dot_v1_dot_gateway__pb2.StreamPredictBatchResponse.SerializeToString,
             ),
             'RecordOutcome': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordOutcome,
@@ -193,6 +211,33 @@ class InferenceGateway:
             '/abgate.v1.InferenceGateway/PredictStream',
             abgate_dot_v1_dot_gateway__pb2.PredictRequest.SerializeToString,
             abgate_dot_v1_dot_gateway__pb2.StreamPredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictBatchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/abgate.v1.InferenceGateway/PredictBatchStream',
+            abgate_dot_v1_dot_gateway__pb2.PredictBatchRequest.SerializeToString,
+            abgate_dot_v1_dot_gateway__pb2.StreamPredictBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -341,7 +341,7 @@ def test_metrics_count_every_call_by_method_and_status(
         if name == "grpc_server_started_total"
     }
     assert {m for s, m in methods if s == NATIVE} == {
-        "Predict", "PredictBatch", "PredictStream", "RecordOutcome",
+        "Predict", "PredictBatch", "PredictStream", "PredictBatchStream", "RecordOutcome",
     }  # fmt: skip
     assert {m for s, m in methods if s == OIP} == {
         "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
