@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -126,7 +126,8 @@ class LogSink(Protocol):
     consumer) is one more module with these methods.
 
     - ``write`` must be idempotent by ``request_id`` (a replayed or retried batch adds only the
-      rows missing) and all-or-nothing; it raises on failure.
+      rows missing) and all-or-nothing; it raises on failure. The writer may run up to its
+      ``concurrent_writes`` of them at once (distinct batches).
     - ``self.sink.refused_for_content(exc)``: the failure was caused by what rows hold (the writer
       bisects the batch and dead-letters the rows failing alone) rather than by the store's
       state (the writer keeps the rows and retries).
@@ -154,6 +155,14 @@ class LogSink(Protocol):
     def dead_letters_refuse(self, exc: BaseException) -> bool: ...
 
 
+async def _outcome(write: Awaitable[object]) -> object:
+    """``write``'s result, or the Exception it raised (cancellation still propagates)."""
+    try:
+        return await write
+    except Exception as exc:
+        return exc
+
+
 class LogWriter:
     def __init__(
         self,
@@ -166,8 +175,14 @@ class LogWriter:
         spool: Spool | None = None,
         gateway_id: str = "",
         local: LocalLog | None = None,
+        concurrent_writes: int = 2,
     ) -> None:
+        if concurrent_writes < 1:
+            raise ValueError("concurrent_writes must be at least 1")
         self.sink = sink
+        # A backlog drains this many batches at a time: the store works on one batch while the
+        # writer encodes the next (PostgresSink's pool has as many connections).
+        self.concurrent_writes = concurrent_writes
         # --log-durability local: rows also go to a local write-ahead log, whose group fsync
         # the answering call awaits (``synced``); None (memory) leaves the hot path as it was.
         self.local = local
@@ -278,7 +293,10 @@ class LogWriter:
             if self._buffer:
                 if self.observe is not None:
                     self.observe(self._buffer)  # once per row, off the request path
-                self._retry.append(self._buffer)
+                buf, size = self._buffer, self.batch_rows
+                # A backlog goes out in batches of batch_rows, so that they can be written
+                # side by side (and a failed one retried alone).
+                self._retry.extend(buf[i : i + size] for i in range(0, len(buf), size))
                 self._buffer = []
                 if self.local is not None:
                     self._local_gen = self.local.close_generation()
@@ -311,22 +329,33 @@ class LogWriter:
             self._local_gen = None
 
     async def _drain(self) -> bool:
-        """Write the pending batches oldest first; False (rows kept) at the first failure."""
+        """Write the pending batches oldest first, up to ``concurrent_writes`` at once; False
+        (the rows of every batch not written kept) at the first failure."""
         if self._retry and not await self._ensure_open():
             self.counters.failed_flushes += 1
             return False
         while self._retry:
-            batch = self._retry[0]
-            try:
-                await self._write_isolating(batch)
-            except Exception as exc:  # the database's state, not the rows: keep them, retry
+            batches = self._retry[: self.concurrent_writes]
+            if len(batches) == 1:
+                results: list[object] = [await _outcome(self._write_isolating(batches[0]))]
+            else:
+                results = list(
+                    await asyncio.gather(*(_outcome(self._write_isolating(b)) for b in batches))
+                )
+            failure: tuple[list[Row], Exception] | None = None
+            for batch, result in zip(batches, results, strict=True):
+                if isinstance(result, Exception):
+                    failure = failure or (batch, result)
+                    continue
+                self._retry = [b for b in self._retry if b is not batch]
+                self._queued -= len(batch)
+            if failure is not None:  # the database's state, not the rows: keep them, retry
+                batch, exc = failure
                 self.counters.failed_flushes += 1
                 log.warning("%s log flush of %d rows failed, will retry: %s",
                             self.table, len(batch), exc)  # fmt: skip
                 self._abandon()
                 return False
-            self._retry.pop(0)
-            self._queued -= len(batch)
         self.counters.oldest_queued_at = self._buffer[0][self._ts] if self._buffer else None
         return True
 

@@ -202,6 +202,7 @@ class GatewayServicer(pb_grpc.InferenceGatewayServicer):
         else:
             request_ids = dp.new_request_ids(n)
         matrix = codec.decode_matrix(request.features, n, exp.n_features)
+        dp.admit_rows(n)  # a full log refuses the call before its model runs
         buckets = dp.route_batch(exp, user_ids)
         # Taken before the batch may wait on a thread: a repeat meanwhile is refused.
         box: list[Any] = [None]

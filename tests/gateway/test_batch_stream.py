@@ -1,19 +1,23 @@
 """PredictBatchStream (issue #18, multi-row stream messages) through a real gateway and
 PostgreSQL: each message is a PredictBatch with its answer in order, a bad message (one that
 does not parse too) fails only itself, a repeated batch answers its original and is logged once,
-and abgate.client streams batches both ways."""
+abgate.client streams batches both ways, and a full log refuses a batch before its model
+runs."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 
 from abgate.client import AsyncClient, Batch, Client, RpcFailure
 from abgate.surface import UNDECODABLE_MESSAGE
 from abgate.v1 import gateway_pb2 as pb
-from tests.conftest import DemoStore, InProcessGateway
+from gateway.variants import Variant
+from tests.conftest import DemoStore, InProcessGateway, gateway_settings
 from tests.gateway.test_request_ids import query, tensor
 from tests.numeric import assert_scores_close
 
@@ -103,3 +107,49 @@ def test_client_streams_batches_sync_and_async(
     assert [type(g) for g in again] == [Batch, RpcFailure, Batch, Batch]
     # Sticky: the same users get the same arms on both clients.
     assert again[0].arms == got[0].arms  # type: ignore[union-attr]
+
+
+def test_a_full_log_refuses_a_batch_before_its_model_runs(
+    demo_store: DemoStore, tmp_path: Path, fresh_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """UNAVAILABLE comes before the model runs (the CPU the writer needs is not spent on rows
+    that are then refused); a retry of an answered batch still gets its answer."""
+    runs: list[int] = []
+    real_run = Variant.run
+
+    def counted(self: Variant, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        runs.append(len(rows))
+        return real_run(self, rows)
+
+    monkeypatch.setattr(Variant, "run", counted)
+    # 50 rows fit; nothing is flushed for a minute, so the queue only grows.
+    settings = gateway_settings(demo_store, tmp_path, fresh_db, log_max_queued_rows=50,
+                                log_batch_rows=10_000, log_max_age=60.0)  # fmt: skip
+    gw = InProcessGateway(settings)
+    try:
+        X = demo_store.X
+        users = [f"f{i}" for i in range(40)]
+        first = pb.PredictBatchRequest(experiment="demo", user_ids=users, features=tensor(X[:40]),
+                                       request_ids=[f"full-{i}" for i in range(40)])  # fmt: skip
+        answered = gw.stub.PredictBatch(first, timeout=10)
+        ran = sum(runs)
+        assert ran >= 40
+        more = pb.PredictBatchRequest(experiment="demo", user_ids=users[:20],
+                                      features=tensor(X[:20]))  # fmt: skip
+        with pytest.raises(grpc.RpcError) as err:
+            gw.stub.PredictBatch(more, timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "prediction log is full" in (err.value.details() or "")
+        assert sum(runs) == ran  # refused before onnxruntime
+        assert gw.stub.PredictBatch(first, timeout=10) == answered  # a retry: its answer
+        stream = gw.channel.stream_stream(
+            METHOD,
+            request_serializer=lambda b: b,
+            response_deserializer=pb.StreamPredictBatchResponse.FromString,
+        )
+        fits = batch(users[:5], X[:5], [f"fits-{i}" for i in range(5)])
+        answers = list(stream(iter([more.SerializeToString(), fits]), timeout=10))
+        assert [a.error_code for a in answers] == [grpc.StatusCode.UNAVAILABLE.value[0], 0]
+        assert sum(runs) == ran + 5
+    finally:
+        gw.close()

@@ -149,3 +149,51 @@ def test_refused_rows_are_isolated_and_dead_lettered_through_the_sink(tmp_path: 
     (kept,) = [json.loads(x) for x in (tmp_path / DEAD_LETTERS).read_text().splitlines()]
     assert kept["content"]["request_id"] == "poison-cursed-150"
     assert w.counters.dead_lettered == 2 and w.counters.written == 198
+
+
+class SlowSink(KeyedSink):
+    """A KeyedSink whose writes take a while, counting how many run at once; the write of the
+    batch holding ``flaky`` fails (the store's state, not the rows) the first time only."""
+
+    def __init__(self, flaky: str) -> None:
+        super().__init__()
+        self.flaky = flaky
+        self.running = 0
+        self.most = 0
+        self.writes = 0
+
+    async def write(self, batch: Sequence[Row]) -> Written:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(0.02)
+            self.writes += 1
+            if any(r[0] == self.flaky for r in batch):
+                self.flaky = ""
+                raise ConnectionError("connection reset")
+            return await super().write(batch)
+        finally:
+            self.running -= 1
+
+
+def test_a_backlog_is_written_two_batches_at_a_time_and_a_failed_one_alone_again() -> None:
+    """A backlog goes out in batches of batch_rows, two at once; when one of a pair fails, the
+    other is not written again, the failed one is retried, and every row arrives once."""
+    sink = SlowSink(flaky="req-250")
+
+    async def run() -> LogWriter:
+        w = LogWriter(sink, batch_rows=100, max_age=5.0)
+        await w.start()
+        await w.connected()
+        w.extend([row(i) for i in range(1000)])  # 10 batches' worth, flushed at once
+        await until(lambda: w.counters.written == 1000)
+        await w.stop()
+        return w
+
+    w = asyncio.run(run())
+    assert sorted(sink.rows) == sorted(f"req-{i}" for i in range(1000))
+    assert sink.most == 2  # side by side, never more
+    assert w.counters.failed_flushes == 1 and sink.abandoned == 1
+    # Ten batches and the one retried: the batch beside the failed one is not written again.
+    assert sink.writes == 11
+    assert w.counters.written == 1000 and w.queued == 0
