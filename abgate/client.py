@@ -27,16 +27,18 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 
 from abgate.v1 import gateway_pb2 as pb
 from abgate.v1 import gateway_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
 
 
 class RpcFailure(Exception):
@@ -321,14 +323,8 @@ class Client(_Options):
         """One PredictStream: (user_id, features) in, a Prediction (or the RpcFailure of that
         one message; the stream goes on) out per row, in order. Not retried."""
         requests = (_request(experiment, u, x, "") for u, x in rows)
-        try:
-            for r in self.stub.PredictStream(requests, timeout=timeout, metadata=self.metadata):
-                if r.error_code:
-                    yield RpcFailure(grpc.StatusCode(_code(r.error_code)), r.error_message)
-                else:
-                    yield _prediction(r.response)
-        except grpc.RpcError as exc:
-            raise RpcFailure(exc.code(), exc.details() or "") from None
+        call = self.stub.PredictStream(requests, timeout=timeout, metadata=self.metadata)
+        return _answers(call, _prediction)
 
     def stream_batches(
         self, experiment: str, batches: Iterable[tuple[Sequence[str], Any]], *,
@@ -337,15 +333,8 @@ class Client(_Options):
         """One PredictBatchStream: (user_ids, rows) in, a Batch (or the RpcFailure of that one
         message; the stream goes on) out per message, in order. Not retried."""
         requests = (_batch_request(experiment, u, x, ()) for u, x in batches)
-        try:
-            call = self.stub.PredictBatchStream(requests, timeout=timeout, metadata=self.metadata)
-            for r in call:
-                if r.error_code:
-                    yield RpcFailure(grpc.StatusCode(_code(r.error_code)), r.error_message)
-                else:
-                    yield _batch(r.response)
-        except grpc.RpcError as exc:
-            raise RpcFailure(exc.code(), exc.details() or "") from None
+        call = self.stub.PredictBatchStream(requests, timeout=timeout, metadata=self.metadata)
+        return _answers(call, _batch)
 
     def record_outcome(
         self, request_id: str, value: float, *, source: str = "", timeout: float | None = None
@@ -357,6 +346,32 @@ class Client(_Options):
     ) -> int:
         """(request_id, value, source) triples; how many the gateway accepted."""
         return int(self._call(self.stub.RecordOutcome, _outcomes(outcomes), timeout).accepted)
+
+
+def _answers(call: Iterable[Any], convert: Callable[[Any], T]) -> Iterator[T | RpcFailure]:
+    """A stream's answers: ``convert(response)``, or the RpcFailure of that one message; a
+    status ending the stream is raised as RpcFailure."""
+    try:
+        for r in call:
+            if r.error_code:
+                yield RpcFailure(grpc.StatusCode(_code(r.error_code)), r.error_message)
+            else:
+                yield convert(r.response)
+    except grpc.RpcError as exc:
+        raise RpcFailure(exc.code(), exc.details() or "") from None
+
+
+async def _async_answers(
+    call: AsyncIterable[Any], convert: Callable[[Any], T]
+) -> AsyncIterator[T | RpcFailure]:
+    try:
+        async for r in call:
+            if r.error_code:
+                yield RpcFailure(grpc.StatusCode(_code(r.error_code)), r.error_message)
+            else:
+                yield convert(r.response)
+    except grpc.aio.AioRpcError as exc:
+        raise RpcFailure(exc.code(), exc.details() or "") from None
 
 
 def _code(number: int) -> tuple[int, str]:
@@ -414,14 +429,8 @@ class AsyncClient(_Options):
     ) -> AsyncIterator[Prediction | RpcFailure]:
         requests = [_request(experiment, u, x, "") for u, x in rows]
         call = self.stub.PredictStream(iter(requests), timeout=timeout, metadata=self.metadata)
-        try:
-            async for r in call:
-                if r.error_code:
-                    yield RpcFailure(grpc.StatusCode(_code(r.error_code)), r.error_message)
-                else:
-                    yield _prediction(r.response)
-        except grpc.aio.AioRpcError as exc:
-            raise RpcFailure(exc.code(), exc.details() or "") from None
+        async for answer in _async_answers(call, _prediction):
+            yield answer
 
     async def stream_batches(
         self, experiment: str, batches: Iterable[tuple[Sequence[str], Any]], *,
@@ -429,14 +438,8 @@ class AsyncClient(_Options):
     ) -> AsyncIterator[Batch | RpcFailure]:  # fmt: skip
         requests = [_batch_request(experiment, u, x, ()) for u, x in batches]
         call = self.stub.PredictBatchStream(iter(requests), timeout=timeout, metadata=self.metadata)
-        try:
-            async for r in call:
-                if r.error_code:
-                    yield RpcFailure(grpc.StatusCode(_code(r.error_code)), r.error_message)
-                else:
-                    yield _batch(r.response)
-        except grpc.aio.AioRpcError as exc:
-            raise RpcFailure(exc.code(), exc.details() or "") from None
+        async for answer in _async_answers(call, _batch):
+            yield answer
 
     async def record_outcome(
         self, request_id: str, value: float, *, source: str = "", timeout: float | None = None
