@@ -336,12 +336,7 @@ class LogWriter:
             return False
         while self._retry:
             batches = self._retry[: self.concurrent_writes]
-            if len(batches) == 1:
-                results: list[object] = [await _outcome(self._write_isolating(batches[0]))]
-            else:
-                results = list(
-                    await asyncio.gather(*(_outcome(self._write_isolating(b)) for b in batches))
-                )
+            results = await asyncio.gather(*(_outcome(self._write_isolating(b)) for b in batches))
             failure: tuple[list[Row], Exception] | None = None
             for batch, result in zip(batches, results, strict=True):
                 if isinstance(result, Exception):
