@@ -9,7 +9,7 @@ project default ``--benchmark-disable`` each case runs once, as a test.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from abgate.oip.v2 import grpc_predict_v2_pb2 as oip
 from abgate.settings import GatewaySettings
 from abgate.v1 import gateway_pb2 as pb
 from converters.demo import load_demo_holdout, train_demo_models, write_demo_config
@@ -25,6 +26,7 @@ from gateway.config import load_config_file
 from gateway.control import ControlPlane
 from gateway.dataplane import DataPlane, ExperimentRuntime, Prediction
 from gateway.modelstore import ModelMetadata, ModelStore
+from gateway.oip import OipServicer
 from gateway.server import GatewayServer
 from gateway.servicer import GatewayServicer
 from gateway.variants import SessionOptions, Variant, VariantCache
@@ -169,3 +171,50 @@ def test_bench_gateway_single_row_path(
     raw, request_id = benchmark(servicer._predict, request)
     answer = pb.PredictResponse.FromString(raw)
     assert answer.arm in {"control", "treatment"} and answer.request_id == request_id
+
+
+@pytest.fixture(scope="module")
+def oip_servicer(demo: Demo, servicer: GatewayServicer) -> OipServicer:
+    # On the same server and data plane as ``servicer``, prediction logging off as there.
+    return OipServicer(servicer._dp, servicer._executor, max_batch_rows=10, offload_rows=10)
+
+
+def _completed(coro: Coroutine[Any, Any, Any]) -> Any:
+    """The value of a coroutine that finishes without suspending (one row runs inline), so an
+    event loop's own cost stays out of the figure."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise AssertionError("the call suspended: it did not run inline")
+
+
+class _NoMetadata:
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["typed", "raw"])
+def test_bench_gateway_oip_single_row_path(
+    benchmark: Any, demo: Demo, oip_servicer: OipServicer, raw: bool
+) -> None:
+    """Everything OIP V2 ModelInfer does between protobuf parsing and the wire (the same steps as
+    ``test_bench_gateway_single_row_path``), with typed ``fp32_contents`` as KServe clients send
+    them, or ``raw_input_contents``."""
+    row = np.ascontiguousarray(demo.X[0], dtype="<f4")
+    tensor = oip.ModelInferRequest.InferInputTensor(
+        name="features", datatype="FP32", shape=[1, row.size]
+    )
+    request = oip.ModelInferRequest(model_name="demo", inputs=[tensor])
+    if raw:
+        request.raw_input_contents.append(row.tobytes())
+    else:
+        request.inputs[0].contents.fp32_contents.extend(row.tolist())
+    request.outputs.add(name="probabilities")
+    request.parameters["user_id"].string_param = "bench-user"
+    context: Any = _NoMetadata()
+    answer = benchmark(lambda: _completed(oip_servicer._infer(request, context)))
+    parsed = oip.ModelInferResponse.FromString(answer)
+    assert parsed.parameters["arm"].string_param in {"control", "treatment"}
+    assert parsed.outputs[0].name == "probabilities"

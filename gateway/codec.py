@@ -78,15 +78,49 @@ def decode_row(tensor: pb.Tensor, n_features: int) -> np.ndarray:
             field="features.shape",
         )
     row = np.ndarray((1, n_features), _FP32, raw)
-    zeros = _ZEROS.get(n_features)
-    if zeros is None:
-        zeros = _ZEROS[n_features] = np.zeros(n_features, dtype=_FP32)
     # One dot product against zeros instead of isfinite().all() (a temporary array and a Python
     # wrapper): x·0 is 0 for every finite x and NaN for NaN or ±Inf, so the sum is 0 exactly
     # when every value is finite. 2.9 → 1.1 µs in a tight loop.
-    if row.dot(zeros)[0] != 0.0:
+    if row.dot(_zeros(n_features))[0] != 0.0:
         raise InvalidArgument("contains NaN or Inf", field="features")
     return row
+
+
+def _zeros(n_features: int) -> np.ndarray:
+    zeros = _ZEROS.get(n_features)
+    if zeros is None:
+        zeros = _ZEROS[n_features] = np.zeros(n_features, dtype=_FP32)
+    return zeros
+
+
+def check_finite(matrix: np.ndarray) -> None:
+    """INVALID_ARGUMENT (field ``features``) naming the first row that holds NaN or ±Inf."""
+    if len(matrix) == 1:
+        if matrix.dot(_zeros(matrix.shape[1]))[0] == 0.0:  # as in decode_row
+            return
+    elif np.isfinite(matrix).all():
+        return
+    bad = int(np.argwhere(~np.isfinite(matrix))[0][0])
+    raise InvalidArgument(f"row {bad} contains NaN or Inf", field="features")
+
+
+def _check_size(data: bytes, n_rows: int, n_features: int) -> None:
+    expected = 4 * n_rows * n_features
+    if len(data) != expected:
+        raise InvalidArgument(
+            f"expected {n_rows} rows x {n_features} float32 values ({expected} bytes), "
+            f"got {len(data)} bytes",
+            field="features",
+        )
+
+
+def matrix_of_bytes(data: bytes, n_rows: int, n_features: int) -> np.ndarray:
+    """A (n_rows, n_features) float32 view over little-endian float32 ``data``, each value
+    finite (field ``features``)."""
+    _check_size(data, n_rows, n_features)
+    matrix = np.frombuffer(data, dtype=_FP32).reshape(n_rows, n_features)
+    check_finite(matrix)
+    return matrix
 
 
 def decode_matrix(tensor: pb.Tensor, n_rows: int, n_features: int) -> np.ndarray:
@@ -95,22 +129,15 @@ def decode_matrix(tensor: pb.Tensor, n_rows: int, n_features: int) -> np.ndarray
         raise InvalidArgument(
             f"datatype {shown(tensor.datatype)} not supported, use FP32", "features"
         )
-    expected = 4 * n_rows * n_features
-    if len(tensor.raw) != expected:
-        raise InvalidArgument(
-            f"expected {n_rows} rows x {n_features} float32 values ({expected} bytes), "
-            f"got {len(tensor.raw)} bytes",
-            field="features",
-        )
+    raw = tensor.raw
+    _check_size(raw, n_rows, n_features)
     shape = list(tensor.shape)
     if shape and shape != [n_rows, n_features]:
         raise InvalidArgument(
             f"shape {shown(shape)} does not match [{n_rows}, {n_features}]", field="features.shape"
         )
-    matrix = np.frombuffer(tensor.raw, dtype=_FP32).reshape(n_rows, n_features)
-    if not np.isfinite(matrix).all():
-        bad = int(np.argwhere(~np.isfinite(matrix))[0][0])
-        raise InvalidArgument(f"row {bad} contains NaN or Inf", field="features")
+    matrix = np.frombuffer(raw, dtype=_FP32).reshape(n_rows, n_features)
+    check_finite(matrix)
     return matrix
 
 

@@ -277,7 +277,7 @@ class OipServicer:
         box: OipAnswer,
         started: float,
         result: BatchResult,
-    ) -> bytes | oip.ModelInferResponse:
+    ) -> bytes:
         """Log the rows, mirror them to the shadows and encode the answer (kept in ``box``)."""
         dp = self._dp
         matrix = call.matrix
@@ -292,14 +292,8 @@ class OipServicer:
             dp.mirror.submit(exp, matrix, rids, result.buckets.tolist())
         if arm is None and len(set(result.arm_index.tolist())) == 1:
             arm = exp.arms[int(result.arm_index[0])]
-        answer: bytes | oip.ModelInferResponse
-        if call.raw:
-            prefix = self._prefix(exp, arm)
-            answer = oip_codec.encode_infer_raw(prefix, result, request_id, call.outputs, bucket)
-        else:
-            answer = oip_codec.encode_infer(
-                exp, result, request_id, call.outputs, False, arm, bucket
-            )
+        prefix = self._prefix(exp, arm)
+        answer = oip_codec.encode_answer(prefix, result, request_id, call.outputs, bucket, call.raw)
         box.answer = answer
         return answer
 

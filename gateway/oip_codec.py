@@ -16,7 +16,6 @@ import numpy as np
 from abgate.errors import InvalidArgument, shown
 from abgate.oip.v2 import grpc_predict_v2_pb2 as oip
 from abgate.oip.v2 import model_config_pb2 as mc
-from abgate.v1 import gateway_pb2 as pb
 from gateway import codec
 from gateway.dataplane import ArmRuntime, BatchResult, ExperimentRuntime
 
@@ -34,15 +33,6 @@ MIXED_ARMS = "*"
 _FP32 = np.dtype("<f4")
 _INT64 = np.dtype("<i8")
 _U32 = struct.Struct("<I")
-_OTHER_CONTENTS = (
-    "bool_contents",
-    "int_contents",
-    "int64_contents",
-    "uint_contents",
-    "uint64_contents",
-    "fp64_contents",
-    "bytes_contents",
-)
 
 
 @dataclass(slots=True)
@@ -234,15 +224,19 @@ def decode_infer(
     n_features = exp.n_features
     n = _rows_of(features.shape, n_features, max_rows)
     if raw:
-        data = raw_contents[features_at]
+        matrix = codec.matrix_of_bytes(raw_contents[features_at], n, n_features)
     else:
         contents = features.contents
-        if any(len(getattr(contents, name)) for name in _OTHER_CONTENTS):
+        values = contents.fp32_contents
+        k = len(values)
+        if len(contents.ListFields()) > (1 if k else 0):  # another *_contents is set
             raise InvalidArgument("FP32 values go in fp32_contents", field="features.contents")
-        data = np.asarray(contents.fp32_contents, dtype=_FP32).tobytes()
-    # The native decoder checks byte length and finiteness, so errors read the same (the
-    # shape, checked above, is left out so it is not checked twice).
-    matrix = codec.decode_matrix(pb.Tensor(raw=data, datatype="FP32"), n, n_features)
+        if k != n * n_features:
+            raise InvalidArgument(
+                f"expected {n} rows x {n_features} float32 values, got {k}", field=FEATURES
+            )
+        matrix = np.fromiter(values, _FP32, k).reshape(n, n_features)
+        codec.check_finite(matrix)
     if users_at >= 0:
         if USER_ID in request.parameters:
             raise InvalidArgument(
@@ -311,8 +305,8 @@ def encode_infer(
     bucket: int | None,
 ) -> oip.ModelInferResponse:
     """The answer, built by protobuf. ``arm``: the one arm that answered every row (None: rows
-    on several arms); ``bucket``: the one bucket (single-user calls). Answers to raw requests
-    use the faster ``encode_infer_raw``, which this defines."""
+    on several arms); ``bucket``: the one bucket (single-user calls). The servicer answers with
+    the faster ``encode_answer``; this is its definition, which tests compare it with."""
     resp = _answer_head(exp, arm)
     resp.id = request_id
     params = resp.parameters
@@ -335,30 +329,55 @@ def encode_infer(
     return resp
 
 
-# -- hand-encoded raw answers --------------------------------------------------------------------
+# -- hand-encoded answers ------------------------------------------------------------------------
 # As for native Predict answers (gateway.codec): building a ModelInferResponse per call costs
 # ~14 µs, encoding it by hand ~3 µs. The fields that are constant per experiment and arm are
 # serialized once by protobuf (``response_prefix``); per call we append id, the request_id and
-# bucket parameters, the output headers and raw_output_contents in wire format. Parsers accept
-# fields in any order and merge map entries; tests compare with ``encode_infer``.
+# bucket parameters and the outputs in wire format, their values either in raw_output_contents
+# or as typed contents. Parsers accept fields in any order and merge map entries; tests compare
+# with ``encode_infer``.
 def _len_field(tag: bytes, payload: bytes) -> bytes:
     return tag + codec.varint(len(payload)) + payload
 
 
 _PARAM_REQUEST_ID = b"\x0a\x0arequest_id"  # map entry key (field 1)
 _PARAM_BUCKET = b"\x0a\x06bucket"
+_INT64_MASK = 0xFFFFFFFFFFFFFFFF
+# InferTensorContents fields, by output datatype: packed fp32_contents (6), packed
+# int64_contents (3); bytes_contents (8) is repeated, one field per element.
+_FP32_CONTENTS, _INT64_CONTENTS, _BYTES_CONTENTS = b"\x32", b"\x1a", b"\x42"
 
 
 @functools.lru_cache(maxsize=1024)
-def _output_header(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
-    """An outputs entry (5) without contents: name, datatype, packed shape. Cached: the same few
-    shapes come back call after call."""
-    header = (
+def _output_fields(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
+    """An outputs entry's name, datatype and packed shape. Cached: the same few shapes come back
+    call after call."""
+    return (
         _len_field(b"\x0a", name.encode())
         + _len_field(b"\x12", datatype.encode())
         + _len_field(b"\x1a", b"".join(codec.varint(d) for d in shape))
     )
-    return _len_field(b"\x2a", header)
+
+
+@functools.lru_cache(maxsize=1024)
+def _output_header(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
+    """An outputs entry (5) without contents."""
+    return _len_field(b"\x2a", _output_fields(name, datatype, shape))
+
+
+def _int64_varints(values: np.ndarray) -> bytes:
+    if len(values) and values.min() >= 0 and values.max() < 128:
+        return values.astype(np.uint8).tobytes()  # one byte each: labels and small classes
+    return b"".join(codec.varint(v & _INT64_MASK) for v in values.tolist())
+
+
+def _typed_contents(datatype: str, values: np.ndarray | list[bytes]) -> bytes:
+    """An InferTensorContents holding ``values``."""
+    if isinstance(values, list):
+        return b"".join(_len_field(_BYTES_CONTENTS, v) for v in values)
+    if datatype == "FP32":
+        return _len_field(_FP32_CONTENTS, values.tobytes())
+    return _len_field(_INT64_CONTENTS, _int64_varints(values))
 
 
 def response_prefix(exp: ExperimentRuntime, arm: ArmRuntime | None) -> bytes:
@@ -366,15 +385,17 @@ def response_prefix(exp: ExperimentRuntime, arm: ArmRuntime | None) -> bytes:
     return _answer_head(exp, arm).SerializeToString()
 
 
-def encode_infer_raw(
+def encode_answer(
     prefix: bytes,
     result: BatchResult,
     request_id: str,
     outputs: Sequence[str],
     bucket: int | None,
+    raw: bool,
 ) -> bytes:
-    """A serialized ModelInferResponse with raw_output_contents, equal to ``encode_infer``'s:
-    ``prefix`` plus id (3), parameters (4), outputs (5) and raw_output_contents (6)."""
+    """A serialized ModelInferResponse equal to ``encode_infer``'s: ``prefix`` plus id (3),
+    parameters (4), outputs (5) and, when ``raw``, raw_output_contents (6); otherwise each
+    output carries its values as typed contents (5)."""
     rid = request_id.encode()
     parts = [
         prefix,
@@ -388,9 +409,16 @@ def encode_infer_raw(
     contents = []
     for name in outputs:
         datatype, shape, values = _output(name, result)
-        parts.append(_output_header(name, datatype, tuple(shape)))
-        data = values.tobytes() if isinstance(values, np.ndarray) else encode_bytes_tensor(values)
-        contents.append(_len_field(b"\x32", data))
+        if raw:
+            parts.append(_output_header(name, datatype, tuple(shape)))
+            data = (
+                values.tobytes() if isinstance(values, np.ndarray) else encode_bytes_tensor(values)
+            )
+            contents.append(_len_field(b"\x32", data))
+        else:
+            fields = _output_fields(name, datatype, tuple(shape))
+            typed = _len_field(b"\x2a", _typed_contents(datatype, values))
+            parts.append(_len_field(b"\x2a", fields + typed))
     parts += contents
     return b"".join(parts)
 

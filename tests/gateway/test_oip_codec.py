@@ -10,7 +10,7 @@ import pytest
 
 from abgate.oip.v2 import grpc_predict_v2_pb2 as oip
 from gateway.dataplane import BatchResult
-from gateway.oip_codec import KNOWN_OUTPUTS, encode_infer, encode_infer_raw, response_prefix
+from gateway.oip_codec import KNOWN_OUTPUTS, encode_answer, encode_infer, response_prefix
 
 
 def _batch(n: int, labels: list[int], arm_index: list[int]) -> tuple[Any, BatchResult]:
@@ -36,12 +36,15 @@ def _batch(n: int, labels: list[int], arm_index: list[int]) -> tuple[Any, BatchR
 
 @pytest.mark.parametrize("outputs", [("label", "probabilities"), KNOWN_OUTPUTS, ("request_id",)])
 @pytest.mark.parametrize("single_arm", [True, False])
-def test_hand_encoded_answer_equals_protobuf(outputs: tuple[str, ...], single_arm: bool) -> None:
+@pytest.mark.parametrize("raw", [True, False])
+def test_hand_encoded_answer_equals_protobuf(
+    outputs: tuple[str, ...], single_arm: bool, raw: bool
+) -> None:
     for n, labels in [(1, [1]), (3, [-1, 0, 2**40]), (200, list(range(200)))]:
         exp, result = _batch(n, labels, [0] * n if single_arm else [i % 2 for i in range(n)])
         arm = exp.arms[0] if single_arm else None
         bucket = 9999 if single_arm else None
         rid = "é" * 100 if n == 1 else "x"
-        fast = encode_infer_raw(response_prefix(exp, arm), result, rid, outputs, bucket)
-        slow = encode_infer(exp, result, rid, outputs, True, arm, bucket)
+        fast = encode_answer(response_prefix(exp, arm), result, rid, outputs, bucket, raw)
+        slow = encode_infer(exp, result, rid, outputs, raw, arm, bucket)
         assert oip.ModelInferResponse.FromString(fast) == slow
