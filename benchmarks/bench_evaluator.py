@@ -1,7 +1,7 @@
 """One evaluation tick over 1M and 10M logged rows: a full pass against an incremental one.
 
 Run: python -m benchmarks.bench_evaluator [--rows 1000000,10000000] [--new-rows 10000]
-     [--repeats 5] [--database-url URL] [--out benchmarks/results/evaluator.json]
+     [--repeats 5] [--full-repeats K] [--database-url URL] [--out benchmarks/results/evaluator.json]
 (without a URL an embedded PostgreSQL is started in a temporary directory; with one, the URL
 names a server on which a database per size is created and dropped afterwards).
 
@@ -9,7 +9,7 @@ Per size N: a fresh database gets N predictions (two experiments, arms 50/50 by 
 row number, ~0.5% failed rows, latencies 100-5000 µs) and outcomes for ~60% of them, generated
 server-side by one INSERT ... SELECT FROM generate_series per table. Then:
 
-- full tick: ``reset`` and one ``aggregate`` over everything (median of --repeats);
+- full tick: ``reset`` and one ``aggregate`` over everything (median of --full-repeats, default --repeats);
 - incremental tick: --new-rows new predictions, their outcomes and late outcomes for old
   predictions, then one ``aggregate`` (median of --repeats, fresh rows each time), on two
   connections in turn. ``server``: as the evaluator's pooled connection after it started over
@@ -202,14 +202,21 @@ async def check(conn: asyncpg.Connection) -> dict[str, int]:
 
 
 async def one_size(
-    server_url: str, n: int, new_rows: int, repeats: int, log: Any = print
+    server_url: str,
+    n: int,
+    new_rows: int,
+    repeats: int,
+    log: Any = print,
+    full_repeats: int | None = None,
 ) -> dict[str, Any]:
     name = f"abgate_bench_{n}_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(server_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         try:
-            return await _one_size(with_database(server_url, name), n, new_rows, repeats, log)
+            return await _one_size(
+                with_database(server_url, name), n, new_rows, repeats, log, full_repeats or repeats
+            )
         finally:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
@@ -266,7 +273,9 @@ async def plan_counts(conn: asyncpg.Connection) -> dict[str, dict[str, int]]:
     return out
 
 
-async def _one_size(url: str, n: int, new_rows: int, repeats: int, log: Any) -> dict[str, Any]:
+async def _one_size(
+    url: str, n: int, new_rows: int, repeats: int, log: Any, full_repeats: int
+) -> dict[str, Any]:
     await migrate(url)
     load_avg = [os.getloadavg()[0]]  # other work on the machine makes the timings noisy
     server = await asyncpg.connect(url)  # as the evaluator's pool has it (see the docstring)
@@ -293,8 +302,8 @@ async def _one_size(url: str, n: int, new_rows: int, repeats: int, log: Any) -> 
         # asyncpg's statement lifetime (300 s; a re-prepared statement starts over with custom
         # plans).
         full: list[float] = []
-        for i in range(repeats):
-            conn = server if i == repeats - 1 else custom
+        for i in range(full_repeats):
+            conn = server if i == full_repeats - 1 else custom
             await reset(conn)
             full.append(await _tick(conn))
             log(f"N={n:,}: full tick {full[-1]:.3f} s")
@@ -369,9 +378,14 @@ async def _one_size(url: str, n: int, new_rows: int, repeats: int, log: Any) -> 
 
 
 async def main_async(
-    server_url: str, sizes: Sequence[int], new_rows: int, repeats: int, log: Any = print
+    server_url: str,
+    sizes: Sequence[int],
+    new_rows: int,
+    repeats: int,
+    log: Any = print,
+    full_repeats: int | None = None,
 ) -> dict[str, Any]:
-    results = [await one_size(server_url, n, new_rows, repeats, log) for n in sizes]
+    results = [await one_size(server_url, n, new_rows, repeats, log, full_repeats) for n in sizes]
     conn = await asyncpg.connect(server_url)
     try:
         names = ["server_version", "shared_buffers", "work_mem", "max_parallel_workers_per_gather"]
@@ -388,6 +402,7 @@ async def main_async(
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "postgres": settings,
         "repeats": repeats,
+        "full_repeats": full_repeats or repeats,
         "sizes": results,
     }
 
@@ -418,18 +433,36 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rows", type=parse_sizes, default=[1_000_000, 10_000_000])
     parser.add_argument("--new-rows", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--full-repeats",
+        type=int,
+        default=None,
+        help="full passes per size (default: --repeats); one pass over 100M rows takes minutes",
+    )
     parser.add_argument("--database-url", default="", help="a server; databases are made on it")
     parser.add_argument("--out", type=Path, default=None, help="write results as JSON here")
     args = parser.parse_args(argv)
     if args.database_url:
-        report = asyncio.run(main_async(args.database_url, args.rows, args.new_rows, args.repeats))
+        report = asyncio.run(
+            main_async(
+                args.database_url,
+                args.rows,
+                args.new_rows,
+                args.repeats,
+                full_repeats=args.full_repeats,
+            )
+        )
     else:
         # The data directory goes too: at 10M rows it holds several GB.
         with (
             tempfile.TemporaryDirectory(prefix="abgate-pg-") as tmp,
             EmbeddedPostgres(Path(tmp)) as pg,
         ):
-            report = asyncio.run(main_async(pg.url, args.rows, args.new_rows, args.repeats))
+            report = asyncio.run(
+                main_async(
+                    pg.url, args.rows, args.new_rows, args.repeats, full_repeats=args.full_repeats
+                )
+            )
     print(markdown(report))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -229,42 +229,41 @@ class OipServicer:
         entry = (key, started, identity, exp.name, call.user_id, box)
         recent.put(entry, 1 if n == 1 else n + 1)
         try:
-            result = await self._result(exp, arm, buckets, rids, box, call, started)
+            matrix = call.matrix
+            try:
+                if n >= self._offload_rows:
+                    # Big calls would stall every other call on the event loop (see servicer).
+                    result = await dp.offload(
+                        self._executor, self._run, exp, arm, buckets, matrix, rids
+                    )
+                else:  # inline: no coroutine or thread hop for a small call
+                    result = self._run(exp, arm, buckets, matrix, rids)
+            except Exception as exc:
+                self._model_failed(exp, buckets, rids, box, started, exc)
+                raise
             return self._answer(exp, call, arm, bucket, rids, request_id, box, started, result)
         except BaseException:
             if box.answer is None:
                 recent.discard(entry)  # nothing logged: the id is free for a retry
             raise
 
-    async def _result(
+    def _model_failed(
         self,
         exp: ExperimentRuntime,
-        arm: ArmRuntime | None,
         buckets: np.ndarray,
         rids: list[str],
         box: OipAnswer,
-        call: oip_codec.InferCall,
         started: float,
-    ) -> BatchResult:
-        """The model's answer; a model failure is logged (one failure row per row) and kept
-        as this request's answer."""
+        exc: Exception,
+    ) -> None:
+        """A model failure is logged (one failure row per row) and kept as this request's
+        answer: a retry gets the same failure."""
         dp = self._dp
-        matrix = call.matrix
-        try:
-            if len(matrix) >= self._offload_rows:
-                # Big calls would stall every other call on the event loop (see servicer).
-                return await dp.offload(self._executor, self._run, exp, arm, buckets, matrix, rids)
-            return self._run(exp, arm, buckets, matrix, rids)
-        except Exception as exc:
-            code = exc.code if isinstance(exc, AbgateError) else grpc.StatusCode.INTERNAL
-            arms = exp.arms
-            for rid, b, ai in zip(
-                rids, buckets.tolist(), exp.table_np[buckets].tolist(), strict=True
-            ):
-                dp.log_failure(exp, arms[ai], b, rid, code.value[0], started)
-            # The failure rows are this request's predictions: a retry gets the same failure.
-            box.answer = Failed(code, status_of(exc)[1])
-            raise
+        code = exc.code if isinstance(exc, AbgateError) else grpc.StatusCode.INTERNAL
+        arms = exp.arms
+        for rid, b, ai in zip(rids, buckets.tolist(), exp.table_np[buckets].tolist(), strict=True):
+            dp.log_failure(exp, arms[ai], b, rid, code.value[0], started)
+        box.answer = Failed(code, status_of(exc)[1])
 
     def _answer(
         self,

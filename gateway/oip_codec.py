@@ -165,10 +165,18 @@ def _request_id_of(request_id: str, n: int) -> str:
     return request_id
 
 
+_ONE_OUTPUT = {name: (name,) for name in KNOWN_OUTPUTS}  # the common case, one lookup
+
+
 def _outputs_of(request: oip.ModelInferRequest) -> tuple[str, ...]:
-    if not request.outputs:
+    outputs = request.outputs
+    if not outputs:
         return DEFAULT_OUTPUTS
-    names = tuple(o.name for o in request.outputs)
+    if len(outputs) == 1:
+        one = _ONE_OUTPUT.get(outputs[0].name)
+        if one is not None:
+            return one
+    names = tuple([o.name for o in outputs])
     for i, name in enumerate(names):
         if name not in KNOWN_OUTPUTS:
             raise InvalidArgument(
@@ -263,19 +271,21 @@ def row_request_ids(request_id: str, n: int) -> list[str]:
     return [request_id] if n == 1 else [f"{request_id}:{i}" for i in range(n)]
 
 
-def _output(name: str, result: BatchResult) -> tuple[str, list[int], np.ndarray | list[bytes]]:
+def _output(
+    name: str, result: BatchResult
+) -> tuple[str, tuple[int, ...], np.ndarray | list[bytes]]:
     """(datatype, shape, values) of one output: a little-endian array, or BYTES elements."""
     n = len(result.request_ids)
     if name == LABEL:
-        return "INT64", [n], np.ascontiguousarray(result.labels, dtype=_INT64)
+        return "INT64", (n,), np.ascontiguousarray(result.labels, dtype=_INT64)
     if name == PROBABILITIES:
-        return "FP32", list(result.scores.shape), np.ascontiguousarray(result.scores, dtype=_FP32)
+        return "FP32", result.scores.shape, np.ascontiguousarray(result.scores, dtype=_FP32)
     if name == BUCKET:
-        return "INT64", [n], np.ascontiguousarray(result.buckets, dtype=_INT64)
+        return "INT64", (n,), np.ascontiguousarray(result.buckets, dtype=_INT64)
     if name == ARM:
         names = [a.name.encode() for a in result.arms]
-        return "BYTES", [n], [names[i] for i in result.arm_index.tolist()]
-    return "BYTES", [n], [rid.encode() for rid in result.request_ids]
+        return "BYTES", (n,), [names[i] for i in result.arm_index.tolist()]
+    return "BYTES", (n,), [rid.encode() for rid in result.request_ids]
 
 
 def _model_version(exp: ExperimentRuntime, arm: ArmRuntime | None) -> str:
@@ -396,31 +406,35 @@ def encode_answer(
     """A serialized ModelInferResponse equal to ``encode_infer``'s: ``prefix`` plus id (3),
     parameters (4), outputs (5) and, when ``raw``, raw_output_contents (6); otherwise each
     output carries its values as typed contents (5)."""
+    varint = codec.varint
     rid = request_id.encode()
-    parts = [
-        prefix,
-        _len_field(b"\x1a", rid),
-        _len_field(b"\x22", _PARAM_REQUEST_ID + _len_field(b"\x12", _len_field(b"\x1a", rid))),
-    ]
+    size = varint(len(rid))
+    # id (3); the parameters (4) entry request_id: its key, then InferParameter.string_param (3)
+    entry = _PARAM_REQUEST_ID + b"\x12" + varint(len(rid) + len(size) + 1) + b"\x1a" + size
+    parts = [prefix, b"\x1a", size, rid, b"\x22", varint(len(entry) + len(rid)), entry, rid]
     if bucket is not None:
-        parts.append(
-            _len_field(b"\x22", _PARAM_BUCKET + _len_field(b"\x12", b"\x10" + codec.varint(bucket)))
-        )
-    contents = []
+        parts.append(_bucket_parameter(bucket))
+    contents: list[bytes] = []
     for name in outputs:
         datatype, shape, values = _output(name, result)
         if raw:
-            parts.append(_output_header(name, datatype, tuple(shape)))
+            parts.append(_output_header(name, datatype, shape))
             data = (
                 values.tobytes() if isinstance(values, np.ndarray) else encode_bytes_tensor(values)
             )
-            contents.append(_len_field(b"\x32", data))
+            contents += (b"\x32", varint(len(data)), data)
         else:
-            fields = _output_fields(name, datatype, tuple(shape))
-            typed = _len_field(b"\x2a", _typed_contents(datatype, values))
-            parts.append(_len_field(b"\x2a", fields + typed))
+            typed = _typed_contents(datatype, values)
+            body = _output_fields(name, datatype, shape) + b"\x2a" + varint(len(typed)) + typed
+            parts += (b"\x2a", varint(len(body)), body)
     parts += contents
     return b"".join(parts)
+
+
+@functools.lru_cache(maxsize=16_384)  # buckets are 0..9,999
+def _bucket_parameter(bucket: int) -> bytes:
+    """The parameters (4) entry bucket: its key, then InferParameter.int64_param (2)."""
+    return _len_field(b"\x22", _PARAM_BUCKET + _len_field(b"\x12", b"\x10" + codec.varint(bucket)))
 
 
 def serialize_infer(response: bytes | oip.ModelInferResponse) -> bytes:
