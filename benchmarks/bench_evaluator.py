@@ -1,15 +1,17 @@
 """One evaluation tick over 1M and 10M logged rows: a full pass against an incremental one.
 
 Run: python -m benchmarks.bench_evaluator [--rows 1000000,10000000] [--new-rows 10000]
-     [--repeats 5] [--full-repeats K] [--database-url URL] [--out benchmarks/results/evaluator.json]
+     [--repeats 5] [--full-repeats K] [--database-url URL]
+     [--out benchmarks/results/evaluator.json]
 (without a URL an embedded PostgreSQL is started in a temporary directory; with one, the URL
 names a server on which a database per size is created and dropped afterwards).
 
 Per size N: a fresh database gets N predictions (two experiments, arms 50/50 by a hash of the
 row number, ~0.5% failed rows, latencies 100-5000 µs) and outcomes for ~60% of them, generated
-server-side by one INSERT ... SELECT FROM generate_series per table. Then:
+server-side by INSERT ... SELECT FROM generate_series (per table, 5M rows a statement). Then:
 
-- full tick: ``reset`` and one ``aggregate`` over everything (median of --full-repeats, default --repeats);
+- full tick: ``reset`` and one ``aggregate`` over everything (median of --full-repeats,
+  by default --repeats);
 - incremental tick: --new-rows new predictions, their outcomes and late outcomes for old
   predictions, then one ``aggregate`` (median of --repeats, fresh rows each time), on two
   connections in turn. ``server``: as the evaluator's pooled connection after it started over
@@ -62,6 +64,7 @@ POLICY_RUNS = 20  # the policy read is milliseconds: more runs than the ticks
 PLAN_CACHE_TICKS = 5  # PostgreSQL may switch a prepared statement to a generic plan after 5
 WARMUP_ROWS = 100  # rows per untimed small tick on the `server` connection
 T0 = 1_790_000_000.0  # ts of row 0; rows are 1 ms apart
+LOAD_CHUNK_ROWS = 5_000_000
 
 # Deterministic pseudo-random columns from row number i: u(k) is uniform in [0, 1).
 _U = "((hashint8extended(i, {k}) & 2147483647)::float8 / 2147483648.0)"
@@ -133,9 +136,14 @@ def with_database(url: str, name: str) -> str:
 
 
 async def load(conn: asyncpg.Connection, lo: int, hi: int, n: int) -> None:
-    """Predictions [lo, hi) of a log of nominal size n, and the outcomes that come with them."""
-    await conn.execute(_INSERT_PREDICTIONS, lo, hi, n, T0)
-    await conn.execute(_INSERT_OUTCOMES, lo, hi, n, False)
+    """Predictions [lo, hi) of a log of nominal size n, and the outcomes that come with them,
+    in statements of at most ``LOAD_CHUNK_ROWS`` rows (the same rows in the same order as one
+    statement: each sorts its rows on disk, and one sort of 100M rows needs ~25 GB)."""
+    for start in range(lo, hi, LOAD_CHUNK_ROWS):
+        await conn.execute(_INSERT_PREDICTIONS, start, min(hi, start + LOAD_CHUNK_ROWS), n, T0)
+    for start in range(lo, hi, LOAD_CHUNK_ROWS):
+        end = min(hi, start + LOAD_CHUNK_ROWS)
+        await conn.execute(_INSERT_OUTCOMES, start, end, n, False)
 
 
 async def load_late_outcomes(conn: asyncpg.Connection, lo: int, hi: int, n: int) -> None:
