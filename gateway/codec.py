@@ -81,7 +81,10 @@ def decode_row(tensor: pb.Tensor, n_features: int) -> np.ndarray:
     # One dot product against zeros instead of isfinite().all() (a temporary array and a Python
     # wrapper): x·0 is 0 for every finite x and NaN for NaN or ±Inf, so the sum is 0 exactly
     # when every value is finite. 2.9 → 1.1 µs in a tight loop.
-    if row.dot(_zeros(n_features))[0] != 0.0:
+    zeros = _ZEROS.get(n_features)  # inline, not _zeros(): this is Predict's hot path
+    if zeros is None:
+        zeros = _zeros(n_features)
+    if row.dot(zeros)[0] != 0.0:
         raise InvalidArgument("contains NaN or Inf", field="features")
     return row
 
