@@ -195,6 +195,11 @@ class EvaluatorSettings:
     )
     tick_interval: float = doc("seconds between evaluation ticks", 1.0)
     settle: float = doc("seconds a logged row waits before a tick reads it", 2.0)
+    tick_rows: int = doc(
+        "most rows of each log table one aggregation transaction reads; a tick further behind "
+        "(a first start on a long log) catches up in several before deciding",
+        1_000_000,
+    )
     audit_interval: float = doc("seconds between audit rows of unchanged verdicts", 60.0)
     evaluate: bool = doc("run the policies each tick (off: config stream and admin only)", True)
     partition_days_ahead: int = doc("dated predictions partitions kept ready ahead", 7)

@@ -10,8 +10,9 @@ Per size N: a fresh database gets N predictions (two experiments, arms 50/50 by 
 row number, ~0.5% failed rows, latencies 100-5000 µs) and outcomes for ~60% of them, generated
 server-side by INSERT ... SELECT FROM generate_series (per table, 5M rows a statement). Then:
 
-- full tick: ``reset`` and one ``aggregate`` over everything (median of --full-repeats,
-  by default --repeats);
+- full tick: ``reset`` and a ``catch_up`` over everything, in transactions of --tick-rows
+  rows of each log (the evaluator's --tick-rows; median of --full-repeats, by default
+  --repeats);
 - incremental tick: --new-rows new predictions, their outcomes and late outcomes for old
   predictions, then one ``aggregate`` (median of --repeats, fresh rows each time), on two
   connections in turn. ``server``: as the evaluator's pooled connection after it started over
@@ -49,7 +50,7 @@ import asyncpg
 from abgate.db.embedded import EmbeddedPostgres
 from abgate.db.migrate import migrate
 from abgate.v1 import control_pb2 as cpb
-from evaluator.aggregate import aggregate, arm_data, arm_totals, reset
+from evaluator.aggregate import DEFAULT_TICK_ROWS, aggregate, arm_data, arm_totals, catch_up, reset
 from evaluator.experiments import ExperimentState, validate_definition
 from evaluator.policy import decide
 
@@ -216,6 +217,7 @@ async def one_size(
     repeats: int,
     log: Any = print,
     full_repeats: int | None = None,
+    tick_rows: int = DEFAULT_TICK_ROWS,
 ) -> dict[str, Any]:
     name = f"abgate_bench_{n}_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(server_url)
@@ -223,7 +225,13 @@ async def one_size(
         await admin.execute(f'CREATE DATABASE "{name}"')
         try:
             return await _one_size(
-                with_database(server_url, name), n, new_rows, repeats, log, full_repeats or repeats
+                with_database(server_url, name),
+                n,
+                new_rows,
+                repeats,
+                log,
+                full_repeats or repeats,
+                tick_rows,
             )
         finally:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -282,7 +290,7 @@ async def plan_counts(conn: asyncpg.Connection) -> dict[str, dict[str, int]]:
 
 
 async def _one_size(
-    url: str, n: int, new_rows: int, repeats: int, log: Any, full_repeats: int
+    url: str, n: int, new_rows: int, repeats: int, log: Any, full_repeats: int, tick_rows: int
 ) -> dict[str, Any]:
     await migrate(url)
     load_avg = [os.getloadavg()[0]]  # other work on the machine makes the timings noisy
@@ -310,11 +318,14 @@ async def _one_size(
         # asyncpg's statement lifetime (300 s; a re-prepared statement starts over with custom
         # plans).
         full: list[float] = []
+        full_ticks = 0
         for i in range(full_repeats):
             conn = server if i == full_repeats - 1 else custom
             await reset(conn)
-            full.append(await _tick(conn))
-            log(f"N={n:,}: full tick {full[-1]:.3f} s")
+            result = await catch_up(conn, settle=0.0, now=time.time() + 10, max_rows=tick_rows)
+            full.append(result.seconds)
+            full_ticks = result.ticks
+            log(f"N={n:,}: full pass {full[-1]:.3f} s in {full_ticks} transactions")
 
         rows = _Log(n, new_rows)
         for _ in range(PLAN_CACHE_TICKS - 1):
@@ -367,6 +378,7 @@ async def _one_size(
         "vacuum_analyze_s": round(vacuum_s, 3),
         "table_bytes": {"predictions": int(size["p"]), "outcomes": int(size["o"])},
         "full_tick_s": series(full, 4),
+        "full_tick_transactions": full_ticks,
         "new_rows": new_rows,
         "late_outcomes_per_tick_approx": rows.late,
         "incremental_tick_s": series(incremental, 5),
@@ -392,8 +404,12 @@ async def main_async(
     repeats: int,
     log: Any = print,
     full_repeats: int | None = None,
+    tick_rows: int = DEFAULT_TICK_ROWS,
 ) -> dict[str, Any]:
-    results = [await one_size(server_url, n, new_rows, repeats, log, full_repeats) for n in sizes]
+    results = [
+        await one_size(server_url, n, new_rows, repeats, log, full_repeats, tick_rows)
+        for n in sizes
+    ]
     conn = await asyncpg.connect(server_url)
     try:
         names = ["server_version", "shared_buffers", "work_mem", "max_parallel_workers_per_gather"]
@@ -411,6 +427,7 @@ async def main_async(
         "postgres": settings,
         "repeats": repeats,
         "full_repeats": full_repeats or repeats,
+        "tick_rows": tick_rows,
         "sizes": results,
     }
 
@@ -447,6 +464,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         default=None,
         help="full passes per size (default: --repeats); one pass over 100M rows takes minutes",
     )
+    parser.add_argument(
+        "--tick-rows",
+        type=int,
+        default=DEFAULT_TICK_ROWS,
+        help="rows of each log one transaction of the full pass reads (the evaluator's option)",
+    )
     parser.add_argument("--database-url", default="", help="a server; databases are made on it")
     parser.add_argument("--out", type=Path, default=None, help="write results as JSON here")
     args = parser.parse_args(argv)
@@ -458,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 args.new_rows,
                 args.repeats,
                 full_repeats=args.full_repeats,
+                tick_rows=args.tick_rows,
             )
         )
     else:
@@ -468,7 +492,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ):
             report = asyncio.run(
                 main_async(
-                    pg.url, args.rows, args.new_rows, args.repeats, full_repeats=args.full_repeats
+                    pg.url,
+                    args.rows,
+                    args.new_rows,
+                    args.repeats,
+                    full_repeats=args.full_repeats,
+                    tick_rows=args.tick_rows,
                 )
             )
     print(markdown(report))

@@ -67,6 +67,11 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
             raise cli.UsageError(
                 f"{flag} must be at least 1 (rows of a reference window), not {rows}"
             )
+    if settings.tick_rows < 1:
+        raise cli.UsageError(
+            f"--tick-rows must be at least 1 (rows of each log one tick reads), not "
+            f"{settings.tick_rows}"
+        )
     if not (settings.drift_window > 0 and math.isfinite(settings.drift_window)):
         raise cli.UsageError(
             "--drift-window must be a positive number of seconds (the rolling current window), "

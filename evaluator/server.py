@@ -35,10 +35,10 @@ from evaluator.aggregate import (
     DriftBins,
     FeatureBins,
     TickResult,
-    aggregate,
     all_shadow_totals,
     analyze_stale,
     arm_data,
+    catch_up,
     decay_totals,
     drift_totals,
     feature_totals,
@@ -399,9 +399,10 @@ class EvaluatorServer:
                         )
             if self.settings.retrain_every > 0:
                 await self._scheduled_retrains(conn)
-            result = await aggregate(
+            result = await catch_up(
                 conn,
                 settle=self.settings.settle,
+                max_rows=self.settings.tick_rows,
                 drift_reference_rows=self.settings.drift_reference_rows,
                 decay_reference_rows=self.settings.decay_reference_rows,
                 drift_window=self.settings.drift_window,

@@ -39,7 +39,7 @@ def test_bench_evaluator_tiny(
 ) -> None:
     before = asyncio.run(_bench_databases(pg_url))
     out = tmp_path / "evaluator.json"
-    argv = ["--rows", "20000", "--new-rows", "1000", "--repeats", "1"]
+    argv = ["--rows", "20000", "--new-rows", "1000", "--repeats", "1", "--tick-rows", "5000"]
     report = bench.main([*argv, "--database-url", pg_url, "--out", str(out)])
 
     assert json.loads(out.read_text()) == report
@@ -51,10 +51,16 @@ def test_bench_evaluator_tiny(
     _series(r["incremental_tick_s"], 1)
     _series(r["incremental_custom_plan_tick_s"], 1)
     assert r["ratio"] > 0 and r["ratio_custom_plan"] > 0
-    # Both tick statements ran once per tick on the server-like connection: the full pass, the
-    # small ticks up to the plan cache's 5 and the measured one (generic or custom plans).
-    for name in ("predictions_new", "outcomes_new"):
-        assert sum(r["plans"][name].values()) == bench.PLAN_CACHE_TICKS + 1
+    # The full pass read the log 5,000 rows of each table at a time: 4 transactions (the
+    # predictions' seq is 1..20,000), those of the outcomes (~12,000 rows) in the first 3.
+    assert report["tick_rows"] == 5_000 and r["full_tick_transactions"] == 4
+    # Both tick statements ran once per transaction on the server-like connection: the full
+    # pass's, the small ticks up to the plan cache's 5 and the measured one.
+    plans = {name: sum(r["plans"][name].values()) for name in ("predictions_new", "outcomes_new")}
+    assert plans == {
+        "predictions_new": 4 + bench.PLAN_CACHE_TICKS,
+        "outcomes_new": -(-r["outcomes"] // 5_000) + bench.PLAN_CACHE_TICKS,
+    }
     assert r["policy_ms"]["median"] > 0 and r["policy_ms"]["runs"] == bench.POLICY_RUNS
     assert r["policy_action"] in {"continue", "promote", "keep", "stop"}
 

@@ -154,6 +154,7 @@ USAGE = [
     ("evaluator --token t --pg-data {d}/afile/pg", "--pg-data {d}/afile/pg: a parent"),
     ("evaluator --token t --database-url nope", "must be a postgresql:// URL"),
     ("evaluator --token t --drift-reference-rows 0", "--drift-reference-rows must be at least 1"),
+    ("evaluator --token t --tick-rows 0", "--tick-rows must be at least 1"),
     ("evaluator --token t --decay-reference-rows -5", "--decay-reference-rows must be at least 1"),
     ("evaluator --token t --model-store {d}/nope", "--model-store {d}/nope: no such directory"),
     ("evaluator --token t --model-store {d}/afile", "--model-store {d}/afile: is a file, not a"),

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import asyncpg
 import grpc
 import numpy as np
 import onnxruntime as ort
@@ -62,8 +63,11 @@ def test_policy_promotes_the_better_model_from_real_outcomes(
     )
     gbdt = demo_store.metas["demo-gbdt"].sha256
 
+    # --tick-rows 40: each tick reads the rows logged since the last in several transactions.
     ev = InProcessEvaluator(
-        evaluator_settings(fresh_db, demo_store.root, settle=0.0, metrics_listen="127.0.0.1:0")
+        evaluator_settings(
+            fresh_db, demo_store.root, settle=0.0, metrics_listen="127.0.0.1:0", tick_rows=40
+        )
     )
     gateways: list[InProcessGateway] = []
     try:
@@ -152,6 +156,17 @@ def test_policy_promotes_the_better_model_from_real_outcomes(
         assert 'abgate_experiment_running{experiment="exp"} 0.0' in text
         last_tick = re.search(r"^abgate_evaluator_last_tick_timestamp_seconds (\S+)$", text, re.M)
         assert last_tick is not None and 0 <= time.time() - float(last_tick.group(1)) < 60
+        # It counts the log rows it read (every prediction row up to its watermark, served or
+        # shadow), whatever number of transactions read them.
+        assert ev.server.last_tick is not None
+        for _ in range(50):
+            read = ev.call(_rows_read(fresh_db))
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+            if ev.call(_rows_read(fresh_db)) == read:
+                break
+        pattern = r'^abgate_evaluator_rows_aggregated_total\{table="(\w+)"\} (\S+)$'
+        counted = {m[0]: float(m[1]) for m in re.findall(pattern, text, re.M)}
+        assert counted == {"predictions": read[0], "outcomes": read[1]} and read[0] > 100
 
         # A restarted evaluator still shows the verdict (read back from the audit table).
         ev.close()
@@ -256,3 +271,19 @@ def test_a_bandit_between_equal_models_names_no_winner_and_promote_refuses(
         if gw is not None:
             gw.close()
         ev.close()
+
+
+async def _rows_read(url: str) -> tuple[int, int]:
+    """Prediction and outcome rows at or below the evaluator's watermarks."""
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM predictions p, evaluation_watermark w"
+            " WHERE p.seq <= w.prediction_seq),"
+            " (SELECT count(*) FROM outcomes o, evaluation_watermark w"
+            " WHERE o.seq <= w.outcome_seq)"
+        )
+        assert row is not None
+        return int(row[0]), int(row[1])
+    finally:
+        await conn.close()

@@ -392,3 +392,117 @@ def test_stale_log_tables_are_analyzed_before_a_tick(fresh_db: str) -> None:
             await conn.close()
 
     asyncio.run(run())
+
+
+_AGGREGATE_TABLES = (
+    "arm_stats", "arm_latency", "shadow_stats", "ignored_rows", "duplicate_rows",
+    "drift_windows", "drift_bins", "feature_windows", "feature_reference", "feature_edges",
+    "feature_bins", "decay_windows", "decay_bins", "drift_slots",
+)  # fmt: skip
+
+
+async def _aggregates(conn: asyncpg.Connection) -> dict[str, list[tuple[Any, ...]]]:
+    """Every aggregate table's rows, sorted by their columns that are not floats."""
+
+    def key(row: tuple[Any, ...]) -> tuple[str, ...]:
+        return tuple(repr(v) for v in row if not isinstance(v, float | list))
+
+    out = {}
+    for table in _AGGREGATE_TABLES:
+        rows = [tuple(r) for r in await conn.fetch(f"SELECT * FROM {table}")]
+        out[table] = sorted(rows, key=key)
+    return out
+
+
+async def _decay_pairs(conn: asyncpg.Connection) -> list[tuple[Any, ...]]:
+    """Labelled pairs per arm, kind and bin, whichever window holds them."""
+    rows = await conn.fetch(
+        "SELECT experiment, arm, kind, bin, sum(n) FROM decay_bins GROUP BY 1, 2, 3, 4"
+        " ORDER BY 1, 2, 3, 4"
+    )
+    return [tuple(r) for r in rows]
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Scores are float32 in the table; a sum in float32 order differs by 1e-7 relative.
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-5 * max(1.0, abs(a), abs(b))
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def test_a_long_log_read_in_bounded_ticks_counts_what_one_tick_does(fresh_db: str) -> None:
+    """``catch_up`` with ``max_rows`` far below the log's length reads it in many
+    transactions and leaves every aggregate (arms, latency, shadows, duplicates, ignored
+    outcomes, drift, feature and decay windows) as one unbounded tick does."""
+    from evaluator.aggregate import catch_up
+
+    rng = random.Random(7)
+    options: dict[str, Any] = {"settle": 0.0, "drift_reference_rows": 40}
+
+    async def run() -> None:
+        await migrate(fresh_db)
+        conn = await asyncpg.connect(fresh_db)
+        try:
+            for i in range(400):
+                rid = f"r{i % 380}"  # twenty request ids logged twice
+                arm = rng.choice(["control", "treatment"])
+                p1 = rng.random()
+                if rng.random() < 0.3:  # an outcome before its prediction, some from elsewhere
+                    await conn.execute(
+                        "INSERT INTO outcomes (request_id, value, source, client_identity)"
+                        " VALUES ($1, $2, '', $3) ON CONFLICT DO NOTHING",
+                        rid, float(rng.randint(0, 1)), rng.choice(["", "", "other"]),
+                    )  # fmt: skip
+                await conn.execute(
+                    INSERT_PREDICTION, rid, "exp", 1 + i // 150, arm, "a" * 64, int(p1 > 0.5),
+                    [1 - p1, p1], rng.randint(50, 5000), False, 13 if rng.random() < 0.05 else 0,
+                )  # fmt: skip
+                if rng.random() < 0.3:  # a shadow's answer to the same request
+                    q = rng.random()
+                    await conn.execute(
+                        INSERT_PREDICTION, rid, "exp", 1 + i // 150, "shadow", "b" * 64,
+                        int(q > 0.5), [1 - q, q], rng.randint(50, 5000), True, 0,
+                    )  # fmt: skip
+                await conn.execute(
+                    "INSERT INTO prediction_features (request_id, ts, experiment, arm, features)"
+                    " VALUES ($1, now(), 'exp', $2, $3)",
+                    rid, arm, [rng.gauss(0, 1), rng.random()],
+                )  # fmt: skip
+                if rng.random() < 0.4:  # an outcome after it
+                    await conn.execute(
+                        "INSERT INTO outcomes (request_id, value, source) VALUES ($1, $2, $3)"
+                        " ON CONFLICT DO NOTHING",
+                        rid, float(rng.randint(0, 1)), rng.choice(["", "audit"]),
+                    )  # fmt: skip
+            now = time.time() + 1
+            one = await catch_up(conn, now=now, **options)
+            assert one.ticks == 1 and one.predictions > 400
+            want = await _aggregates(conn)
+            decay_pairs = await _decay_pairs(conn)
+            assert all(want[t] for t in ("duplicate_rows", "feature_edges", "decay_bins")), want
+            await reset(conn)
+            bounded = await catch_up(conn, now=now, max_rows=7, **options)
+            assert bounded.ticks > 60
+            assert (bounded.predictions, bounded.outcomes) == (one.predictions, one.outcomes)
+            assert (bounded.prediction_seq, bounded.outcome_seq) == (
+                one.prediction_seq,
+                one.outcome_seq,
+            )
+            got = await _aggregates(conn)
+            for table in _AGGREGATE_TABLES:
+                if table not in ("decay_windows", "decay_bins", "drift_slots"):
+                    assert _same(got[table], want[table]), (table, got[table], want[table])
+            # Decay's reference is an arm's first labelled pairs in the order they are counted,
+            # and a pair is counted by the tick that reads the later of its two rows: the
+            # reference's last pairs (and so when its current window starts) follow the ticks.
+            # Its size and every pair's bin do not.
+            assert [r[:4] for r in got["decay_windows"]] == [r[:4] for r in want["decay_windows"]]
+            assert await _decay_pairs(conn) == decay_pairs
+            not_decay = [r for r in got["drift_slots"] if not r[2].startswith("decay:")]
+            assert not_decay == [r for r in want["drift_slots"] if not r[2].startswith("decay:")]
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
